@@ -1,0 +1,93 @@
+from django.contrib import admin
+
+from annotation.models import (
+    ApiToken,
+    Assignment,
+    GuidelinesVersion,
+    ImportJob,
+    Item,
+    Judgment,
+    Labeler,
+    Membership,
+    Project,
+    SchemaVersion,
+)
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    raw_id_fields = ["user"]
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "schema_version", "overlap", "routing_policy", "created_at"]
+    search_fields = ["name", "slug"]
+    readonly_fields = ["uuid", "schema_version", "guidelines_version", "created_at", "updated_at"]
+    inlines = [MembershipInline]
+
+
+@admin.register(SchemaVersion)
+class SchemaVersionAdmin(admin.ModelAdmin):
+    list_display = ["project", "version", "created_at", "created_by"]
+    list_filter = ["project"]
+
+
+@admin.register(GuidelinesVersion)
+class GuidelinesVersionAdmin(admin.ModelAdmin):
+    list_display = ["project", "version", "created_at", "created_by"]
+    list_filter = ["project"]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["project", "user", "role", "created_at"]
+    list_filter = ["role", "project"]
+    raw_id_fields = ["user"]
+
+
+@admin.register(Item)
+class ItemAdmin(admin.ModelAdmin):
+    list_display = ["external_id", "project", "num_responses", "split", "status", "is_gold", "created_at"]
+    list_filter = ["project", "status", "split", "is_gold"]
+    search_fields = ["external_id", "prompt"]
+    readonly_fields = ["uuid", "created_at", "import_job"]
+    list_select_related = ["project"]
+
+
+@admin.register(Labeler)
+class LabelerAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "project", "user", "version", "active"]
+    list_filter = ["kind", "active"]
+    raw_id_fields = ["user"]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ["item", "annotator", "state", "leased_at", "expires_at", "flagged"]
+    list_filter = ["state", "flagged"]
+    raw_id_fields = ["item", "annotator"]
+    list_select_related = ["item", "annotator"]
+
+
+@admin.register(Judgment)
+class JudgmentAdmin(admin.ModelAdmin):
+    list_display = ["item", "labeler", "schema_version", "confidence", "created_at"]
+    list_filter = ["labeler__kind", "item__project"]
+    raw_id_fields = ["item", "assignment"]
+    readonly_fields = ["uuid", "created_at"]
+    list_select_related = ["item", "labeler"]
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(admin.ModelAdmin):
+    list_display = ["uuid", "project", "source", "status", "rows_read", "items_created", "created_at"]
+    list_filter = ["status", "source"]
+    readonly_fields = ["uuid", "created_at", "started_at", "finished_at"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "user", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["key_hash", "created_at", "last_used_at"]

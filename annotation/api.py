@@ -1,0 +1,104 @@
+"""HTTP API of the annotation app (django-ninja; schema at /api/v1/openapi.json)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.http import HttpRequest
+from ninja import File, Form, Router, Schema
+from ninja.errors import HttpError
+from ninja.files import UploadedFile
+
+from annotation import selectors, services
+from annotation.importing import FORMATS
+from annotation.models import ImportJob, Project
+
+router = Router(tags=["annotation"])
+
+
+class ProjectOut(Schema):
+    slug: str
+    name: str
+    description: str
+    judgment_schema: dict[str, Any]
+    schema_version: int
+    guidelines_version: int
+    overlap: int
+    item_count: int
+
+    @staticmethod
+    def from_project(p: Project, item_count: int) -> ProjectOut:
+        return ProjectOut(
+            slug=p.slug, name=p.name, description=p.description, judgment_schema=p.schema, schema_version=p.schema_version,
+            guidelines_version=p.guidelines_version, overlap=p.overlap, item_count=item_count,
+        )
+
+
+class ImportJobOut(Schema):
+    id: UUID
+    project: str
+    status: str
+    format: str
+    rows_read: int
+    items_created: int
+    items_existing: int
+    judgments_created: int
+    errors: list[str]
+    created_at: datetime
+    finished_at: datetime | None
+
+    @staticmethod
+    def from_job(job: ImportJob) -> ImportJobOut:
+        return ImportJobOut(
+            id=job.uuid, project=job.project.slug, status=job.status, format=job.format, rows_read=job.rows_read,
+            items_created=job.items_created, items_existing=job.items_existing,
+            judgments_created=job.judgments_created, errors=job.errors, created_at=job.created_at,
+            finished_at=job.finished_at,
+        )
+
+
+@router.get("/projects", response=list[ProjectOut])
+def list_projects(request: HttpRequest) -> list[ProjectOut]:
+    return [ProjectOut.from_project(p, p.item_count) for p in selectors.project_list_for_user(request.user)]
+
+
+@router.post("/projects", response={201: ProjectOut})
+def create_project(request: HttpRequest, spec: dict[str, Any]) -> tuple[int, ProjectOut]:
+    if not selectors.can_create_projects(request.user):
+        raise HttpError(403, "You may not create projects.")
+    try:
+        project = services.project_create(spec=services.ProjectSpec.parse(spec), created_by=request.user)
+    except services.SpecError as exc:
+        raise HttpError(422, str(exc)) from None
+    return 201, ProjectOut.from_project(project, 0)
+
+
+@router.get("/projects/{slug}", response=ProjectOut)
+def get_project(request: HttpRequest, slug: str) -> ProjectOut:
+    project = selectors.project_for_user(request.user, slug)
+    return ProjectOut.from_project(project, project.items.count())
+
+
+@router.post("/projects/{slug}/imports", response={202: ImportJobOut})
+def start_import(
+    request: HttpRequest, slug: str, file: File[UploadedFile], format: Form[str] = ""  # noqa: A002
+) -> tuple[int, ImportJobOut]:
+    """Upload a file of items; the import runs in the background. Poll the returned job."""
+    project = selectors.project_for_user(request.user, slug, curator=True)
+    if format and format not in FORMATS:
+        raise HttpError(422, f"format must be one of {', '.join(FORMATS)}")
+    if file.size > settings.IMPORT_MAX_UPLOAD_BYTES:
+        raise HttpError(413, f"the file is larger than {settings.IMPORT_MAX_UPLOAD_BYTES:,} bytes")
+    job = services.import_job_create(
+        project=project, upload=file, name=file.name or "upload", source=ImportJob.Source.API,
+        created_by=request.user, fmt=format,
+    )
+    return 202, ImportJobOut.from_job(job)
+
+
+@router.get("/imports/{job_id}", response=ImportJobOut)
+def get_import(request: HttpRequest, job_id: UUID) -> ImportJobOut:
+    return ImportJobOut.from_job(selectors.import_job_for_user(request.user, job_id))

@@ -1,0 +1,646 @@
+"""Reading item files (JSONL, CSV, Parquet, JSON, optionally gzip-compressed) into a project.
+
+The reader streams: rows are parsed, validated and written in batches, so memory stays flat in
+the size of the file. The whole import is one transaction: if any row is bad, the import is
+refused with the line number and reason of each bad row (up to `max_errors`), and nothing is
+stored. Items whose external id the project already has are left untouched, so importing a file
+twice changes nothing.
+
+Accepted row shapes (see README, "Importing items"):
+- {prompt, response_a, response_b, model_a?, model_b?, metadata?, id?, split?}
+- {prompt, responses: [{text, model?} | "text", ...], ...}
+- prompt as chat messages: a list of {role, content}, under `prompt` or `messages`
+- HH-RLHF dialogue pairs {chosen, rejected}: the shared conversation is the prompt and the two
+  final Assistant turns are the responses (the human preferred `chosen`)
+- TRL preference rows {prompt, chosen, rejected}
+Labels carried in the file become judgments of an "imported" labeler (named by `annotator`):
+`label`/`preference` (A, B or tie) with `strength`, `ranking`, `rubric`, `spans`,
+`justification`, or a full `judgments: [{annotator, pairwise?, ranking?, rubric?, spans?}]` list.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from django.conf import settings
+from django.db import transaction
+
+from annotation.models import Item, Judgment, Labeler, Project
+from annotation.schema import JudgmentSchema, PayloadError
+
+FORMATS = ("jsonl", "csv", "parquet", "json")
+DEFAULT_ANNOTATOR = "imported"
+MAX_DECOMPRESSED_BYTES = 8 * 1024**3
+_ROLES = {"system", "user", "assistant", "tool"}
+_HUMAN = "\n\nHuman:"
+_ASSISTANT = "\n\nAssistant:"
+_TURN_RE = re.compile(r"\n\n(Human|Assistant):")
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    message: str
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        return f"{self.unit} {self.line}: {self.message}" if self.line else self.message
+
+
+class ImportRefused(Exception):  # noqa: N818 - it is a refusal, not a crash
+    """The file was refused; nothing of it was stored."""
+
+    def __init__(self, errors: list[RowError], rows_read: int = 0, truncated: bool = False) -> None:
+        self.errors = errors
+        self.rows_read = rows_read
+        self.truncated = truncated
+        more = " (and possibly more; stopped counting)" if truncated else ""
+        super().__init__(f"import refused, nothing stored: {len(errors)} problem(s){more}; first: {errors[0]}")
+
+
+class _RowProblem(ValueError):
+    pass
+
+
+@dataclass
+class ImportResult:
+    format: str = ""
+    rows_read: int = 0
+    items_created: int = 0
+    items_existing: int = 0
+    judgments_created: int = 0
+
+
+@dataclass
+class ParsedRow:
+    line: int
+    external_id: str
+    prompt: str
+    prompt_messages: list[dict[str, str]] | None
+    responses: list[dict[str, str]]
+    metadata: dict[str, Any]
+    split: str = Item.Split.TRAIN
+    gold_answer: dict[str, Any] | None = None
+    judgments: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rows out of a file
+
+
+class _CappedReader(io.RawIOBase):
+    """Stops a decompression bomb: refuses past `limit` decompressed bytes."""
+
+    def __init__(self, inner: IO[bytes], limit: int) -> None:
+        self._inner = inner
+        self._left = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._inner.read(len(buffer))
+        self._left -= len(data)
+        if self._left < 0:
+            raise ImportRefused([RowError(0, "the file decompresses to more than the allowed size")])
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def detect_format(head: bytes) -> str:
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(b"{"):
+        return "jsonl"
+    if text.startswith(b"["):
+        return "json"
+    return "csv"
+
+
+def open_rows(fileobj: IO[bytes], fmt: str | None = None) -> tuple[str, Iterator[tuple[int, dict[str, Any] | RowError]]]:
+    """Detect the format (unless forced) and return it with an iterator of (line, row or error)."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ImportRefused([RowError(0, f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")])
+    stream: IO[bytes] = fileobj if isinstance(fileobj, io.BufferedReader) else io.BufferedReader(fileobj)  # type: ignore[arg-type]
+    if stream.peek(2)[:2] == b"\x1f\x8b":
+        capped = _CappedReader(gzip.GzipFile(fileobj=stream, mode="rb"), MAX_DECOMPRESSED_BYTES)  # type: ignore[arg-type]
+        stream = io.BufferedReader(capped, buffer_size=1 << 16)
+    try:
+        head = stream.peek(4096)[:4096]
+    except (OSError, EOFError) as exc:
+        raise ImportRefused([RowError(0, f"the file cannot be read: {exc}")]) from None
+    if not head.strip():
+        raise ImportRefused([RowError(0, "the file is empty")])
+    fmt = fmt or detect_format(head)
+    readers = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows, "json": _json_rows}
+    return fmt, readers[fmt](stream)
+
+
+def _text(stream: IO[bytes]) -> io.TextIOWrapper:
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
+
+
+def _decode_guard(rows: Iterator[tuple[int, Any]], where: list[int]) -> Iterator[tuple[int, Any]]:
+    try:
+        yield from rows
+    except UnicodeDecodeError:
+        raise ImportRefused([RowError(where[0] + 1, "the file is not valid UTF-8 text")]) from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ImportRefused([RowError(where[0] + 1, f"the file is truncated or corrupt: {exc}")]) from None
+
+
+def _jsonl_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    where = [0]
+
+    def rows() -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+        for lineno, line in enumerate(_text(stream), start=1):
+            where[0] = lineno
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield lineno, RowError(lineno, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(value, dict):
+                yield lineno, RowError(lineno, "each line must be a JSON object")
+                continue
+            yield lineno, value
+
+    return _decode_guard(rows(), where)
+
+
+def _json_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    """A JSON array of objects. Not streamed: capped at 256 MB; use JSONL for larger files."""
+    data = stream.read(256 * 1024 * 1024 + 1)
+    if len(data) > 256 * 1024 * 1024:
+        raise ImportRefused([RowError(0, "a JSON array file is limited to 256 MB; use JSONL for larger files")])
+    try:
+        values = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ImportRefused([RowError(0, "the file is not valid UTF-8 text")]) from None
+    except json.JSONDecodeError as exc:
+        raise ImportRefused([RowError(exc.lineno, f"invalid JSON ({exc.msg})")]) from None
+    if not isinstance(values, list):
+        raise ImportRefused([RowError(0, "a JSON file must hold an array of objects")])
+    for n, value in enumerate(values, start=1):
+        if isinstance(value, dict):
+            yield n, value
+        else:
+            yield n, RowError(n, "each element must be a JSON object", unit="element")
+
+
+def _csv_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    csv.field_size_limit(256 * 1024 * 1024)
+    where = [0]
+
+    def rows() -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+        reader = csv.reader(_text(stream))
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        header = [h.strip() for h in header]
+        if len(set(header)) != len(header):
+            yield 1, RowError(1, "the CSV header repeats a column name")
+            return
+        start = reader.line_num + 1
+        for values in reader:
+            where[0] = reader.line_num
+            line, start = start, reader.line_num + 1
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                yield line, RowError(line, f"expected {len(header)} columns, found {len(values)}")
+                continue
+            yield line, _csv_row(dict(zip(header, values, strict=True)))
+
+    return _decode_guard(rows(), where)
+
+
+def _csv_row(row: dict[str, str]) -> dict[str, Any]:
+    """CSV cells are text: decode JSON-looking prompt/metadata cells and dotted metadata columns."""
+    out: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    for key, value in row.items():
+        if key.startswith(("meta.", "metadata.")):
+            if value != "":
+                metadata[key.split(".", 1)[1]] = value
+        elif value == "" and key not in ("response_a", "response_b") and not key.startswith("response_"):
+            continue
+        elif key in ("metadata", "responses", "ranking", "rubric", "spans", "judgments", "gold_answer"):
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key] = _Unparsable(key)
+        elif key in ("prompt", "messages") and value.lstrip().startswith("[{"):
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key] = value
+        else:
+            out[key] = value
+    if metadata:
+        base = out.get("metadata")
+        out["metadata"] = {**(base if isinstance(base, dict) else {}), **metadata}
+    return out
+
+
+@dataclass(frozen=True)
+class _Unparsable:
+    column: str
+
+
+def _parquet_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(stream)
+    except (pa.ArrowException, OSError) as exc:
+        raise ImportRefused([RowError(0, f"not a readable Parquet file: {exc}")]) from None
+    n = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, {k: v for k, v in row.items() if v is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning one raw row into a normalized item
+
+
+def split_hh_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Split two HH-RLHF dialogues into (shared prompt, chosen final turn, rejected final turn).
+
+    The prompt runs up to the last Human turn of the shared prefix; the final Assistant turn
+    starts at the first Assistant marker after it. Responses that themselves contain turn markers
+    (the model "continuing" the dialogue) stay whole.
+    """
+    n = 0
+    limit = min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    shared = chosen[:n]
+    human = shared.rfind(_HUMAN)
+    if human < 0:
+        raise _RowProblem("chosen and rejected share no Human turn, so the prompt cannot be found")
+    cut = shared.find(_ASSISTANT, human)
+    if cut < 0:
+        # The dialogues diverge inside the last Human turn or right at the Assistant marker.
+        cut = chosen.find(_ASSISTANT, human)
+        if cut < 0 or rejected.find(_ASSISTANT, human) != cut:
+            raise _RowProblem("chosen and rejected do not end with a final Assistant turn after a shared prompt")
+    prompt = chosen[:cut]
+    return prompt, _turn_text(chosen[cut + len(_ASSISTANT):]), _turn_text(rejected[cut + len(_ASSISTANT):])
+
+
+def _turn_text(text: str) -> str:
+    return text[1:] if text.startswith(" ") else text
+
+
+def hh_messages(prompt: str) -> list[dict[str, str]]:
+    parts = _TURN_RE.split(prompt)
+    messages = []
+    lead = parts[0].strip()
+    if lead:
+        messages.append({"role": "user", "content": lead})
+    for role, content in zip(parts[1::2], parts[2::2], strict=True):
+        messages.append({"role": "user" if role == "Human" else "assistant", "content": _turn_text(content)})
+    return messages
+
+
+def _messages(value: Any, what: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise _RowProblem(f"{what} must be a non-empty list of {{role, content}} messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in _ROLES:
+            raise _RowProblem(f"{what}[{i}] must be {{role: system|user|assistant|tool, content: text}}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def transcript(messages: list[dict[str, str]]) -> str:
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
+def _response_text(value: Any, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # TRL conversational: the final assistant message
+        msgs = _messages(value, what)
+        if msgs[-1]["role"] != "assistant":
+            raise _RowProblem(f"{what} as messages must end with an assistant message")
+        return msgs[-1]["content"]
+    raise _RowProblem(f"{what} must be text")
+
+
+def _str(value: Any, what: str, max_len: int = 1_000_000) -> str:
+    if isinstance(value, bool) or value is None:
+        raise _RowProblem(f"{what} must be text")
+    if isinstance(value, int | float):
+        value = str(value)
+    if not isinstance(value, str):
+        raise _RowProblem(f"{what} must be text")
+    if len(value) > max_len:
+        raise _RowProblem(f"{what} is longer than {max_len} characters")
+    return value
+
+
+_LABELS = {"a": "A", "response_a": "A", "b": "B", "response_b": "B", "tie": "tie", "equal": "tie", "same": "tie"}
+_SPLITS = {"train": "train", "eval": "eval", "test": "eval", "validation": "eval", "dev": "eval", "heldout": "eval"}
+_KNOWN = {
+    "id", "external_id", "prompt", "messages", "response_a", "response_b", "model_a", "model_b", "responses",
+    "chosen", "rejected", "metadata", "split", "label", "preference", "strength", "ranking", "rubric", "spans",
+    "justification", "annotator", "judgments", "gold_answer", "chosen_model", "rejected_model",
+}
+
+
+def normalize_row(raw: dict[str, Any], line: int) -> ParsedRow:
+    """Map any accepted row shape onto one ParsedRow, or raise _RowProblem saying what is wrong."""
+    for key, value in raw.items():
+        if isinstance(value, _Unparsable):
+            raise _RowProblem(f"column {key!r} must hold JSON")
+    prompt_messages: list[dict[str, str]] | None = None
+    labels: list[tuple[str, dict[str, Any]]] = []
+    annotator = _str(raw.get("annotator", DEFAULT_ANNOTATOR), "annotator", 200).strip() or DEFAULT_ANNOTATOR
+    hh_like = "chosen" in raw and "rejected" in raw
+    if hh_like and "prompt" not in raw and "messages" not in raw:
+        chosen = _str(raw["chosen"], "chosen")
+        rejected = _str(raw["rejected"], "rejected")
+        prompt_text, chosen_text, rejected_text = split_hh_dialogue(chosen, rejected)
+        prompt_messages = hh_messages(prompt_text)
+        prompt = transcript(prompt_messages)
+    else:
+        prompt_value = raw.get("prompt", raw.get("messages"))
+        if prompt_value is None:
+            raise _RowProblem("missing prompt (or messages)")
+        if isinstance(prompt_value, list):
+            prompt_messages = _messages(prompt_value, "prompt")
+            prompt = transcript(prompt_messages)
+        else:
+            prompt = _str(prompt_value, "prompt")
+            if not prompt.strip():
+                raise _RowProblem("prompt is empty")
+        if hh_like:
+            chosen_text = _response_text(raw["chosen"], "chosen")
+            rejected_text = _response_text(raw["rejected"], "rejected")
+
+    if hh_like:
+        external_id = _external_id(raw, prompt, [chosen_text, rejected_text])
+        chosen_first = int(hashlib.sha256(external_id.encode()).hexdigest(), 16) % 2 == 0
+        models = [raw.get("chosen_model", ""), raw.get("rejected_model", "")]
+        pair = [(chosen_text, models[0]), (rejected_text, models[1])]
+        if not chosen_first:
+            pair.reverse()
+        responses = [{"text": t, "model": _str(m, "model", 200) if m else ""} for t, m in pair]
+        strength = _int(raw.get("strength", 1), "strength")
+        labels.append((annotator, {"pairwise": {"choice": "A" if chosen_first else "B", "strength": strength}}))
+    else:
+        responses = _responses(raw)
+        external_id = _external_id(raw, prompt, [r["text"] for r in responses])
+
+    metadata = raw.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise _RowProblem("metadata must be a JSON object")
+    extra = {k: v for k, v in raw.items() if k not in _KNOWN and not k.startswith("response_") and not k.startswith("model_")}
+    metadata = {**extra, **metadata}
+
+    split = _SPLITS.get(str(raw.get("split", "train")).strip().lower())
+    if split is None:
+        raise _RowProblem(f"split must be train or eval, got {raw.get('split')!r}")
+
+    if not hh_like:
+        labels.extend(_labels(raw, annotator))
+    gold = raw.get("gold_answer")
+    if gold is not None and not isinstance(gold, dict):
+        raise _RowProblem("gold_answer must be a judgment payload object")
+    return ParsedRow(
+        line=line, external_id=external_id, prompt=prompt, prompt_messages=prompt_messages,
+        responses=responses, metadata=metadata, split=split, gold_answer=gold, judgments=labels,
+    )
+
+
+def _int(value: Any, what: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise _RowProblem(f"{what} must be a whole number, got {value!r}") from None
+
+
+def _responses(raw: dict[str, Any]) -> list[dict[str, str]]:
+    if "responses" in raw:
+        value = raw["responses"]
+        if not isinstance(value, list):
+            raise _RowProblem("responses must be a list")
+        out = []
+        for i, r in enumerate(value):
+            if isinstance(r, str):
+                out.append({"text": r, "model": ""})
+            elif isinstance(r, dict) and "text" in r:
+                out.append({"text": _str(r["text"], f"responses[{i}].text"), "model": _str(r.get("model") or "", "model", 200)})
+            else:
+                raise _RowProblem(f"responses[{i}] must be text or {{text, model}}")
+        return out
+    if "response_a" in raw or "response_b" in raw:
+        if "response_a" not in raw or "response_b" not in raw:
+            raise _RowProblem("response_a and response_b must both be given")
+        return [
+            {"text": _str(raw["response_a"], "response_a"), "model": _str(raw.get("model_a") or "", "model_a", 200)},
+            {"text": _str(raw["response_b"], "response_b"), "model": _str(raw.get("model_b") or "", "model_b", 200)},
+        ]
+    numbered = sorted(
+        (int(k.split("_", 1)[1]), k) for k in raw if re.fullmatch(r"response_[0-9]+", k)
+    )
+    if numbered:
+        if [n for n, _ in numbered] != list(range(1, len(numbered) + 1)):
+            raise _RowProblem("numbered responses must be response_1, response_2, ... without gaps")
+        return [
+            {"text": _str(raw[k], k), "model": _str(raw.get(f"model_{n}") or "", f"model_{n}", 200)}
+            for n, k in numbered
+        ]
+    raise _RowProblem("missing responses: give response_a/response_b, responses, or chosen/rejected")
+
+
+def _external_id(raw: dict[str, Any], prompt: str, texts: list[str]) -> str:
+    value = raw.get("id", raw.get("external_id"))
+    if value is not None and value != "":
+        ext = _str(value, "id", 255).strip()
+        if not ext:
+            raise _RowProblem("id is blank")
+        return ext
+    digest = hashlib.sha256(json.dumps([prompt, texts], ensure_ascii=False).encode()).hexdigest()
+    return f"sha256:{digest[:32]}"
+
+
+def _labels(raw: dict[str, Any], annotator: str) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    if "judgments" in raw:
+        judgments = raw["judgments"]
+        if not isinstance(judgments, list):
+            raise _RowProblem("judgments must be a list")
+        for i, j in enumerate(judgments):
+            if not isinstance(j, dict):
+                raise _RowProblem(f"judgments[{i}] must be an object")
+            name = _str(j.get("annotator", f"{DEFAULT_ANNOTATOR}-{i + 1}"), f"judgments[{i}].annotator", 200)
+            out.append((name, {k: v for k, v in j.items() if k != "annotator"}))
+    payload: dict[str, Any] = {}
+    label = raw.get("label", raw.get("preference"))
+    if label is not None and label != "":
+        choice = _LABELS.get(str(label).strip().lower())
+        if choice is None:
+            raise _RowProblem(f"label must be A, B or tie, got {label!r}")
+        default = 0 if choice == "tie" else 1
+        payload["pairwise"] = {"choice": choice, "strength": _int(raw.get("strength", default), "strength")}
+    for key in ("ranking", "rubric", "spans"):
+        if key in raw:
+            payload[key] = raw[key]
+    if "justification" in raw:
+        payload["justification"] = _str(raw["justification"], "justification")
+    if payload:
+        out.append((annotator, payload))
+    return out
+
+
+def check_row(row: ParsedRow, schema: JudgmentSchema) -> list[tuple[str, dict[str, Any]]]:
+    """Check the item and its labels against the project's schema; return canonical payloads."""
+    problem = schema.response_count_error(len(row.responses))
+    if problem:
+        raise _RowProblem(problem)
+    texts = [r["text"] for r in row.responses]
+    canonical = []
+    seen = set()
+    for name, payload in row.judgments:
+        if name in seen:
+            raise _RowProblem(f"annotator {name!r} judges this item twice")
+        seen.add(name)
+        try:
+            parsed = schema.validate_payload(payload, texts)
+        except PayloadError as exc:
+            raise _RowProblem(f"label by {name!r}: {exc}") from None
+        canonical.append((name, parsed.model_dump(exclude_none=True)))
+    if row.gold_answer is not None:
+        try:
+            row.gold_answer = schema.validate_payload(row.gold_answer, texts).model_dump(exclude_none=True)
+        except PayloadError as exc:
+            raise _RowProblem(f"gold_answer: {exc}") from None
+    return canonical
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def import_items(
+    *,
+    project: Project,
+    fileobj: IO[bytes],
+    fmt: str | None = None,
+    import_job_id: int | None = None,
+    batch_size: int | None = None,
+    max_errors: int = 50,
+) -> ImportResult:
+    """Import every row of `fileobj` into `project`, all or nothing. Raises ImportRefused."""
+    batch_size = batch_size or settings.IMPORT_BATCH_SIZE
+    schema = project.judgment_schema
+    fmt, rows = open_rows(fileobj, fmt)
+    unit = "row" if fmt == "parquet" else "element" if fmt == "json" else "line"
+    result = ImportResult(format=fmt)
+    errors: list[RowError] = []
+    labelers: dict[str, Labeler] = {}
+    with transaction.atomic():
+        judgments_before = Judgment.objects.filter(item__project=project).count()
+        for batch in _batched(rows, batch_size):
+            parsed: list[tuple[ParsedRow, list[tuple[str, dict[str, Any]]]]] = []
+            for line, raw in batch:
+                result.rows_read += 1
+                if isinstance(raw, RowError):
+                    errors.append(raw)
+                    continue
+                try:
+                    row = normalize_row(raw, line)
+                    parsed.append((row, check_row(row, schema)))
+                except _RowProblem as exc:
+                    errors.append(RowError(line, str(exc), unit))
+            if len(errors) >= max_errors:
+                raise ImportRefused(errors[:max_errors], result.rows_read, truncated=True)
+            if not errors:
+                _write_batch(project, parsed, labelers, import_job_id, result)
+        if errors:
+            raise ImportRefused(errors, result.rows_read)
+        if result.rows_read == 0:
+            raise ImportRefused([RowError(0, "the file holds no rows")])
+        result.judgments_created = Judgment.objects.filter(item__project=project).count() - judgments_before
+    return result
+
+
+def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_batch(
+    project: Project,
+    parsed: list[tuple[ParsedRow, list[tuple[str, dict[str, Any]]]]],
+    labelers: dict[str, Labeler],
+    import_job_id: int | None,
+    result: ImportResult,
+) -> None:
+    unique: dict[str, tuple[ParsedRow, list[tuple[str, dict[str, Any]]]]] = {}
+    for row, judgments in parsed:
+        unique.setdefault(row.external_id, (row, judgments))
+    ids = dict(
+        Item.objects.filter(project=project, external_id__in=list(unique)).values_list("external_id", "id")
+    )
+    result.items_existing += len(ids) + (len(parsed) - len(unique))
+    new_items = [
+        Item(
+            project=project, external_id=ext, prompt=row.prompt, prompt_messages=row.prompt_messages,
+            responses=row.responses, num_responses=len(row.responses), metadata=row.metadata, split=row.split,
+            is_gold=row.gold_answer is not None, gold_answer=row.gold_answer, import_job_id=import_job_id,
+        )
+        for ext, (row, _) in unique.items()
+        if ext not in ids
+    ]
+    Item.objects.bulk_create(new_items)
+    result.items_created += len(new_items)
+    ids.update((item.external_id, item.id) for item in new_items)
+    new_judgments = []
+    for ext, (_, judgments) in unique.items():
+        for name, payload in judgments:
+            new_judgments.append(
+                Judgment(
+                    item_id=ids[ext], labeler=_imported_labeler(project, name, labelers), payload=payload,
+                    schema_version=project.schema_version,
+                )
+            )
+    if new_judgments:
+        Judgment.objects.bulk_create(new_judgments, ignore_conflicts=True)
+
+
+def _imported_labeler(project: Project, name: str, cache: dict[str, Labeler]) -> Labeler:
+    if name not in cache:
+        cache[name], _ = Labeler.objects.get_or_create(
+            project=project, kind=Labeler.Kind.IMPORTED, name=name, version=1, user=None
+        )
+    return cache[name]

@@ -1,0 +1,372 @@
+"""Projects, items, labelers, assignments and judgments.
+
+Invariants live in the database: external ids are unique per project, a labeler (human or AI)
+judges an item at most once, an annotator is assigned an item at most once, and every state
+column only takes its listed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from functools import cached_property
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from annotation.schema import JudgmentSchema
+
+
+def _choices_check(field: str, choices: type[models.TextChoices], name: str) -> models.CheckConstraint:
+    return models.CheckConstraint(condition=Q(**{f"{field}__in": choices.values}), name=name)
+
+
+class RoutingPolicy(models.TextChoices):
+    ALL_HUMAN = "all_human", "All items to humans"
+    ALL_AI = "all_ai", "All items to AI labelers"
+    LEARNED = "learned", "Learned router under the human budget"
+
+
+class MembershipRole(models.TextChoices):
+    CURATOR = "curator", "Curator"
+    ANNOTATOR = "annotator", "Annotator"
+
+
+class ImportJobStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class ImportJobSource(models.TextChoices):
+    UPLOAD = "upload", "Upload page"
+    API = "api", "HTTP API"
+    COMMAND = "command", "Management command"
+
+
+class ItemStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    DONE = "done", "Done"
+    DROPPED = "dropped", "Dropped"
+
+
+class ItemSplit(models.TextChoices):
+    TRAIN = "train", "Train"
+    EVAL = "eval", "Eval"
+
+
+class LabelerKind(models.TextChoices):
+    HUMAN = "human", "Human annotator"
+    IMPORTED = "imported", "Human (imported)"
+    LLM = "llm", "LLM judge"
+    REWARD_MODEL = "reward_model", "Reward-model judge"
+    DENSITY_RATIO = "density_ratio", "Density-ratio judge"
+
+
+class AssignmentState(models.TextChoices):
+    LEASED = "leased", "Leased"
+    SUBMITTED = "submitted", "Submitted"
+    SKIPPED = "skipped", "Skipped"
+    EXPIRED = "expired", "Expired"
+
+
+class Project(models.Model):
+    RoutingPolicy = RoutingPolicy
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    guidelines = models.TextField(blank=True, help_text="Markdown shown to annotators.")
+    guidelines_version = models.PositiveIntegerField(default=1)
+    schema = models.JSONField(help_text="The current judgment schema (see annotation.schema).")
+    schema_version = models.PositiveIntegerField(default=1)
+    overlap = models.PositiveSmallIntegerField(default=1, help_text="Human judgments wanted per item.")
+    human_budget = models.FloatField(default=1.0, help_text="Share of items (0..1) that may go to humans.")
+    gold_rate = models.FloatField(default=0.0, help_text="Share of served items that are gold checks.")
+    lease_seconds = models.PositiveIntegerField(default=900)
+    show_model_names = models.BooleanField(default=False)
+    routing_policy = models.CharField(max_length=16, choices=RoutingPolicy.choices, default=RoutingPolicy.ALL_HUMAN)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
+            models.CheckConstraint(condition=Q(human_budget__gte=0, human_budget__lte=1), name="project_budget_range"),
+            models.CheckConstraint(condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="project_gold_rate_range"),
+            models.CheckConstraint(condition=Q(lease_seconds__gte=10), name="project_lease_min"),
+            _choices_check("routing_policy", RoutingPolicy, "project_routing_policy_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @cached_property
+    def judgment_schema(self) -> JudgmentSchema:
+        return JudgmentSchema.model_validate(self.schema)
+
+
+class SchemaVersion(models.Model):
+    """Every schema a project has had; judgments record the version they were made under."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="schema_versions")
+    version = models.PositiveIntegerField()
+    schema = models.JSONField()
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "-version"]
+        constraints = [models.UniqueConstraint(fields=["project", "version"], name="schema_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} schema v{self.version}"
+
+
+class GuidelinesVersion(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="guidelines_versions")
+    version = models.PositiveIntegerField()
+    text = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "-version"]
+        constraints = [models.UniqueConstraint(fields=["project", "version"], name="guidelines_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} guidelines v{self.version}"
+
+
+class Membership(models.Model):
+    Role = MembershipRole
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="membership_unique"),
+            _choices_check("role", MembershipRole, "membership_role_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} of {self.project}"
+
+
+class ImportJob(models.Model):
+    Status = ImportJobStatus
+
+    Source = ImportJobSource
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    file = models.FileField(upload_to="imports/%Y/%m/", blank=True)
+    original_name = models.CharField(max_length=255, blank=True)
+    format = models.CharField(max_length=16, blank=True, help_text="Forced format; blank = detect.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    rows_read = models.PositiveIntegerField(default=0)
+    items_created = models.PositiveIntegerField(default=0)
+    items_existing = models.PositiveIntegerField(default=0)
+    judgments_created = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            _choices_check("status", ImportJobStatus, "import_job_status_valid"),
+            _choices_check("source", ImportJobSource, "import_job_source_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"import {self.uuid} into {self.project.slug} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+
+
+class Item(models.Model):
+    Status = ItemStatus
+
+    Split = ItemSplit
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    external_id = models.CharField(max_length=255)
+    prompt = models.TextField(help_text="Plain text; for chat prompts a readable transcript.")
+    prompt_messages = models.JSONField(null=True, blank=True, help_text="Chat prompt as [{role, content}].")
+    responses = models.JSONField(help_text="[{text, model}] in stored order.")
+    num_responses = models.PositiveSmallIntegerField()
+    metadata = models.JSONField(default=dict, blank=True)
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    is_gold = models.BooleanField(default=False)
+    gold_answer = models.JSONField(null=True, blank=True)
+    import_job = models.ForeignKey(ImportJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "external_id"], name="item_external_id_unique"),
+            models.CheckConstraint(condition=Q(num_responses__gte=1, num_responses__lte=16), name="item_num_responses"),
+            _choices_check("status", ItemStatus, "item_status_valid"),
+            _choices_check("split", ItemSplit, "item_split_valid"),
+            models.CheckConstraint(condition=Q(is_gold=False) | Q(gold_answer__isnull=False), name="item_gold_answer"),
+        ]
+        indexes = [models.Index(fields=["project", "status", "id"], name="item_project_status")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug}/{self.external_id}"
+
+    @property
+    def response_texts(self) -> list[str]:
+        return [r["text"] for r in self.responses]
+
+
+class Labeler(models.Model):
+    """Who made a judgment: a user of the app, a named annotator from an imported file, or an AI."""
+
+    Kind = LabelerKind
+
+    HUMAN_KINDS = (Kind.HUMAN, Kind.IMPORTED)
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="labeler"
+    )
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="labelers",
+        help_text="Imported and AI labelers belong to one project; a user's labeler to none.",
+    )
+    name = models.CharField(max_length=200)
+    config = models.JSONField(default=dict, blank=True)
+    version = models.PositiveIntegerField(default=1)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            _choices_check("kind", LabelerKind, "labeler_kind_valid"),
+            models.CheckConstraint(
+                condition=(Q(kind="human", user__isnull=False, project__isnull=True))
+                | (~Q(kind="human") & Q(user__isnull=True, project__isnull=False)),
+                name="labeler_human_has_user",
+            ),
+            models.UniqueConstraint(
+                fields=["project", "kind", "name", "version"],
+                condition=Q(user__isnull=True),
+                name="labeler_project_name_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    @property
+    def is_human(self) -> bool:
+        return self.kind in self.HUMAN_KINDS
+
+
+class Assignment(models.Model):
+    """An item leased to one annotator. An expired lease returns the item to the queue."""
+
+    State = AssignmentState
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.LEASED)
+    response_order = models.JSONField(help_text="Stored response indexes in the order shown.")
+    is_gold = models.BooleanField(default=False)
+    leased_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    skip_reason = models.CharField(max_length=500, blank=True)
+    flagged = models.BooleanField(default=False)
+    flag_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item", "annotator"], name="assignment_item_annotator_unique"),
+            _choices_check("state", AssignmentState, "assignment_state_valid"),
+            models.CheckConstraint(condition=Q(expires_at__gt=models.F("leased_at")), name="assignment_lease_order"),
+        ]
+        indexes = [
+            models.Index(fields=["annotator", "state"], name="assignment_annotator_state"),
+            models.Index(fields=["state", "expires_at"], name="assignment_state_expiry"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.item} -> {self.annotator} ({self.state})"
+
+
+class Judgment(models.Model):
+    """One labeler's answer on one item; human and AI judgments share this table."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="judgments")
+    labeler = models.ForeignKey(Labeler, on_delete=models.PROTECT, related_name="judgments")
+    assignment = models.OneToOneField(
+        Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="judgment"
+    )
+    payload = models.JSONField()
+    schema_version = models.PositiveIntegerField()
+    guidelines_version = models.PositiveIntegerField(null=True, blank=True)
+    response_order = models.JSONField(null=True, blank=True, help_text="Order the responses were shown in.")
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    raw_output = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["item", "labeler"], name="judgment_item_labeler_unique"),
+            models.CheckConstraint(
+                condition=Q(confidence__isnull=True) | Q(confidence__gte=0, confidence__lte=1),
+                name="judgment_confidence_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.labeler} on {self.item}"
+
+
+class ApiToken(models.Model):
+    """A per-user API token. Only a hash is stored; the key is shown once when created."""
+
+    PREFIX = "pl_"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    key_hash = models.CharField(max_length=64, unique=True)
+    scopes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"token {self.name} of {self.user}"
+
+    @staticmethod
+    def hash_key(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def new_key(cls) -> str:
+        return cls.PREFIX + secrets.token_urlsafe(32)

@@ -1,0 +1,85 @@
+"""Reads on behalf of a user. Every lookup of a project or job for a user goes through here,
+and anything the user may not see answers 404 (never 403, so ids leak nothing)."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+
+from annotation.models import ImportJob, Item, Judgment, Labeler, Membership, Project
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def projects_for_user(user: User) -> QuerySet[Project]:
+    if not user.is_authenticated:
+        return Project.objects.none()
+    if user.is_superuser:
+        return Project.objects.all()
+    return Project.objects.filter(memberships__user=user)
+
+
+def project_for_user(user: User, slug: str, *, curator: bool = False) -> Project:
+    """The project if `user` belongs to it (as curator when `curator`), else 404."""
+    qs = projects_for_user(user)
+    if curator and not user.is_superuser:
+        qs = qs.filter(memberships__user=user, memberships__role=Membership.Role.CURATOR)
+    project = qs.filter(slug=slug).first()
+    if project is None:
+        raise Http404("No such project.")
+    return project
+
+
+def role_in(user: User, project: Project) -> str | None:
+    if user.is_superuser:
+        return Membership.Role.CURATOR
+    return Membership.objects.filter(project=project, user=user).values_list("role", flat=True).first()
+
+
+def can_create_projects(user: User) -> bool:
+    return user.is_authenticated and (user.is_superuser or user.has_perm("annotation.add_project"))
+
+
+def project_list_for_user(user: User) -> QuerySet[Project]:
+    return projects_for_user(user).annotate(
+        item_count=Count("items", distinct=True),
+        open_count=Count("items", filter=Q(items__status=Item.Status.OPEN), distinct=True),
+    ).order_by("name")
+
+
+def project_stats(project: Project) -> dict[str, object]:
+    items = Item.objects.filter(project=project)
+    by_status = dict(items.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+    by_split = dict(items.values_list("split").annotate(n=Count("id")).values_list("split", "n"))
+    judgments = Judgment.objects.filter(item__project=project)
+    human_kinds = list(Labeler.HUMAN_KINDS)
+    counts = judgments.aggregate(
+        total=Count("id"),
+        human=Count("id", filter=Q(labeler__kind__in=human_kinds)),
+        ai=Count("id", filter=~Q(labeler__kind__in=human_kinds)),
+        items_judged=Count("item", distinct=True),
+    )
+    return {
+        "items": sum(by_status.values()),
+        "by_status": {s.label: by_status.get(s.value, 0) for s in Item.Status},
+        "by_split": {s.label: by_split.get(s.value, 0) for s in Item.Split},
+        "judgments": counts,
+        "gold": items.filter(is_gold=True).count(),
+    }
+
+
+def import_jobs_for_project(project: Project, limit: int = 10) -> list[ImportJob]:
+    return list(ImportJob.objects.filter(project=project).select_related("created_by")[:limit])
+
+
+def import_job_for_user(user: User, job_uuid: object) -> ImportJob:
+    job = (
+        ImportJob.objects.select_related("project")
+        .filter(uuid=job_uuid, project__in=projects_for_user(user))
+        .first()
+    )
+    if job is None:
+        raise Http404("No such import.")
+    project_for_user(user, job.project.slug, curator=True)
+    return job

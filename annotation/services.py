@@ -1,0 +1,188 @@
+"""Writes: every change to projects, members and imports goes through these functions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import IO, Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.base import File
+from django.db import transaction
+from django.utils import timezone
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from annotation.importing import ImportRefused, ImportResult, RowError, import_items
+from annotation.models import GuidelinesVersion, ImportJob, Membership, Project, SchemaVersion
+from annotation.schema import JudgmentSchema, format_validation_error
+
+log = logging.getLogger(__name__)
+
+
+class SpecError(ValueError):
+    """A project spec that cannot be used, with a readable reason."""
+
+
+class MemberSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str
+    role: Membership.Role
+
+
+class ProjectSpec(BaseModel):
+    """A project as written in a JSON/YAML spec file or sent to the API."""
+
+    model_config = ConfigDict(extra="forbid")
+    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    guidelines: str = ""
+    schema_: JudgmentSchema = Field(alias="schema")
+    overlap: int = Field(default=1, ge=1, le=50)
+    human_budget: float = Field(default=1.0, ge=0, le=1)
+    gold_rate: float = Field(default=0.0, ge=0, le=1)
+    lease_seconds: int = Field(default=900, ge=10, le=7 * 24 * 3600)
+    show_model_names: bool = False
+    routing_policy: Project.RoutingPolicy = Project.RoutingPolicy.ALL_HUMAN
+    members: list[MemberSpec] = Field(default_factory=list)
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        return v.strip()
+
+    @classmethod
+    def parse(cls, data: Any) -> ProjectSpec:
+        if not isinstance(data, dict):
+            raise SpecError("a project spec is a mapping with at least slug, name and schema")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(format_validation_error(exc)) from None
+
+
+def project_create(*, spec: ProjectSpec, created_by: AbstractBaseUser | None) -> Project:
+    """Create a project with version 1 of its schema and guidelines; the creator becomes curator."""
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model()
+    with transaction.atomic():
+        if Project.objects.filter(slug=spec.slug).exists():
+            raise SpecError(f"a project with slug {spec.slug!r} already exists")
+        schema = spec.schema_.model_dump(mode="json", exclude_none=True)
+        project = Project.objects.create(
+            slug=spec.slug, name=spec.name, description=spec.description, guidelines=spec.guidelines,
+            schema=schema, overlap=spec.overlap, human_budget=spec.human_budget, gold_rate=spec.gold_rate,
+            lease_seconds=spec.lease_seconds, show_model_names=spec.show_model_names,
+            routing_policy=spec.routing_policy, created_by=created_by,
+        )
+        SchemaVersion.objects.create(project=project, version=1, schema=schema, created_by=created_by)
+        GuidelinesVersion.objects.create(project=project, version=1, text=spec.guidelines, created_by=created_by)
+        if created_by is not None:
+            Membership.objects.create(project=project, user=created_by, role=Membership.Role.CURATOR)
+        for member in spec.members:
+            user = users.objects.filter(username=member.username).first()
+            if user is None:
+                raise SpecError(f"member {member.username!r} is not a user")
+            Membership.objects.update_or_create(project=project, user=user, defaults={"role": member.role})
+    return project
+
+
+def project_set_schema(*, project: Project, schema: JudgmentSchema, by: AbstractBaseUser | None) -> Project:
+    """Record a new schema version; earlier judgments keep the version they were made under."""
+    data = schema.model_dump(mode="json", exclude_none=True)
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        if locked.schema == data:
+            return locked
+        locked.schema_version += 1
+        locked.schema = data
+        locked.save(update_fields=["schema", "schema_version", "updated_at"])
+        SchemaVersion.objects.create(project=locked, version=locked.schema_version, schema=data, created_by=by)
+    return locked
+
+
+def project_set_guidelines(*, project: Project, text: str, by: AbstractBaseUser | None) -> Project:
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        if locked.guidelines == text:
+            return locked
+        locked.guidelines_version += 1
+        locked.guidelines = text
+        locked.save(update_fields=["guidelines", "guidelines_version", "updated_at"])
+        GuidelinesVersion.objects.create(project=locked, version=locked.guidelines_version, text=text, created_by=by)
+    return locked
+
+
+def membership_set(*, project: Project, user: AbstractBaseUser, role: Membership.Role) -> Membership:
+    membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+    return membership
+
+
+# ---------------------------------------------------------------------------------------------
+# Import jobs: an upload (page or API) becomes a job; a Celery task runs it.
+
+
+def import_job_create(
+    *, project: Project, upload: IO[bytes], name: str, source: ImportJob.Source,
+    created_by: AbstractBaseUser | None, fmt: str = "",
+) -> ImportJob:
+    """Store the upload and queue its import once the transaction commits."""
+    from annotation.tasks import run_import_job
+
+    job = ImportJob(project=project, created_by=created_by, source=source, original_name=name[:255], format=fmt)
+    job.file.save(Path(name).name[-100:] or "upload", File(upload), save=False)
+    job.save()
+    transaction.on_commit(lambda: run_import_job.delay(job.id))
+    return job
+
+
+def import_job_run(*, job_id: int, redelivered: bool = False) -> ImportJob | None:
+    """Claim a pending job and run it. A second delivery of a finished job does nothing.
+
+    A job left `running` by a worker that died is claimed again only on a redelivery of its
+    message: its import transaction rolled back with the dead connection, so running it again
+    from the start is safe.
+    """
+    claimable = [ImportJob.Status.PENDING] + ([ImportJob.Status.RUNNING] if redelivered else [])
+    claimed = ImportJob.objects.filter(id=job_id, status__in=claimable).update(
+        status=ImportJob.Status.RUNNING, started_at=timezone.now()
+    )
+    if claimed != 1:
+        return None
+    job = ImportJob.objects.select_related("project").get(id=job_id)
+    try:
+        with job.file.open("rb") as fh:
+            result = import_items(project=job.project, fileobj=fh, fmt=job.format or None, import_job_id=job.id)
+    except ImportRefused as exc:
+        _finish(job, ImportJob.Status.FAILED, ImportResult(rows_read=exc.rows_read), [str(e) for e in exc.errors])
+    except Exception as exc:
+        log.exception("import job %s crashed", job.uuid)
+        _finish(job, ImportJob.Status.FAILED, ImportResult(), [f"internal error: {type(exc).__name__}"])
+        raise
+    else:
+        _finish(job, ImportJob.Status.SUCCEEDED, result, [])
+    return job
+
+
+def _finish(job: ImportJob, status: str, result: ImportResult, errors: list[str]) -> None:
+    job.status = status
+    job.rows_read = result.rows_read
+    job.items_created = result.items_created
+    job.items_existing = result.items_existing
+    job.judgments_created = result.judgments_created
+    job.errors = errors
+    job.finished_at = timezone.now()
+    if result.format and not job.format:
+        job.format = result.format
+    job.save()
+
+
+def import_file(*, project: Project, path: Path, fmt: str | None = None) -> ImportResult:
+    """Import a file from disk in this process (the management command)."""
+    try:
+        with path.open("rb") as fh:
+            return import_items(project=project, fileobj=fh, fmt=fmt)
+    except FileNotFoundError:
+        raise ImportRefused([RowError(0, f"no such file: {path}")]) from None
+

@@ -1,0 +1,12 @@
+"""Celery tasks of the annotation app: thin shells that load by id and call one service."""
+
+from celery import shared_task
+
+from annotation import services
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=3)
+def run_import_job(self, job_id: int) -> str | None:  # noqa: ANN001 - celery's bound task
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    job = services.import_job_run(job_id=job_id, redelivered=redelivered)
+    return job.status if job else None
