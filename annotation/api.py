@@ -32,8 +32,14 @@ class ProjectOut(Schema):
     @staticmethod
     def from_project(p: Project, item_count: int) -> ProjectOut:
         return ProjectOut(
-            slug=p.slug, name=p.name, description=p.description, judgment_schema=p.schema, schema_version=p.schema_version,
-            guidelines_version=p.guidelines_version, overlap=p.overlap, item_count=item_count,
+            slug=p.slug,
+            name=p.name,
+            description=p.description,
+            judgment_schema=p.schema,
+            schema_version=p.schema_version,
+            guidelines_version=p.guidelines_version,
+            overlap=p.overlap,
+            item_count=item_count,
         )
 
 
@@ -53,9 +59,16 @@ class ImportJobOut(Schema):
     @staticmethod
     def from_job(job: ImportJob) -> ImportJobOut:
         return ImportJobOut(
-            id=job.uuid, project=job.project.slug, status=job.status, format=job.format, rows_read=job.rows_read,
-            items_created=job.items_created, items_existing=job.items_existing,
-            judgments_created=job.judgments_created, errors=job.errors, created_at=job.created_at,
+            id=job.uuid,
+            project=job.project.slug,
+            status=job.status,
+            format=job.format,
+            rows_read=job.rows_read,
+            items_created=job.items_created,
+            items_existing=job.items_existing,
+            judgments_created=job.judgments_created,
+            errors=job.errors,
+            created_at=job.created_at,
             finished_at=job.finished_at,
         )
 
@@ -84,7 +97,10 @@ def get_project(request: HttpRequest, slug: str) -> ProjectOut:
 
 @router.post("/projects/{slug}/imports", response={202: ImportJobOut})
 def start_import(
-    request: HttpRequest, slug: str, file: File[UploadedFile], format: Form[str] = ""  # noqa: A002
+    request: HttpRequest,
+    slug: str,
+    file: File[UploadedFile],
+    format: Form[str] = "",  # noqa: A002
 ) -> tuple[int, ImportJobOut]:
     """Upload a file of items; the import runs in the background. Poll the returned job."""
     project = selectors.project_for_user(request.user, slug, curator=True)
@@ -93,8 +109,12 @@ def start_import(
     if file.size > settings.IMPORT_MAX_UPLOAD_BYTES:
         raise HttpError(413, f"the file is larger than {settings.IMPORT_MAX_UPLOAD_BYTES:,} bytes")
     job = services.import_job_create(
-        project=project, upload=file, name=file.name or "upload", source=ImportJob.Source.API,
-        created_by=request.user, fmt=format,
+        project=project,
+        upload=file,
+        name=file.name or "upload",
+        source=ImportJob.Source.API,
+        created_by=request.user,
+        fmt=format,
     )
     return 202, ImportJobOut.from_job(job)
 

@@ -29,7 +29,8 @@ class ProjectCreateForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 6}), required=False, help_text="Markdown, shown to annotators."
     )
     schema = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 12, "class": "mono"}), initial=EXAMPLE_SCHEMA,
+        widget=forms.Textarea(attrs={"rows": 12, "class": "mono"}),
+        initial=EXAMPLE_SCHEMA,
         help_text="YAML or JSON: pairwise or ranking, plus optional rubric and spans.",
     )
     overlap = forms.IntegerField(min_value=1, max_value=50, initial=1, help_text="Human judgments per item.")

@@ -66,7 +66,7 @@ class ImportRefused(Exception):  # noqa: N818 - it is a refusal, not a crash
         super().__init__(f"import refused, nothing stored: {len(errors)} problem(s){more}; first: {errors[0]}")
 
 
-class _RowProblem(ValueError):
+class _BadRowError(ValueError):
     pass
 
 
@@ -126,7 +126,9 @@ def detect_format(head: bytes) -> str:
     return "csv"
 
 
-def open_rows(fileobj: IO[bytes], fmt: str | None = None) -> tuple[str, Iterator[tuple[int, dict[str, Any] | RowError]]]:
+def open_rows(
+    fileobj: IO[bytes], fmt: str | None = None
+) -> tuple[str, Iterator[tuple[int, dict[str, Any] | RowError]]]:
     """Detect the format (unless forced) and return it with an iterator of (line, row or error)."""
     if fmt is not None and fmt not in FORMATS:
         raise ImportRefused([RowError(0, f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")])
@@ -137,7 +139,7 @@ def open_rows(fileobj: IO[bytes], fmt: str | None = None) -> tuple[str, Iterator
     try:
         head = stream.peek(4096)[:4096]
     except (OSError, EOFError) as exc:
-        raise ImportRefused([RowError(0, f"the file cannot be read: {exc}")]) from None
+        raise ImportRefused([RowError(0, f"the file is truncated or corrupt: {exc}")]) from None
     if not head.strip():
         raise ImportRefused([RowError(0, "the file is empty")])
     fmt = fmt or detect_format(head)
@@ -167,7 +169,7 @@ def _jsonl_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | RowEr
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 yield lineno, RowError(lineno, f"invalid JSON ({exc.msg} at column {exc.colno})")
                 continue
@@ -293,15 +295,15 @@ def split_hh_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
     shared = chosen[:n]
     human = shared.rfind(_HUMAN)
     if human < 0:
-        raise _RowProblem("chosen and rejected share no Human turn, so the prompt cannot be found")
+        raise _BadRowError("chosen and rejected share no Human turn, so the prompt cannot be found")
     cut = shared.find(_ASSISTANT, human)
     if cut < 0:
         # The dialogues diverge inside the last Human turn or right at the Assistant marker.
         cut = chosen.find(_ASSISTANT, human)
         if cut < 0 or rejected.find(_ASSISTANT, human) != cut:
-            raise _RowProblem("chosen and rejected do not end with a final Assistant turn after a shared prompt")
+            raise _BadRowError("chosen and rejected do not end with a final Assistant turn after a shared prompt")
     prompt = chosen[:cut]
-    return prompt, _turn_text(chosen[cut + len(_ASSISTANT):]), _turn_text(rejected[cut + len(_ASSISTANT):])
+    return prompt, _turn_text(chosen[cut + len(_ASSISTANT) :]), _turn_text(rejected[cut + len(_ASSISTANT) :])
 
 
 def _turn_text(text: str) -> str:
@@ -321,11 +323,11 @@ def hh_messages(prompt: str) -> list[dict[str, str]]:
 
 def _messages(value: Any, what: str) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise _RowProblem(f"{what} must be a non-empty list of {{role, content}} messages")
+        raise _BadRowError(f"{what} must be a non-empty list of {{role, content}} messages")
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in _ROLES:
-            raise _RowProblem(f"{what}[{i}] must be {{role: system|user|assistant|tool, content: text}}")
+            raise _BadRowError(f"{what}[{i}] must be {{role: system|user|assistant|tool, content: text}}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -340,41 +342,65 @@ def _response_text(value: Any, what: str) -> str:
     if isinstance(value, list):  # TRL conversational: the final assistant message
         msgs = _messages(value, what)
         if msgs[-1]["role"] != "assistant":
-            raise _RowProblem(f"{what} as messages must end with an assistant message")
+            raise _BadRowError(f"{what} as messages must end with an assistant message")
         return msgs[-1]["content"]
-    raise _RowProblem(f"{what} must be text")
+    raise _BadRowError(f"{what} must be text")
 
 
 def _str(value: Any, what: str, max_len: int = 1_000_000) -> str:
     if isinstance(value, bool) or value is None:
-        raise _RowProblem(f"{what} must be text")
+        raise _BadRowError(f"{what} must be text")
     if isinstance(value, int | float):
         value = str(value)
     if not isinstance(value, str):
-        raise _RowProblem(f"{what} must be text")
+        raise _BadRowError(f"{what} must be text")
     if len(value) > max_len:
-        raise _RowProblem(f"{what} is longer than {max_len} characters")
+        raise _BadRowError(f"{what} is longer than {max_len} characters")
     return value
 
 
 _LABELS = {"a": "A", "response_a": "A", "b": "B", "response_b": "B", "tie": "tie", "equal": "tie", "same": "tie"}
 _SPLITS = {"train": "train", "eval": "eval", "test": "eval", "validation": "eval", "dev": "eval", "heldout": "eval"}
 _KNOWN = {
-    "id", "external_id", "prompt", "messages", "response_a", "response_b", "model_a", "model_b", "responses",
-    "chosen", "rejected", "metadata", "split", "label", "preference", "strength", "ranking", "rubric", "spans",
-    "justification", "annotator", "judgments", "gold_answer", "chosen_model", "rejected_model",
+    "id",
+    "external_id",
+    "prompt",
+    "messages",
+    "response_a",
+    "response_b",
+    "model_a",
+    "model_b",
+    "responses",
+    "chosen",
+    "rejected",
+    "metadata",
+    "split",
+    "label",
+    "preference",
+    "strength",
+    "ranking",
+    "rubric",
+    "spans",
+    "justification",
+    "annotator",
+    "judgments",
+    "gold_answer",
+    "chosen_model",
+    "rejected_model",
 }
 
 
 def normalize_row(raw: dict[str, Any], line: int) -> ParsedRow:
-    """Map any accepted row shape onto one ParsedRow, or raise _RowProblem saying what is wrong."""
+    """Map any accepted row shape onto one ParsedRow, or raise _BadRowError saying what is wrong."""
     for key, value in raw.items():
         if isinstance(value, _Unparsable):
-            raise _RowProblem(f"column {key!r} must hold JSON")
+            raise _BadRowError(f"column {key!r} must hold JSON")
     prompt_messages: list[dict[str, str]] | None = None
     labels: list[tuple[str, dict[str, Any]]] = []
     annotator = _str(raw.get("annotator", DEFAULT_ANNOTATOR), "annotator", 200).strip() or DEFAULT_ANNOTATOR
     hh_like = "chosen" in raw and "rejected" in raw
+    if not hh_like and ("chosen" in raw or "rejected" in raw):
+        raise _BadRowError("chosen and rejected must both be given")
     if hh_like and "prompt" not in raw and "messages" not in raw:
         chosen = _str(raw["chosen"], "chosen")
         rejected = _str(raw["rejected"], "rejected")
@@ -384,14 +410,14 @@ def normalize_row(raw: dict[str, Any], line: int) -> ParsedRow:
     else:
         prompt_value = raw.get("prompt", raw.get("messages"))
         if prompt_value is None:
-            raise _RowProblem("missing prompt (or messages)")
+            raise _BadRowError("missing prompt (or messages)")
         if isinstance(prompt_value, list):
             prompt_messages = _messages(prompt_value, "prompt")
             prompt = transcript(prompt_messages)
         else:
             prompt = _str(prompt_value, "prompt")
             if not prompt.strip():
-                raise _RowProblem("prompt is empty")
+                raise _BadRowError("prompt is empty")
         if hh_like:
             chosen_text = _response_text(raw["chosen"], "chosen")
             rejected_text = _response_text(raw["rejected"], "rejected")
@@ -412,22 +438,31 @@ def normalize_row(raw: dict[str, Any], line: int) -> ParsedRow:
 
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, dict):
-        raise _RowProblem("metadata must be a JSON object")
-    extra = {k: v for k, v in raw.items() if k not in _KNOWN and not k.startswith("response_") and not k.startswith("model_")}
+        raise _BadRowError("metadata must be a JSON object")
+    extra = {
+        k: v for k, v in raw.items() if k not in _KNOWN and not k.startswith("response_") and not k.startswith("model_")
+    }
     metadata = {**extra, **metadata}
 
     split = _SPLITS.get(str(raw.get("split", "train")).strip().lower())
     if split is None:
-        raise _RowProblem(f"split must be train or eval, got {raw.get('split')!r}")
+        raise _BadRowError(f"split must be train or eval, got {raw.get('split')!r}")
 
     if not hh_like:
         labels.extend(_labels(raw, annotator))
     gold = raw.get("gold_answer")
     if gold is not None and not isinstance(gold, dict):
-        raise _RowProblem("gold_answer must be a judgment payload object")
+        raise _BadRowError("gold_answer must be a judgment payload object")
     return ParsedRow(
-        line=line, external_id=external_id, prompt=prompt, prompt_messages=prompt_messages,
-        responses=responses, metadata=metadata, split=split, gold_answer=gold, judgments=labels,
+        line=line,
+        external_id=external_id,
+        prompt=prompt,
+        prompt_messages=prompt_messages,
+        responses=responses,
+        metadata=metadata,
+        split=split,
+        gold_answer=gold,
+        judgments=labels,
     )
 
 
@@ -439,41 +474,41 @@ def _int(value: Any, what: str) -> int:
             raise ValueError
         return int(value)
     except (TypeError, ValueError):
-        raise _RowProblem(f"{what} must be a whole number, got {value!r}") from None
+        raise _BadRowError(f"{what} must be a whole number, got {value!r}") from None
 
 
 def _responses(raw: dict[str, Any]) -> list[dict[str, str]]:
     if "responses" in raw:
         value = raw["responses"]
         if not isinstance(value, list):
-            raise _RowProblem("responses must be a list")
+            raise _BadRowError("responses must be a list")
         out = []
         for i, r in enumerate(value):
             if isinstance(r, str):
                 out.append({"text": r, "model": ""})
             elif isinstance(r, dict) and "text" in r:
-                out.append({"text": _str(r["text"], f"responses[{i}].text"), "model": _str(r.get("model") or "", "model", 200)})
+                out.append(
+                    {"text": _str(r["text"], f"responses[{i}].text"), "model": _str(r.get("model") or "", "model", 200)}
+                )
             else:
-                raise _RowProblem(f"responses[{i}] must be text or {{text, model}}")
+                raise _BadRowError(f"responses[{i}] must be text or {{text, model}}")
         return out
     if "response_a" in raw or "response_b" in raw:
         if "response_a" not in raw or "response_b" not in raw:
-            raise _RowProblem("response_a and response_b must both be given")
+            raise _BadRowError("response_a and response_b must both be given")
         return [
             {"text": _str(raw["response_a"], "response_a"), "model": _str(raw.get("model_a") or "", "model_a", 200)},
             {"text": _str(raw["response_b"], "response_b"), "model": _str(raw.get("model_b") or "", "model_b", 200)},
         ]
-    numbered = sorted(
-        (int(k.split("_", 1)[1]), k) for k in raw if re.fullmatch(r"response_[0-9]+", k)
-    )
+    numbered = sorted((int(k.split("_", 1)[1]), k) for k in raw if re.fullmatch(r"response_[0-9]+", k))
     if numbered:
         if [n for n, _ in numbered] != list(range(1, len(numbered) + 1)):
-            raise _RowProblem("numbered responses must be response_1, response_2, ... without gaps")
+            raise _BadRowError("numbered responses must be response_1, response_2, ... without gaps")
         return [
             {"text": _str(raw[k], k), "model": _str(raw.get(f"model_{n}") or "", f"model_{n}", 200)}
             for n, k in numbered
         ]
-    raise _RowProblem("missing responses: give response_a/response_b, responses, or chosen/rejected")
+    raise _BadRowError("missing responses: give response_a/response_b, responses, or chosen/rejected")
 
 
 def _external_id(raw: dict[str, Any], prompt: str, texts: list[str]) -> str:
@@ -481,7 +516,7 @@ def _external_id(raw: dict[str, Any], prompt: str, texts: list[str]) -> str:
     if value is not None and value != "":
         ext = _str(value, "id", 255).strip()
         if not ext:
-            raise _RowProblem("id is blank")
+            raise _BadRowError("id is blank")
         return ext
     digest = hashlib.sha256(json.dumps([prompt, texts], ensure_ascii=False).encode()).hexdigest()
     return f"sha256:{digest[:32]}"
@@ -492,10 +527,10 @@ def _labels(raw: dict[str, Any], annotator: str) -> list[tuple[str, dict[str, An
     if "judgments" in raw:
         judgments = raw["judgments"]
         if not isinstance(judgments, list):
-            raise _RowProblem("judgments must be a list")
+            raise _BadRowError("judgments must be a list")
         for i, j in enumerate(judgments):
             if not isinstance(j, dict):
-                raise _RowProblem(f"judgments[{i}] must be an object")
+                raise _BadRowError(f"judgments[{i}] must be an object")
             name = _str(j.get("annotator", f"{DEFAULT_ANNOTATOR}-{i + 1}"), f"judgments[{i}].annotator", 200)
             out.append((name, {k: v for k, v in j.items() if k != "annotator"}))
     payload: dict[str, Any] = {}
@@ -503,7 +538,7 @@ def _labels(raw: dict[str, Any], annotator: str) -> list[tuple[str, dict[str, An
     if label is not None and label != "":
         choice = _LABELS.get(str(label).strip().lower())
         if choice is None:
-            raise _RowProblem(f"label must be A, B or tie, got {label!r}")
+            raise _BadRowError(f"label must be A, B or tie, got {label!r}")
         default = 0 if choice == "tie" else 1
         payload["pairwise"] = {"choice": choice, "strength": _int(raw.get("strength", default), "strength")}
     for key in ("ranking", "rubric", "spans"):
@@ -520,24 +555,24 @@ def check_row(row: ParsedRow, schema: JudgmentSchema) -> list[tuple[str, dict[st
     """Check the item and its labels against the project's schema; return canonical payloads."""
     problem = schema.response_count_error(len(row.responses))
     if problem:
-        raise _RowProblem(problem)
+        raise _BadRowError(problem)
     texts = [r["text"] for r in row.responses]
     canonical = []
     seen = set()
     for name, payload in row.judgments:
         if name in seen:
-            raise _RowProblem(f"annotator {name!r} judges this item twice")
+            raise _BadRowError(f"annotator {name!r} judges this item twice")
         seen.add(name)
         try:
             parsed = schema.validate_payload(payload, texts)
         except PayloadError as exc:
-            raise _RowProblem(f"label by {name!r}: {exc}") from None
+            raise _BadRowError(f"label by {name!r}: {exc}") from None
         canonical.append((name, parsed.model_dump(exclude_none=True)))
     if row.gold_answer is not None:
         try:
             row.gold_answer = schema.validate_payload(row.gold_answer, texts).model_dump(exclude_none=True)
         except PayloadError as exc:
-            raise _RowProblem(f"gold_answer: {exc}") from None
+            raise _BadRowError(f"gold_answer: {exc}") from None
     return canonical
 
 
@@ -574,7 +609,7 @@ def import_items(
                 try:
                     row = normalize_row(raw, line)
                     parsed.append((row, check_row(row, schema)))
-                except _RowProblem as exc:
+                except _BadRowError as exc:
                     errors.append(RowError(line, str(exc), unit))
             if len(errors) >= max_errors:
                 raise ImportRefused(errors[:max_errors], result.rows_read, truncated=True)
@@ -609,15 +644,21 @@ def _write_batch(
     unique: dict[str, tuple[ParsedRow, list[tuple[str, dict[str, Any]]]]] = {}
     for row, judgments in parsed:
         unique.setdefault(row.external_id, (row, judgments))
-    ids = dict(
-        Item.objects.filter(project=project, external_id__in=list(unique)).values_list("external_id", "id")
-    )
+    ids = dict(Item.objects.filter(project=project, external_id__in=list(unique)).values_list("external_id", "id"))
     result.items_existing += len(ids) + (len(parsed) - len(unique))
     new_items = [
         Item(
-            project=project, external_id=ext, prompt=row.prompt, prompt_messages=row.prompt_messages,
-            responses=row.responses, num_responses=len(row.responses), metadata=row.metadata, split=row.split,
-            is_gold=row.gold_answer is not None, gold_answer=row.gold_answer, import_job_id=import_job_id,
+            project=project,
+            external_id=ext,
+            prompt=row.prompt,
+            prompt_messages=row.prompt_messages,
+            responses=row.responses,
+            num_responses=len(row.responses),
+            metadata=row.metadata,
+            split=row.split,
+            is_gold=row.gold_answer is not None,
+            gold_answer=row.gold_answer,
+            import_job_id=import_job_id,
         )
         for ext, (row, _) in unique.items()
         if ext not in ids
@@ -630,7 +671,9 @@ def _write_batch(
         for name, payload in judgments:
             new_judgments.append(
                 Judgment(
-                    item_id=ids[ext], labeler=_imported_labeler(project, name, labelers), payload=payload,
+                    item_id=ids[ext],
+                    labeler=_imported_labeler(project, name, labelers),
+                    payload=payload,
                     schema_version=project.schema_version,
                 )
             )

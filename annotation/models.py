@@ -250,7 +250,11 @@ class Labeler(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="labeler"
     )
     project = models.ForeignKey(
-        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="labelers",
+        Project,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="labelers",
         help_text="Imported and AI labelers belong to one project; a user's labeler to none.",
     )
     name = models.CharField(max_length=200)

@@ -42,10 +42,14 @@ def can_create_projects(user: User) -> bool:
 
 
 def project_list_for_user(user: User) -> QuerySet[Project]:
-    return projects_for_user(user).annotate(
-        item_count=Count("items", distinct=True),
-        open_count=Count("items", filter=Q(items__status=Item.Status.OPEN), distinct=True),
-    ).order_by("name")
+    return (
+        projects_for_user(user)
+        .annotate(
+            item_count=Count("items", distinct=True),
+            open_count=Count("items", filter=Q(items__status=Item.Status.OPEN), distinct=True),
+        )
+        .order_by("name")
+    )
 
 
 def project_stats(project: Project) -> dict[str, object]:
@@ -74,11 +78,7 @@ def import_jobs_for_project(project: Project, limit: int = 10) -> list[ImportJob
 
 
 def import_job_for_user(user: User, job_uuid: object) -> ImportJob:
-    job = (
-        ImportJob.objects.select_related("project")
-        .filter(uuid=job_uuid, project__in=projects_for_user(user))
-        .first()
-    )
+    job = ImportJob.objects.select_related("project").filter(uuid=job_uuid, project__in=projects_for_user(user)).first()
     if job is None:
         raise Http404("No such import.")
     project_for_user(user, job.project.slug, curator=True)

@@ -71,10 +71,18 @@ def project_create(*, spec: ProjectSpec, created_by: AbstractBaseUser | None) ->
             raise SpecError(f"a project with slug {spec.slug!r} already exists")
         schema = spec.schema_.model_dump(mode="json", exclude_none=True)
         project = Project.objects.create(
-            slug=spec.slug, name=spec.name, description=spec.description, guidelines=spec.guidelines,
-            schema=schema, overlap=spec.overlap, human_budget=spec.human_budget, gold_rate=spec.gold_rate,
-            lease_seconds=spec.lease_seconds, show_model_names=spec.show_model_names,
-            routing_policy=spec.routing_policy, created_by=created_by,
+            slug=spec.slug,
+            name=spec.name,
+            description=spec.description,
+            guidelines=spec.guidelines,
+            schema=schema,
+            overlap=spec.overlap,
+            human_budget=spec.human_budget,
+            gold_rate=spec.gold_rate,
+            lease_seconds=spec.lease_seconds,
+            show_model_names=spec.show_model_names,
+            routing_policy=spec.routing_policy,
+            created_by=created_by,
         )
         SchemaVersion.objects.create(project=project, version=1, schema=schema, created_by=created_by)
         GuidelinesVersion.objects.create(project=project, version=1, text=spec.guidelines, created_by=created_by)
@@ -124,8 +132,13 @@ def membership_set(*, project: Project, user: AbstractBaseUser, role: Membership
 
 
 def import_job_create(
-    *, project: Project, upload: IO[bytes], name: str, source: ImportJob.Source,
-    created_by: AbstractBaseUser | None, fmt: str = "",
+    *,
+    project: Project,
+    upload: IO[bytes],
+    name: str,
+    source: ImportJob.Source,
+    created_by: AbstractBaseUser | None,
+    fmt: str = "",
 ) -> ImportJob:
     """Store the upload and queue its import once the transaction commits."""
     from annotation.tasks import run_import_job
@@ -185,4 +198,3 @@ def import_file(*, project: Project, path: Path, fmt: str | None = None) -> Impo
             return import_items(project=project, fileobj=fh, fmt=fmt)
     except FileNotFoundError:
         raise ImportRefused([RowError(0, f"no such file: {path}")]) from None
-

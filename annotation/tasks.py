@@ -6,7 +6,7 @@ from annotation import services
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=3)
-def run_import_job(self, job_id: int) -> str | None:  # noqa: ANN001 - celery's bound task
+def run_import_job(self, job_id: int) -> str | None:
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     job = services.import_job_run(job_id=job_id, redelivered=redelivered)
     return job.status if job else None

@@ -76,8 +76,12 @@ def import_upload(request: HttpRequest, slug: str) -> HttpResponse:
     if form.is_valid():
         upload = form.cleaned_data["file"]
         services.import_job_create(
-            project=project, upload=upload, name=upload.name, source=ImportJob.Source.UPLOAD,
-            created_by=request.user, fmt=form.cleaned_data["format"],
+            project=project,
+            upload=upload,
+            name=upload.name,
+            source=ImportJob.Source.UPLOAD,
+            created_by=request.user,
+            fmt=form.cleaned_data["format"],
         )
         form = ImportForm()
     context = {

@@ -9,16 +9,43 @@ from markdown_it import MarkdownIt
 register = template.Library()
 _md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
 _TAGS = {
-    "p", "br", "hr", "em", "strong", "code", "pre", "blockquote", "ul", "ol", "li", "a",
-    "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td", "del", "img",
+    "p",
+    "br",
+    "hr",
+    "em",
+    "strong",
+    "code",
+    "pre",
+    "blockquote",
+    "ul",
+    "ol",
+    "li",
+    "a",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "del",
+    "img",
 }
 
 
 def render_markdown(text: str) -> str:
     html = _md.render(text or "")
     return nh3.clean(
-        html, tags=_TAGS, attributes={"a": {"href", "title"}, "img": {"src", "alt"}, "code": {"class"}},
-        url_schemes={"http", "https", "mailto"}, link_rel="noopener noreferrer nofollow",
+        html,
+        tags=_TAGS,
+        attributes={"a": {"href", "title"}, "img": {"src", "alt"}, "code": {"class"}},
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
     )
 
 

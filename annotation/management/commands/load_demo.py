@@ -34,14 +34,18 @@ class Command(BaseCommand):
         users = get_user_model()
         accounts = {}
         for username, password, role in DEMO_USERS:
-            user, created = users.objects.get_or_create(username=username, defaults={"email": f"{username}@example.com"})
+            user, created = users.objects.get_or_create(
+                username=username, defaults={"email": f"{username}@example.com"}
+            )
             if created:
                 user.set_password(password)
                 if role == Membership.Role.CURATOR:
                     user.is_staff = True
                 user.save()
                 if role == Membership.Role.CURATOR:
-                    user.user_permissions.add(Permission.objects.get(codename="add_project", content_type__app_label="annotation"))
+                    user.user_permissions.add(
+                        Permission.objects.get(codename="add_project", content_type__app_label="annotation")
+                    )
             accounts[username] = (user, password, role)
         curator = accounts["curator"][0]
         for spec_file, items_file in DEMO_PROJECTS:
@@ -50,7 +54,9 @@ class Command(BaseCommand):
             for user, _, role in accounts.values():
                 membership_set(project=project, user=user, role=role)
             result = import_file(project=project, path=DEMO_DIR / items_file)
-            self.stdout.write(f"demo project {project.slug}: {result.items_created} new items ({result.items_existing} already there)")
+            self.stdout.write(
+                f"demo project {project.slug}: {result.items_created} new items ({result.items_existing} already there)"
+            )
         if not opts["quiet_credentials"]:
             self.stdout.write("demo accounts (username / password / role):")
             for username, (_, password, role) in accounts.items():

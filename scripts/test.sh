@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite against PostgreSQL and Redis (defaults: the local services on 127.0.0.1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/prefloop}"
+export CELERY_BROKER_URL="${TEST_CELERY_BROKER_URL:-redis://127.0.0.1:6379/15}"
+export SECRET_KEY="test-only-secret-key-not-for-production"
+export DEBUG=0 STATIC_MANIFEST=0 VAR_DIR="${VAR_DIR:-$PWD/var/test}"
+BIN=.venv/bin
+
+$BIN/ruff check .
+DEBUG=1 DATABASE_URL=sqlite:///:memory: $BIN/python manage.py makemigrations --check --dry-run
+$BIN/python -m pytest "$@"

@@ -1,0 +1,157 @@
+"""Shared fixtures: personas (curator, annotator, outsider), project builders, a real Celery worker."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.db import connection
+
+from annotation.models import Membership, Project
+from annotation.services import ProjectSpec, membership_set, project_create
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+HH_FILE = SHARED_DATA / "hh_harmless_pairs.jsonl.gz"
+QA_FILE = SHARED_DATA / "qa_feedback_finegrained.json.gz"
+
+PAIRWISE_SCHEMA = {"pairwise": {"strengths": ["better", "much better"], "allow_tie": True}}
+RUBRIC_SCHEMA = {
+    "pairwise": {"strengths": ["better", "much better"], "allow_tie": True, "justification": "optional"},
+    "rubric": {"aspects": [{"name": "helpfulness", "scale": {"min": 1, "max": 5}}]},
+    "spans": {"categories": [{"name": "factual"}, {"name": "irrelevant"}]},
+}
+
+
+def needs_shared(path: Path) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not path.exists(), reason=f"shared data file {path} is absent (a user's clone)")
+
+
+@pytest.fixture
+def make_user(db: None) -> Callable[..., Any]:
+    def make(username: str, *, can_create: bool = False, superuser: bool = False) -> Any:
+        user = get_user_model().objects.create_user(
+            username=username, password=f"{username}-pw-123", is_superuser=superuser
+        )
+        if can_create:
+            user.user_permissions.add(Permission.objects.get(codename="add_project"))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def curator(make_user: Callable[..., Any]) -> Any:
+    return make_user("carol", can_create=True)
+
+
+@pytest.fixture
+def annotator(make_user: Callable[..., Any]) -> Any:
+    return make_user("alice")
+
+
+@pytest.fixture
+def outsider(make_user: Callable[..., Any]) -> Any:
+    return make_user("oscar", can_create=True)
+
+
+@pytest.fixture
+def make_project(db: None) -> Callable[..., Project]:
+    def make(slug: str = "p1", schema: dict[str, Any] | None = None, curator: Any = None, **extra: Any) -> Project:
+        spec = ProjectSpec.parse({"slug": slug, "name": slug.upper(), "schema": schema or PAIRWISE_SCHEMA, **extra})
+        return project_create(spec=spec, created_by=curator)
+
+    return make
+
+
+@pytest.fixture
+def project(make_project: Callable[..., Project], curator: Any, annotator: Any) -> Project:
+    p = make_project("p1", curator=curator)
+    membership_set(project=p, user=annotator, role=Membership.Role.ANNOTATOR)
+    return p
+
+
+def jsonl(rows: list[dict[str, Any]]) -> io.BytesIO:
+    return io.BytesIO("".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def pair_row(i: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"r{i}",
+        "prompt": f"Question {i}?",
+        "response_a": f"Answer A{i}",
+        "response_b": f"Answer B{i}",
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# A real Celery worker process against Redis and the test database.
+
+
+def _database_url() -> str:
+    s = connection.settings_dict
+    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    from config.celery import app
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the worker test needs the PostgreSQL test database")
+    app.control.purge()
+    env = {**os.environ, "DATABASE_URL": _database_url()}
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "default,ai,gpu",
+            "-c",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+            "--logfile",
+            str(log),
+            "-n",
+            f"test-{os.getpid()}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"worker exited early:\n{log.read_text() if log.exists() else ''}")
+        if log.exists() and "ready." in log.read_text():
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("worker did not become ready in 60 s")
+    proc.log_path = log  # type: ignore[attr-defined]
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
