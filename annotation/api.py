@@ -8,9 +8,10 @@ from uuid import UUID
 
 from django.conf import settings
 from django.http import HttpRequest
-from ninja import File, Form, Router, Schema
+from ninja import Body, File, Form, Router, Schema
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
+from ninja.responses import Status
 
 from annotation import selectors, services
 from annotation.importing import FORMATS
@@ -79,14 +80,14 @@ def list_projects(request: HttpRequest) -> list[ProjectOut]:
 
 
 @router.post("/projects", response={201: ProjectOut})
-def create_project(request: HttpRequest, spec: dict[str, Any]) -> tuple[int, ProjectOut]:
+def create_project(request: HttpRequest, spec: Body[dict[str, Any]]) -> Status[ProjectOut]:
     if not selectors.can_create_projects(request.user):
         raise HttpError(403, "You may not create projects.")
     try:
         project = services.project_create(spec=services.ProjectSpec.parse(spec), created_by=request.user)
     except services.SpecError as exc:
         raise HttpError(422, str(exc)) from None
-    return 201, ProjectOut.from_project(project, 0)
+    return Status(201, ProjectOut.from_project(project, 0))
 
 
 @router.get("/projects/{slug}", response=ProjectOut)
@@ -101,7 +102,7 @@ def start_import(
     slug: str,
     file: File[UploadedFile],
     format: Form[str] = "",  # noqa: A002
-) -> tuple[int, ImportJobOut]:
+) -> Status[ImportJobOut]:
     """Upload a file of items; the import runs in the background. Poll the returned job."""
     project = selectors.project_for_user(request.user, slug, curator=True)
     if format and format not in FORMATS:
@@ -116,7 +117,7 @@ def start_import(
         created_by=request.user,
         fmt=format,
     )
-    return 202, ImportJobOut.from_job(job)
+    return Status(202, ImportJobOut.from_job(job))
 
 
 @router.get("/imports/{job_id}", response=ImportJobOut)

@@ -66,8 +66,6 @@ def test_hh_file_with_one_malformed_row_in_the_middle_is_refused_and_nothing_sto
     lines[799] = json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: a"})  # line 800: no rejected
     with pytest.raises(ImportRefused) as refused:
         import_items(project=project, fileobj=io.BytesIO(("\n".join(lines) + "\n").encode()), batch_size=256)
-    assert [str(e) for e in refused.value.errors] == [
-        "line 800: chosen and rejected must both be given"
-    ]
+    assert [str(e) for e in refused.value.errors] == ["line 800: chosen and rejected must both be given"]
     assert Item.objects.filter(project=project).count() == 0
     assert Judgment.objects.count() == 0
