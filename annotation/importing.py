@@ -26,12 +26,14 @@ import hashlib
 import io
 import json
 import re
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, models, router, transaction
+from django.utils import timezone
 
 from annotation.models import Item, Judgment, Labeler, Project
 from annotation.schema import JudgmentSchema, PayloadError
@@ -646,39 +648,76 @@ def _write_batch(
         unique.setdefault(row.external_id, (row, judgments))
     ids = dict(Item.objects.filter(project=project, external_id__in=list(unique)).values_list("external_id", "id"))
     result.items_existing += len(ids) + (len(parsed) - len(unique))
+    now = timezone.now()
     new_items = [
-        Item(
-            project=project,
-            external_id=ext,
-            prompt=row.prompt,
-            prompt_messages=row.prompt_messages,
-            responses=row.responses,
-            num_responses=len(row.responses),
-            metadata=row.metadata,
-            split=row.split,
-            is_gold=row.gold_answer is not None,
-            gold_answer=row.gold_answer,
-            import_job_id=import_job_id,
-        )
+        {
+            "uuid": uuid.uuid4(),
+            "project_id": project.id,
+            "external_id": ext,
+            "prompt": row.prompt,
+            "prompt_messages": row.prompt_messages,
+            "responses": row.responses,
+            "num_responses": len(row.responses),
+            "metadata": row.metadata,
+            "split": row.split,
+            "status": Item.Status.OPEN,
+            "is_gold": row.gold_answer is not None,
+            "gold_answer": row.gold_answer,
+            "import_job_id": import_job_id,
+            "created_at": now,
+        }
         for ext, (row, _) in unique.items()
         if ext not in ids
     ]
-    Item.objects.bulk_create(new_items)
+    if new_items:
+        fast_insert(Item, new_items)
+        new_ids = [i["external_id"] for i in new_items]
+        ids.update(Item.objects.filter(project=project, external_id__in=new_ids).values_list("external_id", "id"))
     result.items_created += len(new_items)
-    ids.update((item.external_id, item.id) for item in new_items)
-    new_judgments = []
+    new_ids = {i["external_id"] for i in new_items}
+    on_new_items, on_existing_items = [], []
     for ext, (_, judgments) in unique.items():
         for name, payload in judgments:
-            new_judgments.append(
-                Judgment(
-                    item_id=ids[ext],
-                    labeler=_imported_labeler(project, name, labelers),
-                    payload=payload,
-                    schema_version=project.schema_version,
-                )
-            )
-    if new_judgments:
-        Judgment.objects.bulk_create(new_judgments, ignore_conflicts=True)
+            judgment = {
+                "uuid": uuid.uuid4(),
+                "item_id": ids[ext],
+                "labeler_id": _imported_labeler(project, name, labelers).id,
+                "payload": payload,
+                "schema_version": project.schema_version,
+                "raw_output": "",
+                "created_at": now,
+            }
+            (on_new_items if ext in new_ids else on_existing_items).append(judgment)
+    fast_insert(Judgment, on_new_items)  # a new item has no judgment yet, and annotators are unique per row
+    Judgment.objects.bulk_create([Judgment(**j) for j in on_existing_items], ignore_conflicts=True)
+
+
+def fast_insert(model: type[models.Model], rows: list[dict[str, Any]]) -> None:
+    """Insert new rows, given as {field attname: value}, with PostgreSQL's COPY.
+
+    Twice as fast as bulk_create for wide text/JSON rows; other databases get bulk_create.
+    Every row names the same fields, defaults included, and must not conflict with an existing
+    row (COPY has no ON CONFLICT). No primary keys come back: select them by a natural key.
+    """
+    if not rows:
+        return
+    conn = connections[router.db_for_write(model)]
+    if conn.vendor != "postgresql":
+        model.objects.bulk_create([model(**row) for row in rows])
+        return
+    from psycopg.types.json import Jsonb
+
+    by_attname = {f.attname: f for f in model._meta.concrete_fields}
+    fields = [by_attname[name] for name in rows[0]]
+    json_at = [i for i, f in enumerate(fields) if isinstance(f, models.JSONField)]
+    columns = ", ".join(conn.ops.quote_name(f.column) for f in fields)
+    with conn.cursor() as cursor, cursor.cursor.copy(f"COPY {model._meta.db_table} ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            values = list(row.values())
+            for i in json_at:
+                if values[i] is not None:
+                    values[i] = Jsonb(values[i])
+            copy.write_row(values)
 
 
 def _imported_labeler(project: Project, name: str, cache: dict[str, Labeler]) -> Labeler:

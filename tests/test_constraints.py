@@ -61,7 +61,9 @@ def test_assignments_are_unique_per_annotator_and_have_a_valid_lease(project: Pr
     _refused(lambda: Assignment.objects.create(**lease, expires_at=now + timedelta(minutes=5)))
     other = _item(project, "y")
     _refused(lambda: Assignment.objects.create(**{**lease, "item": other}, expires_at=now - timedelta(seconds=1)))
-    _refused(lambda: Assignment.objects.create(**{**lease, "item": other, "state": "lost"}, expires_at=now + timedelta(1)))
+    _refused(
+        lambda: Assignment.objects.create(**{**lease, "item": other, "state": "lost"}, expires_at=now + timedelta(1))
+    )
 
 
 def test_project_numbers_stay_in_range(project: Project) -> None:

@@ -1,0 +1,129 @@
+"""Import throughput and peak memory on PostgreSQL, for generated files of growing size.
+
+    make bench-import                 # or: .venv/bin/python bench/import/run.py --sizes 10000 50000 100000
+
+Each size runs in a fresh process (so its peak RSS is its own) against a fresh database
+(BENCH_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/prefloop_bench). Rows are
+pairwise items with metadata, half of them carrying a human label, like a labeled export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = Path(__file__).resolve().parent / "out"
+WORDS = [
+    "the", "model", "answer", "question", "because", "however", "data", "label",
+    "prefer", "safe", "helpful", "claim", "code", "step", "result",
+]  # fmt: skip
+
+
+def generate(path: Path, n: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            row = {
+                "id": f"bench-{i}",
+                "prompt": " ".join(rng.choices(WORDS, k=rng.randint(8, 60))) + "?",
+                "response_a": " ".join(rng.choices(WORDS, k=rng.randint(20, 200))),
+                "response_b": " ".join(rng.choices(WORDS, k=rng.randint(20, 200))),
+                "model_a": rng.choice(["m-small", "m-large"]),
+                "model_b": rng.choice(["m-small", "m-large"]),
+                "metadata": {"category": rng.choice(["chat", "code", "safety", "math"]), "n": i},
+            }
+            if i % 2 == 0:
+                row["label"] = rng.choice(["A", "B", "tie"])
+            fh.write(json.dumps(row) + "\n")
+
+
+def child(path: Path, n: int) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from annotation.importing import import_items
+    from annotation.services import ProjectSpec, project_create
+
+    call_command("migrate", verbosity=0)
+    slug = f"bench-{n}-{int(time.time())}"
+    project = project_create(
+        spec=ProjectSpec.parse({"slug": slug, "name": slug, "schema": {"pairwise": {}}}), created_by=None
+    )
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with path.open("rb") as fh:
+        result = import_items(project=project, fileobj=fh)
+    elapsed = time.perf_counter() - start
+    print(
+        json.dumps(
+            {
+                "rows": result.rows_read,
+                "items": result.items_created,
+                "judgments": result.judgments_created,
+                "seconds": round(elapsed, 2),
+                "rows_per_s": round(result.rows_read / elapsed),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "rss_before_import_mb": round(rss_before / 1024, 1),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
+    parser.add_argument("--child", nargs=2, metavar=("FILE", "N"))
+    args = parser.parse_args()
+    if args.child:
+        child(Path(args.child[0]), int(args.child[1]))
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    db_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/prefloop_bench")
+    dbname = db_url.rsplit("/", 1)[1]
+    subprocess.run(
+        ["psql", db_url.rsplit("/", 1)[0] + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {dbname}"], check=True
+    )
+    subprocess.run(["psql", db_url.rsplit("/", 1)[0] + "/postgres", "-qc", f"CREATE DATABASE {dbname}"], check=True)
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "SECRET_KEY": "bench",
+        "DEBUG": "0",
+        "STATIC_MANIFEST": "0",
+        "VAR_DIR": str(OUT / "var"),
+        "LOG_LEVEL": "WARNING",
+    }
+    print(f"{'rows':>8} {'seconds':>8} {'rows/s':>8} {'peak RSS MB':>12} {'RSS before MB':>14} {'file MB':>8}")
+    for n in args.sizes:
+        path = OUT / f"items-{n}.jsonl"
+        if not path.exists():
+            generate(path, n)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(path), str(n)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(
+            f"{r['rows']:>8} {r['seconds']:>8} {r['rows_per_s']:>8} {r['peak_rss_mb']:>12} "
+            f"{r['rss_before_import_mb']:>14} {path.stat().st_size / 1e6:>8.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
