@@ -7,8 +7,9 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.http import HttpRequest
-from ninja import Body, File, Form, Router, Schema
+from ninja import Body, Field, File, Form, Router, Schema
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from ninja.responses import Status
@@ -24,29 +25,16 @@ class ProjectOut(Schema):
     slug: str
     name: str
     description: str
-    judgment_schema: dict[str, Any]
+    judgment_schema: dict[str, Any] = Field(alias="schema")
     schema_version: int
     guidelines_version: int
     overlap: int
     item_count: int
 
-    @staticmethod
-    def from_project(p: Project, item_count: int) -> ProjectOut:
-        return ProjectOut(
-            slug=p.slug,
-            name=p.name,
-            description=p.description,
-            judgment_schema=p.schema,
-            schema_version=p.schema_version,
-            guidelines_version=p.guidelines_version,
-            overlap=p.overlap,
-            item_count=item_count,
-        )
-
 
 class ImportJobOut(Schema):
-    id: UUID
-    project: str
+    id: UUID = Field(alias="uuid")
+    project: str = Field(alias="project.slug")
     status: str
     format: str
     rows_read: int
@@ -57,43 +45,29 @@ class ImportJobOut(Schema):
     created_at: datetime
     finished_at: datetime | None
 
-    @staticmethod
-    def from_job(job: ImportJob) -> ImportJobOut:
-        return ImportJobOut(
-            id=job.uuid,
-            project=job.project.slug,
-            status=job.status,
-            format=job.format,
-            rows_read=job.rows_read,
-            items_created=job.items_created,
-            items_existing=job.items_existing,
-            judgments_created=job.judgments_created,
-            errors=job.errors,
-            created_at=job.created_at,
-            finished_at=job.finished_at,
-        )
-
 
 @router.get("/projects", response=list[ProjectOut])
-def list_projects(request: HttpRequest) -> list[ProjectOut]:
-    return [ProjectOut.from_project(p, p.item_count) for p in selectors.project_list_for_user(request.user)]
+def list_projects(request: HttpRequest) -> QuerySet[Project]:
+    return selectors.project_list_for_user(request.user)
 
 
 @router.post("/projects", response={201: ProjectOut})
-def create_project(request: HttpRequest, spec: Body[dict[str, Any]]) -> Status[ProjectOut]:
+def create_project(request: HttpRequest, spec: Body[dict[str, Any]]) -> Status[Project]:
     if not selectors.can_create_projects(request.user):
         raise HttpError(403, "You may not create projects.")
     try:
         project = services.project_create(spec=services.ProjectSpec.parse(spec), created_by=request.user)
     except services.SpecError as exc:
         raise HttpError(422, str(exc)) from None
-    return Status(201, ProjectOut.from_project(project, 0))
+    project.item_count = 0
+    return Status(201, project)
 
 
 @router.get("/projects/{slug}", response=ProjectOut)
-def get_project(request: HttpRequest, slug: str) -> ProjectOut:
+def get_project(request: HttpRequest, slug: str) -> Project:
     project = selectors.project_for_user(request.user, slug)
-    return ProjectOut.from_project(project, project.items.count())
+    project.item_count = project.items.count()
+    return project
 
 
 @router.post("/projects/{slug}/imports", response={202: ImportJobOut})
@@ -102,7 +76,7 @@ def start_import(
     slug: str,
     file: File[UploadedFile],
     format: Form[str] = "",  # noqa: A002
-) -> Status[ImportJobOut]:
+) -> Status[ImportJob]:
     """Upload a file of items; the import runs in the background. Poll the returned job."""
     project = selectors.project_for_user(request.user, slug, curator=True)
     if format and format not in FORMATS:
@@ -117,9 +91,9 @@ def start_import(
         created_by=request.user,
         fmt=format,
     )
-    return Status(202, ImportJobOut.from_job(job))
+    return Status(202, job)
 
 
 @router.get("/imports/{job_id}", response=ImportJobOut)
-def get_import(request: HttpRequest, job_id: UUID) -> ImportJobOut:
-    return ImportJobOut.from_job(selectors.import_job_for_user(request.user, job_id))
+def get_import(request: HttpRequest, job_id: UUID) -> ImportJob:
+    return selectors.import_job_for_user(request.user, job_id)
