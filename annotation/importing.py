@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.db import connections, models, router, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from annotation.models import Item, Judgment, Labeler, Project
@@ -660,13 +661,16 @@ def _write_batch(
             "num_responses": len(row.responses),
             "metadata": row.metadata,
             "split": row.split,
-            "status": Item.Status.OPEN,
+            "status": Item.Status.DONE if len(judgments) >= project.overlap else Item.Status.OPEN,
+            "human_count": len(judgments),
+            "leased_count": 0,
+            "priority": 0.0,
             "is_gold": row.gold_answer is not None,
             "gold_answer": row.gold_answer,
             "import_job_id": import_job_id,
             "created_at": now,
         }
-        for ext, (row, _) in unique.items()
+        for ext, (row, judgments) in unique.items()
         if ext not in ids
     ]
     if new_items:
@@ -689,7 +693,19 @@ def _write_batch(
             }
             (on_new_items if ext in new_ids else on_existing_items).append(judgment)
     fast_insert(Judgment, on_new_items)  # a new item has no judgment yet, and annotators are unique per row
-    Judgment.objects.bulk_create([Judgment(**j) for j in on_existing_items], ignore_conflicts=True)
+    if on_existing_items:
+        Judgment.objects.bulk_create([Judgment(**j) for j in on_existing_items], ignore_conflicts=True)
+        recount_human_judgments(project, [j["item_id"] for j in on_existing_items])
+
+
+def recount_human_judgments(project: Project, item_ids: list[int]) -> None:
+    """Set human_count (and done-ness) of these items from their judgments."""
+    human = Count("judgments", filter=Q(judgments__labeler__kind__in=list(Labeler.HUMAN_KINDS)))
+    for item in Item.objects.filter(id__in=item_ids).annotate(n=human):
+        status = item.status
+        if status == Item.Status.OPEN and item.n >= project.overlap:
+            status = Item.Status.DONE
+        Item.objects.filter(id=item.id).update(human_count=item.n, status=status)
 
 
 def fast_insert(model: type[models.Model], rows: list[dict[str, Any]]) -> None:

@@ -216,6 +216,9 @@ class Item(models.Model):
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
     is_gold = models.BooleanField(default=False)
     gold_answer = models.JSONField(null=True, blank=True)
+    human_count = models.PositiveIntegerField(default=0, help_text="Human judgments (annotators and imported).")
+    leased_count = models.PositiveIntegerField(default=0, help_text="Live leases holding a slot of the overlap.")
+    priority = models.FloatField(default=0.0, help_text="Higher is served first (the router's expected value).")
     import_job = models.ForeignKey(ImportJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -228,7 +231,16 @@ class Item(models.Model):
             _choices_check("split", ItemSplit, "item_split_valid"),
             models.CheckConstraint(condition=Q(is_gold=False) | Q(gold_answer__isnull=False), name="item_gold_answer"),
         ]
-        indexes = [models.Index(fields=["project", "status", "id"], name="item_project_status")]
+        indexes = [
+            models.Index(fields=["project", "status", "id"], name="item_project_status"),
+            models.Index(
+                "project",
+                models.F("priority").desc(),
+                "id",
+                name="item_queue",
+                condition=Q(status="open", is_gold=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.project.slug}/{self.external_id}"
@@ -334,6 +346,7 @@ class Judgment(models.Model):
     response_order = models.JSONField(null=True, blank=True, help_text="Order the responses were shown in.")
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     confidence = models.FloatField(null=True, blank=True)
+    gold_score = models.FloatField(null=True, blank=True, help_text="Agreement with the gold answer (0..1).")
     raw_output = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -80,6 +80,10 @@ class Aspect(_Strict):
     description: str = ""
     scale: Scale = Field(default_factory=Scale)
 
+    @property
+    def scale_values(self) -> list[dict[str, Any]]:
+        return [{"value": v, "label": self.scale.labels.get(v, "")} for v in range(self.scale.min, self.scale.max + 1)]
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:

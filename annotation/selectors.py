@@ -7,7 +7,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
-from annotation.models import ImportJob, Item, Judgment, Labeler, Membership, Project
+from annotation.models import Assignment, ImportJob, Item, Judgment, Labeler, Membership, Project
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -83,3 +83,60 @@ def import_job_for_user(user: User, job_uuid: object) -> ImportJob:
         raise Http404("No such import.")
     project_for_user(user, job.project.slug, curator=True)
     return job
+
+
+def assignment_for_user(user: User, assignment_uuid: object) -> Assignment:
+    """The annotator's own assignment, else 404 (another annotator's uuid leaks nothing)."""
+    assignment = (
+        Assignment.objects.select_related("item__project")
+        .filter(uuid=assignment_uuid, annotator=user, item__project__memberships__user=user)
+        .first()
+    )
+    if assignment is None:
+        raise Http404("No such assignment.")
+    return assignment
+
+
+def annotator_progress(user: User, project: Project) -> dict[str, object]:
+    """Progress bars and session stats for the annotate page."""
+    from django.db.models import Avg
+    from django.utils import timezone
+
+    items = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
+    totals = items.aggregate(total=Count("id"), done=Count("id", filter=Q(status=Item.Status.DONE)))
+    mine = Judgment.objects.filter(item__project=project, labeler__user=user)
+    today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    session = mine.filter(created_at__gte=today).aggregate(n=Count("id"), avg_ms=Avg("time_spent_ms"))
+    total = totals["total"] or 0
+    return {
+        "total": total,
+        "done": totals["done"],
+        "percent": round(100 * totals["done"] / total) if total else 100,
+        "mine": mine.count(),
+        "today": session["n"],
+        "avg_seconds": round((session["avg_ms"] or 0) / 1000, 1),
+        "skipped_today": Assignment.objects.filter(
+            annotator=user, item__project=project, state=Assignment.State.SKIPPED, finished_at__gte=today
+        ).count(),
+    }
+
+
+def home_projects_for_user(user: User) -> list[Project]:
+    """Projects with the project's progress and the user's own judgment count, in two queries."""
+    projects = list(
+        project_list_for_user(user).annotate(
+            done_count=Count("items", filter=Q(items__status=Item.Status.DONE), distinct=True)
+        )
+    )
+    mine = dict(
+        Judgment.objects.filter(labeler__user=user, item__project__in=projects)
+        .values_list("item__project")
+        .annotate(n=Count("id"))
+        .values_list("item__project", "n")
+    )
+    roles = dict(Membership.objects.filter(user=user, project__in=projects).values_list("project", "role"))
+    for p in projects:
+        p.my_count = mine.get(p.id, 0)
+        p.my_role = roles.get(p.id, "curator" if user.is_superuser else None)
+        p.percent = round(100 * p.done_count / p.item_count) if p.item_count else 0
+    return projects

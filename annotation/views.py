@@ -5,13 +5,16 @@ from uuid import UUID
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+import json
+
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from annotation import selectors, services
+from annotation import queue, selectors, services
 from annotation.forms import ImportForm, ProjectCreateForm
-from annotation.models import ImportJob
+from annotation.models import Assignment, ImportJob, Project
+from annotation.schema import PayloadError
 
 
 @login_required
@@ -21,7 +24,7 @@ def home(request: HttpRequest) -> HttpResponse:
         request,
         "annotation/home.html",
         {
-            "projects": selectors.project_list_for_user(request.user),
+            "projects": selectors.home_projects_for_user(request.user),
             "can_create": selectors.can_create_projects(request.user),
         },
     )
@@ -108,3 +111,85 @@ def healthz(request: HttpRequest) -> JsonResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotating: one page; the item area is an htmx partial that every action replaces.
+
+
+def _item_context(request: HttpRequest, project: Project, assignment: Assignment | None) -> dict[str, object]:
+    context: dict[str, object] = {
+        "project": project,
+        "schema": project.judgment_schema,
+        "assignment": assignment,
+        "progress": selectors.annotator_progress(request.user, project),
+    }
+    if assignment is not None:
+        item = assignment.item
+        shown = []
+        for position, stored in enumerate(assignment.response_order):
+            response = item.responses[stored]
+            shown.append(
+                {
+                    "position": position,
+                    "label": chr(ord("A") + position),
+                    "text": response["text"],
+                    "model": response.get("model", "") if project.show_model_names else "",
+                }
+            )
+        context.update(
+            item=item,
+            shown=shown,
+            item_data={
+                "assignment": str(assignment.uuid),
+                "texts": [r["text"] for r in shown],
+                "schema": project.schema,
+                "leased_at": assignment.leased_at.isoformat(),
+            },
+        )
+    return context
+
+
+@login_required
+@require_GET
+def annotate(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_for_user(request.user, slug)
+    assignment = queue.next_assignment(project=project, user=request.user)
+    template = "annotation/annotate.html"
+    if request.htmx:
+        template += "#item"
+    return render(request, template, _item_context(request, project, assignment))
+
+
+def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
+    if not request.htmx:
+        return redirect("annotation:annotate", slug=project.slug)
+    assignment = queue.next_assignment(project=project, user=request.user)
+    return render(request, "annotation/annotate.html#item", _item_context(request, project, assignment))
+
+
+@login_required
+@require_POST
+def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpResponse:
+    assignment = selectors.assignment_for_user(request.user, assignment_uuid)
+    try:
+        payload = json.loads(request.POST.get("payload", ""))
+        time_ms = int(request.POST["time_ms"]) if request.POST.get("time_ms", "").isdigit() else None
+        queue.submit(assignment_id=assignment.id, user=request.user, payload=payload, time_spent_ms=time_ms)
+    except json.JSONDecodeError:
+        return HttpResponseBadRequest("The answer did not arrive as JSON; please submit again.")
+    except (PayloadError, queue.QueueError) as exc:
+        return HttpResponse(str(exc), status=422, content_type="text/plain")
+    return _next_item(request, assignment.item.project)
+
+
+@login_required
+@require_POST
+def assignment_skip(request: HttpRequest, assignment_uuid: UUID) -> HttpResponse:
+    assignment = selectors.assignment_for_user(request.user, assignment_uuid)
+    flag = request.POST.get("flag") == "1"
+    try:
+        queue.skip(assignment_id=assignment.id, user=request.user, reason=request.POST.get("reason", ""), flag=flag)
+    except queue.QueueError as exc:
+        return HttpResponse(str(exc), status=422, content_type="text/plain")
+    return _next_item(request, assignment.item.project)

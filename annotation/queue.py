@@ -1,0 +1,244 @@
+"""The human annotation queue: leasing the next item, submitting, skipping, flagging, expiring.
+
+Invariants, kept under row locks inside one transaction per call:
+- an item never has more than `project.overlap` human judgments plus live leases
+  (`Item.human_count + Item.leased_count <= overlap`);
+- an annotator is never handed the same item twice (and the database refuses a second
+  assignment row for the same item and annotator);
+- a lease that runs out returns its slot to the queue (`reap_expired_leases`, run before every
+  hand-out and by a periodic task);
+- submitting the same assignment twice stores one judgment.
+
+Responses are shown in a per-assignment random order (`Assignment.response_order`, stored display
+position -> stored index). Answers arrive in display order and are mapped back to the stored
+order here, so position bias can be measured and undone and the client cannot mislabel it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
+from django.db.models import Exists, F, OuterRef
+from django.utils import timezone
+
+from annotation.models import Assignment, Item, Judgment, Labeler, Project
+from annotation.schema import JudgmentSchema, PayloadError
+
+
+class QueueError(Exception):
+    """An action on an assignment that cannot be carried out, with a reason to show."""
+
+
+@dataclass(frozen=True)
+class Submitted:
+    judgment: Judgment
+    created: bool
+
+
+def human_labeler(user: AbstractBaseUser) -> Labeler:
+    labeler = Labeler.objects.filter(user=user).first()
+    if labeler is None:
+        labeler, _ = Labeler.objects.get_or_create(
+            user=user, defaults={"kind": Labeler.Kind.HUMAN, "name": user.get_username()}
+        )
+    return labeler
+
+
+def reap_expired_leases(now: Any = None) -> int:
+    """Expire leases past their time and give their slots back. Safe to run concurrently:
+    each lease is flipped by exactly one UPDATE, and only flipped leases give a slot back."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE annotation_assignment SET state = %s, finished_at = %s "
+                "WHERE state = %s AND expires_at <= %s RETURNING item_id",
+                [Assignment.State.EXPIRED, now, Assignment.State.LEASED, now],
+            )
+            item_ids = [row[0] for row in cursor.fetchall()]
+        for item_id in item_ids:
+            Item.objects.filter(id=item_id, leased_count__gt=0).update(leased_count=F("leased_count") - 1)
+    return len(item_ids)
+
+
+def next_assignment(*, project: Project, user: AbstractBaseUser, rng: random.Random | None = None) -> Assignment | None:
+    """The annotator's live lease in this project, or a new one, or None when nothing is left."""
+    rng = rng or random.Random()
+    reap_expired_leases()
+    now = timezone.now()
+    with transaction.atomic():
+        # Serialize one annotator's concurrent requests (double clicks, several tabs).
+        Labeler.objects.select_for_update().filter(pk=human_labeler(user).pk).first()
+        live = (
+            Assignment.objects.select_related("item")
+            .filter(annotator=user, item__project=project, state=Assignment.State.LEASED, expires_at__gt=now)
+            .order_by("leased_at")
+            .first()
+        )
+        if live is not None:
+            return live
+        want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate
+        item = (_pick(project, user, gold=True) if want_gold else None) or _pick(project, user, gold=False)
+        if item is None:
+            return None
+        order = list(range(item.num_responses))
+        rng.shuffle(order)
+        assignment = Assignment.objects.create(
+            item=item,
+            annotator=user,
+            response_order=order,
+            is_gold=item.is_gold,
+            leased_at=now,
+            expires_at=now + timedelta(seconds=project.lease_seconds),
+        )
+        Item.objects.filter(id=item.id).update(leased_count=F("leased_count") + 1)
+    assignment.item = item
+    return assignment
+
+
+def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | None:
+    """One indexed query: the best open item with a free slot this annotator has never had,
+    locked with FOR UPDATE SKIP LOCKED so concurrent hand-outs never wait on or share a row."""
+    seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
+    qs = Item.objects.filter(project=project, status=Item.Status.OPEN, is_gold=gold).exclude(Exists(seen))
+    if not gold:
+        qs = qs.filter(human_count__lt=project.overlap - F("leased_count"))
+    return qs.order_by("-priority", "id").select_for_update(skip_locked=True, of=("self",)).first()
+
+
+def to_stored_order(payload: dict[str, Any], order: list[int]) -> dict[str, Any]:
+    """Map an answer given in display order onto the stored order of the responses."""
+    if not isinstance(payload, dict):
+        raise PayloadError("a judgment payload is a JSON object")
+    n = len(order)
+    out = dict(payload)
+    pairwise = payload.get("pairwise")
+    if isinstance(pairwise, dict) and pairwise.get("choice") in ("A", "B"):
+        shown = 0 if pairwise["choice"] == "A" else 1
+        out["pairwise"] = {**pairwise, "choice": "AB"[order[shown]]}
+    for key in ("ranking", "rubric"):
+        values = payload.get(key)
+        if isinstance(values, list):
+            if len(values) != n:
+                raise PayloadError(f"{key} must give one entry per response ({n})")
+            stored: list[Any] = [None] * n
+            for shown, value in enumerate(values):
+                stored[order[shown]] = value
+            out[key] = stored
+    spans = payload.get("spans")
+    if isinstance(spans, list):
+        mapped = []
+        for mark in spans:
+            if not isinstance(mark, dict) or not isinstance(mark.get("response"), int) or not 0 <= mark["response"] < n:
+                raise PayloadError("each span names a response shown on screen")
+            mapped.append({**mark, "response": order[mark["response"]]})
+        out["spans"] = mapped
+    return out
+
+
+def gold_score(schema: JudgmentSchema, answer: dict[str, Any], gold: dict[str, Any]) -> float | None:
+    """Agreement of an answer with the gold answer, 0..1, averaged over the parts gold gives."""
+    parts: list[float] = []
+    if gold.get("pairwise") and answer.get("pairwise"):
+        parts.append(1.0 if answer["pairwise"]["choice"] == gold["pairwise"]["choice"] else 0.0)
+    if gold.get("ranking") and answer.get("ranking"):
+        g, a = gold["ranking"], answer["ranking"]
+        pairs = [(i, j) for i in range(len(g)) for j in range(i + 1, len(g)) if g[i] != g[j]]
+        if pairs:
+            parts.append(sum((g[i] < g[j]) == (a[i] < a[j]) for i, j in pairs) / len(pairs))
+    if gold.get("rubric") and answer.get("rubric") and schema.rubric:
+        spans = {a.name: a.scale.max - a.scale.min for a in schema.rubric.aspects}
+        errors = [
+            abs(ratings[name] - answer["rubric"][i].get(name, ratings[name])) / spans[name]
+            for i, ratings in enumerate(gold["rubric"])
+            for name in ratings
+            if name in spans
+        ]
+        if errors:
+            parts.append(1.0 - sum(errors) / len(errors))
+    return sum(parts) / len(parts) if parts else None
+
+
+def submit(
+    *, assignment_id: int, user: AbstractBaseUser, payload: dict[str, Any], time_spent_ms: int | None = None
+) -> Submitted:
+    """Store the annotator's judgment for this assignment. Idempotent: a second submit of the
+    same assignment returns the first judgment unchanged."""
+    with transaction.atomic():
+        assignment = (
+            Assignment.objects.select_for_update(of=("self",))
+            .select_related("item__project")
+            .filter(id=assignment_id, annotator=user)
+            .first()
+        )
+        if assignment is None:
+            raise QueueError("no such assignment")
+        if assignment.state == Assignment.State.SUBMITTED:
+            return Submitted(Judgment.objects.get(assignment=assignment), created=False)
+        if assignment.state == Assignment.State.SKIPPED:
+            raise QueueError("this item was skipped; it can no longer be answered")
+        item = Item.objects.select_for_update().get(id=assignment.item_id)
+        project = assignment.item.project
+        now = timezone.now()
+        lease_live = assignment.state == Assignment.State.LEASED
+        if lease_live and assignment.expires_at <= now:
+            # Expired but not reaped yet: reap it here, under the item lock.
+            lease_live = False
+            item.leased_count = max(0, item.leased_count - 1)
+        if not lease_live and not item.is_gold and item.human_count + item.leased_count >= project.overlap:
+            raise QueueError("the lease on this item ran out and it went to another annotator")
+        schema = project.judgment_schema
+        stored = to_stored_order(payload, assignment.response_order)
+        parsed = schema.validate_payload(stored, item.response_texts)
+        canonical = parsed.model_dump(exclude_none=True)
+        elapsed_ms = int((now - assignment.leased_at).total_seconds() * 1000)
+        spent = elapsed_ms if time_spent_ms is None else max(0, min(int(time_spent_ms), elapsed_ms))
+        judgment = Judgment.objects.create(
+            item=item,
+            labeler=human_labeler(user),
+            assignment=assignment,
+            payload=canonical,
+            schema_version=project.schema_version,
+            guidelines_version=project.guidelines_version,
+            response_order=assignment.response_order,
+            time_spent_ms=spent,
+            gold_score=gold_score(schema, canonical, item.gold_answer) if item.is_gold else None,
+        )
+        assignment.state = Assignment.State.SUBMITTED
+        assignment.finished_at = now
+        assignment.save(update_fields=["state", "finished_at"])
+        item.human_count += 1
+        if lease_live:
+            item.leased_count = max(0, item.leased_count - 1)
+        if not item.is_gold and item.status == Item.Status.OPEN and item.human_count >= project.overlap:
+            item.status = Item.Status.DONE
+        item.save(update_fields=["human_count", "leased_count", "status"])
+    return Submitted(judgment, created=True)
+
+
+def skip(*, assignment_id: int, user: AbstractBaseUser, reason: str = "", flag: bool = False) -> Assignment:
+    """Give the item back without answering; with `flag`, also report it (the reason is required)."""
+    reason = reason.strip()[:500]
+    if flag and not reason:
+        raise QueueError("say why you flag this item")
+    with transaction.atomic():
+        assignment = Assignment.objects.select_for_update().filter(id=assignment_id, annotator=user).first()
+        if assignment is None:
+            raise QueueError("no such assignment")
+        if assignment.state in (Assignment.State.SUBMITTED, Assignment.State.SKIPPED):
+            return assignment
+        gives_back_slot = assignment.state == Assignment.State.LEASED
+        assignment.state = Assignment.State.SKIPPED
+        assignment.finished_at = timezone.now()
+        assignment.skip_reason = reason if not flag else ""
+        assignment.flagged = flag
+        assignment.flag_reason = reason if flag else ""
+        assignment.save(update_fields=["state", "finished_at", "skip_reason", "flagged", "flag_reason"])
+        if gives_back_slot:
+            Item.objects.filter(id=assignment.item_id, leased_count__gt=0).update(leased_count=F("leased_count") - 1)
+    return assignment

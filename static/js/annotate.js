@@ -1,0 +1,403 @@
+/* The annotation page: keyboard-first answering, span marking, ranking, safe submit.
+ *
+ * The item area (#item) is replaced by htmx after every submit/skip; setup() runs again on it.
+ * Answers are collected in display order (response A is what the annotator saw on the left);
+ * the server maps them back to the stored order of the item's responses.
+ * Span offsets are counted in Unicode code points of the stored response text, as Python does.
+ */
+(function () {
+  "use strict";
+
+  let s = null; // state of the current item
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+
+  function setup() {
+    const form = $("#item-form");
+    if (!form) { s = null; return; }
+    const data = JSON.parse($("#item-data").textContent);
+    s = {
+      form,
+      data,
+      schema: data.schema,
+      fields: $$(".field", form),
+      active: 0,
+      spans: [],           // {position, start, end, category}  (code point offsets)
+      pending: null,       // selection waiting for a category
+      picked: 0,           // ranking cursor
+      visibleMs: 0,
+      shownAt: performance.now(),
+      submitting: false,
+      retries: 0,
+    };
+    if (s.schema.spans) renderAllSpans();
+    if (s.schema.ranking) setupRanking();
+    setActive(0);
+    tick();
+  }
+
+  // --- time on item: only while the tab is visible -------------------------------------------
+  function elapsedMs() {
+    if (!s) return 0;
+    return s.visibleMs + (document.hidden ? 0 : performance.now() - s.shownAt);
+  }
+  document.addEventListener("visibilitychange", () => {
+    if (!s) return;
+    if (document.hidden) s.visibleMs += performance.now() - s.shownAt;
+    else s.shownAt = performance.now();
+  });
+  function tick() {
+    const t = $("#timer");
+    if (t && s) {
+      const sec = Math.floor(elapsedMs() / 1000);
+      t.textContent = Math.floor(sec / 60) + ":" + String(sec % 60).padStart(2, "0");
+    }
+  }
+  setInterval(tick, 1000);
+
+  // --- fields and focus ------------------------------------------------------------------------
+  function setActive(i) {
+    if (!s || !s.fields.length) return;
+    s.active = (i + s.fields.length) % s.fields.length;
+    s.fields.forEach((f, k) => f.classList.toggle("active", k === s.active));
+    const f = s.fields[s.active];
+    f.scrollIntoView({ block: "nearest" });
+    if (f.dataset.field === "justification") $("textarea", f).focus();
+  }
+  function activeField() { return s && s.fields[s.active]; }
+
+  function chooseOption(field, n) {
+    const inputs = $$("input[type=radio]", field);
+    if (n < 1 || n > inputs.length) return false;
+    inputs[n - 1].checked = true;
+    inputs[n - 1].dispatchEvent(new Event("change", { bubbles: true }));
+    return true;
+  }
+
+  // --- spans ----------------------------------------------------------------------------------
+  const cp = (str) => Array.from(str).length;               // code points in a JS string
+  function cpToUnits(str, n) { return Array.from(str).slice(0, n).join("").length; }
+
+  function renderSpans(position) {
+    const box = $(`.span-text[data-position="${position}"]`, s.form);
+    const text = s.data.texts[position];
+    const marks = s.spans.map((m, k) => ({ ...m, k })).filter((m) => m.position === position)
+      .sort((a, b) => a.start - b.start);
+    const cats = s.schema.spans.categories.map((c) => c.name);
+    box.textContent = "";
+    let at = 0; // code points
+    const chars = Array.from(text);
+    for (const m of marks) {
+      if (m.start > at) box.appendChild(document.createTextNode(chars.slice(at, m.start).join("")));
+      const el = document.createElement("mark");
+      el.textContent = chars.slice(m.start, m.end).join("");
+      el.dataset.cat = String(cats.indexOf(m.category) % 5);
+      el.title = m.category;
+      box.appendChild(el);
+      at = m.end;
+    }
+    if (at < chars.length) box.appendChild(document.createTextNode(chars.slice(at).join("")));
+    const list = $(`.span-list[data-position="${position}"]`, s.form);
+    list.textContent = "";
+    for (const m of marks) {
+      const li = document.createElement("li");
+      const cat = document.createElement("strong");
+      cat.textContent = m.category;
+      const quote = document.createElement("span");
+      quote.className = "quote";
+      quote.textContent = "“" + chars.slice(m.start, m.end).join("") + "”";
+      const rm = document.createElement("button");
+      rm.type = "button";
+      rm.className = "secondary small";
+      rm.textContent = "×";
+      rm.title = "remove this mark";
+      rm.dataset.removeSpan = String(m.k);
+      li.append(cat, quote, rm);
+      list.appendChild(li);
+    }
+  }
+  function renderAllSpans() { s.data.texts.forEach((_, i) => renderSpans(i)); }
+
+  function offsetIn(box, node, offset) {
+    // UTF-16 offset of (node, offset) from the start of box's text, then code points.
+    const range = document.createRange();
+    range.selectNodeContents(box);
+    range.setEnd(node, offset);
+    return cp(range.toString());
+  }
+
+  function captureSelection() {
+    const sel = window.getSelection();
+    if (!sel || sel.isCollapsed || !sel.rangeCount) return null;
+    const range = sel.getRangeAt(0);
+    const box = range.commonAncestorContainer.nodeType === 1
+      ? range.commonAncestorContainer.closest(".span-text")
+      : range.commonAncestorContainer.parentElement.closest(".span-text");
+    if (!box || !s.form.contains(box)) return null;
+    const position = Number(box.dataset.position);
+    let start = offsetIn(box, range.startContainer, range.startOffset);
+    let end = offsetIn(box, range.endContainer, range.endOffset);
+    if (end <= start) return null;
+    return { position, start, end, rect: range.getBoundingClientRect() };
+  }
+
+  function showSpanMenu(sel) {
+    const menu = $("#span-menu");
+    s.pending = sel;
+    menu.hidden = false;
+    menu.style.left = Math.max(8, window.scrollX + sel.rect.left) + "px";
+    menu.style.top = window.scrollY + sel.rect.bottom + 6 + "px";
+  }
+  function hideSpanMenu() {
+    const menu = $("#span-menu");
+    if (menu) menu.hidden = true;
+    if (s) s.pending = null;
+  }
+  function addSpan(category) {
+    const p = s.pending;
+    hideSpanMenu();
+    if (!p) return;
+    const clash = s.spans.find((m) => m.position === p.position && m.start < p.end && p.start < m.end);
+    if (clash) { showError("That selection overlaps a mark already made; remove it first."); return; }
+    s.spans.push({ position: p.position, start: p.start, end: p.end, category });
+    window.getSelection().removeAllRanges();
+    renderSpans(p.position);
+    showError("");
+  }
+  function removeSpan(k) {
+    const m = s.spans[k];
+    if (!m) return;
+    s.spans.splice(k, 1);
+    renderSpans(m.position);
+  }
+
+  document.addEventListener("mouseup", (e) => {
+    if (!s || !s.schema.spans) return;
+    if (e.target.closest("#span-menu")) return;
+    setTimeout(() => {
+      const sel = captureSelection();
+      if (sel) showSpanMenu(sel); else hideSpanMenu();
+    }, 0);
+  });
+
+  // --- ranking --------------------------------------------------------------------------------
+  function rankCards() { return $$("#rank-list > .rank-card", s.form); }
+  function renumber() {
+    let rank = 0;
+    rankCards().forEach((card, i) => {
+      if (i === 0) card.dataset.tie = "0";
+      if (card.dataset.tie !== "1") rank += 1;
+      $(".rank-no", card).textContent = rank;
+      card.classList.toggle("picked", i === s.picked);
+    });
+  }
+  function setupRanking() {
+    const list = $("#rank-list", s.form);
+    if (window.Sortable) {
+      window.Sortable.create(list, {
+        animation: 120,
+        handle: ".rank-card",
+        onEnd: (evt) => { s.picked = evt.newIndex; renumber(); },
+      });
+    }
+    renumber();
+  }
+  function moveCard(delta) {
+    const cards = rankCards();
+    const i = s.picked, j = i + delta;
+    if (j < 0 || j >= cards.length) return;
+    const list = $("#rank-list", s.form);
+    if (delta > 0) list.insertBefore(cards[j], cards[i]); else list.insertBefore(cards[i], cards[j]);
+    s.picked = j;
+    renumber();
+  }
+  function toggleTie(card) {
+    if (!card || card === rankCards()[0]) return;
+    card.dataset.tie = card.dataset.tie === "1" ? "0" : "1";
+    renumber();
+  }
+
+  // --- collecting and submitting ------------------------------------------------------------
+  function collect() {
+    const sc = s.schema, payload = {};
+    const n = s.data.texts.length;
+    const problems = [];
+    if (sc.pairwise) {
+      const v = $("input[name=pairwise]:checked", s.form);
+      if (!v) problems.push("choose which response is better");
+      else {
+        const [choice, strength] = v.value.split(":");
+        payload.pairwise = { choice, strength: Number(strength) };
+      }
+    }
+    if (sc.ranking) {
+      const ranks = new Array(n);
+      let rank = 0;
+      rankCards().forEach((card, i) => {
+        if (i === 0 || card.dataset.tie !== "1") rank += 1;
+        ranks[Number(card.dataset.position)] = rank;
+      });
+      payload.ranking = ranks;
+    }
+    if (sc.rubric) {
+      const ratings = Array.from({ length: n }, () => ({}));
+      let missing = 0;
+      for (const cell of $$(".rubric-cell", s.form)) {
+        const v = $("input:checked", cell);
+        if (v) ratings[Number(cell.dataset.position)][cell.dataset.aspect] = Number(v.value);
+        else missing += 1;
+      }
+      if (missing && sc.rubric.required !== false) problems.push(`rate every aspect of every response (${missing} left)`);
+      if (!missing || sc.rubric.required !== false || ratings.some((r) => Object.keys(r).length)) payload.rubric = ratings;
+      if (missing && sc.rubric.required === false && ratings.every((r) => !Object.keys(r).length)) delete payload.rubric;
+    }
+    if (sc.spans) {
+      payload.spans = s.spans.map((m) => ({ response: m.position, start: m.start, end: m.end, category: m.category }));
+      if (sc.spans.required && !payload.spans.length) problems.push("mark at least one span");
+    }
+    const just = $("textarea[name=justification]", s.form);
+    if (just) {
+      payload.justification = just.value;
+      if (sc.pairwise && sc.pairwise.justification === "required" && !just.value.trim()) problems.push("write a justification");
+    }
+    return { payload, problems };
+  }
+
+  function showError(msg) {
+    const box = $("#item-error");
+    if (box) box.textContent = msg;
+  }
+
+  function submit() {
+    if (!s || s.submitting) return;
+    const { payload, problems } = collect();
+    if (problems.length) { showError("Before submitting: " + problems.join("; ") + "."); return; }
+    s.form.elements.payload.value = JSON.stringify(payload);
+    s.form.elements.time_ms.value = String(Math.round(elapsedMs()));
+    s.submitting = true;
+    htmx.trigger(s.form, "submit");
+  }
+
+  document.addEventListener("submit", (e) => {
+    // A plain Enter in the form or a click on Submit: route through submit() so the payload is built.
+    if (!s || e.target !== s.form) return;
+    if (!s.form.elements.payload.value) { e.preventDefault(); e.stopPropagation(); submit(); }
+  }, true);
+
+  document.body.addEventListener("htmx:responseError", (e) => {
+    if (!s) return;
+    const status = e.detail.xhr.status;
+    if (status >= 500) return retry();
+    s.submitting = false;
+    s.form.elements.payload.value = "";
+    showError(e.detail.xhr.responseText || "The server refused the answer.");
+  });
+  document.body.addEventListener("htmx:sendError", () => retry());
+  function retry() {
+    // The submit is idempotent on the server: sending it again never stores a second judgment.
+    if (!s) return;
+    s.retries += 1;
+    if (s.retries > 8) {
+      s.submitting = false;
+      s.form.elements.payload.value = "";
+      showError("Cannot reach the server. Your answer is kept on this page: press Enter to try again.");
+      return;
+    }
+    showError(`Connection problem, retrying (${s.retries})…`);
+    setTimeout(() => htmx.trigger(s.form, "submit"), Math.min(8000, 400 * 2 ** s.retries));
+  }
+  document.body.addEventListener("htmx:afterSwap", (e) => { if (e.detail.target.id === "item") setup(); });
+
+  function skip() { if (s) htmx.trigger("#skip-btn", "click"); }
+  function startFlag() {
+    const input = $("#flag-reason");
+    if (!input) return;
+    input.hidden = false;
+    input.focus();
+  }
+  function sendFlag() {
+    const input = $("#flag-reason");
+    if (!input.value.trim()) { showError("Say why you flag this item."); return; }
+    htmx.ajax("POST", $("#skip-btn").getAttribute("hx-post"), {
+      target: "#item", values: { reason: input.value, flag: "1", csrfmiddlewaretoken: s.form.elements.csrfmiddlewaretoken.value },
+    });
+  }
+
+  // --- keys -----------------------------------------------------------------------------------
+  function toggle(id) { const el = $(id); if (el) el.hidden = !el.hidden; }
+
+  document.addEventListener("keydown", (e) => {
+    if (e.target.id === "flag-reason") {
+      if (e.key === "Enter") { e.preventDefault(); sendFlag(); }
+      if (e.key === "Escape") { e.target.hidden = true; e.target.blur(); }
+      return;
+    }
+    const typing = e.target.matches("textarea, input[type=text], input[type=password], select");
+    if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { e.preventDefault(); submit(); return; }
+    if (typing) {
+      if (e.key === "Escape") { e.target.blur(); e.preventDefault(); }
+      return;
+    }
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.key === "?") { toggle("#help"); e.preventDefault(); return; }
+    if (e.key === "Escape") { $("#help").hidden = true; hideSpanMenu(); return; }
+    if (e.key === "g") { toggle("#guidelines"); return; }
+    if (!s) return;
+    const field = activeField();
+    if (s.pending && /^[1-9]$/.test(e.key)) {
+      const cat = s.schema.spans.categories[Number(e.key) - 1];
+      if (cat) addSpan(cat.name);
+      e.preventDefault();
+      return;
+    }
+    switch (e.key) {
+      case "Enter": e.preventDefault(); submit(); return;
+      case "n": setActive(s.active + 1); return;
+      case "p": setActive(s.active - 1); return;
+      case "s": skip(); return;
+      case "f": e.preventDefault(); startFlag(); return;
+      case "w": {
+        const i = s.fields.findIndex((f) => f.dataset.field === "justification");
+        if (i >= 0) { e.preventDefault(); setActive(i); }
+        return;
+      }
+      case "x": if (s.spans.length) removeSpan(s.spans.length - 1); return;
+      case "t": {
+        const tie = $("input[name=pairwise][value='tie:0']", s.form);
+        if (tie) { tie.checked = true; const i = s.fields.findIndex((f) => f.dataset.field === "pairwise"); setActive(i + 1); }
+        return;
+      }
+    }
+    if (field && field.dataset.field === "ranking") {
+      const cards = rankCards();
+      if (e.key === "j") { s.picked = Math.min(cards.length - 1, s.picked + 1); renumber(); return; }
+      if (e.key === "k") { s.picked = Math.max(0, s.picked - 1); renumber(); return; }
+      if (e.key === "J") { moveCard(1); return; }
+      if (e.key === "K") { moveCard(-1); return; }
+      if (e.key === "=") { toggleTie(cards[s.picked]); return; }
+    }
+    if (/^[1-9]$/.test(e.key) && field && (field.dataset.field === "pairwise" || field.dataset.field === "rubric")) {
+      if (chooseOption(field, Number(e.key))) setActive(s.active + 1);
+    }
+  });
+
+  document.addEventListener("click", (e) => {
+    const t = e.target.closest("button");
+    if (!t) {
+      const f = e.target.closest(".field");
+      if (s && f) setActive(s.fields.indexOf(f));
+      return;
+    }
+    if (t.id === "help-btn" || t.id === "help-close") toggle("#help");
+    else if (t.id === "guidelines-btn") toggle("#guidelines");
+    else if (t.id === "flag-btn") { const i = $("#flag-reason"); if (i && !i.hidden && i.value.trim()) sendFlag(); else startFlag(); }
+    else if (t.dataset.category) addSpan(t.dataset.category);
+    else if (t.dataset.cancel) hideSpanMenu();
+    else if (t.dataset.removeSpan) removeSpan(Number(t.dataset.removeSpan));
+    else if (t.classList.contains("tie-toggle")) toggleTie(t.closest(".rank-card"));
+  });
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", setup);
+  else setup();
+})();
