@@ -68,7 +68,7 @@ def reap_expired_leases(now: Any = None) -> int:
 
 def next_assignment(*, project: Project, user: AbstractBaseUser, rng: random.Random | None = None) -> Assignment | None:
     """The annotator's live lease in this project, or a new one, or None when nothing is left."""
-    rng = rng or random.Random()
+    rng = rng or random.Random()  # noqa: S311 - shuffling display order, not security
     reap_expired_leases()
     now = timezone.now()
     with transaction.atomic():
