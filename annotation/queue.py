@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
@@ -41,12 +41,15 @@ class Submitted:
 
 
 def human_labeler(user: AbstractBaseUser) -> Labeler:
+    """The user's labeler row, created on first use (safe when two requests race to create it)."""
     labeler = Labeler.objects.filter(user=user).first()
-    if labeler is None:
-        labeler, _ = Labeler.objects.get_or_create(
-            user=user, defaults={"kind": Labeler.Kind.HUMAN, "name": user.get_username()}
-        )
-    return labeler
+    if labeler is not None:
+        return labeler
+    try:
+        with transaction.atomic():
+            return Labeler.objects.create(user=user, kind=Labeler.Kind.HUMAN, name=user.get_username())
+    except IntegrityError:
+        return Labeler.objects.get(user=user)
 
 
 def reap_expired_leases(now: Any = None) -> int:
