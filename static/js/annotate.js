@@ -197,6 +197,7 @@
     if (window.Sortable) {
       window.Sortable.create(list, {
         animation: 120,
+        forceFallback: true, // mouse/touch events rather than native drag-and-drop: same on every browser
         handle: ".rank-card",
         onEnd: (evt) => { s.picked = evt.newIndex; renumber(); },
       });
@@ -353,8 +354,8 @@
     }
     switch (e.key) {
       case "Enter": e.preventDefault(); submit(); return;
-      case "n": setActive(s.active + 1); return;
-      case "p": setActive(s.active - 1); return;
+      case "n": e.preventDefault(); setActive(s.active + 1); return;
+      case "p": e.preventDefault(); setActive(s.active - 1); return;
       case "s": skip(); return;
       case "f": e.preventDefault(); startFlag(); return;
       case "w": {
@@ -365,7 +366,11 @@
       case "x": if (s.spans.length) removeSpan(s.spans.length - 1); return;
       case "t": {
         const tie = $("input[name=pairwise][value='tie:0']", s.form);
-        if (tie) { tie.checked = true; const i = s.fields.findIndex((f) => f.dataset.field === "pairwise"); setActive(i + 1); }
+        if (tie) {
+          e.preventDefault();
+          tie.checked = true;
+          setActive(s.fields.findIndex((f) => f.dataset.field === "pairwise") + 1);
+        }
         return;
       }
     }
@@ -378,7 +383,10 @@
       if (e.key === "=") { toggleTie(cards[s.picked]); return; }
     }
     if (/^[1-9]$/.test(e.key) && field && (field.dataset.field === "pairwise" || field.dataset.field === "rubric")) {
-      if (chooseOption(field, Number(e.key))) setActive(s.active + 1);
+      if (chooseOption(field, Number(e.key))) {
+        e.preventDefault(); // the key must not also type into the field that receives focus next
+        setActive(s.active + 1);
+      }
     }
   });
 
