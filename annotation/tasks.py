@@ -10,3 +10,11 @@ def run_import_job(self, job_id: int) -> str | None:
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     job = services.import_job_run(job_id=job_id, redelivered=redelivered)
     return job.status if job else None
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def reap_expired_leases() -> int:
+    """Return the slots of leases that ran out to the queue (also done before every hand-out)."""
+    from annotation.queue import reap_expired_leases as reap
+
+    return reap()

@@ -165,6 +165,9 @@ CELERY_TASK_ROUTES = {
     "models_srv.tasks.gpu_*": {"queue": "gpu"},
     "models_srv.tasks.ai_*": {"queue": "ai"},
 }
+CELERY_BEAT_SCHEDULE = {
+    "reap-expired-leases": {"task": "annotation.tasks.reap_expired_leases", "schedule": 60.0},
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -10,6 +10,13 @@ export DEBUG=0 STATIC_MANIFEST=0 VAR_DIR="${VAR_DIR:-$PWD/var/test}"
 export SESSION_COOKIE_SECURE=0 CSRF_COOKIE_SECURE=0
 BIN=.venv/bin
 
+# Browser tests drive Debian's Chromium (no browser download). Install it where we can.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "installing chromium for the browser tests..."
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "could not install chromium: browser tests will be skipped"
+fi
+
 $BIN/ruff check .
 DEBUG=1 DATABASE_URL=sqlite:///:memory: $BIN/python manage.py makemigrations --check --dry-run
 $BIN/python -m pytest "$@"
