@@ -17,6 +17,7 @@ order here, so position bias can be measured and undone and the client cannot mi
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -52,6 +53,20 @@ def human_labeler(user: AbstractBaseUser) -> Labeler:
         return Labeler.objects.get(user=user)
 
 
+_last_reap = 0.0
+REAP_EVERY_SECONDS = 2.0
+
+
+def reap_expired_leases_throttled() -> None:
+    """Reap at most every REAP_EVERY_SECONDS per process (plus the periodic task), so a busy
+    queue does not pay an extra transaction on every hand-out."""
+    global _last_reap
+    now = time.monotonic()
+    if now - _last_reap >= REAP_EVERY_SECONDS:
+        _last_reap = now
+        reap_expired_leases()
+
+
 def reap_expired_leases(now: Any = None) -> int:
     """Expire leases past their time and give their slots back. Safe to run concurrently:
     each lease is flipped by exactly one UPDATE, and only flipped leases give a slot back."""
@@ -72,11 +87,16 @@ def reap_expired_leases(now: Any = None) -> int:
 def next_assignment(*, project: Project, user: AbstractBaseUser, rng: random.Random | None = None) -> Assignment | None:
     """The annotator's live lease in this project, or a new one, or None when nothing is left."""
     rng = rng or random.Random()  # noqa: S311 - shuffling display order, not security
-    reap_expired_leases()
+    reap_expired_leases_throttled()
+    assignment = _lease_next(project, user, rng)
+    if assignment is None and reap_expired_leases() > 0:
+        assignment = _lease_next(project, user, rng)  # an expired lease may have freed a slot
+    return assignment
+
+
+def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) -> Assignment | None:
     now = timezone.now()
     with transaction.atomic():
-        # Serialize one annotator's concurrent requests (double clicks, several tabs).
-        Labeler.objects.select_for_update().filter(pk=human_labeler(user).pk).first()
         live = (
             Assignment.objects.select_related("item")
             .filter(annotator=user, item__project=project, state=Assignment.State.LEASED, expires_at__gt=now)
@@ -174,7 +194,7 @@ def submit(
     same assignment returns the first judgment unchanged."""
     with transaction.atomic():
         assignment = (
-            Assignment.objects.select_for_update(of=("self",))
+            Assignment.objects.select_for_update(of=("self", "item"))
             .select_related("item__project")
             .filter(id=assignment_id, annotator=user)
             .first()
@@ -185,8 +205,8 @@ def submit(
             return Submitted(Judgment.objects.get(assignment=assignment), created=False)
         if assignment.state == Assignment.State.SKIPPED:
             raise QueueError("this item was skipped; it can no longer be answered")
-        item = Item.objects.select_for_update().get(id=assignment.item_id)
-        project = assignment.item.project
+        item = assignment.item  # locked with the assignment
+        project = item.project
         now = timezone.now()
         lease_live = assignment.state == Assignment.State.LEASED
         if lease_live and assignment.expires_at <= now:

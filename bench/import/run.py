@@ -27,7 +27,7 @@ WORDS = [
 ]  # fmt: skip
 
 
-def generate(path: Path, n: int, seed: int = 0) -> None:
+def generate(path: Path, n: int, seed: int = 0, labeled: bool = True) -> None:
     rng = random.Random(seed)
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
@@ -40,7 +40,7 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
                 "model_b": rng.choice(["m-small", "m-large"]),
                 "metadata": {"category": rng.choice(["chat", "code", "safety", "math"]), "n": i},
             }
-            if i % 2 == 0:
+            if labeled and i % 2 == 0:
                 row["label"] = rng.choice(["A", "B", "tie"])
             fh.write(json.dumps(row) + "\n")
 
