@@ -90,6 +90,9 @@ class Project(models.Model):
     lease_seconds = models.PositiveIntegerField(default=900)
     show_model_names = models.BooleanField(default=False)
     routing_policy = models.CharField(max_length=16, choices=RoutingPolicy.choices, default=RoutingPolicy.ALL_HUMAN)
+    autotrain_after = models.PositiveIntegerField(
+        default=0, help_text="Retrain the reward model after this many new judgments (0 = never)."
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -86,7 +86,7 @@ def reap_expired_leases(now: Any = None) -> int:
 
 def next_assignment(*, project: Project, user: AbstractBaseUser, rng: random.Random | None = None) -> Assignment | None:
     """The annotator's live lease in this project, or a new one, or None when nothing is left."""
-    rng = rng or random.Random()  # noqa: S311 - shuffling display order, not security
+    rng = rng or random.Random()
     reap_expired_leases_throttled()
     assignment = _lease_next(project, user, rng)
     if assignment is None and reap_expired_leases() > 0:

@@ -44,6 +44,7 @@ class ProjectSpec(BaseModel):
     lease_seconds: int = Field(default=900, ge=10, le=7 * 24 * 3600)
     show_model_names: bool = False
     routing_policy: Project.RoutingPolicy = Project.RoutingPolicy.ALL_HUMAN
+    autotrain_after: int = Field(default=0, ge=0)
     members: list[MemberSpec] = Field(default_factory=list)
 
     @field_validator("slug")

@@ -169,6 +169,8 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_BEAT_SCHEDULE = {
     "reap-expired-leases": {"task": "annotation.tasks.reap_expired_leases", "schedule": 60.0},
+    "autotrain": {"task": "models_srv.tasks.autotrain", "schedule": 60.0},
+    "fail-stale-runs": {"task": "models_srv.tasks.fail_stale_runs", "schedule": 300.0},
 }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -1,0 +1,169 @@
+"""Training data: snapshots of judgments, split by item, turned into pairwise, listwise and rating
+examples. Pure Python: no torch here, so the web process can build snapshots cheaply."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+
+from annotation.models import Item, Judgment, Labeler, Project
+from models_srv.models import DataSnapshot, LabelSource
+
+
+@dataclass
+class PairExample:
+    item_id: int
+    prompt: str
+    chosen: str
+    rejected: str
+    strength: int  # 1.. for a preference, 0 for a tie
+    tie: bool = False
+    source: str = "human"
+    category: str = ""
+
+
+@dataclass
+class ListExample:
+    item_id: int
+    prompt: str
+    responses: list[str]
+    ranks: list[int]  # 1 = best; equal ranks are ties
+    source: str = "human"
+    category: str = ""
+
+
+@dataclass
+class RatingExample:
+    item_id: int
+    prompt: str
+    response: str
+    ratings: dict[str, float]  # aspect -> value on the schema's scale
+    source: str = "human"
+    category: str = ""
+
+
+@dataclass
+class Examples:
+    pairs: list[PairExample] = field(default_factory=list)
+    lists: list[ListExample] = field(default_factory=list)
+    ratings: list[RatingExample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.pairs) + len(self.lists) + len(self.ratings)
+
+    def texts(self) -> Iterator[tuple[str, str]]:
+        """Every (prompt, response) the examples score."""
+        for p in self.pairs:
+            yield p.prompt, p.chosen
+            yield p.prompt, p.rejected
+        for x in self.lists:
+            for r in x.responses:
+                yield x.prompt, r
+        for r in self.ratings:
+            yield r.prompt, r.response
+
+
+@dataclass
+class SplitData:
+    train: Examples
+    eval: Examples
+    aspects: dict[str, tuple[int, int]]  # aspect -> (min, max) of its scale
+
+
+def is_eval_item(item_uuid: str, seed: int, fraction: float) -> bool:
+    digest = hashlib.sha256(f"{seed}:{item_uuid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _source_filter(qs: QuerySet[Judgment], source: str) -> QuerySet[Judgment]:
+    human = list(Labeler.HUMAN_KINDS)
+    if source == LabelSource.HUMAN:
+        return qs.filter(labeler__kind__in=human)
+    if source == LabelSource.AI:
+        return qs.exclude(labeler__kind__in=human)
+    return qs
+
+
+def snapshot_create(
+    *,
+    project: Project,
+    label_source: str = LabelSource.HUMAN,
+    seed: int = 0,
+    eval_fraction: float = 0.2,
+    created_by: AbstractBaseUser | None = None,
+) -> DataSnapshot:
+    """Record the judgments a run will use (not gold checks, not dropped items) and the split."""
+    qs = Judgment.objects.filter(item__project=project, item__is_gold=False).exclude(item__status=Item.Status.DROPPED)
+    qs = _source_filter(qs, label_source).order_by("id")
+    rows = list(qs.values_list("id", "item_id", "item__uuid", "item__split"))
+    eval_items = sorted(
+        {
+            item_id
+            for _, item_id, item_uuid, split in rows
+            if split == Item.Split.EVAL or is_eval_item(str(item_uuid), seed, eval_fraction)
+        }
+    )
+    return DataSnapshot.objects.create(
+        project=project,
+        label_source=label_source,
+        seed=seed,
+        eval_fraction=eval_fraction,
+        judgment_ids=[r[0] for r in rows],
+        eval_item_ids=eval_items,
+        counts={"judgments": len(rows), "items": len({r[1] for r in rows}), "eval_items": len(eval_items)},
+        created_by=created_by,
+    )
+
+
+def examples_from_judgment(item: Item, payload: dict[str, Any], source: str) -> Examples:
+    out = Examples()
+    texts = [r["text"] for r in item.responses]
+    category = str((item.metadata or {}).get("category", ""))
+    pairwise = payload.get("pairwise")
+    if pairwise and len(texts) == 2:
+        choice = pairwise["choice"]
+        if choice == "tie":
+            out.pairs.append(PairExample(item.id, item.prompt, texts[0], texts[1], 0, True, source, category))
+        else:
+            win = 0 if choice == "A" else 1
+            out.pairs.append(
+                PairExample(
+                    item.id, item.prompt, texts[win], texts[1 - win], int(pairwise["strength"]), False, source, category
+                )
+            )
+    ranking = payload.get("ranking")
+    if ranking:
+        out.lists.append(ListExample(item.id, item.prompt, texts, list(ranking), source, category))
+    for i, ratings in enumerate(payload.get("rubric") or []):
+        if ratings:
+            out.ratings.append(RatingExample(item.id, item.prompt, texts[i], dict(ratings), source, category))
+    return out
+
+
+def _extend(into: Examples, more: Examples) -> None:
+    into.pairs += more.pairs
+    into.lists += more.lists
+    into.ratings += more.ratings
+
+
+def load_snapshot(snapshot: DataSnapshot) -> SplitData:
+    """Rebuild the exact training and held-out examples a snapshot describes."""
+    schema = snapshot.project.judgment_schema
+    aspects = {a.name: (a.scale.min, a.scale.max) for a in schema.rubric.aspects} if schema.rubric else {}
+    eval_items = set(snapshot.eval_item_ids)
+    train, held = Examples(), Examples()
+    for chunk in _chunks(snapshot.judgment_ids, 2000):
+        for j in Judgment.objects.filter(id__in=chunk).select_related("item", "labeler").order_by("id"):
+            source = "human" if j.labeler.is_human else "ai"
+            _extend(held if j.item_id in eval_items else train, examples_from_judgment(j.item, j.payload, source))
+    return SplitData(train=train, eval=held, aspects=aspects)
+
+
+def _chunks(values: list[int], size: int) -> Iterable[list[int]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]

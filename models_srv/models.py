@@ -1,0 +1,130 @@
+"""The reward-model registry: data snapshots, versions, per-response scores, and an embedding cache."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from annotation.models import Item, Project
+
+
+class LabelSource(models.TextChoices):
+    HUMAN = "human", "Human judgments"
+    AI = "ai", "AI judgments"
+    BOTH = "both", "Human and AI judgments"
+
+
+class DataSnapshot(models.Model):
+    """Exactly which judgments a run trained and evaluated on, and how items were split.
+
+    An item is held out when its `split` is eval, or when sha256(seed:item uuid) falls under
+    `eval_fraction`; the judgments are listed by id, so the data can be rebuilt from this row."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="snapshots")
+    label_source = models.CharField(max_length=8, choices=LabelSource.choices, default=LabelSource.HUMAN)
+    seed = models.PositiveIntegerField(default=0)
+    eval_fraction = models.FloatField(default=0.2)
+    judgment_ids = models.JSONField(default=list)
+    eval_item_ids = models.JSONField(default=list)
+    counts = models.JSONField(default=dict)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(eval_fraction__gte=0, eval_fraction__lt=1), name="snapshot_eval_fraction"
+            ),
+            models.CheckConstraint(condition=Q(label_source__in=LabelSource.values), name="snapshot_label_source"),
+        ]
+
+    def __str__(self) -> str:
+        return f"snapshot {self.uuid} of {self.project.slug}"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class RewardModelVersion(models.Model):
+    """One training run and, when it succeeded, the model it produced."""
+
+    Status = RunStatus
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="reward_models")
+    version = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    is_current = models.BooleanField(default=False)
+    config = models.JSONField(help_text="The TrainConfig the run used (backbone, mode, objectives, ...).")
+    snapshot = models.ForeignKey(DataSnapshot, on_delete=models.PROTECT, related_name="versions")
+    metrics = models.JSONField(default=dict, blank=True)
+    progress = models.JSONField(default=dict, blank=True)
+    artifact_path = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    device = models.CharField(max_length=64, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["project", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "version"], name="rm_version_unique"),
+            models.UniqueConstraint(fields=["project"], condition=Q(is_current=True), name="rm_one_current"),
+            models.CheckConstraint(condition=Q(status__in=RunStatus.values), name="rm_status_valid"),
+            models.CheckConstraint(condition=Q(is_current=False) | Q(status="succeeded"), name="rm_current_succeeded"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} reward model v{self.version} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class ResponseScore(models.Model):
+    """A version's reward for one response of an item, with the ensemble's spread."""
+
+    version = models.ForeignKey(RewardModelVersion, on_delete=models.CASCADE, related_name="scores")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="scores")
+    response_index = models.PositiveSmallIntegerField()
+    score = models.FloatField()
+    uncertainty = models.FloatField(default=0.0)
+    aspects = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["version", "item", "response_index"], name="score_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"v{self.version_id} {self.item_id}[{self.response_index}] = {self.score:.3f}"
+
+
+class EmbeddingCache(models.Model):
+    """Frozen-backbone embeddings, one per (backbone, input text), so retraining never re-embeds."""
+
+    backbone_key = models.CharField(max_length=64)
+    text_sha = models.CharField(max_length=64)
+    vector = models.BinaryField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["backbone_key", "text_sha"], name="embedding_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.backbone_key[:8]}:{self.text_sha[:8]}"

@@ -1,0 +1,306 @@
+"""Writes of the reward-model service: start, run, cancel, promote and rescore versions.
+
+Registry invariants: a version is `succeeded` only once its artifacts are on disk in their final
+folder and its metrics are stored (both in one transaction with the status change); a run that
+dies leaves `queued`/`running` behind, which a redelivered task restarts from scratch (its files
+go to a temporary folder first) or the stale-run sweep marks failed. One version per project is
+current; promoting one demotes the others in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from annotation.models import Item, Judgment, Project
+from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create
+from models_srv.models import ResponseScore, RewardModelVersion, RunStatus
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+STALE_AFTER = timedelta(minutes=15)
+
+
+def artifacts_root() -> Path:
+    return Path(settings.MEDIA_ROOT) / "reward_models"
+
+
+def training_start(
+    *, project: Project, config: dict[str, Any], created_by: AbstractBaseUser | None = None, enqueue: bool = True
+) -> RewardModelVersion:
+    """Snapshot the project's judgments and queue a training run on the gpu queue."""
+    from models_srv.engine import TrainConfig
+    from models_srv.tasks import train_reward_model
+
+    cfg = TrainConfig.model_validate(config)
+    with transaction.atomic():
+        Project.objects.select_for_update().get(pk=project.pk)  # version numbers in order
+        snapshot = snapshot_create(
+            project=project,
+            label_source=cfg.label_source,
+            seed=cfg.seed,
+            eval_fraction=cfg.eval_fraction,
+            created_by=created_by,
+        )
+        if snapshot.counts["judgments"] == 0:
+            raise ValueError("the project has no judgments of that source to train on")
+        number = (RewardModelVersion.objects.filter(project=project).aggregate(n=Max("version"))["n"] or 0) + 1
+        version = RewardModelVersion.objects.create(
+            project=project,
+            version=number,
+            config=cfg.model_dump(),
+            snapshot=snapshot,
+            created_by=created_by,
+            progress={"phase": "queued"},
+        )
+        if enqueue:
+            transaction.on_commit(lambda: train_reward_model.delay(version.id))
+    return version
+
+
+def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None) -> RewardModelVersion | None:
+    """Run a queued version to the end. Returns None when another worker has it or it is over."""
+    from models_srv import engine
+    from models_srv.evaluation import evaluate_model, headline
+
+    claimable = [RunStatus.QUEUED] + ([RunStatus.RUNNING] if redelivered else [])
+    now = timezone.now()
+    with transaction.atomic():
+        version = (
+            RewardModelVersion.objects.select_for_update()
+            .filter(id=version_id, status__in=claimable, cancel_requested=False)
+            .first()
+        )
+        if version is None:
+            RewardModelVersion.objects.filter(id=version_id, status=RunStatus.QUEUED, cancel_requested=True).update(
+                status=RunStatus.CANCELLED, finished_at=now
+            )
+            return None
+        if version.attempts >= MAX_ATTEMPTS:
+            _fail(version, f"gave up after {version.attempts} attempts (the worker died each time)")
+            return None
+        version.status = RunStatus.RUNNING
+        version.attempts += 1
+        version.started_at = now
+        version.heartbeat_at = now
+        version.progress = {"phase": "loading data"}
+        version.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "progress"])
+
+    config = engine.TrainConfig.model_validate(version.config)
+    final = artifacts_root() / version.project.slug / str(version.uuid)
+    temp = final.with_name(final.name + ".partial")
+    shutil.rmtree(temp, ignore_errors=True)
+    state = {"last_check": 0.0, "cancel": False}
+
+    def progress(info: dict[str, Any]) -> None:
+        RewardModelVersion.objects.filter(id=version.id).update(progress=info, heartbeat_at=timezone.now())
+        if echo:
+            echo(info)
+
+    def should_stop() -> bool:
+        state["cancel"] = RewardModelVersion.objects.filter(id=version.id, cancel_requested=True).exists()
+        return state["cancel"]
+
+    try:
+        data = load_snapshot(version.snapshot)
+        model = engine.train(data, config, progress, should_stop)
+        progress({"phase": "evaluating"})
+        metrics = evaluate_model(model, data.eval) if len(data.eval) else {}
+        metrics["train_examples"] = {
+            "pairs": len(data.train.pairs),
+            "lists": len(data.train.lists),
+            "ratings": len(data.train.ratings),
+        }
+        metrics["eval_examples"] = {
+            "pairs": len(data.eval.pairs),
+            "lists": len(data.eval.lists),
+            "ratings": len(data.eval.ratings),
+        }
+        model.save(temp)
+        shutil.rmtree(final, ignore_errors=True)
+        temp.rename(final)
+    except engine.TrainingCancelled:
+        shutil.rmtree(temp, ignore_errors=True)
+        RewardModelVersion.objects.filter(id=version.id).update(
+            status=RunStatus.CANCELLED, finished_at=timezone.now(), progress={"phase": "cancelled"}
+        )
+        return RewardModelVersion.objects.get(id=version.id)
+    except Exception as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        log.exception("training of %s failed", version)
+        _fail(version, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}")
+        raise
+    with transaction.atomic():
+        version = RewardModelVersion.objects.select_for_update().get(id=version.id)
+        version.status = RunStatus.SUCCEEDED
+        version.metrics = metrics
+        version.artifact_path = str(final)
+        version.finished_at = timezone.now()
+        version.device = model.encoder.device
+        version.progress = {"phase": "done"}
+        version.save()
+        current = RewardModelVersion.objects.filter(project=version.project, is_current=True).first()
+        new, old = headline(metrics), (headline(current.metrics) if current else None)
+        if current is None or (new is not None and (old is None or new >= old)):
+            _make_current(version)
+    version.refresh_from_db()
+    return version
+
+
+def _fail(version: RewardModelVersion, error: str) -> None:
+    RewardModelVersion.objects.filter(id=version.id).exclude(status=RunStatus.SUCCEEDED).update(
+        status=RunStatus.FAILED, error=error[:20000], finished_at=timezone.now(), progress={"phase": "failed"}
+    )
+
+
+def _make_current(version: RewardModelVersion) -> None:
+    RewardModelVersion.objects.filter(project=version.project, is_current=True).exclude(id=version.id).update(
+        is_current=False
+    )
+    RewardModelVersion.objects.filter(id=version.id).update(is_current=True)
+
+
+def version_make_current(*, version: RewardModelVersion) -> RewardModelVersion:
+    """Promote a succeeded version (rollback is promoting an older one)."""
+    if version.status != RunStatus.SUCCEEDED:
+        raise ValueError("only a succeeded version can become current")
+    with transaction.atomic():
+        Project.objects.select_for_update().get(pk=version.project_id)
+        _make_current(version)
+    version.refresh_from_db()
+    return version
+
+
+def version_cancel(*, version: RewardModelVersion) -> RewardModelVersion:
+    """Ask a run to stop; a queued one stops at once, a running one at its next progress report."""
+    RewardModelVersion.objects.filter(id=version.id, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).update(
+        cancel_requested=True
+    )
+    RewardModelVersion.objects.filter(id=version.id, status=RunStatus.QUEUED).update(
+        status=RunStatus.CANCELLED, finished_at=timezone.now(), progress={"phase": "cancelled"}
+    )
+    version.refresh_from_db()
+    return version
+
+
+def fail_stale_runs(now: Any = None) -> int:
+    """Runs whose worker stopped reporting long ago (and was never redelivered) are marked failed."""
+    now = now or timezone.now()
+    return RewardModelVersion.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=now - STALE_AFTER).update(
+        status=RunStatus.FAILED,
+        error="the worker stopped reporting (killed or lost)",
+        finished_at=now,
+        progress={"phase": "failed"},
+    )
+
+
+def rescore(*, version_id: int, batch: int = 512) -> int:
+    """Store the version's score and uncertainty for every response of every item of its project."""
+    from models_srv import engine
+
+    version = RewardModelVersion.objects.select_related("project").get(id=version_id, status=RunStatus.SUCCEEDED)
+    model = engine.load_model(Path(version.artifact_path))
+    items = Item.objects.filter(project=version.project).only("id", "prompt", "responses").order_by("id")
+    written = 0
+    chunk: list[Item] = []
+
+    def flush() -> int:
+        keys = [(it.id, i, it.prompt, r["text"]) for it in chunk for i, r in enumerate(it.responses)]
+        mean, std, aspects = model.score([(p, t) for _, _, p, t in keys])
+        rows = [
+            ResponseScore(
+                version=version,
+                item_id=item_id,
+                response_index=i,
+                score=float(mean[k]),
+                uncertainty=float(std[k]),
+                aspects={a: round(float(aspects[k, n]), 4) for n, a in enumerate(model.aspects)}
+                if aspects is not None
+                else {},
+            )
+            for k, (item_id, i, _, _) in enumerate(keys)
+        ]
+        ResponseScore.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["version", "item", "response_index"],
+            update_fields=["score", "uncertainty", "aspects"],
+        )
+        return len(rows)
+
+    for item in items.iterator(chunk_size=batch):
+        chunk.append(item)
+        if len(chunk) >= batch:
+            written += flush()
+            chunk = []
+    if chunk:
+        written += flush()
+    return written
+
+
+def evaluate_file(*, version: RewardModelVersion, fileobj: IO[bytes], fmt: str | None = None) -> dict[str, Any]:
+    """Metrics of a version on a user's own labeled file (any format the importer reads)."""
+    from annotation.importing import ImportRefused, RowError, _BadRowError, check_row, normalize_row, open_rows
+    from models_srv import engine
+    from models_srv.evaluation import evaluate_model
+
+    schema = version.project.judgment_schema
+    _, rows = open_rows(fileobj, fmt)
+    examples, errors = Examples(), []
+    for line, raw in rows:
+        if isinstance(raw, RowError):
+            errors.append(raw)
+            continue
+        try:
+            row = normalize_row(raw, line)
+            labels = check_row(row, schema)
+        except _BadRowError as exc:
+            errors.append(RowError(line, str(exc)))
+            continue
+        item = Item(id=-line, prompt=row.prompt, responses=row.responses, metadata=row.metadata)
+        for _, payload in labels:
+            more = examples_from_judgment(item, payload, "file")
+            examples.pairs += more.pairs
+            examples.lists += more.lists
+            examples.ratings += more.ratings
+    if errors:
+        raise ImportRefused(errors[:50])
+    if not len(examples):
+        raise ImportRefused([RowError(0, "the file carries no labels to evaluate against")])
+    return evaluate_model(engine.load_model(Path(version.artifact_path)), examples)
+
+
+def autotrain_due(project: Project) -> bool:
+    """Whether the project has gathered `autotrain_after` judgments since its last run started."""
+    if project.autotrain_after <= 0:
+        return False
+    if RewardModelVersion.objects.filter(project=project, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists():
+        return False
+    last = RewardModelVersion.objects.filter(project=project).order_by("-created_at").first()
+    new = Judgment.objects.filter(item__project=project)
+    if last is not None:
+        new = new.filter(created_at__gt=last.created_at)
+    return new.count() >= project.autotrain_after
+
+
+def autotrain_all() -> list[int]:
+    started = []
+    for project in Project.objects.filter(autotrain_after__gt=0):
+        if autotrain_due(project):
+            last = RewardModelVersion.objects.filter(project=project).order_by("-created_at").first()
+            try:
+                v = training_start(project=project, config=last.config if last else {})
+            except ValueError:
+                continue
+            started.append(v.id)
+    return started

@@ -1,0 +1,29 @@
+"""Celery tasks of the model service. Training and rescoring run on the `gpu` queue (they fall
+back to the CPU where no GPU is); torch is imported inside the services they call, never here."""
+
+from celery import shared_task
+
+from models_srv import services
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.train_reward_model")
+def train_reward_model(self, version_id: int) -> str | None:
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    version = services.training_run(version_id=version_id, redelivered=redelivered)
+    return version.status if version else None
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.gpu_rescore")
+def gpu_rescore(version_id: int) -> int:
+    return services.rescore(version_id=version_id)
+
+
+@shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.autotrain")
+def autotrain() -> list[int]:
+    """Periodic: start a run for each project that gathered enough new judgments."""
+    return services.autotrain_all()
+
+
+@shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.fail_stale_runs")
+def fail_stale_runs() -> int:
+    return services.fail_stale_runs()

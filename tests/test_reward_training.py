@@ -1,0 +1,143 @@
+"""Reward-model training: objectives on tiny models built from a config (fast, no weights needed),
+the registry's bookkeeping, cancellation and failure."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from annotation.importing import import_items
+from annotation.models import Item
+from models_srv import services
+from models_srv.models import ResponseScore, RewardModelVersion
+from tests.conftest import jsonl
+
+TINY = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+GOOD = ["great", "helpful", "correct", "clear", "kind"]
+BAD = ["terrible", "wrong", "useless", "rude", "confusing"]
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        filler = " ".join(rng.choices(["the", "answer", "is", "a", "very", "some", "text"], k=rng.randint(3, 12)))
+        good = f"{filler} {rng.choice(GOOD)} {rng.choice(GOOD)}"
+        bad = f"{filler} {rng.choice(BAD)} {rng.choice(BAD)}"
+        a_good = rng.random() < 0.5
+        rows.append(
+            {
+                "id": f"s{i}",
+                "prompt": f"question {i}",
+                "response_a": good if a_good else bad,
+                "response_b": bad if a_good else good,
+                "label": "A" if a_good else "B",
+                "strength": rng.choice([1, 2]),
+                "metadata": {"category": rng.choice(["x", "y"])},
+            }
+        )
+    return rows
+
+
+@pytest.fixture
+def synthetic_project(make_project, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    project = make_project("syn", schema={"pairwise": {"strengths": ["better", "much better"]}})
+    import_items(project=project, fileobj=jsonl(synthetic_pairs(240)))
+    return project
+
+
+def test_a_tiny_model_from_a_config_learns_a_separable_preference(synthetic_project) -> None:
+    config = {
+        "from_config": TINY,
+        "mode": "full",
+        "epochs": 4,
+        "lr": 2e-3,
+        "batch_size": 16,
+        "max_length": 48,
+        "ensemble": 3,
+    }
+    version = services.training_start(project=synthetic_project, config=config, enqueue=False)
+    seen = []
+    version = services.training_run(version_id=version.id, echo=seen.append)
+    assert version.status == "succeeded", version.error
+    pairwise = version.metrics["pairwise"]
+    assert pairwise["n"] >= 30
+    assert pairwise["accuracy"] >= 0.9, pairwise
+    assert set(pairwise["by_category"]) == {"x", "y"} and set(pairwise["by_source"]) == {"human"}
+    assert 0 <= pairwise["ece"] <= 1 and pairwise["mean_uncertainty"] >= 0
+    assert any(p.get("phase") == "training" and "eta_s" in p and "loss" in p for p in seen)
+    assert version.is_current and version.version == 1
+    assert (Path(version.artifact_path) / "heads.safetensors").exists()
+    assert (Path(version.artifact_path) / "backbone" / "model.safetensors").exists()
+
+    written = services.rescore(version_id=version.id)
+    assert written == 2 * Item.objects.filter(project=synthetic_project).count()
+    good_wins = 0
+    for item in Item.objects.filter(project=synthetic_project)[:50]:
+        scores = {s.response_index: s.score for s in ResponseScore.objects.filter(version=version, item=item)}
+        good = 0 if any(w in item.responses[0]["text"] for w in GOOD) else 1
+        good_wins += scores[good] > scores[1 - good]
+    assert good_wins >= 45
+
+
+def test_frozen_mode_trains_heads_on_cached_embeddings(synthetic_project) -> None:
+    from models_srv.models import EmbeddingCache
+
+    config = {"from_config": TINY, "mode": "frozen", "epochs": 150, "max_length": 48, "ensemble": 4, "lr": 1e-2}
+    first = services.training_run(
+        version_id=services.training_start(project=synthetic_project, config=config, enqueue=False).id
+    )
+    assert first.status == "succeeded", first.error
+    cached = EmbeddingCache.objects.count()
+    assert cached >= 2 * 240 * 0.7
+    second = services.training_run(
+        version_id=services.training_start(project=synthetic_project, config=config, enqueue=False).id
+    )
+    assert EmbeddingCache.objects.count() == cached  # the retrain embedded nothing new
+    assert second.metrics["pairwise"]["accuracy"] == first.metrics["pairwise"]["accuracy"]
+    assert first.metrics["pairwise"]["accuracy"] > 0.75
+
+
+def test_versions_roll_back_and_runs_can_be_cancelled(synthetic_project) -> None:
+    config = {"from_config": TINY, "mode": "frozen", "epochs": 5, "max_length": 32, "ensemble": 1}
+    v1 = services.training_run(
+        version_id=services.training_start(project=synthetic_project, config=config, enqueue=False).id
+    )
+    v2 = services.training_run(
+        version_id=services.training_start(project=synthetic_project, config=config, enqueue=False).id
+    )
+    assert v1.status == v2.status == "succeeded"
+    services.version_make_current(version=v1)
+    assert list(RewardModelVersion.objects.filter(is_current=True).values_list("version", flat=True)) == [1]
+    queued = services.training_start(project=synthetic_project, config=config, enqueue=False)
+    services.version_cancel(version=queued)
+    queued.refresh_from_db()
+    assert queued.status == "cancelled"
+    assert services.training_run(version_id=queued.id) is None
+
+
+def test_a_failing_run_is_marked_failed_and_leaves_no_artifacts(synthetic_project, tmp_path) -> None:
+    config = {"backbone": str(tmp_path / "no-such-model"), "mode": "frozen"}
+    version = services.training_start(project=synthetic_project, config=config, enqueue=False)
+    with pytest.raises(OSError):
+        services.training_run(version_id=version.id)
+    version.refresh_from_db()
+    assert version.status == "failed" and "no-such-model" in version.error
+    assert not version.is_current and version.artifact_path == ""
+    assert not list((tmp_path / "reward_models").glob("**/*.partial"))
+
+
+def test_training_needs_judgments(make_project) -> None:
+    project = make_project("empty")
+    with pytest.raises(ValueError, match="no judgments"):
+        services.training_start(project=project, config={}, enqueue=False)
