@@ -19,7 +19,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from annotation.models import Item, Judgment, Project
@@ -28,7 +28,11 @@ from models_srv.models import ResponseScore, RewardModelVersion, RunStatus
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
-STALE_AFTER = timedelta(minutes=15)
+
+
+def heartbeat_stale_after() -> timedelta:
+    """How long a running version may go without a progress report before it counts as dead."""
+    return timedelta(seconds=settings.RM_HEARTBEAT_STALE_SECONDS)
 
 
 def artifacts_root() -> Path:
@@ -73,12 +77,16 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
     from models_srv import engine
     from models_srv.evaluation import evaluate_model, headline
 
-    claimable = [RunStatus.QUEUED] + ([RunStatus.RUNNING] if redelivered else [])
     now = timezone.now()
+    claimable = Q(status=RunStatus.QUEUED)
+    if redelivered:
+        # The broker hands a message out again when its worker died, or when a run outlasts the
+        # broker's visibility timeout while its worker is alive: only a silent run is taken over.
+        claimable |= Q(status=RunStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after())
     with transaction.atomic():
         version = (
             RewardModelVersion.objects.select_for_update()
-            .filter(id=version_id, status__in=claimable, cancel_requested=False)
+            .filter(claimable, id=version_id, cancel_requested=False)
             .first()
         )
         if version is None:
@@ -196,7 +204,8 @@ def version_cancel(*, version: RewardModelVersion) -> RewardModelVersion:
 def fail_stale_runs(now: Any = None) -> int:
     """Runs whose worker stopped reporting long ago (and was never redelivered) are marked failed."""
     now = now or timezone.now()
-    return RewardModelVersion.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=now - STALE_AFTER).update(
+    stale = now - 3 * heartbeat_stale_after()
+    return RewardModelVersion.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=stale).update(
         status=RunStatus.FAILED,
         error="the worker stopped reporting (killed or lost)",
         finished_at=now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -104,15 +105,9 @@ def _database_url() -> str:
     return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-@pytest.fixture
-def celery_worker_process(transactional_db: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    from config.celery import app
-
-    if connection.vendor != "postgresql":
-        pytest.skip("the worker test needs the PostgreSQL test database")
-    app.control.purge()
-    env = {**os.environ, "DATABASE_URL": _database_url()}
-    log = tmp_path / "worker.log"
+def start_worker(log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+    """A Celery worker process (its own process group, so it can be killed whole) on all queues."""
+    env = {**os.environ, "DATABASE_URL": _database_url(), **extra_env}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -132,29 +127,52 @@ def celery_worker_process(transactional_db: None, tmp_path: Path) -> Iterator[su
             "--logfile",
             str(log),
             "-n",
-            f"test-{os.getpid()}@%h",
+            f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
         ],
         cwd=ROOT,
         env=env,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"worker exited early:\n{log.read_text() if log.exists() else ''}")
-        if log.exists() and "ready." in log.read_text():
-            break
+        if log.exists() and log.read_text().count("ready.") > 0:
+            return proc
         time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("worker did not become ready in 60 s")
-    proc.log_path = log  # type: ignore[attr-defined]
-    yield proc
-    proc.terminate()
+    stop_worker(proc, kill=True)
+    pytest.fail("worker did not become ready in 60 s")
+
+
+def stop_worker(proc: subprocess.Popen[bytes], kill: bool = False) -> None:
+    import signal
+
+    if proc.poll() is not None:
+        return
     try:
+        os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
         proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.fixture
+def worker_env(transactional_db: None) -> Iterator[None]:
+    from config.celery import app
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the worker test needs the PostgreSQL test database")
+    app.control.purge()
+    yield
+
+
+@pytest.fixture
+def celery_worker_process(worker_env: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    proc = start_worker(tmp_path / "worker.log")
+    yield proc
+    stop_worker(proc)
 
 
 # ---------------------------------------------------------------------------------------------

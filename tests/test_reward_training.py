@@ -3,6 +3,7 @@ the registry's bookkeeping, cancellation and failure."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -141,3 +142,32 @@ def test_training_needs_judgments(make_project) -> None:
     project = make_project("empty")
     with pytest.raises(ValueError, match="no judgments"):
         services.training_start(project=project, config={}, enqueue=False)
+
+
+def test_train_and_evaluate_commands(synthetic_project, tmp_path, capsys) -> None:
+    from django.core.management import call_command
+
+    call_command(
+        "train_reward_model",
+        "--project",
+        "syn",
+        "--foreground",
+        "--mode",
+        "frozen",
+        "--epochs",
+        "60",
+        "--max-length",
+        "48",
+        "--config",
+        json.dumps({"from_config": TINY}),
+    )
+    out = capsys.readouterr().out
+    assert "phase=training" in out and "version 1: succeeded" in out
+    path = tmp_path / "bench.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(60, seed=9)))
+    call_command("evaluate_reward_model", "--project", "syn", "--file", str(path))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("pairwise accuracy")
+    result = json.loads(lines[-1])
+    assert result["version"] == 1 and result["metrics"]["pairwise"]["n"] == 60
+    assert result["metrics"]["pairwise"]["accuracy"] > 0.7
