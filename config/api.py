@@ -3,6 +3,7 @@ from ninja.security import django_auth
 
 from annotation.api import router as annotation_router
 from config.auth import TokenAuth
+from models_srv.api import router as models_router
 
 api = NinjaAPI(
     title="Prefloop API",
@@ -12,3 +13,4 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 api.add_router("/", annotation_router)
+api.add_router("/", models_router)

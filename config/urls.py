@@ -11,5 +11,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("healthz", healthz, name="healthz"),
+    path("", include("models_srv.urls")),
     path("", include("annotation.urls")),
 ]

@@ -1,0 +1,81 @@
+"""HTTP API of the model service: start training, follow it, read versions and metrics."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.http import HttpRequest
+from ninja import Body, Field, Router, Schema
+from ninja.errors import HttpError
+from ninja.responses import Status
+from pydantic import ValidationError
+
+from annotation.selectors import project_for_user
+from models_srv import selectors, services
+from models_srv.models import RewardModelVersion
+from models_srv.tasks import gpu_rescore
+
+router = Router(tags=["reward models"])
+
+
+class VersionOut(Schema):
+    id: UUID = Field(alias="uuid")
+    project: str = Field(alias="project.slug")
+    version: int
+    status: str
+    is_current: bool
+    config: dict[str, Any]
+    snapshot: UUID = Field(alias="snapshot.uuid")
+    metrics: dict[str, Any]
+    progress: dict[str, Any]
+    error: str
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@router.get("/projects/{slug}/reward-models", response=list[VersionOut])
+def list_versions(request: HttpRequest, slug: str) -> list[RewardModelVersion]:
+    return selectors.versions_of(project_for_user(request.user, slug, curator=True))
+
+
+@router.post("/projects/{slug}/reward-models", response={202: VersionOut})
+def start_training(request: HttpRequest, slug: str, config: Body[dict[str, Any]]) -> Status[RewardModelVersion]:
+    """Start a training run with TrainConfig fields (all optional); poll the returned version."""
+    project = project_for_user(request.user, slug, curator=True)
+    try:
+        version = services.training_start(project=project, config=config, created_by=request.user)
+    except ValidationError as exc:
+        raise HttpError(422, str(exc)) from None
+    except ValueError as exc:
+        raise HttpError(409, str(exc)) from None
+    return Status(202, version)
+
+
+@router.get("/reward-models/{version_id}", response=VersionOut)
+def get_version(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
+    return selectors.version_for_curator(request.user, version_id)
+
+
+@router.post("/reward-models/{version_id}/cancel", response=VersionOut)
+def cancel_version(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
+    return services.version_cancel(version=selectors.version_for_curator(request.user, version_id))
+
+
+@router.post("/reward-models/{version_id}/make-current", response=VersionOut)
+def make_current(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
+    try:
+        return services.version_make_current(version=selectors.version_for_curator(request.user, version_id))
+    except ValueError as exc:
+        raise HttpError(409, str(exc)) from None
+
+
+@router.post("/reward-models/{version_id}/rescore", response={202: VersionOut})
+def rescore(request: HttpRequest, version_id: UUID) -> Status[RewardModelVersion]:
+    version = selectors.version_for_curator(request.user, version_id)
+    if version.status != RewardModelVersion.Status.SUCCEEDED:
+        raise HttpError(409, "only a succeeded version can rescore items")
+    gpu_rescore.delay(version.id)
+    return Status(202, version)

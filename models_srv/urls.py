@@ -1,0 +1,14 @@
+from django.urls import path
+
+from models_srv import views
+
+app_name = "models_srv"
+
+urlpatterns = [
+    path("p/<slug:slug>/models/", views.models_page, name="models"),
+    path("p/<slug:slug>/models/train", views.train, name="train"),
+    path("m/<uuid:version_uuid>/", views.version_detail, name="version"),
+    path("m/<uuid:version_uuid>/cancel", views.cancel, name="cancel"),
+    path("m/<uuid:version_uuid>/current", views.make_current, name="current"),
+    path("m/<uuid:version_uuid>/rescore", views.rescore, name="rescore"),
+]

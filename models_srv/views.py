@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from annotation.selectors import project_for_user
+from models_srv import selectors, services
+from models_srv.forms import TrainForm
+from models_srv.models import RewardModelVersion
+from models_srv.tasks import gpu_rescore
+
+
+def _panel(request: HttpRequest, project: object, form: TrainForm | None = None, error: str = "") -> HttpResponse:
+    versions = selectors.versions_of(project)
+    context = {
+        "project": project,
+        "versions": versions,
+        "active": any(v.is_active for v in versions),
+        "form": form or TrainForm(),
+        "error": error,
+    }
+    template = "models_srv/models.html" + ("#versions" if request.htmx and request.method == "GET" else "")
+    return render(request, template, context)
+
+
+@login_required
+@require_GET
+def models_page(request: HttpRequest, slug: str) -> HttpResponse:
+    return _panel(request, project_for_user(request.user, slug, curator=True))
+
+
+@login_required
+@require_POST
+def train(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_for_user(request.user, slug, curator=True)
+    form = TrainForm(request.POST)
+    error = ""
+    if form.is_valid():
+        try:
+            services.training_start(project=project, config=form.config(), created_by=request.user)
+            form = None
+        except ValueError as exc:
+            error = str(exc)
+    if not request.htmx and not error and form is None:
+        return redirect("models_srv:models", slug=project.slug)
+    return _panel(request, project, form, error)
+
+
+def _act(request: HttpRequest, version_uuid: UUID, action: str) -> HttpResponse:
+    version = selectors.version_for_curator(request.user, version_uuid)
+    error = ""
+    try:
+        if action == "cancel":
+            services.version_cancel(version=version)
+        elif action == "current":
+            services.version_make_current(version=version)
+        elif action == "rescore":
+            if version.status != RewardModelVersion.Status.SUCCEEDED:
+                raise ValueError("only a succeeded version can rescore items")
+            gpu_rescore.delay(version.id)
+    except ValueError as exc:
+        error = str(exc)
+    if not request.htmx:
+        return redirect("models_srv:models", slug=version.project.slug)
+    return _panel(request, version.project, error=error)
+
+
+@login_required
+@require_POST
+def cancel(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
+    return _act(request, version_uuid, "cancel")
+
+
+@login_required
+@require_POST
+def make_current(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
+    return _act(request, version_uuid, "current")
+
+
+@login_required
+@require_POST
+def rescore(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
+    return _act(request, version_uuid, "rescore")
+
+
+@login_required
+@require_GET
+def version_detail(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
+    version = selectors.version_for_curator(request.user, version_uuid)
+    return render(request, "models_srv/version.html", {"version": version, "project": version.project})
