@@ -83,6 +83,7 @@ def project_create(*, spec: ProjectSpec, created_by: AbstractBaseUser | None) ->
             lease_seconds=spec.lease_seconds,
             show_model_names=spec.show_model_names,
             routing_policy=spec.routing_policy,
+            autotrain_after=spec.autotrain_after,
             created_by=created_by,
         )
         SchemaVersion.objects.create(project=project, version=1, schema=schema, created_by=created_by)

@@ -65,6 +65,7 @@ class TrainConfig(BaseModel):
     label_source: Literal["human", "ai", "both"] = "human"
     eval_fraction: float = Field(default=0.2, ge=0, lt=1)
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
+    dropout: bool = Field(default=False, description="keep the backbone's dropout when fine-tuning (off, as TRL does)")
     # A tiny model built from a config instead of loading weights: for tests and smoke runs.
     from_config: dict[str, Any] | None = None
 
@@ -454,6 +455,10 @@ def train(
         table = None
         model = encoder.model
         model.train()
+        if not config.dropout:  # reward models train better, and faster, without dropout
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
         if getattr(model, "gradient_checkpointing_enable", None) and device != "cpu":
             model.gradient_checkpointing_enable()
         params = list(model.parameters()) + list(heads.parameters())

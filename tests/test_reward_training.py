@@ -171,3 +171,44 @@ def test_train_and_evaluate_commands(synthetic_project, tmp_path, capsys) -> Non
     result = json.loads(lines[-1])
     assert result["version"] == 1 and result["metrics"]["pairwise"]["n"] == 60
     assert result["metrics"]["pairwise"]["accuracy"] > 0.7
+
+
+def test_gpu_code_paths_run_on_the_cpu(synthetic_project) -> None:
+    """bf16 autocast, gradient accumulation and length-bucketed batches, as a GPU run uses them."""
+    from models_srv.engine import _batches, autocast_dtype, pick_device
+
+    assert pick_device("auto") in ("cpu", "cuda", "mps")
+    config = {
+        "from_config": TINY,
+        "mode": "full",
+        "epochs": 2,
+        "lr": 2e-3,
+        "max_length": 32,
+        "precision": "bf16",
+        "grad_accum": 2,
+        "device": "cpu",
+    }
+    version = services.training_run(
+        version_id=services.training_start(project=synthetic_project, config=config, enqueue=False).id
+    )
+    assert version.status == "succeeded", version.error
+    assert version.device == "cpu"
+    import torch
+
+    assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("auto", "cpu") is None
+    from models_srv.data import Examples, PairExample
+
+    ex = Examples(pairs=[PairExample(i, "p", "x" * (i % 7), "y", 1) for i in range(40)])
+    batches = _batches(ex, 8, 0, lambda pr: len(pr[1]))
+    lengths = [[len(ex.pairs[i].chosen) for i in members] for _, members in batches]
+    assert all(max(b) - min(b) <= 2 for b in lengths)  # similar lengths batch together
+
+
+def test_autotrain_starts_a_run_after_enough_new_judgments(make_project) -> None:
+    project = make_project("auto", autotrain_after=30)
+    import_items(project=project, fileobj=jsonl(synthetic_pairs(20)))
+    assert services.autotrain_all() == []
+    import_items(project=project, fileobj=jsonl(synthetic_pairs(40, seed=5)[20:]))  # 20 more ids
+    started = services.autotrain_all()
+    assert len(started) == 1
+    assert services.autotrain_all() == []  # one run at a time, and nothing new since it started
