@@ -128,3 +128,53 @@ class EmbeddingCache(models.Model):
 
     def __str__(self) -> str:
         return f"{self.backbone_key[:8]}:{self.text_sha[:8]}"
+
+
+class AILabelRun(models.Model):
+    """One AI labeler labeling a set of items, in batches on the `ai` (or `gpu`) queue."""
+
+    Status = RunStatus
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="ai_runs")
+    labeler = models.ForeignKey("annotation.Labeler", on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    item_ids = models.JSONField(default=list, help_text="The items this run covers (fixed when it starts).")
+    done = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0, help_text="Already labeled by this labeler: left as they were.")
+    failed = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.FloatField(default=0.0)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.CheckConstraint(condition=Q(status__in=RunStatus.values), name="ai_run_status_valid")]
+
+    def __str__(self) -> str:
+        return f"{self.labeler} on {self.project.slug} ({self.status})"
+
+    @property
+    def total(self) -> int:
+        return len(self.item_ids)
+
+
+class AILabelFailure(models.Model):
+    """An item an AI labeler could not label, with the reason and what the model answered."""
+
+    run = models.ForeignKey(AILabelRun, on_delete=models.CASCADE, related_name="failures")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="ai_failures")
+    reason = models.TextField()
+    raw_output = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "item"], name="ai_failure_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.item} failed: {self.reason[:60]}"

@@ -27,3 +27,21 @@ def autotrain() -> list[int]:
 @shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.fail_stale_runs")
 def fail_stale_runs() -> int:
     return services.fail_stale_runs()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.ai_label_run")
+def ai_label_run(run_id: int) -> str | None:
+    """LLM and reward-model judges, on the `ai` queue."""
+    from models_srv.labeling import run_execute
+
+    run = run_execute(run_id=run_id)
+    return run.status if run else None
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.gpu_ai_label_run")
+def gpu_ai_label_run(run_id: int) -> str | None:
+    """Density-ratio judges load two causal LMs: the `gpu` queue."""
+    from models_srv.labeling import run_execute
+
+    run = run_execute(run_id=run_id)
+    return run.status if run else None

@@ -1,0 +1,208 @@
+"""AI labeling runs: create labelers, start runs, run them in batches (idempotent), and compute the
+AI consensus of an item."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from pydantic import ValidationError
+
+from annotation.models import Item, Judgment, Labeler, Project
+from annotation.schema import format_validation_error
+from models_srv.judges import CONFIGS, JudgeError, encrypt_api_key, make_judge
+from models_srv.models import AILabelFailure, AILabelRun, RunStatus
+
+log = logging.getLogger(__name__)
+BATCH = 32
+
+
+class LabelerError(ValueError):
+    pass
+
+
+def labeler_create(*, project: Project, kind: str, name: str, config: dict[str, Any], api_key: str = "") -> Labeler:
+    """Validate the config of an AI labeler and store it (an API key only encrypted)."""
+    if kind not in CONFIGS:
+        raise LabelerError(f"kind must be one of {', '.join(CONFIGS)}")
+    config = dict(config)
+    if api_key:
+        if kind != Labeler.Kind.LLM:
+            raise LabelerError("only LLM judges take an API key")
+        config["api_key_encrypted"] = encrypt_api_key(api_key)
+    try:
+        parsed = CONFIGS[kind].model_validate(config)
+    except ValidationError as exc:
+        raise LabelerError(format_validation_error(exc)) from None
+    version = (
+        Labeler.objects.filter(project=project, kind=kind, name=name)
+        .order_by("-version")
+        .values_list("version", flat=True)
+        .first()
+        or 0
+    ) + 1
+    return Labeler.objects.create(project=project, kind=kind, name=name, config=parsed.model_dump(), version=version)
+
+
+def run_start(
+    *,
+    project: Project,
+    labeler: Labeler,
+    item_ids: list[int] | None = None,
+    created_by: AbstractBaseUser | None = None,
+    enqueue: bool = True,
+) -> AILabelRun:
+    """Queue a run over the given items (default: every item the labeler has not judged yet)."""
+    from models_srv.tasks import ai_label_run, gpu_ai_label_run
+
+    if labeler.project_id != project.id or labeler.is_human:
+        raise LabelerError("not an AI labeler of this project")
+    qs = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
+    if item_ids is not None:
+        qs = qs.filter(id__in=item_ids)
+    ids = list(qs.exclude(judgments__labeler=labeler).order_by("id").values_list("id", flat=True))
+    run = AILabelRun.objects.create(project=project, labeler=labeler, item_ids=ids, created_by=created_by)
+    if enqueue:
+        task = gpu_ai_label_run if labeler.kind == Labeler.Kind.DENSITY_RATIO else ai_label_run
+        transaction.on_commit(lambda: task.delay(run.id))
+    return run
+
+
+def run_execute(*, run_id: int) -> AILabelRun | None:
+    """Label every item of the run. A re-run (or a redelivered task) skips what is labeled already."""
+    claimed = AILabelRun.objects.filter(id=run_id, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).update(
+        status=RunStatus.RUNNING
+    )
+    if not claimed:
+        return None
+    run = AILabelRun.objects.select_related("labeler", "project").get(id=run_id)
+    schema = run.project.judgment_schema
+    try:
+        judge = make_judge(run.labeler)
+    except (JudgeError, OSError, ValueError) as exc:
+        AILabelRun.objects.filter(id=run.id).update(status=RunStatus.FAILED, error=str(exc), finished_at=timezone.now())
+        run.refresh_from_db()
+        return run
+    try:
+        for start in range(0, len(run.item_ids), BATCH):
+            if AILabelRun.objects.filter(id=run.id, cancel_requested=True).exists():
+                AILabelRun.objects.filter(id=run.id).update(status=RunStatus.CANCELLED, finished_at=timezone.now())
+                run.refresh_from_db()
+                return run
+            _batch(run, judge, schema, run.item_ids[start : start + BATCH])
+    except Exception as exc:
+        AILabelRun.objects.filter(id=run.id).update(
+            status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
+        )
+        raise
+    finally:
+        judge.close()
+    AILabelRun.objects.filter(id=run.id).update(status=RunStatus.SUCCEEDED, finished_at=timezone.now())
+    run.refresh_from_db()
+    run.peak_concurrency = judge.peak  # type: ignore[attr-defined]
+    return run
+
+
+def _batch(run: AILabelRun, judge: Any, schema: Any, ids: list[int]) -> None:
+    already = set(Judgment.objects.filter(item_id__in=ids, labeler=run.labeler).values_list("item_id", flat=True))
+    items = list(Item.objects.filter(id__in=[i for i in ids if i not in already]).order_by("id"))
+    if hasattr(judge, "label_many"):
+        labels = judge.label_many(items, schema)
+    else:
+        with ThreadPoolExecutor(max_workers=judge.cfg.concurrency) as pool:
+            labels = list(pool.map(lambda item: judge.label(item, schema), items))
+    good = [lb for lb in labels if lb.payload is not None and not lb.error]
+    bad = [lb for lb in labels if lb.payload is None or lb.error]
+    project = run.project
+    with transaction.atomic():
+        Judgment.objects.bulk_create(
+            [
+                Judgment(
+                    item_id=lb.item_id,
+                    labeler=run.labeler,
+                    payload=lb.payload,
+                    schema_version=project.schema_version,
+                    confidence=lb.confidence,
+                    raw_output=_raw(lb.raw),
+                )
+                for lb in good
+            ],
+            ignore_conflicts=True,
+        )
+        AILabelFailure.objects.bulk_create(
+            [
+                AILabelFailure(run=run, item_id=lb.item_id, reason=lb.error or "no answer", raw_output=_raw(lb.raw))
+                for lb in bad
+            ],
+            ignore_conflicts=True,
+        )
+        cfg = getattr(judge, "cfg", None)
+        pt = sum(lb.prompt_tokens for lb in labels)
+        ct = sum(lb.completion_tokens for lb in labels)
+        cost = (pt * getattr(cfg, "prompt_cost_per_1k", 0) + ct * getattr(cfg, "completion_cost_per_1k", 0)) / 1000
+        AILabelRun.objects.filter(id=run.id).update(
+            done=F("done") + len(good),
+            failed=F("failed") + len(bad),
+            skipped=F("skipped") + len(already),
+            prompt_tokens=F("prompt_tokens") + pt,
+            completion_tokens=F("completion_tokens") + ct,
+            cost=F("cost") + cost,
+        )
+
+
+def _raw(raw: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(raw, ensure_ascii=False)[:200_000]
+
+
+def run_cancel(*, run: AILabelRun) -> None:
+    AILabelRun.objects.filter(id=run.id, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).update(cancel_requested=True)
+    AILabelRun.objects.filter(id=run.id, status=RunStatus.QUEUED).update(
+        status=RunStatus.CANCELLED, finished_at=timezone.now()
+    )
+
+
+def ai_consensus(item: Item, method: str = "weighted") -> dict[str, Any] | None:
+    """The AI labelers' combined answer on an item: majority vote or confidence-weighted.
+
+    Pairwise: the signed preference (-strength for A, +strength for B) averaged with weights;
+    rankings: weighted mean rank, re-ranked. Returns the payload part, the agreement (share of
+    weight behind the winning choice) and how many AI judgments took part."""
+    judgments = [j for j in item.judgments.select_related("labeler") if not j.labeler.is_human]
+    if not judgments:
+        return None
+    weight = (lambda j: 1.0) if method == "majority" else (lambda j: j.confidence if j.confidence is not None else 0.5)
+    pairwise = [j for j in judgments if "pairwise" in j.payload]
+    if pairwise:
+        votes: dict[str, float] = defaultdict(float)
+        for j in pairwise:
+            votes[j.payload["pairwise"]["choice"]] += weight(j)
+        total = sum(votes.values()) or 1.0
+        best = max(votes.values())
+        winners = [c for c, v in votes.items() if v == best]
+        choice = winners[0] if len(winners) == 1 else "tie"
+        return {
+            "pairwise": {"choice": choice},
+            "agreement": round(best / total, 4),
+            "n": len(pairwise),
+            "method": method,
+        }
+    ranked = [j for j in judgments if "ranking" in j.payload]
+    if ranked:
+        n = len(ranked[0].payload["ranking"])
+        total = sum(weight(j) for j in ranked) or 1.0
+        mean = [sum(weight(j) * j.payload["ranking"][i] for j in ranked) / total for i in range(n)]
+        order = sorted(range(n), key=lambda i: mean[i])
+        ranks = [0] * n
+        for r, i in enumerate(order, start=1):
+            ranks[i] = r
+        agree = sum(weight(j) for j in ranked if j.payload["ranking"] == ranks) / total
+        return {"ranking": ranks, "agreement": round(agree, 4), "n": len(ranked), "method": method}
+    return None
