@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import pytest
@@ -120,3 +121,80 @@ def import_items_rows(project, rows) -> None:
     from annotation.importing import import_items
 
     import_items(project=project, fileobj=jsonl(rows))
+
+
+def _wait_run(run, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run.refresh_from_db()
+        if run.status in {"succeeded", "failed", "cancelled"}:
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"run still {run.status} after {timeout} s ({run.done}/{run.total})")
+
+
+TINY_CAUSAL = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 256}
+
+
+def test_density_ratio_judge_labels_through_the_gpu_queue(celery_worker_process, make_project) -> None:
+    from annotation.models import Judgment
+    from models_srv.labeling import labeler_create, run_start
+
+    project = make_project("cdr", schema={"pairwise": {"strengths": ["better", "much better"], "allow_tie": False}})
+    rows = [
+        {
+            "id": f"d{i}",
+            "prompt": f"Say something about {i}",
+            "response_a": f"answer {i} one",
+            "response_b": f"reply {i} two",
+        }
+        for i in range(6)
+    ]
+    import_items_rows(project, rows)
+    config = {
+        "strong": "tiny-strong",
+        "weak": "tiny-weak",
+        "preamble": "Prefer helpful, harmless answers.",
+        "from_config": {"strong": {**TINY_CAUSAL, "seed": 1}, "weak": {**TINY_CAUSAL, "seed": 2}},
+    }
+    labeler = labeler_create(project=project, kind="density_ratio", name="cdr", config=config)
+    run = _wait_run(run_start(project=project, labeler=labeler))
+    assert run.status == "succeeded", run.error
+    assert run.done == 6 and run.failed == 0
+    for j in Judgment.objects.filter(labeler=labeler):
+        assert j.payload["pairwise"]["choice"] in ("A", "B")
+        assert 0.5 <= j.confidence <= 1
+        rewards = json.loads(j.raw_output)["rewards"]
+        assert j.payload["pairwise"]["choice"] == ("B" if rewards[1] > rewards[0] else "A")
+
+
+@pytest.mark.shared_data
+def test_reward_model_judge_labels_the_hh_items_through_the_ai_queue(celery_worker_process, make_project) -> None:
+    from annotation.models import Judgment
+    from models_srv import services
+    from models_srv.labeling import labeler_create, run_start
+    from tests.conftest import HH_FILE
+
+    if not HH_FILE.exists():
+        pytest.skip(f"shared data file {HH_FILE} is absent (a user's clone)")
+    project = make_project("hh-judge", schema={"pairwise": {"strengths": ["better", "much better"]}})
+    from annotation.importing import import_items
+
+    with HH_FILE.open("rb") as fh:
+        import_items(project=project, fileobj=fh)
+    config = {"mode": "frozen", "max_length": 64, "ensemble": 3, "epochs": 150, "embed_batch_size": 64}
+    version = services.training_run(
+        version_id=services.training_start(project=project, config=config, enqueue=False).id
+    )
+    assert version.status == "succeeded", version.error
+    labeler = labeler_create(project=project, kind="reward_model", name="rm-current", config={"version": "current"})
+    run = _wait_run(run_start(project=project, labeler=labeler), timeout=300)
+    assert run.status == "succeeded", run.error
+    assert run.done == 1600 and run.failed == 0
+    ai = {j.item_id: j for j in Judgment.objects.filter(labeler=labeler)}
+    human = {j.item_id: j for j in Judgment.objects.filter(labeler__kind="imported", item__project=project)}
+    agree = sum(ai[i].payload["pairwise"]["choice"] == human[i].payload["pairwise"]["choice"] for i in human) / len(
+        human
+    )
+    assert agree > 0.55  # better than chance, and imperfect: what a router learns from
+    assert all(0.5 <= j.confidence <= 1 for j in ai.values())
