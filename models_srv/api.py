@@ -79,3 +79,82 @@ def rescore(request: HttpRequest, version_id: UUID) -> Status[RewardModelVersion
         raise HttpError(409, "only a succeeded version can rescore items")
     gpu_rescore.delay(version.id)
     return Status(202, version)
+
+
+class LabelerIn(Schema):
+    name: str
+    kind: str
+    config: dict[str, Any]
+    api_key: str = ""
+
+
+class LabelerOut(Schema):
+    id: int
+    name: str
+    kind: str
+    version: int
+    config: dict[str, Any]
+
+    @staticmethod
+    def resolve_config(obj: Any) -> dict[str, Any]:
+        from models_srv.judges import public_config
+
+        return public_config(obj.config)
+
+
+class FailureOut(Schema):
+    item: str = Field(alias="item.external_id")
+    reason: str
+    raw_output: str
+
+
+class RunOut(Schema):
+    id: UUID = Field(alias="uuid")
+    labeler: str = Field(alias="labeler.name")
+    status: str
+    total: int
+    done: int
+    failed: int
+    skipped: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    error: str
+    failures: list[FailureOut] = []
+
+    @staticmethod
+    def resolve_failures(obj: Any) -> list[Any]:
+        return list(obj.failures.select_related("item")[:100])
+
+
+@router.get("/projects/{slug}/ai-labelers", response=list[LabelerOut])
+def list_labelers(request: HttpRequest, slug: str) -> list[Any]:
+    return selectors.ai_labelers_of(project_for_user(request.user, slug, curator=True))
+
+
+@router.post("/projects/{slug}/ai-labelers", response={201: LabelerOut})
+def add_labeler(request: HttpRequest, slug: str, body: LabelerIn) -> Status[Any]:
+    from models_srv.labeling import LabelerError, labeler_create
+
+    project = project_for_user(request.user, slug, curator=True)
+    try:
+        labeler = labeler_create(
+            project=project, kind=body.kind, name=body.name, config=body.config, api_key=body.api_key
+        )
+    except LabelerError as exc:
+        raise HttpError(422, str(exc)) from None
+    return Status(201, labeler)
+
+
+@router.post("/ai-labelers/{labeler_id}/runs", response={202: RunOut})
+def start_run(request: HttpRequest, labeler_id: int) -> Status[Any]:
+    """Label every item this labeler has not labeled yet (in the background)."""
+    from models_srv.labeling import run_start
+
+    labeler = selectors.labeler_for_curator(request.user, labeler_id)
+    return Status(202, run_start(project=labeler.project, labeler=labeler, created_by=request.user))
+
+
+@router.get("/ai-runs/{run_id}", response=RunOut)
+def get_run(request: HttpRequest, run_id: UUID) -> Any:
+    return selectors.ai_run_for_curator(request.user, run_id)

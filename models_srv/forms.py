@@ -37,3 +37,48 @@ class TrainForm(forms.Form):
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
+
+
+LABELER_EXAMPLES = {
+    "llm": (
+        "base_url: https://api.openai.com/v1\nmodel: gpt-4o-mini\napi_key_env: OPENAI_API_KEY\n"
+        "concurrency: 4\nswap_positions: true\n"
+    ),
+    "reward_model": "version: current\nstrength_threshold: 1.0\n",
+    "density_ratio": (
+        "strong: Qwen/Qwen2.5-7B-Instruct\nweak: Qwen/Qwen2.5-0.5B-Instruct\n"
+        "preamble: Prefer helpful and harmless answers.\n"
+    ),
+}
+
+
+class LabelerForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    kind = forms.ChoiceField(
+        choices=[
+            ("llm", "LLM judge (OpenAI-compatible endpoint)"),
+            ("reward_model", "Reward-model judge"),
+            ("density_ratio", "Density-ratio judge (two local causal LMs)"),
+        ]
+    )
+    config = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8, "class": "mono"}),
+        initial=LABELER_EXAMPLES["llm"],
+        help_text="YAML or JSON. Prompt templates can be overridden under 'templates'.",
+    )
+    api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="LLM judges: stored encrypted and never shown again (or name an env var in api_key_env).",
+    )
+
+    def clean_config(self) -> dict[str, Any]:
+        import yaml
+
+        try:
+            value = yaml.safe_load(self.cleaned_data["config"]) or {}
+        except yaml.YAMLError as exc:
+            raise forms.ValidationError(f"not valid YAML/JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("the config is a mapping of settings")
+        return value

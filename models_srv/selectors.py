@@ -18,3 +18,37 @@ def version_for_curator(user: User, version_uuid: object) -> RewardModelVersion:
 
 def versions_of(project: object) -> list[RewardModelVersion]:
     return list(RewardModelVersion.objects.filter(project=project).select_related("snapshot").order_by("-version"))
+
+
+def ai_labelers_of(project: object) -> list[object]:
+    from annotation.models import Labeler
+
+    return list(
+        Labeler.objects.filter(project=project).exclude(kind__in=list(Labeler.HUMAN_KINDS)).order_by("name", "-version")
+    )
+
+
+def ai_runs_of(project: object, limit: int = 20) -> list[object]:
+    from models_srv.models import AILabelRun
+
+    return list(AILabelRun.objects.filter(project=project).select_related("labeler")[:limit])
+
+
+def labeler_for_curator(user: User, labeler_id: int) -> object:
+    from annotation.models import Labeler
+
+    labeler = Labeler.objects.select_related("project").filter(id=labeler_id, project__isnull=False).first()
+    if labeler is None or labeler.is_human:
+        raise Http404("No such AI labeler.")
+    project_for_user(user, labeler.project.slug, curator=True)
+    return labeler
+
+
+def ai_run_for_curator(user: User, run_uuid: object) -> object:
+    from models_srv.models import AILabelRun
+
+    run = AILabelRun.objects.select_related("project", "labeler").filter(uuid=run_uuid).first()
+    if run is None:
+        raise Http404("No such run.")
+    project_for_user(user, run.project.slug, curator=True)
+    return run

@@ -11,4 +11,9 @@ urlpatterns = [
     path("m/<uuid:version_uuid>/cancel", views.cancel, name="cancel"),
     path("m/<uuid:version_uuid>/current", views.make_current, name="current"),
     path("m/<uuid:version_uuid>/rescore", views.rescore, name="rescore"),
+    path("p/<slug:slug>/ai/", views.ai_page, name="ai"),
+    path("p/<slug:slug>/ai/labelers", views.labeler_add, name="labeler_add"),
+    path("ai/labelers/<int:labeler_id>/run", views.labeler_run, name="labeler_run"),
+    path("ai/runs/<uuid:run_uuid>/", views.ai_run_detail, name="ai_run"),
+    path("ai/runs/<uuid:run_uuid>/cancel", views.ai_run_cancel, name="ai_run_cancel"),
 ]

@@ -92,3 +92,89 @@ def rescore(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
 def version_detail(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
     version = selectors.version_for_curator(request.user, version_uuid)
     return render(request, "models_srv/version.html", {"version": version, "project": version.project})
+
+
+# ---------------------------------------------------------------------------------------------
+# AI labelers
+
+
+def _ai_panel(request: HttpRequest, project: object, form: object = None, error: str = "") -> HttpResponse:
+    from models_srv.forms import LABELER_EXAMPLES, LabelerForm
+    from models_srv.judges import DEFAULT_TEMPLATES, public_config
+
+    labelers = selectors.ai_labelers_of(project)
+    for labeler in labelers:
+        labeler.shown_config = public_config(labeler.config)
+    runs = selectors.ai_runs_of(project)
+    context = {
+        "project": project,
+        "labelers": labelers,
+        "runs": runs,
+        "form": form or LabelerForm(),
+        "error": error,
+        "active": any(r.status in ("queued", "running") for r in runs),
+        "examples": LABELER_EXAMPLES,
+        "templates": DEFAULT_TEMPLATES,
+    }
+    template = "models_srv/ai.html" + ("#runs" if request.htmx and request.method == "GET" else "")
+    return render(request, template, context)
+
+
+@login_required
+@require_GET
+def ai_page(request: HttpRequest, slug: str) -> HttpResponse:
+    return _ai_panel(request, project_for_user(request.user, slug, curator=True))
+
+
+@login_required
+@require_POST
+def labeler_add(request: HttpRequest, slug: str) -> HttpResponse:
+    from models_srv.forms import LabelerForm
+    from models_srv.labeling import LabelerError, labeler_create
+
+    project = project_for_user(request.user, slug, curator=True)
+    form = LabelerForm(request.POST)
+    if form.is_valid():
+        try:
+            labeler_create(
+                project=project,
+                kind=form.cleaned_data["kind"],
+                name=form.cleaned_data["name"],
+                config=form.cleaned_data["config"],
+                api_key=form.cleaned_data["api_key"],
+            )
+            return redirect("models_srv:ai", slug=project.slug)
+        except LabelerError as exc:
+            form.add_error("config", str(exc))
+    return _ai_panel(request, project, form=form)
+
+
+@login_required
+@require_POST
+def labeler_run(request: HttpRequest, labeler_id: int) -> HttpResponse:
+    from models_srv.labeling import run_start
+
+    labeler = selectors.labeler_for_curator(request.user, labeler_id)
+    run_start(project=labeler.project, labeler=labeler, created_by=request.user)
+    if not request.htmx:
+        return redirect("models_srv:ai", slug=labeler.project.slug)
+    request.method = "GET"  # answer with the runs table
+    return _ai_panel(request, labeler.project)
+
+
+@login_required
+@require_POST
+def ai_run_cancel(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
+    from models_srv.labeling import run_cancel
+
+    run = selectors.ai_run_for_curator(request.user, run_uuid)
+    run_cancel(run=run)
+    return redirect("models_srv:ai", slug=run.project.slug)
+
+
+@login_required
+@require_GET
+def ai_run_detail(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
+    run = selectors.ai_run_for_curator(request.user, run_uuid)
+    failures = run.failures.select_related("item").order_by("id")[:500]
+    return render(request, "models_srv/ai_run.html", {"run": run, "project": run.project, "failures": failures})

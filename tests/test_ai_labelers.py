@@ -19,8 +19,10 @@ CASES = ["good", "malformed-once", "rate-limited", "flaky", "biased", "never"]
 
 
 @pytest.fixture
-def judged_project(make_project):
-    project = make_project("llm", schema={"pairwise": {"strengths": ["better", "much better"], "allow_tie": True}})
+def judged_project(make_project, curator):
+    project = make_project(
+        "llm", curator=curator, schema={"pairwise": {"strengths": ["better", "much better"], "allow_tie": True}}
+    )
     rows = []
     for i, case in enumerate(CASES):
         good_first = i % 2 == 0
@@ -134,3 +136,79 @@ def test_ai_consensus_majority_and_confidence_weighted(judged_project) -> None:
     weighted = ai_consensus(item, "weighted")
     assert weighted["pairwise"]["choice"] == "B" and weighted["agreement"] == pytest.approx(1.15 / 2.05, abs=1e-3)
     assert weighted["n"] == 3
+
+
+def test_ai_labeler_pages_and_access(judged_project, curator, annotator, outsider) -> None:
+    from django.test import Client
+    from django.urls import reverse
+
+    c = Client()
+    c.force_login(curator)
+    with FakeOpenAI() as server:
+        added = c.post(
+            reverse("models_srv:labeler_add", args=[judged_project.slug]),
+            {
+                "name": "judge",
+                "kind": "llm",
+                "config": f"base_url: {server.url}\nmodel: m\nbackoff_s: 0.01\n",
+                "api_key": "sk-page-key",
+            },
+        )
+        assert added.status_code == 302, added.content.decode()[:500]
+        labeler = Labeler.objects.get(name="judge")
+        page = c.get(reverse("models_srv:ai", args=[judged_project.slug])).content.decode()
+        assert "sk-page-key" not in page and "(set)" in page
+        bad = c.post(
+            reverse("models_srv:labeler_add", args=[judged_project.slug]),
+            {"name": "x", "kind": "llm", "config": "model: m"},
+        )
+        assert "base_url" in bad.content.decode()
+        c.post(reverse("models_srv:labeler_run", args=[labeler.id]), HTTP_HX_REQUEST="true")
+        from models_srv.models import AILabelRun
+
+        run = AILabelRun.objects.get()
+        assert run.status == "queued" and run.total == len(CASES)
+        run = run_execute(run_id=run.id)
+    detail = c.get(reverse("models_srv:ai_run", args=[run.uuid])).content.decode()
+    assert "first one is better" in detail  # the failure's raw answer is listed
+    for user in (annotator, outsider):
+        other = Client()
+        other.force_login(user)
+        assert other.get(reverse("models_srv:ai", args=[judged_project.slug])).status_code == 404
+        assert other.post(reverse("models_srv:labeler_run", args=[labeler.id])).status_code == 404
+        assert other.get(reverse("models_srv:ai_run", args=[run.uuid])).status_code == 404
+
+
+def test_ai_labeler_api(judged_project, curator, outsider) -> None:
+    from django.test import Client
+
+    from tests.test_api import token_for
+
+    api = Client(headers={"Authorization": f"Bearer {token_for(curator)}"})
+    with FakeOpenAI() as server:
+        body = {
+            "name": "j",
+            "kind": "llm",
+            "config": {"base_url": server.url, "model": "m", "backoff_s": 0.01},
+            "api_key": "sk-api",
+        }
+        created = api.post(f"/api/v1/projects/{judged_project.slug}/ai-labelers", body, content_type="application/json")
+        assert created.status_code == 201, created.content
+        assert created.json()["config"]["api_key_encrypted"] == "(set)"
+        started = api.post(f"/api/v1/ai-labelers/{created.json()['id']}/runs")
+        assert started.status_code == 202
+        from models_srv.models import AILabelRun
+
+        run_execute(run_id=AILabelRun.objects.get(uuid=started.json()["id"]).id)
+    run = api.get(f"/api/v1/ai-runs/{started.json()['id']}").json()
+    assert (run["status"], run["done"], run["failed"]) == ("succeeded", 5, 1)
+    assert run["failures"][0]["item"] == "never"
+    bad = api.post(
+        f"/api/v1/projects/{judged_project.slug}/ai-labelers",
+        {**body, "kind": "oracle"},
+        content_type="application/json",
+    )
+    assert bad.status_code == 422
+    eve = Client(headers={"Authorization": f"Bearer {token_for(outsider)}"})
+    assert eve.get(f"/api/v1/ai-runs/{started.json()['id']}").status_code == 404
+    assert eve.post(f"/api/v1/ai-labelers/{created.json()['id']}/runs").status_code == 404
