@@ -665,6 +665,8 @@ def _write_batch(
             "human_count": len(judgments),
             "leased_count": 0,
             "priority": 0.0,
+            "route": Item.Route.HUMAN,
+            "route_info": {},
             "is_gold": row.gold_answer is not None,
             "gold_answer": row.gold_answer,
             "import_job_id": import_job_id,

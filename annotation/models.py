@@ -66,6 +66,12 @@ class LabelerKind(models.TextChoices):
     DENSITY_RATIO = "density_ratio", "Density-ratio judge"
 
 
+class ItemRoute(models.TextChoices):
+    HUMAN = "human", "Human annotators"
+    AI = "ai", "AI labelers"
+    BOTH = "both", "Both (calibration)"
+
+
 class AssignmentState(models.TextChoices):
     LEASED = "leased", "Leased"
     SUBMITTED = "submitted", "Submitted"
@@ -206,6 +212,7 @@ class Item(models.Model):
     Status = ItemStatus
 
     Split = ItemSplit
+    Route = ItemRoute
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
@@ -222,6 +229,8 @@ class Item(models.Model):
     human_count = models.PositiveIntegerField(default=0, help_text="Human judgments (annotators and imported).")
     leased_count = models.PositiveIntegerField(default=0, help_text="Live leases holding a slot of the overlap.")
     priority = models.FloatField(default=0.0, help_text="Higher is served first (the router's expected value).")
+    route = models.CharField(max_length=8, choices=ItemRoute.choices, default=ItemRoute.HUMAN)
+    route_info = models.JSONField(default=dict, blank=True, help_text="The routing decision: score, top features.")
     import_job = models.ForeignKey(ImportJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -232,6 +241,7 @@ class Item(models.Model):
             models.CheckConstraint(condition=Q(num_responses__gte=1, num_responses__lte=16), name="item_num_responses"),
             _choices_check("status", ItemStatus, "item_status_valid"),
             _choices_check("split", ItemSplit, "item_split_valid"),
+            _choices_check("route", ItemRoute, "item_route_valid"),
             models.CheckConstraint(condition=Q(is_gold=False) | Q(gold_answer__isnull=False), name="item_gold_answer"),
         ]
         indexes = [

@@ -130,6 +130,8 @@ def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | Non
     seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
     qs = Item.objects.filter(project=project, status=Item.Status.OPEN, is_gold=gold).exclude(Exists(seen))
     if not gold:
+        qs = qs.filter(route__in=[Item.Route.HUMAN, Item.Route.BOTH])  # the router sent the rest to AI
+    if not gold:
         qs = qs.filter(human_count__lt=project.overlap - F("leased_count"))
     return qs.order_by("-priority", "id").select_for_update(skip_locked=True, of=("self",)).first()
 

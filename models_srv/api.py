@@ -149,10 +149,13 @@ def add_labeler(request: HttpRequest, slug: str, body: LabelerIn) -> Status[Any]
 @router.post("/ai-labelers/{labeler_id}/runs", response={202: RunOut})
 def start_run(request: HttpRequest, labeler_id: int) -> Status[Any]:
     """Label every item this labeler has not labeled yet (in the background)."""
-    from models_srv.labeling import run_start
+    from models_srv.labeling import LabelerError, run_start
 
     labeler = selectors.labeler_for_curator(request.user, labeler_id)
-    return Status(202, run_start(project=labeler.project, labeler=labeler, created_by=request.user))
+    try:
+        return Status(202, run_start(project=labeler.project, labeler=labeler, created_by=request.user))
+    except LabelerError as exc:
+        raise HttpError(409, str(exc)) from None
 
 
 @router.get("/ai-runs/{run_id}", response=RunOut)

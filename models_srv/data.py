@@ -75,8 +75,9 @@ class SplitData:
     aspects: dict[str, tuple[int, int]]  # aspect -> (min, max) of its scale
 
 
-def is_eval_item(item_uuid: str, seed: int, fraction: float) -> bool:
-    digest = hashlib.sha256(f"{seed}:{item_uuid}".encode()).digest()
+def is_eval_item(external_id: str, seed: int, fraction: float) -> bool:
+    """Held out by a hash of the item's external id: the same items whatever the import order."""
+    digest = hashlib.sha256(f"{seed}:{external_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
@@ -100,12 +101,12 @@ def snapshot_create(
     """Record the judgments a run will use (not gold checks, not dropped items) and the split."""
     qs = Judgment.objects.filter(item__project=project, item__is_gold=False).exclude(item__status=Item.Status.DROPPED)
     qs = _source_filter(qs, label_source).order_by("id")
-    rows = list(qs.values_list("id", "item_id", "item__uuid", "item__split"))
+    rows = list(qs.values_list("id", "item_id", "item__external_id", "item__split"))
     eval_items = sorted(
         {
             item_id
-            for _, item_id, item_uuid, split in rows
-            if split == Item.Split.EVAL or is_eval_item(str(item_uuid), seed, eval_fraction)
+            for _, item_id, external_id, split in rows
+            if split == Item.Split.EVAL or is_eval_item(external_id, seed, eval_fraction)
         }
     )
     return DataSnapshot.objects.create(

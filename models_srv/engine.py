@@ -55,6 +55,9 @@ class TrainConfig(BaseModel):
     grad_accum: int = Field(default=1, ge=1, le=1024)
     lr: float = Field(default=0.0, ge=0, description="0 = the mode's default (frozen 3e-3, full 3e-5)")
     weight_decay: float = Field(default=1e-3, ge=0)
+    l2: float = Field(
+        default=0.02, ge=0, description="L2 penalty on the heads' weights (a linear head overfits without it)"
+    )
     ensemble: int = Field(default=3, ge=1, le=16)
     head: Literal["linear", "mlp"] = "linear"
     margin_scale: float = Field(default=0.5, ge=0, description="margin per level of annotated strength")
@@ -159,17 +162,19 @@ class Encoder:
                     config.seed if config.from_config else None,
                     config.max_length,
                     self.decoder,
+                    "response-pool",  # bump when pooling changes, so cached embeddings are not mixed
                 ],
                 sort_keys=True,
             ).encode()
         ).hexdigest()
 
-    def ids(self, prompt: str, response: str) -> list[int]:
-        """Keep the end of the prompt (the latest turns) and the start of the response.
+    def encode(self, prompt: str, response: str) -> tuple[list[int], list[int] | None]:
+        """Token ids (and, for BERT-like pairs, segment ids) of prompt + response.
 
-        Long dialogues share their opening, so cutting from the end would make pairs identical.
-        The cut is made on token boundaries (offsets of a fast tokenizer), then the two parts are
-        encoded as a pair so each backbone gets its own special tokens."""
+        Keep the end of the prompt (the latest turns) and the start of the response: long dialogues
+        share their opening, so cutting from the end would make pairs identical. The cut is made on
+        token boundaries (offsets of a fast tokenizer), then the two parts are encoded as a pair so
+        each backbone gets its own special tokens."""
         tok = self.tokenizer
         p = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
         r = tok(response, add_special_tokens=False, return_offsets_mapping=True)
@@ -179,21 +184,38 @@ class Encoder:
         p_keep = max(0, min(lp, avail - r_keep))
         p_text = prompt[p["offset_mapping"][lp - p_keep][0] :] if p_keep else ""
         r_text = response[: r["offset_mapping"][r_keep - 1][1]] if r_keep else ""
-        return tok(p_text, r_text, truncation=True, max_length=self.config.max_length)["input_ids"]
+        out = tok(p_text, r_text, truncation=True, max_length=self.config.max_length)
+        types = out.get("token_type_ids")
+        return out["input_ids"], (list(types) if types is not None and any(types) else None)
 
-    def batch(self, ids: Sequence[list[int]]) -> dict[str, Any]:
+    def ids(self, prompt: str, response: str) -> list[int]:
+        return self.encode(prompt, response)[0]
+
+    def batch(self, encoded: Sequence[Any]) -> dict[str, Any]:
+        """Pad a batch of `ids` lists or `encode` tuples into tensors on the device."""
         import torch
 
-        width = max(len(x) for x in ids)
+        pairs = [(e, None) if isinstance(e, list) else e for e in encoded]
+        width = max(len(x) for x, _ in pairs)
         pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, x in enumerate(ids):
+        input_ids = torch.full((len(pairs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        types = torch.zeros((len(pairs), width), dtype=torch.long)
+        has_types = any(t is not None for _, t in pairs)
+        for i, (x, t) in enumerate(pairs):
             input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
             mask[i, : len(x)] = 1
-        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+            if t is not None:
+                types[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        inputs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if has_types:
+            inputs["token_type_ids"] = types.to(self.device)
+        return inputs
 
     def pool(self, model: Any, inputs: dict[str, Any]) -> Any:
+        """Decoders: the last token. Encoders: the mean over the response's tokens (segment 1)
+        where the tokenizer marks segments, else over all tokens. Pooling the response alone keeps
+        a long shared prompt from drowning the difference between two responses."""
         import torch
 
         hidden = model(**inputs).last_hidden_state
@@ -201,6 +223,10 @@ class Encoder:
         if self.decoder:
             last = mask.sum(dim=1) - 1
             return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        types = inputs.get("token_type_ids")
+        if types is not None:
+            response = mask * types
+            mask = torch.where(response.sum(dim=1, keepdim=True) > 0, response, mask)
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-6)
 
@@ -208,8 +234,8 @@ class Encoder:
         """Embeddings of many texts, in length-sorted batches (little padding), without gradients."""
         import torch
 
-        all_ids = [self.ids(p, r) for p, r in pairs]
-        order = sorted(range(len(all_ids)), key=lambda i: len(all_ids[i]))
+        all_ids = [self.encode(p, r) for p, r in pairs]
+        order = sorted(range(len(all_ids)), key=lambda i: len(all_ids[i][0]))
         out = torch.zeros((len(all_ids), self.dim), dtype=torch.float32)
         dtype = autocast_dtype(self.config.precision, self.device)
         self.model.eval()
@@ -479,7 +505,7 @@ def train(
             ("rating", len(data.train.ratings)),
         )
     }
-    token_ids = {} if table is not None else {pr: encoder.ids(*pr) for pr in texts}
+    token_ids = {} if table is not None else {pr: encoder.encode(*pr) for pr in texts}
 
     def embed(keys: list[tuple[str, str]]) -> Any:
         if table is not None:
@@ -487,7 +513,9 @@ def train(
         inputs = encoder.batch([token_ids[k] for k in keys])
         return encoder.pool(model, inputs).float()
 
-    batches = _batches(data.train, config.batch_size, config.seed, lambda pr: len(token_ids.get(pr, ())))
+    batches = _batches(
+        data.train, config.batch_size, config.seed, lambda pr: len(token_ids[pr][0]) if pr in token_ids else 0
+    )
     epochs = config.resolved_epochs()
     total = epochs * len(batches)
     step, started, last_report = 0, time.monotonic(), 0.0
@@ -502,6 +530,10 @@ def train(
             kind, members = batches[bi]
             with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
                 loss = _batch_loss(kind, members, data.train, embed, heads, boot, config, aspects, lo_hi, device)
+            if config.l2:
+                loss = loss + config.l2 * (heads.reward.weight.float() ** 2).sum() / n_heads
+                if heads.aspects is not None:
+                    loss = loss + config.l2 * (heads.aspects.weight.float() ** 2).sum() / max(1, len(aspects))
             (loss / config.grad_accum).backward()
             step += 1
             if step % config.grad_accum == 0 or step == total:

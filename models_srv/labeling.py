@@ -63,6 +63,9 @@ def run_start(
 
     if labeler.project_id != project.id or labeler.is_human:
         raise LabelerError("not an AI labeler of this project")
+    if AILabelRun.objects.filter(labeler=labeler, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists():
+        # One run per labeler at a time, so its concurrency limit holds across workers.
+        raise LabelerError("a run of this labeler is already in progress")
     qs = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
     if item_ids is not None:
         qs = qs.filter(id__in=item_ids)

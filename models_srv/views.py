@@ -152,14 +152,18 @@ def labeler_add(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_POST
 def labeler_run(request: HttpRequest, labeler_id: int) -> HttpResponse:
-    from models_srv.labeling import run_start
+    from models_srv.labeling import LabelerError, run_start
 
     labeler = selectors.labeler_for_curator(request.user, labeler_id)
-    run_start(project=labeler.project, labeler=labeler, created_by=request.user)
+    error = ""
+    try:
+        run_start(project=labeler.project, labeler=labeler, created_by=request.user)
+    except LabelerError as exc:
+        error = str(exc)
     if not request.htmx:
         return redirect("models_srv:ai", slug=labeler.project.slug)
     request.method = "GET"  # answer with the runs table
-    return _ai_panel(request, labeler.project)
+    return _ai_panel(request, labeler.project, error=error)
 
 
 @login_required
