@@ -13,6 +13,7 @@ from django.urls import reverse
 from annotation.models import ImportJob, Item, Judgment, Membership
 from annotation.services import membership_set
 from tests.conftest import jsonl, pair_row
+from tests.test_reward_training import TINY
 
 pytestmark = pytest.mark.worker
 
@@ -59,16 +60,6 @@ def _wait_status(version, statuses: set[str], timeout: float = 120):
             return version
         time.sleep(0.3)
     raise AssertionError(f"version still {version.status} ({version.progress}) after {timeout} s")
-
-
-TINY = {
-    "model_type": "bert",
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 128,
-}
 
 
 def test_a_training_run_goes_through_the_gpu_queue(celery_worker_process, make_project) -> None:
