@@ -178,3 +178,26 @@ class AILabelFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.item} failed: {self.reason[:60]}"
+
+
+class RouterVersion(models.Model):
+    """One routing of a project: the router trained (or the cold-start rule), its calibration
+    figures, its feature weights and the resulting routed counts."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="routers")
+    version = models.PositiveIntegerField()
+    strategy = models.CharField(max_length=32, default="disagreement")
+    learned = models.BooleanField(default=False, help_text="False: cold start, routed by AI confidence.")
+    budget = models.PositiveIntegerField(default=0)
+    counts = models.JSONField(default=dict)
+    metrics = models.JSONField(default=dict, blank=True)
+    feature_weights = models.JSONField(default=list, blank=True, help_text="[[feature, weight], ...], largest first")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "-version"]
+        constraints = [models.UniqueConstraint(fields=["project", "version"], name="router_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} router v{self.version}"

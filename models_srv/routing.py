@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Max
 
 from annotation.models import Item, Judgment, Project
-from models_srv.models import ResponseScore, RewardModelVersion
+from models_srv.models import ResponseScore, RewardModelVersion, RouterVersion
 
 _WORD = re.compile(r"\w+", re.U)
 NUMERIC = [
@@ -203,7 +204,37 @@ def allocate(scores: dict[int, float], budget: int, calibration: set[int] = froz
     return routes
 
 
-def route_project(*, project: Project, calibration_fraction: float = 0.1, seed: int = 0) -> dict[str, int]:
+def calibration_metrics(
+    router: Router | None, feats: list[ItemFeatures], targets: dict[int, int], seed: int = 0
+) -> dict[str, Any]:
+    """Predicted vs observed disagreement on the calibration slice, with a cross-validated AUC."""
+    observed = sum(targets.values()) / len(targets) if targets else None
+    out: dict[str, Any] = {"calibration_items": len(targets), "observed_disagreement": observed}
+    if router is None:
+        return out
+    rows = [f for f in feats if f.item_id in targets]
+    predicted = router.predict(rows)
+    out["predicted_disagreement"] = round(sum(predicted) / len(predicted), 4)
+    y = [targets[f.item_id] for f in rows]
+    if min(sum(y), len(y) - sum(y)) >= 3:
+        import numpy as np
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        x = np.array([[f.values.get(n, 0.0) for n in router.feature_names] for f in rows])
+        folds = StratifiedKFold(n_splits=min(5, min(sum(y), len(y) - sum(y))), shuffle=True, random_state=seed)
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, class_weight="balanced"))
+        p = cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1]
+        out["cv_auc"] = round(float(roc_auc_score(y, p)), 4)
+    return out
+
+
+def route_project(
+    *, project: Project, calibration_fraction: float = 0.1, seed: int = 0, created_by: Any = None
+) -> dict[str, int]:
     """(Re-)route every item within the human budget (`project.human_budget` x items).
 
     Items humans already judged spend the budget first (route `both` when AI judged them too).
@@ -238,7 +269,28 @@ def route_project(*, project: Project, calibration_fraction: float = 0.1, seed: 
     for i in labeled - fixed.keys():
         routes[i] = "ai"  # over budget already: no more human work on these
     by_id = {f.item_id: f for f in feats}
+    counts = dict(Counter(routes.values()))
     with transaction.atomic():
+        number = (RouterVersion.objects.filter(project=project).aggregate(n=Max("version"))["n"] or 0) + 1
+        # A list, not an object: jsonb does not keep key order, and the order is the point.
+        weights = (
+            sorted(
+                ([n, round(float(c), 4)] for n, c in zip(router.feature_names, router.model.coef_[0], strict=True)),
+                key=lambda kv: -abs(kv[1]),
+            )
+            if router
+            else []
+        )
+        version = RouterVersion.objects.create(
+            project=project,
+            version=number,
+            learned=router is not None,
+            budget=budget,
+            counts=counts,
+            metrics=calibration_metrics(router, feats, targets, seed),
+            feature_weights=weights,
+            created_by=created_by,
+        )
         for it in items:
             route = routes[it.id]
             top = router.top_features(by_id[it.id]) if router else []
@@ -248,8 +300,8 @@ def route_project(*, project: Project, calibration_fraction: float = 0.1, seed: 
                 route_info={
                     "score": round(scores[it.id], 6),
                     "top_features": top,
-                    "router": "learned" if router else "cold",
-                    "calibration_items": len(targets),
+                    "router_version": version.version,
+                    "learned": router is not None,
                 },
             )
-    return dict(Counter(routes.values()))
+    return counts

@@ -45,3 +45,12 @@ def gpu_ai_label_run(run_id: int) -> str | None:
 
     run = run_execute(run_id=run_id)
     return run.status if run else None
+
+
+@shared_task(acks_late=True, name="models_srv.tasks.route_items")
+def route_items(project_id: int, calibration_fraction: float = 0.1) -> dict[str, int]:
+    """Re-route a project's items between humans and AI under its budget."""
+    from annotation.models import Project
+    from models_srv.routing import route_project
+
+    return route_project(project=Project.objects.get(id=project_id), calibration_fraction=calibration_fraction)

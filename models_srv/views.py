@@ -182,3 +182,52 @@ def ai_run_detail(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
     run = selectors.ai_run_for_curator(request.user, run_uuid)
     failures = run.failures.select_related("item").order_by("id")[:500]
     return render(request, "models_srv/ai_run.html", {"run": run, "project": run.project, "failures": failures})
+
+
+# ---------------------------------------------------------------------------------------------
+# Routing
+
+
+@login_required
+@require_GET
+def routing_page(request: HttpRequest, slug: str) -> HttpResponse:
+    from django.db.models import Count
+
+    from annotation.models import Item, Judgment, Labeler
+    from models_srv.models import RouterVersion
+
+    project = project_for_user(request.user, slug, curator=True)
+    items = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
+    total = items.count()
+    budget = round(project.human_budget * total)
+    used = (
+        Judgment.objects.filter(item__in=items, labeler__kind__in=list(Labeler.HUMAN_KINDS))
+        .values("item_id")
+        .distinct()
+        .count()
+    )
+    routes = dict(items.values_list("route").annotate(n=Count("id")).values_list("route", "n"))
+    router = RouterVersion.objects.filter(project=project).first()
+    context = {
+        "project": project,
+        "total": total,
+        "budget": budget,
+        "used": used,
+        "left": max(0, budget - used),
+        "routes": {label: routes.get(value, 0) for value, label in Item.Route.choices},
+        "router": router,
+        "weights": (router.feature_weights if router else [])[:12],
+    }
+    return render(request, "models_srv/routing.html", context)
+
+
+@login_required
+@require_POST
+def routing_run(request: HttpRequest, slug: str) -> HttpResponse:
+    from django.db import transaction
+
+    from models_srv.tasks import route_items
+
+    project = project_for_user(request.user, slug, curator=True)
+    transaction.on_commit(lambda: route_items.delay(project.id))
+    return redirect("models_srv:routing", slug=project.slug)

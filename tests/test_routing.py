@@ -110,3 +110,27 @@ def test_routing_a_project_and_the_queue_serving_only_human_items(routed, annota
     counts = route_project(project=routed, calibration_fraction=0.3)
     assert counts.get("human", 0) + counts.get("both", 0) == 42
     assert counts["both"] == 15 + 3  # calibration grows to 30 % of items (18)
+
+
+def test_router_versions_and_the_dashboard(routed, curator, annotator) -> None:
+    from django.test import Client
+    from django.urls import reverse
+
+    from models_srv.models import RouterVersion
+
+    route_project(project=routed, calibration_fraction=0.0)
+    router = RouterVersion.objects.get()
+    assert router.learned and router.version == 1 and router.budget == 30
+    assert router.metrics["calibration_items"] == 15
+    assert router.metrics["observed_disagreement"] == pytest.approx(5 / 15)
+    assert 0 <= router.metrics["predicted_disagreement"] <= 1 and router.metrics["cv_auc"] > 0.9
+    assert router.feature_weights[0][0] in {"ai_confidence", "category=math", "category=chat"}
+    item = Item.objects.filter(project=routed, route="human").first()
+    assert item.route_info["router_version"] == 1
+    c = Client()
+    c.force_login(curator)
+    page = c.get(reverse("models_srv:routing", args=[routed.slug])).content.decode()
+    assert "Router v1" in page and "cv_auc" not in page and "Cross-validated AUC" in page
+    other = Client()
+    other.force_login(annotator)
+    assert other.get(reverse("models_srv:routing", args=[routed.slug])).status_code == 404

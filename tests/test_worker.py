@@ -189,3 +189,23 @@ def test_reward_model_judge_labels_the_hh_items_through_the_ai_queue(celery_work
     )
     assert agree > 0.55  # better than chance, and imperfect: what a router learns from
     assert all(0.5 <= j.confidence <= 1 for j in ai.values())
+
+
+def test_rerouting_runs_on_a_worker(celery_worker_process, make_project, make_user) -> None:
+    from django.urls import reverse
+
+    from models_srv.models import RouterVersion
+
+    curator = make_user("router-cur", can_create=True)
+    project = make_project("reroute", curator=curator, human_budget=0.5)
+    import_items_rows(project, [pair_row(i) for i in range(10)])
+    c = Client()
+    c.force_login(curator)
+    assert c.post(reverse("models_srv:routing_run", args=[project.slug])).status_code == 302
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not RouterVersion.objects.filter(project=project).exists():
+        time.sleep(0.3)
+    router = RouterVersion.objects.get(project=project)
+    assert not router.learned  # no calibration slice yet: the cold-start rule
+    assert sum(router.counts.values()) == 10
+    assert router.counts.get("human", 0) + router.counts.get("both", 0) == 5
