@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field
@@ -576,6 +576,3 @@ def make_judge(labeler: Labeler) -> LLMJudge | RewardModelJudge | DensityRatioJu
         Labeler.Kind.REWARD_MODEL: RewardModelJudge,
         Labeler.Kind.DENSITY_RATIO: DensityRatioJudge,
     }[labeler.kind](labeler)
-
-
-Method = Literal["majority", "weighted"]

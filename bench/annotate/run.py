@@ -29,6 +29,9 @@ from http.cookiejar import CookieJar
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import bench_env, fresh_database  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "out"
 SLUG = "bench-queue"
 PASSWORD = "bench-annotator-pass"  # noqa: S105 - a throwaway benchmark database
@@ -308,23 +311,9 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     db_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/prefloop_bench_annotate")
-    admin_url = db_url.rsplit("/", 1)[0] + "/postgres"
-    dbname = db_url.rsplit("/", 1)[1]
-    subprocess.run(["psql", admin_url, "-qc", f"DROP DATABASE IF EXISTS {dbname}"], check=True)
-    subprocess.run(["psql", admin_url, "-qc", f"CREATE DATABASE {dbname}"], check=True)
+    fresh_database(db_url)
     annotators = max(max(args.concurrency), 32)
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "SECRET_KEY": "bench",
-        "DEBUG": "0",
-        "STATIC_MANIFEST": "0",
-        "VAR_DIR": str(OUT / "var"),
-        "LOG_LEVEL": "WARNING",
-        "SESSION_COOKIE_SECURE": "0",
-        "CSRF_COOKIE_SECURE": "0",
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-    }
+    env = bench_env(db_url, OUT / "var", SESSION_COOKIE_SECURE="0", CSRF_COOKIE_SECURE="0")
     t = time.perf_counter()
     setup(env, args.items, annotators)
     print(f"setup: {args.items} items, {annotators} annotators in {time.perf_counter() - t:.0f} s", flush=True)

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import bench_env, fresh_database  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "out"
 WORDS = [
     "the", "model", "answer", "question", "because", "however", "data", "label",
@@ -91,20 +94,8 @@ def main() -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     db_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/prefloop_bench")
-    dbname = db_url.rsplit("/", 1)[1]
-    subprocess.run(
-        ["psql", db_url.rsplit("/", 1)[0] + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {dbname}"], check=True
-    )
-    subprocess.run(["psql", db_url.rsplit("/", 1)[0] + "/postgres", "-qc", f"CREATE DATABASE {dbname}"], check=True)
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "SECRET_KEY": "bench",
-        "DEBUG": "0",
-        "STATIC_MANIFEST": "0",
-        "VAR_DIR": str(OUT / "var"),
-        "LOG_LEVEL": "WARNING",
-    }
+    fresh_database(db_url)
+    env = bench_env(db_url, OUT / "var")
     print(f"{'rows':>8} {'seconds':>8} {'rows/s':>8} {'peak RSS MB':>12} {'RSS before MB':>14} {'file MB':>8}")
     for n in args.sizes:
         path = OUT / f"items-{n}.jsonl"
