@@ -26,7 +26,11 @@ def _choices_check(field: str, choices: type[models.TextChoices], name: str) -> 
 class RoutingPolicy(models.TextChoices):
     ALL_HUMAN = "all_human", "All items to humans"
     ALL_AI = "all_ai", "All items to AI labelers"
-    LEARNED = "learned", "Learned router under the human budget"
+    LEARNED = "learned", "Learned router: predicted AI-vs-human disagreement, under the budget"
+    PERFORMANCE = (
+        "performance",
+        "Learned router: predicted reward-model gain (performance prediction), under the budget",
+    )
 
 
 class MembershipRole(models.TextChoices):
@@ -92,6 +96,9 @@ class Project(models.Model):
     schema_version = models.PositiveIntegerField(default=1)
     overlap = models.PositiveSmallIntegerField(default=1, help_text="Human judgments wanted per item.")
     human_budget = models.FloatField(default=1.0, help_text="Share of items (0..1) that may go to humans.")
+    calibration_share = models.FloatField(
+        default=0.1, help_text="Share of items (0..1) labeled by both humans and AI, for the router to learn from."
+    )
     gold_rate = models.FloatField(default=0.0, help_text="Share of served items that are gold checks.")
     lease_seconds = models.PositiveIntegerField(default=900)
     show_model_names = models.BooleanField(default=False)
@@ -109,6 +116,9 @@ class Project(models.Model):
             models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
             models.CheckConstraint(condition=Q(human_budget__gte=0, human_budget__lte=1), name="project_budget_range"),
             models.CheckConstraint(condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="project_gold_rate_range"),
+            models.CheckConstraint(
+                condition=Q(calibration_share__gte=0, calibration_share__lte=1), name="project_calibration_share_range"
+            ),
             models.CheckConstraint(condition=Q(lease_seconds__gte=10), name="project_lease_min"),
             _choices_check("routing_policy", RoutingPolicy, "project_routing_policy_valid"),
         ]

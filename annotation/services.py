@@ -40,6 +40,7 @@ class ProjectSpec(BaseModel):
     schema_: JudgmentSchema = Field(alias="schema")
     overlap: int = Field(default=1, ge=1, le=50)
     human_budget: float = Field(default=1.0, ge=0, le=1)
+    calibration_share: float = Field(default=0.1, ge=0, le=1)
     gold_rate: float = Field(default=0.0, ge=0, le=1)
     lease_seconds: int = Field(default=900, ge=10, le=7 * 24 * 3600)
     show_model_names: bool = False
@@ -79,6 +80,7 @@ def project_create(*, spec: ProjectSpec, created_by: AbstractBaseUser | None) ->
             schema=schema,
             overlap=spec.overlap,
             human_budget=spec.human_budget,
+            calibration_share=spec.calibration_share,
             gold_rate=spec.gold_rate,
             lease_seconds=spec.lease_seconds,
             show_model_names=spec.show_model_names,

@@ -176,7 +176,10 @@ CELERY_BEAT_SCHEDULE = {
     "reap-expired-leases": {"task": "annotation.tasks.reap_expired_leases", "schedule": 60.0},
     "autotrain": {"task": "models_srv.tasks.autotrain", "schedule": 60.0},
     "fail-stale-runs": {"task": "models_srv.tasks.fail_stale_runs", "schedule": 300.0},
+    "reroute-due": {"task": "models_srv.tasks.reroute_due", "schedule": 300.0},
 }
+# A learned router retrains once this many new items have been labeled by both humans and AI.
+ROUTER_RETRAIN_EVERY = env.int("ROUTER_RETRAIN_EVERY", default=20)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

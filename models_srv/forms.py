@@ -82,3 +82,32 @@ class LabelerForm(forms.Form):
         if not isinstance(value, dict):
             raise forms.ValidationError("the config is a mapping of settings")
         return value
+
+
+class RoutingForm(forms.Form):
+    """A project's routing settings; saving re-routes its items."""
+
+    routing_policy = forms.ChoiceField(label="Policy")
+    budget_percent = forms.FloatField(
+        label="Human budget (% of items)", min_value=0, max_value=100, help_text="Items humans may label."
+    )
+    calibration_percent = forms.FloatField(
+        label="Calibration share (% of items)",
+        min_value=0,
+        max_value=100,
+        initial=10,
+        help_text="Items labeled by both humans and AI, so the router can learn; counts against the budget.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from annotation.models import Project
+
+        super().__init__(*args, **kwargs)
+        self.fields["routing_policy"].choices = Project.RoutingPolicy.choices
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        budget, calibration = data.get("budget_percent"), data.get("calibration_percent")
+        if budget is not None and calibration is not None and calibration > budget:
+            self.add_error("calibration_percent", "The calibration share cannot exceed the human budget.")
+        return data

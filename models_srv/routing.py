@@ -81,38 +81,56 @@ def item_features(project: Project, items: list[Item] | None = None) -> list[Ite
     common = [c for c, _ in categories.most_common(8) if c]
     out = []
     for it in items:
-        texts = [r["text"] for r in it.responses]
-        la, lb = len(texts[0]), len(texts[1]) if len(texts) > 1 else 0
-        wa, wb = _words(texts[0]), _words(texts[1]) if len(texts) > 1 else set()
-        v = {
-            "log_prompt_chars": math.log1p(len(it.prompt)),
-            "log_len_a": math.log1p(la),
-            "log_len_b": math.log1p(lb),
-            "len_ratio": (la + 1) / (lb + 1),
-            "abs_log_len_ratio": abs(math.log((la + 1) / (lb + 1))),
-            "overlap": len(wa & wb) / max(1, len(wa | wb)),
-            "n_turns": float(len(it.prompt_messages or [])),
-        }
         js = ai.get(it.id, [])
-        signs = [s for j in js if (s := _pref_sign(j.payload)) is not None]
-        top = Counter(signs).most_common(1)
-        v["ai_count"] = float(len(js))
-        v["ai_confidence"] = sum(j.confidence or 0.5 for j in js) / len(js) if js else 0.5
-        v["ai_agreement"] = top[0][1] / len(signs) if signs else 0.0
-        consistent = [_order_consistent(j) for j in js]
-        known = [c for c in consistent if c is not None]
-        v["ai_order_consistent"] = sum(known) / len(known) if known else 1.0
         sc = scores.get(it.id, {})
-        if 0 in sc and 1 in sc:
-            v["rm_margin"] = abs(sc[1][0] - sc[0][0])
-            v["rm_uncertainty"] = (sc[0][1] + sc[1][1]) / 2
-        else:
-            v["rm_margin"], v["rm_uncertainty"] = 0.0, 0.0
-        category = str((it.metadata or {}).get("category", ""))
-        for c in common:
-            v[f"category={c}"] = 1.0 if category == c else 0.0
-        out.append(ItemFeatures(it.id, v))
+        values = pair_features(
+            prompt=it.prompt,
+            texts=[r["text"] for r in it.responses],
+            n_turns=len(it.prompt_messages or []),
+            category=str((it.metadata or {}).get("category", "")),
+            common_categories=common,
+            ai=[(_pref_sign(j.payload), j.confidence, _order_consistent(j)) for j in js],
+            rm=(abs(sc[1][0] - sc[0][0]), (sc[0][1] + sc[1][1]) / 2) if 0 in sc and 1 in sc else None,
+        )
+        out.append(ItemFeatures(it.id, values))
     return out
+
+
+def pair_features(
+    *,
+    prompt: str,
+    texts: list[str],
+    n_turns: int = 0,
+    category: str = "",
+    common_categories: list[str] = (),
+    ai: list[tuple[int | None, float | None, bool | None]] = (),
+    rm: tuple[float, float] | None = None,
+) -> dict[str, float]:
+    """The router's features of one pairwise item from plain values (shared by the app and the
+    simulation): `ai` holds each AI judgment's (preference sign, confidence, order-swap
+    consistency), `rm` the current reward model's (margin, ensemble spread)."""
+    la, lb = len(texts[0]), len(texts[1]) if len(texts) > 1 else 0
+    wa, wb = _words(texts[0]), _words(texts[1]) if len(texts) > 1 else set()
+    v = {
+        "log_prompt_chars": math.log1p(len(prompt)),
+        "log_len_a": math.log1p(la),
+        "log_len_b": math.log1p(lb),
+        "len_ratio": (la + 1) / (lb + 1),
+        "abs_log_len_ratio": abs(math.log((la + 1) / (lb + 1))),
+        "overlap": len(wa & wb) / max(1, len(wa | wb)),
+        "n_turns": float(n_turns),
+    }
+    signs = [s for s, _, _ in ai if s is not None]
+    top = Counter(signs).most_common(1)
+    v["ai_count"] = float(len(ai))
+    v["ai_confidence"] = sum(c if c is not None else 0.5 for _, c, _ in ai) / len(ai) if ai else 0.5
+    v["ai_agreement"] = top[0][1] / len(signs) if signs else 0.0
+    known = [c for _, _, c in ai if c is not None]
+    v["ai_order_consistent"] = sum(known) / len(known) if known else 1.0
+    v["rm_margin"], v["rm_uncertainty"] = rm if rm is not None else (0.0, 0.0)
+    for c in common_categories:
+        v[f"category={c}"] = 1.0 if category == c else 0.0
+    return v
 
 
 def _order_consistent(j: Judgment) -> bool | None:
@@ -233,7 +251,7 @@ def calibration_metrics(
 
 
 def route_project(
-    *, project: Project, calibration_fraction: float = 0.1, seed: int = 0, created_by: Any = None
+    *, project: Project, calibration_fraction: float | None = None, seed: int = 0, created_by: Any = None
 ) -> dict[str, int]:
     """(Re-)route every item within the human budget (`project.human_budget` x items).
 
@@ -244,16 +262,33 @@ def route_project(
     score and top features; human items are served in score order (Item.priority)."""
     import random
 
+    if calibration_fraction is None:
+        calibration_fraction = project.calibration_share
     items = list(Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED).order_by("id"))
     feats = item_features(project, items)
     targets = calibration_targets(project)
-    try:
-        router = train_router(feats, targets, seed)
-        scores = dict(zip([f.item_id for f in feats], router.predict(feats), strict=True))
-    except ValueError:
-        router = None  # cold start: the less sure the AI side, the more a human is worth
+    policy = project.routing_policy
+    router: Router | PerformanceRouter | None = None
+    if policy == Project.RoutingPolicy.PERFORMANCE:
+        try:
+            router = _performance_router(project, feats, seed)
+            scores = dict(zip([f.item_id for f in feats], router.gains(feats), strict=True))
+        except ValueError:
+            router = None
+    elif policy == Project.RoutingPolicy.LEARNED:
+        try:
+            router = train_router(feats, targets, seed)
+            scores = dict(zip([f.item_id for f in feats], router.predict(feats), strict=True))
+        except ValueError:
+            router = None
+    if router is None:  # cold start: the less sure the AI side, the more a human is worth
         scores = {f.item_id: (1 - f.values["ai_confidence"]) + f.values["rm_uncertainty"] for f in feats}
-    budget = round(project.human_budget * len(items))
+    if policy == Project.RoutingPolicy.ALL_HUMAN:
+        budget = len(items)
+    elif policy == Project.RoutingPolicy.ALL_AI:
+        budget = 0
+    else:
+        budget = round(project.human_budget * len(items))
     labeled = set(
         Judgment.objects.filter(item__in=items, labeler__kind__in=["human", "imported"]).values_list(
             "item_id", flat=True
@@ -273,21 +308,31 @@ def route_project(
     with transaction.atomic():
         number = (RouterVersion.objects.filter(project=project).aggregate(n=Max("version"))["n"] or 0) + 1
         # A list, not an object: jsonb does not keep key order, and the order is the point.
-        weights = (
-            sorted(
-                ([n, round(float(c), 4)] for n, c in zip(router.feature_names, router.model.coef_[0], strict=True)),
-                key=lambda kv: -abs(kv[1]),
-            )
-            if router
-            else []
-        )
+        if isinstance(router, PerformanceRouter):
+            pairs = zip(router.bins.names, router.weights, strict=True)
+            metrics = {**calibration_metrics(None, feats, targets, seed), **router.metrics}
+        elif router is not None:
+            pairs = zip(router.feature_names, router.model.coef_[0], strict=True)
+            metrics = calibration_metrics(router, feats, targets, seed)
+        else:
+            pairs, metrics = iter(()), calibration_metrics(None, feats, targets, seed)
+        weights = sorted(([n, round(float(c), 6)] for n, c in pairs), key=lambda kv: -abs(kv[1]))
         version = RouterVersion.objects.create(
             project=project,
             version=number,
+            strategy=(
+                "performance"
+                if isinstance(router, PerformanceRouter)
+                else "disagreement"
+                if router is not None
+                else policy
+                if policy in (Project.RoutingPolicy.ALL_HUMAN, Project.RoutingPolicy.ALL_AI)
+                else "cold_start"
+            ),
             learned=router is not None,
             budget=budget,
             counts=counts,
-            metrics=calibration_metrics(router, feats, targets, seed),
+            metrics=metrics,
             feature_weights=weights,
             created_by=created_by,
         )
@@ -305,3 +350,186 @@ def route_project(
                 },
             )
     return counts
+
+
+def _performance_router(project: Project, feats: list[ItemFeatures], seed: int) -> PerformanceRouter:
+    """The performance-prediction router on the project's calibration items (judged by both, with a
+    non-tie human and AI preference), the cheap reward model working on frozen embeddings."""
+    import numpy as np
+
+    human: dict[int, list[Judgment]] = defaultdict(list)
+    ai: dict[int, list[Judgment]] = defaultdict(list)
+    for j in Judgment.objects.filter(item__project=project, item__is_gold=False).select_related("labeler"):
+        (human if j.labeler.is_human else ai)[j.item_id].append(j)
+    by_id = {f.item_id: f for f in feats}
+    rows = []
+    for item_id in sorted(human.keys() & ai.keys() & by_id.keys()):
+        h, a = consensus_sign(human[item_id]), consensus_sign(ai[item_id])
+        if h and a:
+            rows.append((item_id, int(h > 0), int(a > 0)))
+    if len(rows) < 40:
+        raise ValueError("the calibration pool needs at least 40 items labeled by both to simulate mixes")
+    x = pair_representations([r[0] for r in rows])
+    return train_performance_router(
+        [by_id[r[0]] for r in rows], x, np.array([r[1] for r in rows]), np.array([r[2] for r in rows]), seed=seed
+    )
+
+
+def pair_representations(item_ids: list[int], max_length: int = 128) -> Any:
+    """repr(B) - repr(A) for the first two responses, from the default frozen backbone (cached)."""
+    from models_srv.engine import Encoder, TrainConfig, cached_embeddings, pick_device
+
+    config = TrainConfig(max_length=max_length)
+    items = Item.objects.in_bulk(item_ids)
+    texts = [(items[i].prompt, items[i].responses[k]["text"]) for i in item_ids for k in (0, 1)]
+    vectors = cached_embeddings(Encoder(config, pick_device(config.device)), texts).numpy()
+    return vectors[1::2] - vectors[0::2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Second strategy: performance prediction over binned features (the paper's own method)
+
+
+@dataclass
+class FeatureBins:
+    """Binary indicators per item: numeric features cut at the calibration pool's tertiles, plus
+    the category indicators as they are."""
+
+    cuts: dict[str, tuple[float, float]]
+    flags: list[str]
+
+    @classmethod
+    def fit(cls, feats: list[ItemFeatures]) -> FeatureBins:
+        import numpy as np
+
+        names = sorted({n for f in feats for n in f.values})
+        flags = [n for n in names if n.startswith("category=")]
+        cuts = {}
+        for n in names:
+            if n in flags:
+                continue
+            col = np.array([f.values.get(n, 0.0) for f in feats])
+            lo, hi = np.quantile(col, [1 / 3, 2 / 3])
+            if hi > lo:
+                cuts[n] = (float(lo), float(hi))
+            elif col.min() < col.max():
+                cuts[n] = (float(lo), float(lo))  # a skewed feature: below-or-at vs above
+        return cls(cuts, flags)
+
+    @property
+    def names(self) -> list[str]:
+        out = []
+        for n, (lo, hi) in self.cuts.items():
+            out += [f"{n}<={lo:.3g}", f"{n}>{hi:.3g}"] + ([f"{lo:.3g}<{n}<={hi:.3g}"] if hi > lo else [])
+        return out + self.flags
+
+    def transform(self, feats: list[ItemFeatures]) -> Any:
+        import numpy as np
+
+        rows = []
+        for f in feats:
+            row = []
+            for n, (lo, hi) in self.cuts.items():
+                v = f.values.get(n, 0.0)
+                row += [v <= lo, v > hi] + ([lo < v <= hi] if hi > lo else [])
+            row += [f.values.get(n, 0.0) > 0.5 for n in self.flags]
+            rows.append(row)
+        return np.array(rows, dtype=float).reshape(len(feats), len(self.names))
+
+
+def fit_cheap_rm(x: Any, y: Any) -> Any:
+    """The cheap reward model used to score mixes: a Bradley-Terry linear head on frozen pair
+    representations (x = repr(B) - repr(A), y = 1 when B is preferred), fitted antisymmetrically."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y)
+    x, y = np.vstack([x, -x]), np.concatenate([y, 1 - y])  # both orders: no position term, both classes
+    return LogisticRegression(C=1.0, fit_intercept=False, max_iter=2000).fit(x, y).coef_[0]
+
+
+def cheap_rm_accuracy(coef: Any, x: Any, y: Any) -> float:
+    import numpy as np
+
+    return float(((np.asarray(x) @ coef > 0).astype(int) == np.asarray(y)).mean())
+
+
+@dataclass
+class PerformanceRouter:
+    """Predicts the held-out accuracy of a reward model trained on a mix from how many human-routed
+    items carry each binned feature; an item's expected gain is the sum of its bins' weights."""
+
+    bins: FeatureBins
+    weights: Any  # one per bin, accuracy gained per human-routed item carrying it
+    metrics: dict[str, Any]
+
+    def gains(self, feats: list[ItemFeatures]) -> list[float]:
+        if not feats:
+            return []
+        return [float(v) for v in self.bins.transform(feats) @ self.weights]
+
+    def top_features(self, f: ItemFeatures, k: int = 3) -> list[tuple[str, float]]:
+        import numpy as np
+
+        contrib = self.bins.transform([f])[0] * self.weights
+        order = np.argsort(-np.abs(contrib))[:k]
+        return [(self.bins.names[i], round(float(contrib[i]), 6)) for i in order if contrib[i] != 0]
+
+
+def train_performance_router(
+    feats: list[ItemFeatures], x: Any, human_y: Any, ai_y: Any, *, mixes: int = 160, seed: int = 0
+) -> PerformanceRouter:
+    """Simulate `mixes` random human/AI mixes on the calibration pool (items labeled by both): for
+    each, train the cheap reward model on one half and score it on the other half's human labels
+    (and back); then fit a ridge regression from the per-bin counts of human-routed items to that
+    score. As in "Hybrid Preferences", the fitted model ranks unseen items by predicted gain."""
+    import numpy as np
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_score
+
+    n = len(feats)
+    if n < 40:
+        raise ValueError("the calibration pool needs at least 40 items labeled by both to simulate mixes")
+    rng = np.random.default_rng(seed)
+    x, human_y, ai_y = np.asarray(x), np.asarray(human_y), np.asarray(ai_y)
+    bins = FeatureBins.fit(feats)
+    b = bins.transform(feats)
+    halves = np.array_split(rng.permutation(n), 2)
+    counts, scores = [], []
+    for m in range(mixes):
+        share = (m + 0.5) / mixes  # shares spread evenly over 0..1, the items drawn at random
+        human = rng.random(n) < share
+        labels = np.where(human, human_y, ai_y)
+        # Cross-fitted: train on one half, score on the other half's human labels, and back.
+        acc = [
+            cheap_rm_accuracy(fit_cheap_rm(x[fit], labels[fit]), x[held], human_y[held])
+            for fit, held in (halves, halves[::-1])
+        ]
+        scores.append(sum(acc) / 2)
+        counts.append(b[human].sum(axis=0) / n)
+    counts_arr, scores_arr = np.array(counts), np.array(scores)
+    model = RidgeCV(alphas=np.logspace(-4, 1, 12)).fit(counts_arr, scores_arr)
+    r2 = cross_val_score(RidgeCV(alphas=np.logspace(-4, 1, 12)), counts_arr, scores_arr, cv=4, scoring="r2")
+    metrics = {
+        "mixes": mixes,
+        "calibration_items": n,
+        "score_min": round(float(scores_arr.min()), 4),
+        "score_max": round(float(scores_arr.max()), 4),
+        "cv_r2": round(float(r2.mean()), 4),
+    }
+    return PerformanceRouter(bins, model.coef_ / n, metrics)
+
+
+def reroute_due(*, min_new_calibration: int = 20) -> list[int]:
+    """Projects with a learned policy whose calibration slice grew by `min_new_calibration` items
+    since their last routing (or that were never routed): re-route them, so the router retrains as
+    human labels accumulate. Returns the ids of the projects routed."""
+    done = []
+    learned = [Project.RoutingPolicy.LEARNED, Project.RoutingPolicy.PERFORMANCE]
+    for project in Project.objects.filter(routing_policy__in=learned).order_by("id"):
+        last = RouterVersion.objects.filter(project=project).first()
+        seen = (last.metrics or {}).get("calibration_items", 0) if last else -min_new_calibration
+        if len(calibration_targets(project)) - seen >= min_new_calibration:
+            route_project(project=project)
+            done.append(project.id)
+    return done

@@ -48,9 +48,19 @@ def gpu_ai_label_run(run_id: int) -> str | None:
 
 
 @shared_task(acks_late=True, name="models_srv.tasks.route_items")
-def route_items(project_id: int, calibration_fraction: float = 0.1) -> dict[str, int]:
+def route_items(project_id: int, calibration_fraction: float | None = None) -> dict[str, int]:
     """Re-route a project's items between humans and AI under its budget."""
     from annotation.models import Project
     from models_srv.routing import route_project
 
     return route_project(project=Project.objects.get(id=project_id), calibration_fraction=calibration_fraction)
+
+
+@shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.reroute_due")
+def reroute_due() -> list[int]:
+    """Periodic: retrain the router of projects whose calibration slice has grown."""
+    from django.conf import settings
+
+    from models_srv.routing import reroute_due as run
+
+    return run(min_new_calibration=settings.ROUTER_RETRAIN_EVERY)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
@@ -9,7 +10,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotation.selectors import project_for_user
 from models_srv import selectors, services
-from models_srv.forms import TrainForm
+from models_srv.forms import RoutingForm, TrainForm
 from models_srv.models import RewardModelVersion
 from models_srv.tasks import gpu_rescore
 
@@ -191,12 +192,15 @@ def ai_run_detail(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
 @login_required
 @require_GET
 def routing_page(request: HttpRequest, slug: str) -> HttpResponse:
+    return _routing_render(request, project_for_user(request.user, slug, curator=True))
+
+
+def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None = None) -> HttpResponse:
     from django.db.models import Count
 
     from annotation.models import Item, Judgment, Labeler
     from models_srv.models import RouterVersion
 
-    project = project_for_user(request.user, slug, curator=True)
     items = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
     total = items.count()
     budget = round(project.human_budget * total)
@@ -207,8 +211,18 @@ def routing_page(request: HttpRequest, slug: str) -> HttpResponse:
         .count()
     )
     routes = dict(items.values_list("route").annotate(n=Count("id")).values_list("route", "n"))
-    router = RouterVersion.objects.filter(project=project).first()
+    history = list(RouterVersion.objects.filter(project=project)[:10])
+    router = history[0] if history else None
+    form = form or RoutingForm(
+        initial={
+            "routing_policy": project.routing_policy,
+            "budget_percent": round(100 * project.human_budget, 2),
+            "calibration_percent": round(100 * project.calibration_share, 2),
+        }
+    )
     context = {
+        "form": form,
+        "history": history,
         "project": project,
         "total": total,
         "budget": budget,
@@ -218,7 +232,7 @@ def routing_page(request: HttpRequest, slug: str) -> HttpResponse:
         "router": router,
         "weights": (router.feature_weights if router else [])[:12],
     }
-    return render(request, "models_srv/routing.html", context)
+    return render(request, "models_srv/routing.html", context, status=400 if form.errors else 200)
 
 
 @login_required
@@ -229,5 +243,17 @@ def routing_run(request: HttpRequest, slug: str) -> HttpResponse:
     from models_srv.tasks import route_items
 
     project = project_for_user(request.user, slug, curator=True)
+    data = request.POST.copy()
+    # A bare "Re-route" (no fields) keeps the project's current settings.
+    data.setdefault("routing_policy", project.routing_policy)
+    data.setdefault("budget_percent", str(project.human_budget * 100))
+    data.setdefault("calibration_percent", str(min(project.calibration_share, project.human_budget) * 100))
+    form = RoutingForm(data)
+    if not form.is_valid():
+        return _routing_render(request, project, form)
+    project.routing_policy = form.cleaned_data["routing_policy"]
+    project.human_budget = form.cleaned_data["budget_percent"] / 100
+    project.calibration_share = form.cleaned_data["calibration_percent"] / 100
+    project.save(update_fields=["routing_policy", "human_budget", "calibration_share", "updated_at"])
     transaction.on_commit(lambda: route_items.delay(project.id))
     return redirect("models_srv:routing", slug=project.slug)

@@ -197,7 +197,7 @@ def test_rerouting_runs_on_a_worker(celery_worker_process, make_project, make_us
     from models_srv.models import RouterVersion
 
     curator = make_user("router-cur", can_create=True)
-    project = make_project("reroute", curator=curator, human_budget=0.5)
+    project = make_project("reroute", curator=curator, human_budget=0.5, routing_policy="learned")
     import_items_rows(project, [pair_row(i) for i in range(10)])
     c = Client()
     c.force_login(curator)

@@ -1,0 +1,341 @@
+"""Offline simulation of routing policies ("which items should humans label?").
+
+Given pairs with human labels and an AI labeler, each policy picks which items of a pool get the
+human label under a budget; the rest get the AI label. A cheap reward model (the app's frozen mode:
+a Bradley-Terry linear head on frozen backbone embeddings) is trained on each mix and scored on
+held-out human labels.
+
+Per seed the pairs are shuffled (and their A/B order randomized) and split into four disjoint parts:
+- `ai_train`: only used to train the `rm` AI labeler;
+- `calibration`: labeled by both humans and AI, where the learned routers are trained (as the paper
+  trains its router on MultiPref before routing other data). It is outside the routed pool and the
+  budget, and no policy trains its reward model on it;
+- `pool`: the items being routed; the budget is a share of it;
+- `test`: held-out human labels for the accuracy figure.
+
+Policies: `all_ai`, `all_human`, `random`, `disagreement` (the app's logistic router: predicted
+probability that the AI label disagrees with the humans) and `performance` (the paper's
+performance-prediction regressor over binned features).
+
+AI labelers available offline:
+- `rm`: a reward model of the app's frozen kind trained on the `ai_train` part. Real, but on these
+  data its errors are nearly unpredictable and its labels are almost as useful as human ones;
+- `biased_judge`: a simulated LLM judge with the failure modes reported for LLM judges (verbosity
+  bias when the lengths differ a lot, position bias when they are close, weaker on long dialogues),
+  asked in both orders so order-swap consistency is observable. Its errors depend on the item.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models_srv.routing import (
+    ItemFeatures,
+    cheap_rm_accuracy,
+    fit_cheap_rm,
+    pair_features,
+    train_performance_router,
+    train_router,
+)
+
+POLICIES = ["all_ai", "random", "disagreement", "performance", "all_human"]
+JUDGES = ["rm", "biased_judge"]
+
+
+@dataclass
+class Pairs:
+    """Pairs in the human-preferred-first orientation: `chosen` beat `rejected`."""
+
+    prompts: list[str]
+    n_turns: list[int]
+    chosen: list[str]
+    rejected: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def load_pairs(path: Path, limit: int | None = None) -> Pairs:
+    """HH-RLHF rows ({"chosen", "rejected"} whole dialogues) or {"prompt", "chosen", "rejected"}
+    rows, from .jsonl or .jsonl.gz. Rows that cannot be split into prompt + final turns are skipped."""
+    from annotation.importing import hh_messages, split_hh_dialogue
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    out = Pairs([], [], [], [])
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "prompt" in row:
+                prompt, chosen, rejected = str(row["prompt"]), str(row["chosen"]), str(row["rejected"])
+                turns = 1
+            else:
+                try:
+                    prompt, chosen, rejected = split_hh_dialogue(row["chosen"], row["rejected"])
+                except ValueError:
+                    continue
+                turns = len(hh_messages(prompt))
+            out.prompts.append(prompt)
+            out.n_turns.append(turns)
+            out.chosen.append(chosen)
+            out.rejected.append(rejected)
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
+def embed_pairs(pairs: Pairs, config: Any, cache_dir: Path | None = None) -> tuple[Any, Any]:
+    """Frozen-backbone embeddings of (prompt, chosen) and (prompt, rejected), cached in a .npz file
+    keyed by the backbone and the texts, so repeated simulations skip the encoder."""
+    import numpy as np
+
+    from models_srv.engine import Encoder, pick_device
+
+    digest = hashlib.sha256()
+    digest.update(config.model_dump_json().encode())
+    for p, c, r in zip(pairs.prompts, pairs.chosen, pairs.rejected, strict=True):
+        digest.update(f"{p}\x00{c}\x00{r}\x01".encode())
+    path = cache_dir / f"sim-embeddings-{digest.hexdigest()[:16]}.npz" if cache_dir else None
+    if path is not None and path.exists():
+        data = np.load(path)
+        return data["chosen"], data["rejected"]
+    encoder = Encoder(config, pick_device(config.device))
+    n = len(pairs)
+    texts = list(zip(pairs.prompts, pairs.chosen, strict=True)) + list(zip(pairs.prompts, pairs.rejected, strict=True))
+    vectors = encoder.embed(texts).numpy()
+    chosen, rejected = vectors[:n], vectors[n:]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, chosen=chosen, rejected=rejected)
+    return chosen, rejected
+
+
+@dataclass
+class SeedSplit:
+    """One seed's view: A/B order, labels (1 = B preferred) and the four parts."""
+
+    flip: Any
+    x: Any
+    human: Any
+    ai: Any
+    ai_confidence: Any
+    ai_consistent: Any
+    ai_train: Any
+    calibration: Any
+    pool: Any
+    test: Any
+    texts_a: list[str]
+    texts_b: list[str]
+
+
+def _biased_judge(a: str, b: str, truth: int, turns: int, rng: random.Random) -> int:
+    """One call of the simulated judge on (first=a, second=b); returns 1 when it prefers b."""
+    ratio = math.log((len(b) + 1) / (len(a) + 1))
+    if abs(ratio) > 0.5 and rng.random() < 0.8:
+        return int(ratio > 0)  # verbosity bias: the longer one
+    if abs(ratio) < 0.15 and rng.random() < 0.35:
+        return 0  # position bias: the first one shown
+    accuracy = 0.9 if turns < 4 else 0.7
+    return truth if rng.random() < accuracy else 1 - truth
+
+
+def make_split(
+    pairs: Pairs,
+    chosen_emb: Any,
+    rejected_emb: Any,
+    *,
+    seed: int,
+    judge: str,
+    parts: tuple[float, float, float] | None = None,
+) -> SeedSplit:
+    import numpy as np
+
+    n = len(pairs)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    flip = rng.random(n) < 0.5  # B is the human-preferred one where flipped
+    a_emb = np.where(flip[:, None], rejected_emb, chosen_emb)
+    b_emb = np.where(flip[:, None], chosen_emb, rejected_emb)
+    x = b_emb - a_emb
+    human = flip.astype(int)
+    # Shares of ai_train, calibration and pool (the rest is the test part). Only the `rm` labeler
+    # needs training data; the simulated judge leaves more for the pool and the test.
+    parts = parts or ((0.2, 0.2, 0.4) if judge == "rm" else (0.0, 0.2, 0.45))
+    cuts = np.cumsum([round(f * n) for f in parts])
+    ai_train, calibration, pool, test = np.split(perm, cuts)
+    texts_a = [r if f else c for c, r, f in zip(pairs.chosen, pairs.rejected, flip, strict=True)]
+    texts_b = [c if f else r for c, r, f in zip(pairs.chosen, pairs.rejected, flip, strict=True)]
+    if judge == "rm":
+        coef = fit_cheap_rm(x[ai_train], human[ai_train])
+        margin = x @ coef
+        ai = (margin > 0).astype(int)
+        confidence = 1 / (1 + np.exp(-np.abs(margin)))
+        consistent = np.ones(n, dtype=bool)  # a reward model scores each response alone
+    elif judge == "biased_judge":
+        calls = random.Random(seed * 7919 + 1)
+        first = np.array([_biased_judge(texts_a[i], texts_b[i], human[i], pairs.n_turns[i], calls) for i in range(n)])
+        swapped = np.array(
+            [1 - _biased_judge(texts_b[i], texts_a[i], 1 - human[i], pairs.n_turns[i], calls) for i in range(n)]
+        )
+        ai = first
+        consistent = first == swapped
+        confidence = np.where(consistent, 0.9, 0.55)
+    else:
+        raise ValueError(f"unknown AI labeler {judge!r}; choose from {JUDGES}")
+    return SeedSplit(flip, x, human, ai, confidence, consistent, ai_train, calibration, pool, test, texts_a, texts_b)
+
+
+def split_features(pairs: Pairs, s: SeedSplit, ids: Sequence[int]) -> list[ItemFeatures]:
+    return [
+        ItemFeatures(
+            int(i),
+            pair_features(
+                prompt=pairs.prompts[i],
+                texts=[s.texts_a[i], s.texts_b[i]],
+                n_turns=pairs.n_turns[i],
+                ai=[(1 if s.ai[i] else -1, float(s.ai_confidence[i]), bool(s.ai_consistent[i]))],
+            ),
+        )
+        for i in ids
+    ]
+
+
+def policy_scores(policy: str, pairs: Pairs, s: SeedSplit, seed: int) -> list[float] | None:
+    """A learned policy's score per pool item (higher = send to a human first); None for the others."""
+    import numpy as np
+
+    if policy not in ("disagreement", "performance"):
+        return None
+    cal = split_features(pairs, s, s.calibration)
+    feats = split_features(pairs, s, s.pool)
+    if policy == "disagreement":
+        targets = {int(i): int(s.ai[i] != s.human[i]) for i in s.calibration}
+        return train_router(cal, targets, seed).predict(feats)
+    ids = np.asarray(s.calibration)
+    return train_performance_router(cal, s.x[ids], s.human[ids], s.ai[ids], seed=seed).gains(feats)
+
+
+def choose_humans(policy: str, s: SeedSplit, budget: int, seed: int, scores: list[float] | None) -> set[int]:
+    """The pool items a policy sends to humans: exactly `budget` of them (all for `all_human`)."""
+    pool = [int(i) for i in s.pool]
+    if policy == "all_human":
+        return set(pool)
+    if budget <= 0 or policy == "all_ai":
+        return set()
+    if policy == "random":
+        return set(random.Random(seed * 31 + budget).sample(pool, min(budget, len(pool))))
+    if scores is None:
+        raise ValueError(f"unknown policy {policy!r}; choose from {POLICIES}")
+    ranked = sorted(range(len(pool)), key=lambda k: (-scores[k], pool[k]))
+    return {pool[k] for k in ranked[:budget]}
+
+
+@dataclass
+class SimulationResult:
+    judge: str
+    budgets: list[float]
+    seeds: list[int]
+    accuracy: dict[str, dict[float, list[float]]] = field(default_factory=dict)
+    ai_accuracy: list[float] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> list[dict[str, Any]]:
+        import numpy as np
+
+        rows = []
+        for policy, by_budget in self.accuracy.items():
+            for budget, values in by_budget.items():
+                v = np.array(values)
+                rows.append(
+                    {
+                        "judge": self.judge,
+                        "policy": policy,
+                        "budget": budget,
+                        "mean": round(float(v.mean()), 4),
+                        "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
+                        "n": len(v),
+                    }
+                )
+        return rows
+
+    def paired_gain(self, policy: str, baseline: str = "random") -> dict[float, tuple[float, float]]:
+        """Mean and standard error over seeds of (policy - baseline) at each budget."""
+        import numpy as np
+
+        out = {}
+        for budget in self.budgets:
+            d = np.array(self.accuracy[policy][budget]) - np.array(self.accuracy[baseline][budget])
+            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+            out[budget] = (round(float(d.mean()), 4), round(se, 4))
+        return out
+
+
+def simulate(
+    pairs: Pairs,
+    chosen_emb: Any,
+    rejected_emb: Any,
+    *,
+    judge: str,
+    budgets: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0),
+    seeds: Sequence[int] = (0, 1, 2),
+    policies: Sequence[str] = POLICIES,
+    progress: Callable[[str], None] | None = None,
+) -> SimulationResult:
+    import numpy as np
+
+    result = SimulationResult(judge, list(budgets), list(seeds))
+    for seed in seeds:
+        s = make_split(pairs, chosen_emb, rejected_emb, seed=seed, judge=judge)
+        result.sizes = {k: len(getattr(s, k)) for k in ("ai_train", "calibration", "pool", "test")}
+        result.ai_accuracy.append(float((s.ai[s.test] == s.human[s.test]).mean()))
+        pool = np.asarray(s.pool)
+        for policy in policies:
+            scores = policy_scores(policy, pairs, s, seed)
+            for budget in budgets:
+                humans = choose_humans(policy, s, round(budget * len(pool)), seed, scores)
+                labels = np.array([s.human[i] if int(i) in humans else s.ai[i] for i in pool])
+                coef = fit_cheap_rm(s.x[pool], labels)
+                acc = cheap_rm_accuracy(coef, s.x[s.test], s.human[s.test])
+                result.accuracy.setdefault(policy, {}).setdefault(budget, []).append(acc)
+        if progress:
+            progress(f"seed {seed} done")
+    return result
+
+
+def plot(results: Sequence[SimulationResult], path: Path) -> None:
+    """Held-out accuracy against the human budget, one panel per AI labeler, mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2), squeeze=False)
+    for ax, res in zip(axes[0], results, strict=True):
+        for policy, by_budget in res.accuracy.items():
+            xs = [100 * b for b in res.budgets]
+            means = np.array([np.mean(by_budget[b]) for b in res.budgets])
+            stds = np.array([np.std(by_budget[b], ddof=1) if len(by_budget[b]) > 1 else 0 for b in res.budgets])
+            if policy in ("all_ai", "all_human"):  # references: they ignore the budget
+                ax.plot(xs, means, linestyle="--", linewidth=1, label=f"{policy} (reference)")
+                continue
+            (line,) = ax.plot(xs, means, marker="o", label=policy)
+            ax.fill_between(xs, means - stds, means + stds, alpha=0.06, color=line.get_color())
+        ax.set_title(f"AI labeler: {res.judge} (its accuracy {np.mean(res.ai_accuracy):.3f}); {len(res.seeds)} seeds")
+        ax.set_xlabel("human budget (% of the routed pool)")
+        ax.set_ylabel("held-out reward-model accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
