@@ -177,6 +177,7 @@ CELERY_BEAT_SCHEDULE = {
     "autotrain": {"task": "models_srv.tasks.autotrain", "schedule": 60.0},
     "fail-stale-runs": {"task": "models_srv.tasks.fail_stale_runs", "schedule": 300.0},
     "reroute-due": {"task": "models_srv.tasks.reroute_due", "schedule": 300.0},
+    "fail-stale-exports": {"task": "curation.tasks.fail_stale_exports", "schedule": 300.0},
 }
 # A learned router retrains once this many new items have been labeled by both humans and AI.
 ROUTER_RETRAIN_EVERY = env.int("ROUTER_RETRAIN_EVERY", default=20)
@@ -191,6 +192,7 @@ CELERY_TASK_EAGER_PROPAGATES = True
 
 # A training run that has not reported progress for this long is taken over (or failed).
 RM_HEARTBEAT_STALE_SECONDS = env.int("RM_HEARTBEAT_STALE_SECONDS", default=300)
+EXPORT_HEARTBEAT_STALE_SECONDS = env.int("EXPORT_HEARTBEAT_STALE_SECONDS", default=RM_HEARTBEAT_STALE_SECONDS)
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,357 @@
+"""Writes of the curation app: curation actions (apply, undo) and dataset exports (create,
+reproduce, run, fail stale ones).
+
+Curation actions are a stack per item: the newest action that is not undone is the item's
+effective state, and only that one can be undone, which restores what the item was before it.
+- `drop` takes the item out of the queue and out of training data (`Item.status = dropped`);
+- `flip` swaps chosen and rejected in exports; `accept` marks the labels as reviewed;
+- `requeue` sends the item back to human annotators: open, routed to humans (an AI-routed item)
+  and served first (priority above every open item). The queue serves an item only while its
+  human judgments are below the project's overlap and `Item` has no per-item count of judgments
+  wanted, so an item already judged to the full overlap is reopened but gets no new slot until
+  such a field exists (`annotation.queue._pick`).
+
+Exports: `export_create` validates and stores a pending snapshot (with its cutoff: now) and
+queues the task on commit; the task claims it with a conditional update, writes into
+`VAR_DIR/exports/<code>.partial/`, renames the folder into place and marks the snapshot done in
+one step. A worker killed mid-export leaves `running` behind: a redelivered task takes it over
+once its heartbeat is stale (`EXPORT_HEARTBEAT_STALE_SECONDS`, default the reward models'), and
+the periodic `fail_stale_exports` marks runs failed that nobody took over.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+import zipfile
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from annotation.models import Item, Labeler, Project
+from curation.exporting import (
+    ExportError,
+    ExportFilters,
+    build_export,
+    bundle_export,
+    parse_formats,
+    remove_loose_files,
+)
+from curation.models import CurationAction, ExportSnapshot, ExportStatus, exports_root
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+HEARTBEAT_EVERY_SECONDS = 2.0
+
+
+class CurationError(ValueError):
+    """A curation action that cannot be carried out, with a reason to show."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Curation actions
+
+
+def _settled_status(item: Item, project: Project) -> str:
+    """Open or done from the item's human judgments (for an item coming back from `dropped`)."""
+    if not item.is_gold and item.human_count >= project.overlap:
+        return Item.Status.DONE
+    return Item.Status.OPEN
+
+
+def curation_action_apply(
+    *,
+    item: Item,
+    actor: AbstractBaseUser | None,
+    action: str,
+    reason: str = "",
+    evidence: Mapping[str, Any] | None = None,
+) -> CurationAction:
+    """Record a curation decision on an item and apply its effect on the item."""
+    if action not in CurationAction.Kind.values:
+        raise CurationError(f"unknown curation action {action!r}; use one of {', '.join(CurationAction.Kind.values)}")
+    if evidence is not None and not isinstance(evidence, Mapping):
+        raise CurationError("evidence is a JSON object")
+    with transaction.atomic():
+        locked = Item.objects.select_for_update().select_related("project").get(pk=item.pk)
+        project = locked.project
+        previous = {"status": locked.status, "route": locked.route, "priority": locked.priority}
+        if action == CurationAction.Kind.DROP:
+            locked.status = Item.Status.DROPPED
+        elif action == CurationAction.Kind.REQUEUE:
+            if locked.is_gold:
+                raise CurationError("gold items are served as checks; they cannot be requeued")
+            top = Item.objects.filter(project=project, status=Item.Status.OPEN).aggregate(p=Max("priority"))["p"]
+            locked.status = Item.Status.OPEN
+            if locked.route == Item.Route.AI:
+                locked.route = Item.Route.HUMAN
+            locked.priority = max(locked.priority, (top or 0.0) + 1.0)
+        elif locked.status == Item.Status.DROPPED:
+            locked.status = _settled_status(locked, project)  # flip / accept bring a dropped item back
+        locked.save(update_fields=["status", "route", "priority"])
+        record = CurationAction.objects.create(
+            project=project,
+            item=locked,
+            action=action,
+            reason=reason.strip(),
+            evidence=dict(evidence or {}),
+            previous=previous,
+            actor=actor,
+        )
+    item.status, item.route, item.priority = locked.status, locked.route, locked.priority
+    return record
+
+
+def curation_action_undo(*, action: CurationAction, actor: AbstractBaseUser | None) -> CurationAction:
+    """Undo the item's newest action, restoring the item's status, route and priority from before it.
+
+    Undoing an action twice changes nothing; undoing an older action while a newer one stands is
+    refused (undo the newer one first), so the restored state is always the one it replaced."""
+    with transaction.atomic():
+        item = Item.objects.select_for_update().select_related("project").get(pk=action.item_id)
+        record = CurationAction.objects.select_for_update().get(pk=action.pk)
+        if record.undone_at is not None:
+            return record
+        newest = CurationAction.objects.filter(item=item, undone_at__isnull=True).order_by("-created_at", "-id").first()
+        if newest is not None and newest.pk != record.pk:
+            raise CurationError(f"undo the newer {newest.action} action on this item first")
+        prev = record.previous or {}
+        item.status = prev.get("status", item.status)
+        item.route = prev.get("route", item.route)
+        item.priority = prev.get("priority", item.priority)
+        if item.status == Item.Status.OPEN and not item.is_gold and item.human_count >= item.project.overlap:
+            item.status = Item.Status.DONE  # judged to the full overlap since: done, not back in the queue
+        item.save(update_fields=["status", "route", "priority"])
+        record.undone_at = timezone.now()
+        record.undone_by = actor
+        record.save(update_fields=["undone_at", "undone_by"])
+    action.undone_at, action.undone_by = record.undone_at, record.undone_by
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Exports
+
+
+def heartbeat_stale_after() -> timedelta:
+    seconds = getattr(settings, "EXPORT_HEARTBEAT_STALE_SECONDS", None) or settings.RM_HEARTBEAT_STALE_SECONDS
+    return timedelta(seconds=seconds)
+
+
+def _check_labelers(project: Project, ids: list[int] | None) -> None:
+    if not ids:
+        return
+    found = set(
+        Labeler.objects.filter(Q(project=project) | Q(project__isnull=True, judgments__item__project=project))
+        .filter(id__in=ids)
+        .values_list("id", flat=True)
+        .distinct()
+    )
+    missing = sorted(set(ids) - found)
+    if missing:
+        raise ExportError(f"no labeler(s) {missing} in this project")
+
+
+def export_create(
+    *,
+    project: Project,
+    user: AbstractBaseUser | None,
+    filters: ExportFilters | Mapping[str, Any] | None,
+    formats: Sequence[str] | str,
+    license: str = "unknown",  # noqa: A002 - the dataset card's field name
+    enqueue: bool = True,
+) -> ExportSnapshot:
+    """Validate, store a pending snapshot with the cutoff set to now, and queue its export on commit.
+
+    Raises ExportError (a ValueError) with a readable reason for bad filters or formats."""
+    parsed = ExportFilters.parse(filters)
+    names = parse_formats(formats, project.judgment_schema)
+    _check_labelers(project, parsed.labelers)
+    license_name = (license or "unknown").strip()[:100] or "unknown"
+    snapshot = ExportSnapshot.objects.create(
+        project=project,
+        created_by=user,
+        filters=parsed.to_json(),
+        formats=names,
+        license=license_name,
+        cutoff=timezone.now(),
+        progress={"phase": "queued"},
+    )
+    if enqueue:
+        _enqueue(snapshot)
+    return snapshot
+
+
+def export_reproduce(
+    *, snapshot: ExportSnapshot, user: AbstractBaseUser | None, enqueue: bool = True
+) -> ExportSnapshot:
+    """A new snapshot with the same filters, formats, license and cutoff: the same rows again."""
+    copy = ExportSnapshot.objects.create(
+        project=snapshot.project,
+        created_by=user,
+        filters=snapshot.filters,
+        formats=snapshot.formats,
+        license=snapshot.license,
+        cutoff=snapshot.cutoff,
+        source_snapshot=snapshot,
+        progress={"phase": "queued"},
+    )
+    if enqueue:
+        _enqueue(copy)
+    return copy
+
+
+def _enqueue(snapshot: ExportSnapshot) -> None:
+    from curation.tasks import export_snapshot
+
+    transaction.on_commit(lambda: export_snapshot.delay(snapshot.id))
+
+
+def export_run(*, snapshot_id: int, redelivered: bool = False) -> ExportSnapshot | None:
+    """Build a pending snapshot. Returns None when another worker has it or it is finished.
+
+    On a redelivery (the broker handing the message out again because its worker died) a
+    `running` snapshot whose heartbeat went stale is taken over and built again from scratch."""
+    now = timezone.now()
+    claimable = Q(status=ExportStatus.PENDING)
+    if redelivered:
+        claimable |= Q(status=ExportStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after())
+    with transaction.atomic():
+        snapshot = ExportSnapshot.objects.select_for_update().filter(claimable, id=snapshot_id).first()
+        if snapshot is None:
+            return None
+        if snapshot.attempts >= MAX_ATTEMPTS:
+            _fail(snapshot, f"gave up after {snapshot.attempts} attempts (the worker died each time)")
+            return None
+        snapshot.status = ExportStatus.RUNNING
+        snapshot.attempts += 1
+        snapshot.started_at = now
+        snapshot.heartbeat_at = now
+        snapshot.progress = {"phase": "starting"}
+        snapshot.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "progress"])
+
+    snapshot = ExportSnapshot.objects.select_related("project").get(id=snapshot.id)
+    final = snapshot.folder
+    temp = final.with_name(final.name + ".partial")
+    shutil.rmtree(temp, ignore_errors=True)
+    last = [0.0]
+
+    def heartbeat(info: dict[str, Any]) -> None:
+        if time.monotonic() - last[0] >= HEARTBEAT_EVERY_SECONDS:
+            last[0] = time.monotonic()
+            ExportSnapshot.objects.filter(id=snapshot.id).update(progress=info, heartbeat_at=timezone.now())
+
+    name = f"{snapshot.project.slug}-{str(snapshot.code)[:8]}"
+    try:
+        result = build_export(
+            project=snapshot.project,
+            filters=ExportFilters.parse(snapshot.filters),
+            formats=snapshot.formats,
+            cutoff=snapshot.cutoff,
+            out_dir=temp,
+            card={
+                "code": str(snapshot.code),
+                "license": snapshot.license,
+                "source": str(snapshot.source_snapshot.code) if snapshot.source_snapshot_id else "",
+            },
+            heartbeat=heartbeat,
+        )
+        heartbeat({"phase": "bundling"})
+        bundle, digest, size = bundle_export(temp, name, snapshot.cutoff)
+        remove_loose_files(temp)
+        shutil.rmtree(final, ignore_errors=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp.rename(final)
+    except Exception as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        log.exception("export %s failed", snapshot.code)
+        _fail(snapshot, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}")
+        raise
+    ExportSnapshot.objects.filter(id=snapshot.id).update(
+        status=ExportStatus.DONE,
+        counts=result.counts,
+        files=result.files,
+        bundle_path=f"{snapshot.code}/{bundle.name}",
+        bundle_sha256=digest,
+        bundle_bytes=size,
+        finished_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+        progress={"phase": "done"},
+        error="",
+    )
+    return ExportSnapshot.objects.get(id=snapshot.id)
+
+
+def _fail(snapshot: ExportSnapshot, error: str) -> None:
+    ExportSnapshot.objects.filter(id=snapshot.id).exclude(status=ExportStatus.DONE).update(
+        status=ExportStatus.FAILED, error=error[:20000], finished_at=timezone.now(), progress={"phase": "failed"}
+    )
+
+
+def fail_stale_exports(now: Any = None) -> int:
+    """Exports whose worker stopped reporting long ago (and was never redelivered) are marked failed."""
+    now = now or timezone.now()
+    stale = now - 3 * heartbeat_stale_after()
+    stuck = list(
+        ExportSnapshot.objects.filter(status=ExportStatus.RUNNING, heartbeat_at__lt=stale).values_list(
+            "code", flat=True
+        )
+    )
+    n = ExportSnapshot.objects.filter(status=ExportStatus.RUNNING, heartbeat_at__lt=stale).update(
+        status=ExportStatus.FAILED,
+        error="the worker stopped reporting (killed or lost)",
+        finished_at=now,
+        progress={"phase": "failed"},
+    )
+    for code in stuck:
+        shutil.rmtree(exports_root() / f"{code}.partial", ignore_errors=True)
+    return n
+
+
+def export_copy_to(*, snapshot: ExportSnapshot, out: str | Path) -> list[str]:
+    """Copy a done export out of the store: to `out` itself when it ends in .zip (the bundle),
+    else unpacked into the folder `out` (created; must be empty). Returns the paths written."""
+    if snapshot.status != ExportStatus.DONE or snapshot.bundle_file is None:
+        raise ExportError(f"export {snapshot.code} is {snapshot.status}, not done")
+    out = Path(out)
+    if out.suffix == ".zip":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(snapshot.bundle_file, out)
+        return [str(out)]
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with zipfile.ZipFile(snapshot.bundle_file) as zf:
+        for info in zf.infolist():
+            rel = Path(*Path(info.filename).parts[1:])  # strip the bundle's top folder
+            if info.is_dir() or ".." in rel.parts or rel.is_absolute():
+                continue
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            written.append(str(target))
+    return written
+
+
+__all__ = [
+    "CurationError",
+    "ExportError",
+    "curation_action_apply",
+    "curation_action_undo",
+    "export_copy_to",
+    "export_create",
+    "export_reproduce",
+    "export_run",
+    "fail_stale_exports",
+]
