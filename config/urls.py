@@ -12,5 +12,6 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("healthz", healthz, name="healthz"),
     path("", include("models_srv.urls")),
+    path("", include("curation.urls")),
     path("", include("annotation.urls")),
 ]

@@ -1,0 +1,483 @@
+"""What curators read every morning: quality figures of a project and its noisy-label candidates.
+
+One pass over the project's judgments (values only, no model instances) feeds every table:
+- agreement among humans: Krippendorff's alpha (ordinal, on the signed strength scale from
+  "A much better" to "B much better", and per rubric aspect), Fleiss' kappa on the choice, percent
+  agreement, Kendall's W for rankings;
+- each annotator: judgments, agreement with the others' majority (leave-one-out), gold accuracy,
+  median time per item, skips and flags;
+- human vs AI: each AI labeler's agreement with the human consensus, overall and per category;
+- biases for humans and each AI labeler: label distribution, position bias (the response shown
+  first wins) and length bias (the longer response wins), with exact binomial p-values;
+- drift: weekly agreement with consensus per annotator, per AI labeler and per category;
+- model leaderboard: Bradley-Terry ratings of the responses' source models with bootstrap CIs,
+  separately from human and from AI labels;
+- reward-model metrics over versions.
+
+Noisy-label candidates: items whose human consensus the current reward-model ensemble confidently
+contradicts (most heads vote the other way: the margin exceeds twice its spread), items with low
+or tied agreement, and AI judgments that flip when the order is swapped.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Count, Q
+
+from annotation.models import Assignment, Item, Judgment, Labeler, Project
+from curation.consensus import Consensus, dawid_skene, pairwise_consensus, ranking_consensus
+from curation.metrics import (
+    agreement_over_time,
+    bradley_terry,
+    fleiss_kappa,
+    krippendorff_alpha,
+    label_distribution,
+    length_bias,
+    pairwise_agreement,
+    position_bias,
+)
+
+HUMAN = tuple(Labeler.HUMAN_KINDS)
+# Below this share of votes for the consensus label an item counts as low agreement (a 2-1 split does).
+LOW_AGREEMENT = 0.7
+
+
+@dataclass
+class _J:
+    item_id: int
+    labeler_id: int
+    human: bool
+    choice: str | None  # "A" | "B" | "tie" in stored order
+    strength: int
+    ranking: list[int] | None
+    rubric: list[dict[str, int]] | None
+    shown_first: int | None  # stored index of the response shown first
+    time_ms: int | None
+    gold_score: float | None
+    created_at: datetime
+    order_consistent: bool | None
+
+
+@dataclass
+class ProjectData:
+    project: Project
+    items: dict[int, dict[str, Any]]
+    labelers: dict[int, dict[str, Any]]
+    judgments: list[_J]
+    by_item_human: dict[int, list[_J]] = field(default_factory=dict)
+    by_item_ai: dict[int, list[_J]] = field(default_factory=dict)
+
+
+def _choice(payload: dict[str, Any]) -> tuple[str | None, int]:
+    p = payload.get("pairwise")
+    if p:
+        return p["choice"], int(p.get("strength") or 0)
+    r = payload.get("ranking")
+    if r and len(r) >= 2:
+        return ("A" if r[0] < r[1] else "B" if r[1] < r[0] else "tie"), 1
+    return None, 0
+
+
+def _consistent(raw: str) -> bool | None:
+    if not raw or not raw.startswith("{"):
+        return None
+    try:
+        value = json.loads(raw).get("order_consistent")
+    except (ValueError, AttributeError):
+        return None
+    return None if value is None else bool(value)
+
+
+def load(project: Project) -> ProjectData:
+    """Everything the figures need, in three queries."""
+    items = {
+        i["id"]: i
+        for i in Item.objects.filter(project=project, is_gold=False).values(
+            "id", "external_id", "responses", "metadata", "status", "split", "prompt"
+        )
+    }
+    labelers = {
+        lab["id"]: lab
+        for lab in Labeler.objects.filter(Q(project=project) | Q(judgments__item__project=project))
+        .distinct()
+        .values("id", "kind", "name", "user__username")
+    }
+    judgments = []
+    rows = (
+        Judgment.objects.filter(item__project=project, item__is_gold=False)
+        .values_list(
+            "item_id",
+            "labeler_id",
+            "payload",
+            "response_order",
+            "time_spent_ms",
+            "gold_score",
+            "created_at",
+            "raw_output",
+        )
+        .order_by("id")
+    )
+    for item_id, labeler_id, payload, order, time_ms, gold, created, raw in rows.iterator(chunk_size=5000):
+        choice, strength = _choice(payload)
+        human = labelers[labeler_id]["kind"] in HUMAN
+        judgments.append(
+            _J(
+                item_id,
+                labeler_id,
+                human,
+                choice,
+                strength,
+                payload.get("ranking"),
+                payload.get("rubric"),
+                order[0] if order else None,
+                time_ms,
+                gold,
+                created,
+                None if human else _consistent(raw),
+            )
+        )
+    data = ProjectData(project, items, labelers, judgments)
+    for j in judgments:
+        (data.by_item_human if j.human else data.by_item_ai).setdefault(j.item_id, []).append(j)
+    return data
+
+
+def labeler_name(data: ProjectData, labeler_id: int) -> str:
+    lab = data.labelers[labeler_id]
+    return lab["user__username"] or lab["name"]
+
+
+def human_consensus(data: ProjectData) -> dict[int, Consensus]:
+    return {
+        item_id: pairwise_consensus([(j.choice, j.strength) for j in js if j.choice])
+        for item_id, js in data.by_item_human.items()
+        if any(j.choice for j in js)
+    }
+
+
+def _signed(j: _J) -> float | None:
+    if j.choice is None:
+        return None
+    return 0.0 if j.choice == "tie" else (-1 if j.choice == "A" else 1) * max(1, j.strength)
+
+
+def agreement(data: ProjectData) -> dict[str, Any]:
+    units = [js for js in data.by_item_human.values() if len(js) >= 2]
+    out: dict[str, Any] = {"items_with_overlap": len(units)}
+    if any(j.choice for js in units for j in js):
+        out["alpha_strength_ordinal"] = _r(krippendorff_alpha([[_signed(j) for j in js] for js in units], "ordinal"))
+        out["kappa_choice_fleiss"] = _r(fleiss_kappa([[j.choice for j in js if j.choice] for js in units]))
+        out["percent_agreement"] = _r(pairwise_agreement([[j.choice for j in js] for js in units]))
+    rankings = [[j.ranking for j in js if j.ranking] for js in units]
+    ws = [ranking_consensus(r)[1] for r in rankings if len(r) >= 2]
+    if ws:
+        out["kendall_w_mean"] = _r(sum(ws) / len(ws))
+    aspects: dict[str, list[list[float | None]]] = defaultdict(list)
+    for js in units:
+        rated = [j.rubric for j in js if j.rubric]
+        if len(rated) < 2:
+            continue
+        for k in range(len(rated[0])):
+            for aspect in rated[0][k]:
+                aspects[aspect].append([r[k].get(aspect) if k < len(r) else None for r in rated])
+    if aspects:
+        out["alpha_rubric_ordinal"] = {a: _r(krippendorff_alpha(u, "ordinal")) for a, u in sorted(aspects.items())}
+    return out
+
+
+def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[str, Any]]:
+    from curation.metrics import annotator_vs_consensus
+
+    loo = annotator_vs_consensus(
+        (j.item_id, j.labeler_id, j.choice) for js in data.by_item_human.values() for j in js if j.choice
+    )
+    per: dict[int, list[_J]] = defaultdict(list)
+    for j in data.judgments:
+        if j.human:
+            per[j.labeler_id].append(j)
+    users = {lab_id: lab for lab_id, lab in data.labelers.items() if lab["kind"] == "human"}
+    skips = dict(
+        Assignment.objects.filter(item__project=data.project, state="skipped")
+        .values_list("annotator__labeler__id")
+        .annotate(n=Count("id"))
+        .values_list("annotator__labeler__id", "n")
+    )
+    flags = dict(
+        Assignment.objects.filter(item__project=data.project, flagged=True)
+        .values_list("annotator__labeler__id")
+        .annotate(n=Count("id"))
+        .values_list("annotator__labeler__id", "n")
+    )
+    rows = []
+    for lab_id, js in per.items():
+        agreed, compared = loo.get(lab_id, (0, 0))
+        gold = [j.gold_score for j in js if j.gold_score is not None]
+        times = [j.time_ms for j in js if j.time_ms]
+        rows.append(
+            {
+                "annotator": labeler_name(data, lab_id),
+                "kind": data.labelers[lab_id]["kind"],
+                "judgments": len(js),
+                "agreement_with_consensus": _r(agreed / compared) if compared else None,
+                "compared": compared,
+                "gold_accuracy": _r(sum(gold) / len(gold)) if gold else None,
+                "gold_items": len(gold),
+                "median_seconds": _r(statistics.median(times) / 1000, 1) if times else None,
+                "skips": skips.get(lab_id, 0) if lab_id in users else None,
+                "flags": flags.get(lab_id, 0) if lab_id in users else None,
+            }
+        )
+    return sorted(rows, key=lambda r: (-r["judgments"], r["annotator"]))
+
+
+def human_vs_ai(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[str, Any]]:
+    per: dict[int, list[tuple[str, bool]]] = defaultdict(list)
+    for item_id, js in data.by_item_ai.items():
+        c = consensus.get(item_id)
+        if c is None or c.label is None:
+            continue
+        category = str((data.items.get(item_id) or {}).get("metadata", {}).get("category", "")) or "(none)"
+        for j in js:
+            if j.choice:
+                per[j.labeler_id].append((category, j.choice == c.label))
+    rows = []
+    for lab_id, hits in per.items():
+        by_cat: dict[str, list[bool]] = defaultdict(list)
+        for cat, ok in hits:
+            by_cat[cat].append(ok)
+        rows.append(
+            {
+                "labeler": labeler_name(data, lab_id),
+                "kind": data.labelers[lab_id]["kind"],
+                "items": len(hits),
+                "agreement": _r(sum(ok for _, ok in hits) / len(hits)),
+                "by_category": {c: {"n": len(v), "agreement": _r(sum(v) / len(v))} for c, v in sorted(by_cat.items())},
+            }
+        )
+    return sorted(rows, key=lambda r: r["labeler"])
+
+
+def biases(data: ProjectData) -> list[dict[str, Any]]:
+    groups: dict[str, list[_J]] = defaultdict(list)
+    for j in data.judgments:
+        if j.choice:
+            groups["humans" if j.human else labeler_name(data, j.labeler_id)].append(j)
+    rows = []
+    for name, js in sorted(groups.items(), key=lambda kv: (kv[0] != "humans", kv[0])):
+        shown = []
+        for j in js:
+            if j.shown_first is None:
+                continue
+            first = "A" if j.shown_first == 0 else "B"
+            shown.append("tie" if j.choice == "tie" else "A" if j.choice == first else "B")
+        lengths = []
+        for j in js:
+            responses = (data.items.get(j.item_id) or {}).get("responses") or []
+            if len(responses) >= 2:
+                lengths.append((len(responses[0]["text"]), len(responses[1]["text"]), j.choice))
+        pos, length = position_bias(shown), length_bias(lengths)
+        rows.append(
+            {
+                "labeler": name,
+                "judgments": len(js),
+                "distribution": label_distribution([j.choice for j in js], ["A", "B", "tie"]),
+                "first_shown_wins": _r(pos.share),
+                "first_shown_p": _r(pos.p_value, 4),
+                "longer_wins": _r(length.share),
+                "longer_p": _r(length.p_value, 4),
+            }
+        )
+    return rows
+
+
+def drift(data: ProjectData, consensus: dict[int, Consensus], bucket: str = "week") -> dict[str, Any]:
+    """Weekly agreement with the human consensus, per annotator (leave-one-out), AI labeler and category."""
+    people, ai, cats = [], [], []
+    for item_id, js in data.by_item_human.items():
+        category = str((data.items.get(item_id) or {}).get("metadata", {}).get("category", "")) or "(none)"
+        for j in js:
+            others = [(o.choice, o.strength) for o in js if o is not j and o.choice]
+            if not j.choice or not others:
+                continue
+            c = pairwise_consensus(others)
+            if c.label is None:
+                continue
+            people.append((j.created_at, labeler_name(data, j.labeler_id), j.choice == c.label))
+            cats.append((j.created_at, category, j.choice == c.label))
+    for item_id, js in data.by_item_ai.items():
+        c = consensus.get(item_id)
+        if c is None or c.label is None:
+            continue
+        for j in js:
+            if j.choice:
+                ai.append((j.created_at, labeler_name(data, j.labeler_id), j.choice == c.label))
+
+    def series(rows: list[tuple[datetime, str, bool]]) -> dict[str, list[dict[str, Any]]]:
+        return {
+            str(k): [{"bucket": p.bucket, "share": _r(p.share), "n": p.n} for p in points]
+            for k, points in sorted(agreement_over_time(rows, bucket).items(), key=lambda kv: str(kv[0]))
+        }
+
+    return {"annotators": series(people), "ai_labelers": series(ai), "categories": series(cats)}
+
+
+def leaderboard(data: ProjectData, bootstrap: int = 200) -> dict[str, list[dict[str, Any]]]:
+    """Bradley-Terry over the responses' source models, from human and from AI labels."""
+    out = {}
+    for source in ("human", "ai"):
+        comparisons = []
+        for j in data.judgments:
+            if j.human != (source == "human"):
+                continue
+            models = [str(r.get("model") or "") for r in (data.items.get(j.item_id) or {}).get("responses", [])]
+            if len(models) < 2 or not all(models):
+                continue
+            if j.ranking and len(j.ranking) == len(models):
+                for a in range(len(models)):
+                    for b in range(a + 1, len(models)):
+                        ra, rb = j.ranking[a], j.ranking[b]
+                        comparisons.append((models[a], models[b], 1.0 if ra < rb else 0.0 if rb < ra else 0.5))
+            elif j.choice:
+                comparisons.append((models[0], models[1], {"A": 1.0, "B": 0.0, "tie": 0.5}[j.choice]))
+        rows = bradley_terry(comparisons, bootstrap=bootstrap, seed=0) if comparisons else []
+        out[source] = [
+            {
+                "rank": r.rank,
+                "model": r.model,
+                "rating": _r(r.rating, 1),
+                "ci_low": _r(r.ci_low, 1),
+                "ci_high": _r(r.ci_high, 1),
+                "wins": r.wins,
+                "losses": r.losses,
+                "ties": r.ties,
+                "comparisons": r.n,
+            }
+            for r in rows
+        ]
+    return out
+
+
+def reward_models(project: Project) -> list[dict[str, Any]]:
+    from models_srv.models import RewardModelVersion
+
+    rows = []
+    for v in RewardModelVersion.objects.filter(project=project, status="succeeded").order_by("version"):
+        m = v.metrics or {}
+        pw, rk = m.get("pairwise") or {}, m.get("ranking") or {}
+        rows.append(
+            {
+                "version": v.version,
+                "created_at": v.created_at.isoformat(timespec="minutes"),
+                "pairwise_accuracy": pw.get("accuracy"),
+                "ece": pw.get("ece"),
+                "ranking_pairwise_accuracy": rk.get("pairwise_accuracy"),
+                "top1_accuracy": rk.get("top1_accuracy"),
+                "current": v.is_current,
+            }
+        )
+    return rows
+
+
+def report(project: Project, *, bootstrap: int = 200) -> dict[str, Any]:
+    data = load(project)
+    consensus = human_consensus(data)
+    ds = dawid_skene(
+        [(j.item_id, j.labeler_id, j.choice) for js in data.by_item_human.values() for j in js if j.choice],
+        ["A", "B", "tie"],
+        iterations=200,
+    )
+    tied = sum(1 for c in consensus.values() if c.tied)
+    low = sum(1 for c in consensus.values() if c.n >= 2 and c.agreement < LOW_AGREEMENT)
+    return {
+        "overview": {
+            "items": len(data.items),
+            "judged_by_humans": len(data.by_item_human),
+            "judged_by_ai": len(data.by_item_ai),
+            "human_judgments": sum(1 for j in data.judgments if j.human),
+            "ai_judgments": sum(1 for j in data.judgments if not j.human),
+            "tied_items": tied,
+            "low_agreement_items": low,
+            "majority_vs_dawid_skene_differ": sum(
+                1 for i, c in consensus.items() if c.label and ds.labels.get(i) and ds.labels[i] != c.label
+            ),
+        },
+        "agreement": agreement(data),
+        "annotators": annotators(data, consensus),
+        "human_vs_ai": human_vs_ai(data, consensus),
+        "biases": biases(data),
+        "drift": drift(data, consensus),
+        "leaderboard": leaderboard(data, bootstrap),
+        "reward_models": reward_models(project),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Noisy-label candidates
+
+
+def noisy_candidates(project: Project, limit: int = 200) -> list[dict[str, Any]]:
+    """Items worth a curator's look, strongest evidence first, skipping items already curated."""
+    from curation.selectors import curation_states
+    from models_srv.models import ResponseScore, RewardModelVersion
+
+    data = load(project)
+    consensus = human_consensus(data)
+    curated = set(curation_states(project=project))
+    found: dict[int, dict[str, Any]] = {}
+
+    def add(item_id: int, kind: str, strength: float, evidence: dict[str, Any]) -> None:
+        if item_id in curated or item_id not in data.items:
+            return
+        entry = found.setdefault(item_id, {"item_id": item_id, "reasons": [], "score": 0.0, "evidence": {}})
+        entry["reasons"].append(kind)
+        entry["score"] += strength
+        entry["evidence"][kind] = evidence
+
+    current = RewardModelVersion.objects.filter(project=project, is_current=True).first()
+    if current is not None:
+        scores: dict[int, dict[int, tuple[float, float]]] = defaultdict(dict)
+        for s in ResponseScore.objects.filter(version=current, item_id__in=list(consensus)).values_list(
+            "item_id", "response_index", "score", "uncertainty"
+        ):
+            scores[s[0]][s[1]] = (s[2], s[3])
+        for item_id, c in consensus.items():
+            sc = scores.get(item_id, {})
+            if c.label not in ("A", "B") or 0 not in sc or 1 not in sc:
+                continue
+            margin = sc[1][0] - sc[0][0]  # > 0: the model prefers B
+            spread = (sc[0][1] ** 2 + sc[1][1] ** 2) ** 0.5
+            against = margin < 0 if c.label == "B" else margin > 0
+            if against and abs(margin) > 2 * max(spread, 1e-6):
+                add(
+                    item_id,
+                    "reward_model_contradicts",
+                    min(3.0, abs(margin) / max(spread, 1e-3) / 2),
+                    {"label": c.label, "margin_b_minus_a": round(margin, 4), "ensemble_spread": round(spread, 4)},
+                )
+    for item_id, c in consensus.items():
+        if c.n >= 2 and (c.tied or c.agreement < LOW_AGREEMENT):
+            votes = Counter(j.choice for j in data.by_item_human[item_id] if j.choice)
+            add(item_id, "low_agreement", 1.0 - c.agreement, {"votes": dict(votes), "agreement": _r(c.agreement)})
+    for item_id, js in data.by_item_ai.items():
+        flips = [labeler_name(data, j.labeler_id) for j in js if j.order_consistent is False]
+        if flips:
+            add(item_id, "ai_order_flip", 0.5, {"labelers": flips})
+    rows = sorted(found.values(), key=lambda r: (-r["score"], r["item_id"]))[:limit]
+    for r in rows:
+        it = data.items[r["item_id"]]
+        r["external_id"] = it["external_id"]
+        r["prompt"] = it["prompt"][:300]
+        r["consensus"] = consensus.get(r["item_id"])
+        r["score"] = round(r["score"], 3)
+        r["evidence_json"] = json.dumps({"reasons": r["reasons"], **r["evidence"]})
+    return rows
+
+
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(float(value), digits)

@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+from uuid import UUID
+
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from annotation.models import Item
+from annotation.selectors import project_for_user
+from curation import quality, selectors, services
+from curation.exporting import ExportError
+from curation.forms import ActionForm, ExportForm
+from curation.models import CurationAction
+
+CSV_TABLES = (
+    "agreement",
+    "annotators",
+    "human_vs_ai",
+    "biases",
+    "leaderboard_human",
+    "leaderboard_ai",
+    "reward_models",
+    "drift",
+)
+
+
+def _sparkline(points: list[dict[str, Any]], width: int = 160, height: int = 28) -> str:
+    """SVG polyline coordinates of agreement shares (0..1) over buckets."""
+    if not points:
+        return ""
+    step = width / max(1, len(points) - 1)
+    return " ".join(
+        f"{round(k * step, 1)},{round(height - (p['share'] or 0) * height, 1)}" for k, p in enumerate(points)
+    )
+
+
+@login_required
+@require_GET
+def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_for_user(request.user, slug, curator=True)
+    rep = quality.report(project)
+    drift = {
+        group: [
+            {"key": key, "points": pts, "line": _sparkline(pts), "last": pts[-1] if pts else None}
+            for key, pts in series.items()
+        ]
+        for group, series in rep["drift"].items()
+    }
+    return render(
+        request,
+        "curation/quality.html",
+        {"project": project, "r": rep, "drift": drift, "tables": CSV_TABLES},
+    )
+
+
+def _table(rep: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    if name == "agreement":
+        flat = {k: v for k, v in rep["agreement"].items() if not isinstance(v, dict)}
+        for aspect, v in (rep["agreement"].get("alpha_rubric_ordinal") or {}).items():
+            flat[f"alpha_rubric_ordinal:{aspect}"] = v
+        return [{"metric": k, "value": v} for k, v in flat.items()]
+    if name in ("leaderboard_human", "leaderboard_ai"):
+        return rep["leaderboard"][name.split("_")[1]]
+    if name == "drift":
+        return [
+            {"group": group, "key": key, **p}
+            for group, series in rep["drift"].items()
+            for key, pts in series.items()
+            for p in pts
+        ]
+    if name == "human_vs_ai":
+        return [
+            {"labeler": r["labeler"], "category": cat, "items": v["n"], "agreement": v["agreement"]}
+            for r in rep["human_vs_ai"]
+            for cat, v in [("(all)", {"n": r["items"], "agreement": r["agreement"]}), *r["by_category"].items()]
+        ]
+    if name == "biases":
+        return [
+            {
+                **{k: v for k, v in r.items() if k != "distribution"},
+                **{f"n_{k}": v for k, v in r["distribution"].items()},
+            }
+            for r in rep["biases"]
+        ]
+    return rep[name]
+
+
+@login_required
+@require_GET
+def quality_csv(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_for_user(request.user, slug, curator=True)
+    name = request.GET.get("table", "")
+    if name not in CSV_TABLES:
+        return HttpResponse(f"table must be one of: {', '.join(CSV_TABLES)}", status=400, content_type="text/plain")
+    rows = _table(quality.report(project), name)
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    response = HttpResponse(buf.getvalue(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{project.slug}-{name}.csv"'
+    return response
+
+
+# ---------------------------------------------------------------------------------------------
+# Review queue
+
+
+@login_required
+@require_GET
+def review_page(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_for_user(request.user, slug, curator=True)
+    candidates = quality.noisy_candidates(project)
+    history = list(CurationAction.objects.filter(project=project).select_related("item", "actor", "undone_by")[:50])
+    return render(
+        request,
+        "curation/review.html",
+        {"project": project, "candidates": candidates, "history": history, "kinds": CurationAction.Kind.choices},
+    )
+
+
+def _item_in(project: Any, item_id: int) -> Item:
+    item = Item.objects.filter(project=project, id=item_id).first()
+    if item is None:
+        raise Http404("No such item.")
+    return item
+
+
+@login_required
+@require_POST
+def review_act(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
+    project = project_for_user(request.user, slug, curator=True)
+    item = _item_in(project, item_id)
+    form = ActionForm(request.POST)
+    if not form.is_valid():
+        return HttpResponse(form.errors.as_text(), status=400, content_type="text/plain")
+    try:
+        action = services.curation_action_apply(
+            item=item,
+            actor=request.user,
+            action=form.cleaned_data["action"],
+            reason=form.cleaned_data["reason"] or "",
+            evidence=form.cleaned_data["evidence"] or {},
+        )
+    except services.CurationError as exc:
+        return HttpResponse(str(exc), status=409, content_type="text/plain")
+    if request.htmx:
+        context = {"project": project, "action": action, "item": item, "kinds": CurationAction.Kind.choices}
+        return render(request, "curation/review.html#acted", context)
+    return redirect("curation:review", slug=project.slug)
+
+
+@login_required
+@require_POST
+def review_undo(request: HttpRequest, slug: str, action_id: int) -> HttpResponse:
+    project = project_for_user(request.user, slug, curator=True)
+    action = selectors.curation_action_for_user(request.user, action_id)
+    if action.project_id != project.id:
+        raise Http404("No such curation action.")
+    try:
+        action = services.curation_action_undo(action=action, actor=request.user)
+    except services.CurationError as exc:
+        return HttpResponse(str(exc), status=409, content_type="text/plain")
+    if request.htmx:
+        context = {"project": project, "action": action, "item": action.item, "kinds": CurationAction.Kind.choices}
+        return render(request, "curation/review.html#acted", context)
+    return redirect("curation:review", slug=project.slug)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exports
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def exports_page(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_for_user(request.user, slug, curator=True)
+    form = ExportForm(request.POST or None, initial={"label_source": "human", "exclude_dropped": True})
+    error = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            snapshot = services.export_create(
+                project=project,
+                user=request.user,
+                filters=form.filters(),
+                formats=form.cleaned_data["formats"],
+                license=form.cleaned_data["license"],
+            )
+        except ExportError as exc:
+            error = str(exc)
+        else:
+            return redirect("curation:export", code=snapshot.code)
+    status = 400 if request.method == "POST" else 200
+    return render(
+        request,
+        "curation/exports.html",
+        {"project": project, "form": form, "error": error, "exports": selectors.exports_for_project(project)},
+        status=status,
+    )
+
+
+@login_required
+@require_GET
+def export_detail(request: HttpRequest, code: UUID) -> HttpResponse:
+    snapshot = selectors.export_get_for_user(request.user, code)
+    template = "curation/export.html#status" if request.htmx else "curation/export.html"
+    return render(request, template, {"project": snapshot.project, "s": snapshot})
+
+
+@login_required
+@require_GET
+def export_download(request: HttpRequest, code: UUID) -> HttpResponse:
+    snapshot = selectors.export_get_for_user(request.user, code)
+    path = snapshot.bundle_file if snapshot.status == "done" else None
+    if path is None or not path.exists():
+        raise Http404("This export has no bundle (yet).")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=snapshot.bundle_name)
+
+
+@login_required
+@require_POST
+def export_reproduce(request: HttpRequest, code: UUID) -> HttpResponse:
+    snapshot = selectors.export_get_for_user(request.user, code)
+    copy = services.export_reproduce(snapshot=snapshot, user=request.user)
+    return redirect("curation:export", code=copy.code)
