@@ -468,6 +468,13 @@ def noisy_candidates(project: Project, limit: int = 200) -> list[dict[str, Any]]
         flips = [labeler_name(data, j.labeler_id) for j in js if j.order_consistent is False]
         if flips:
             add(item_id, "ai_order_flip", 0.5, {"labelers": flips})
+    flagged: dict[int, list[str]] = defaultdict(list)
+    for item_id, reason in Assignment.objects.filter(item__project=project, flagged=True).values_list(
+        "item_id", "flag_reason"
+    ):
+        flagged[item_id].append(reason)
+    for item_id, reasons in flagged.items():
+        add(item_id, "flagged", 1.0, {"reasons": reasons})
     rows = sorted(found.values(), key=lambda r: (-r["score"], r["item_id"]))[:limit]
     for r in rows:
         it = data.items[r["item_id"]]

@@ -133,6 +133,18 @@ def test_noisy_candidates_and_a_curation_action_with_undo(judged, curator) -> No
     assert bad.status_code == 400
 
 
+def test_flagged_items_reach_the_review_queue_with_their_reason(judged, annotator) -> None:
+    from annotation import queue
+
+    membership_set(project=judged, user=annotator, role=Membership.Role.ANNOTATOR)
+    assignment = queue.next_assignment(project=judged, user=annotator)
+    queue.skip(assignment_id=assignment.id, user=annotator, reason="responses are cut off", flag=True)
+    found = {c["external_id"]: c for c in quality.noisy_candidates(judged)}
+    entry = found[assignment.item.external_id]
+    assert "flagged" in entry["reasons"]
+    assert "responses are cut off" in entry["evidence_json"]
+
+
 def test_csv_downloads(judged, curator) -> None:
     c = Client()
     c.force_login(curator)
