@@ -837,9 +837,12 @@ def build_export(
     out_dir: Path,
     card: Mapping[str, Any] | None = None,
     heartbeat: Callable[[dict[str, Any]], None] | None = None,
-    chunk_items: int = CHUNK_ITEMS,
+    chunk_items: int | None = None,
 ) -> ExportResult:
-    """Write the dataset into `out_dir` (data files, README.md, SHA256SUMS); return files and counts."""
+    """Write the dataset into `out_dir` (data files, README.md, SHA256SUMS); return files and counts.
+
+    `chunk_items` items are read per page (default: the EXPORT_CHUNK_ITEMS setting, 1,000)."""
+    chunk_items = chunk_items or getattr(settings, "EXPORT_CHUNK_ITEMS", CHUNK_ITEMS)
     schema, schema_version, guidelines_version = _schema_at(project, cutoff)
     formats = parse_formats(formats, schema)
     chat = Item.objects.filter(project=project, created_at__lte=cutoff, prompt_messages__isnull=False).exists()

@@ -122,4 +122,5 @@ def test_markdown_from_data_is_rendered_without_html_injection(make_project, cur
 
 
 def test_health_endpoint(db) -> None:
-    assert Client().get("/healthz").json() == {"status": "ok"}
+    body = Client().get("/healthz").json()
+    assert body["status"] == "ok" and body["checks"]["database"]["ok"] is True

@@ -286,27 +286,43 @@
     if (!s.form.elements.payload.value) { e.preventDefault(); e.stopPropagation(); submit(); }
   }, true);
 
+  // A submit that did not get through is sent again by itself. The server's submit is idempotent
+  // (keyed by the assignment in its URL), so a resend never stores a second judgment. Retried:
+  // network errors (no answer, or the answer lost) and 5xx answers, with exponential backoff
+  // (0.8, 1.6, 3.2, 6.4, then 8 s; at least the Retry-After of a 503, which the server sends while
+  // its database restarts) for up to 8 tries; after that the answer stays on the page.
+  const fromForm = (e) => s && e.detail.elt === s.form;
   document.body.addEventListener("htmx:responseError", (e) => {
     if (!s) return;
-    const status = e.detail.xhr.status;
-    if (status >= 500) return retry();
+    const xhr = e.detail.xhr;
+    if (xhr.status >= 500 && fromForm(e)) return retry(retryAfterMs(xhr));
+    if (xhr.status >= 500) return showError("The server is unavailable for a moment: please try again.");
     s.submitting = false;
     s.form.elements.payload.value = "";
-    showError(e.detail.xhr.responseText || "The server refused the answer.");
+    showError(xhr.responseText || "The server refused the answer.");
   });
-  document.body.addEventListener("htmx:sendError", () => retry());
-  function retry() {
-    // The submit is idempotent on the server: sending it again never stores a second judgment.
+  document.body.addEventListener("htmx:sendError", (e) => {
+    if (fromForm(e)) retry(0);
+    else showError("Connection problem: please try again.");
+  });
+  function retryAfterMs(xhr) {
+    const seconds = Number(xhr.getResponseHeader("Retry-After"));
+    return Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds, 30) * 1000 : 0;
+  }
+  function retry(atLeastMs) {
     if (!s) return;
+    const form = s.form;
     s.retries += 1;
     if (s.retries > 8) {
       s.submitting = false;
       s.form.elements.payload.value = "";
+      s.retries = 0;
       showError("Cannot reach the server. Your answer is kept on this page: press Enter to try again.");
       return;
     }
     showError(`Connection problem, retrying (${s.retries})…`);
-    setTimeout(() => htmx.trigger(s.form, "submit"), Math.min(8000, 400 * 2 ** s.retries));
+    const delay = Math.max(atLeastMs, Math.min(8000, 400 * 2 ** s.retries));
+    setTimeout(() => { if (s && s.form === form) htmx.trigger(form, "submit"); }, delay);
   }
   document.body.addEventListener("htmx:afterSwap", (e) => { if (e.detail.target.id === "item") setup(); });
 
