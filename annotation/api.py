@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 from uuid import UUID
 
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from ninja import Body, Field, File, Form, Router, Schema
+from ninja import Field, File, Form, Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from ninja.responses import Status
 
 from annotation import selectors, services
 from annotation.importing import FORMATS
-from annotation.models import ImportJob, Project
+from annotation.models import ImportJob, Item, Judgment, Labeler, Project
+from config.auth import scoped
 
 router = Router(tags=["annotation"])
+
+MAX_ID = 2**63 - 1
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
 
 
 class ProjectOut(Schema):
@@ -30,6 +34,12 @@ class ProjectOut(Schema):
     guidelines_version: int
     overlap: int
     item_count: int
+
+
+class ProjectIn(services.ProjectSpec):
+    """A project spec, as `manage.py create_project` reads it from a file."""
+
+    autotrain_after: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
 class ImportJobOut(Schema):
@@ -51,26 +61,27 @@ def list_projects(request: HttpRequest) -> QuerySet[Project]:
     return selectors.project_list_for_user(request.user)
 
 
-@router.post("/projects", response={201: ProjectOut})
-def create_project(request: HttpRequest, spec: Body[dict[str, Any]]) -> Status[Project]:
+@router.post("/projects", response={201: ProjectOut}, auth=scoped("write"))
+def create_project(request: HttpRequest, spec: ProjectIn) -> Status[Project]:
+    """Create a project; you become its curator (needs the add-project permission)."""
     if not selectors.can_create_projects(request.user):
         raise HttpError(403, "You may not create projects.")
     try:
-        project = services.project_create(spec=services.ProjectSpec.parse(spec), created_by=request.user)
+        project = services.project_create(spec=spec, created_by=request.user)
     except services.SpecError as exc:
         raise HttpError(422, str(exc)) from None
     project.item_count = 0
     return Status(201, project)
 
 
-@router.get("/projects/{slug}", response=ProjectOut)
+@router.get("/projects/{slug:slug}", response=ProjectOut)
 def get_project(request: HttpRequest, slug: str) -> Project:
     project = selectors.project_for_user(request.user, slug)
     project.item_count = project.items.count()
     return project
 
 
-@router.post("/projects/{slug}/imports", response={202: ImportJobOut})
+@router.post("/projects/{slug:slug}/imports", response={202: ImportJobOut}, auth=scoped("write"))
 def start_import(
     request: HttpRequest,
     slug: str,
@@ -94,6 +105,148 @@ def start_import(
     return Status(202, job)
 
 
-@router.get("/imports/{job_id}", response=ImportJobOut)
+@router.get("/imports/{uuid:job_id}", response=ImportJobOut)
 def get_import(request: HttpRequest, job_id: UUID) -> ImportJob:
     return selectors.import_job_for_user(request.user, job_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading judgments and items (curators): keyset pages, newest last, `after` = previous `next_after`
+
+
+class JudgmentOut(Schema):
+    """One judgment. `labeler` is pseudonymous (the same id as the `raw` export's), never a username."""
+
+    id: UUID
+    item: str = Field(description="The item's external id.")
+    labeler: str = Field(description="Pseudonymous labeler id: HMAC of the project and labeler, 16 hex digits.")
+    labeler_kind: Literal["human", "ai"]
+    labeler_type: str = Field(description="human, imported, llm, reward_model or density_ratio.")
+    labeler_name: str | None = Field(description="The AI labeler's name (null for people).")
+    labeler_version: int | None
+    payload: dict[str, Any]
+    choice: str | None = Field(description="Pairwise choice A, B or tie (also in payload).")
+    strength: int | None = Field(description="Pairwise strength level (also in payload).")
+    response_order: list[int] | None = Field(description="Stored response indexes in the order shown.")
+    time_spent_ms: int | None
+    confidence: float | None
+    gold_score: float | None
+    schema_version: int
+    guidelines_version: int | None
+    created_at: datetime
+
+
+class JudgmentPage(Schema):
+    results: list[JudgmentOut]
+    next_after: int | None = Field(description="Pass as `after` for the next page; null on the last page.")
+
+
+class ItemOut(Schema):
+    id: UUID = Field(alias="uuid")
+    external_id: str
+    prompt: str
+    prompt_messages: list[dict[str, Any]] | None
+    responses: list[dict[str, Any]]
+    metadata: dict[str, Any]
+    split: str
+    status: str
+    route: str
+    is_gold: bool
+    gold_answer: Any = None
+    human_count: int
+    priority: float
+    created_at: datetime
+
+
+class ItemPage(Schema):
+    results: list[ItemOut]
+    next_after: int | None = Field(description="Pass as `after` for the next page; null on the last page.")
+
+
+class JudgmentFilters(Schema):
+    labeler_kind: Literal["human", "ai"] | None = Field(None, description="Only human or only AI judgments.")
+    since: datetime | None = Field(None, description="Only judgments made at or after this time (UTC if naive).")
+    item: str | None = Field(None, max_length=255, pattern=NO_NUL, description="Only this item's (external id).")
+    after: int | None = Field(None, ge=0, le=MAX_ID, description="`next_after` of the previous page.")
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class ItemFilters(Schema):
+    status: Item.Status | None = None
+    split: Item.Split | None = None
+    route: Item.Route | None = None
+    after: int | None = Field(None, ge=0, le=MAX_ID, description="`next_after` of the previous page.")
+    limit: int = Field(100, ge=1, le=1000)
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise HttpError(422, "since is out of range") from None
+
+
+def _page(rows: list[Any], limit: int) -> tuple[list[Any], int | None]:
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1].id
+    return rows, None
+
+
+def _judgment_out(project: Project, j: Judgment) -> dict[str, Any]:
+    from curation.exporting import pseudonym
+
+    pairwise = j.payload.get("pairwise") if isinstance(j.payload, dict) else None
+    pairwise = pairwise if isinstance(pairwise, dict) else {}
+    human = j.labeler.is_human
+    return {
+        "id": j.uuid,
+        "item": j.item.external_id,
+        "labeler": pseudonym(project.slug, j.labeler_id),
+        "labeler_kind": "human" if human else "ai",
+        "labeler_type": j.labeler.kind,
+        "labeler_name": None if human else j.labeler.name,
+        "labeler_version": None if human else j.labeler.version,
+        "payload": j.payload,
+        "choice": choice if isinstance(choice := pairwise.get("choice"), str) else None,
+        "strength": strength if type(strength := pairwise.get("strength")) is int else None,
+        "response_order": j.response_order,
+        "time_spent_ms": j.time_spent_ms,
+        "confidence": j.confidence,
+        "gold_score": j.gold_score,
+        "schema_version": j.schema_version,
+        "guidelines_version": j.guidelines_version,
+        "created_at": j.created_at,
+    }
+
+
+@router.get("/projects/{slug:slug}/judgments", response=JudgmentPage)
+def list_judgments(request: HttpRequest, slug: str, filters: Query[JudgmentFilters]) -> dict[str, Any]:
+    """The project's judgments (human and AI) in the order they were made; curators only."""
+    project = selectors.project_for_user(request.user, slug, curator=True)
+    qs = Judgment.objects.filter(item__project=project).select_related("item", "labeler").order_by("id")
+    if filters.labeler_kind == "human":
+        qs = qs.filter(labeler__kind__in=list(Labeler.HUMAN_KINDS))
+    elif filters.labeler_kind == "ai":
+        qs = qs.exclude(labeler__kind__in=list(Labeler.HUMAN_KINDS))
+    if filters.since is not None:
+        qs = qs.filter(created_at__gte=_utc(filters.since))
+    if filters.item is not None:
+        qs = qs.filter(item__external_id=filters.item)
+    if filters.after is not None:
+        qs = qs.filter(id__gt=filters.after)
+    rows, next_after = _page(list(qs[: filters.limit + 1]), filters.limit)
+    return {"results": [_judgment_out(project, j) for j in rows], "next_after": next_after}
+
+
+@router.get("/projects/{slug:slug}/items", response=ItemPage)
+def list_items(request: HttpRequest, slug: str, filters: Query[ItemFilters]) -> dict[str, Any]:
+    """The project's items in import order, with status, split and route; curators only."""
+    project = selectors.project_for_user(request.user, slug, curator=True)
+    qs = Item.objects.filter(project=project).order_by("id")
+    for name in ("status", "split", "route"):
+        if getattr(filters, name) is not None:
+            qs = qs.filter(**{name: getattr(filters, name)})
+    if filters.after is not None:
+        qs = qs.filter(id__gt=filters.after)
+    rows, next_after = _page(list(qs[: filters.limit + 1]), filters.limit)
+    return {"results": rows, "next_after": next_after}

@@ -6,14 +6,17 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from django.db import transaction
 from django.http import HttpRequest
-from ninja import Body, Field, Router, Schema
+from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
 from pydantic import ValidationError
 
 from annotation.selectors import project_for_user
+from config.auth import scoped
 from models_srv import selectors, services
+from models_srv.engine import TrainConfig
 from models_srv.models import RewardModelVersion
 from models_srv.tasks import gpu_rescore
 
@@ -36,17 +39,30 @@ class VersionOut(Schema):
     finished_at: datetime | None
 
 
-@router.get("/projects/{slug}/reward-models", response=list[VersionOut])
+@router.get("/projects/{slug:slug}/reward-models", response=list[VersionOut])
 def list_versions(request: HttpRequest, slug: str) -> list[RewardModelVersion]:
-    return selectors.versions_of(project_for_user(request.user, slug, curator=True))
+    """The project's versions, newest first, each with its config, data snapshot and metrics."""
+    project = project_for_user(request.user, slug, curator=True)
+    versions = selectors.versions_of(project)
+    for version in versions:
+        version.project = project  # one query for the list, not one per row
+    return versions
 
 
-@router.post("/projects/{slug}/reward-models", response={202: VersionOut})
-def start_training(request: HttpRequest, slug: str, config: Body[dict[str, Any]]) -> Status[RewardModelVersion]:
-    """Start a training run with TrainConfig fields (all optional); poll the returned version."""
+class TrainConfigIn(TrainConfig):
+    """The training options (models_srv.engine.TrainConfig), with a seed the data snapshot can store."""
+
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+@router.post("/projects/{slug:slug}/reward-models", response={202: VersionOut}, auth=scoped("train"))
+def start_training(request: HttpRequest, slug: str, config: TrainConfigIn) -> Status[RewardModelVersion]:
+    """Start a training run (every field is optional); poll the returned version."""
     project = project_for_user(request.user, slug, curator=True)
     try:
-        version = services.training_start(project=project, config=config, created_by=request.user)
+        version = services.training_start(
+            project=project, config=config.model_dump(exclude_unset=True), created_by=request.user
+        )
     except ValidationError as exc:
         raise HttpError(422, str(exc)) from None
     except ValueError as exc:
@@ -54,30 +70,32 @@ def start_training(request: HttpRequest, slug: str, config: Body[dict[str, Any]]
     return Status(202, version)
 
 
-@router.get("/reward-models/{version_id}", response=VersionOut)
+@router.get("/reward-models/{uuid:version_id}", response=VersionOut)
 def get_version(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
     return selectors.version_for_curator(request.user, version_id)
 
 
-@router.post("/reward-models/{version_id}/cancel", response=VersionOut)
+@router.post("/reward-models/{uuid:version_id}/cancel", response=VersionOut, auth=scoped("train"))
 def cancel_version(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
     return services.version_cancel(version=selectors.version_for_curator(request.user, version_id))
 
 
-@router.post("/reward-models/{version_id}/make-current", response=VersionOut)
+@router.post("/reward-models/{uuid:version_id}/make-current", response=VersionOut, auth=scoped("train"))
 def make_current(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
     try:
-        return services.version_make_current(version=selectors.version_for_curator(request.user, version_id))
+        return services.version_make_current(
+            version=selectors.version_for_curator(request.user, version_id), by=request.user
+        )
     except ValueError as exc:
         raise HttpError(409, str(exc)) from None
 
 
-@router.post("/reward-models/{version_id}/rescore", response={202: VersionOut})
+@router.post("/reward-models/{uuid:version_id}/rescore", response={202: VersionOut}, auth=scoped("train"))
 def rescore(request: HttpRequest, version_id: UUID) -> Status[RewardModelVersion]:
     version = selectors.version_for_curator(request.user, version_id)
     if version.status != RewardModelVersion.Status.SUCCEEDED:
         raise HttpError(409, "only a succeeded version can rescore items")
-    gpu_rescore.delay(version.id)
+    transaction.on_commit(lambda: gpu_rescore.delay(version.id))
     return Status(202, version)
 
 
@@ -127,12 +145,12 @@ class RunOut(Schema):
         return list(obj.failures.select_related("item")[:100])
 
 
-@router.get("/projects/{slug}/ai-labelers", response=list[LabelerOut])
+@router.get("/projects/{slug:slug}/ai-labelers", response=list[LabelerOut])
 def list_labelers(request: HttpRequest, slug: str) -> list[Any]:
     return selectors.ai_labelers_of(project_for_user(request.user, slug, curator=True))
 
 
-@router.post("/projects/{slug}/ai-labelers", response={201: LabelerOut})
+@router.post("/projects/{slug:slug}/ai-labelers", response={201: LabelerOut}, auth=scoped("train"))
 def add_labeler(request: HttpRequest, slug: str, body: LabelerIn) -> Status[Any]:
     from models_srv.labeling import LabelerError, labeler_create
 
@@ -146,7 +164,7 @@ def add_labeler(request: HttpRequest, slug: str, body: LabelerIn) -> Status[Any]
     return Status(201, labeler)
 
 
-@router.post("/ai-labelers/{labeler_id}/runs", response={202: RunOut})
+@router.post("/ai-labelers/{int:labeler_id}/runs", response={202: RunOut}, auth=scoped("train"))
 def start_run(request: HttpRequest, labeler_id: int) -> Status[Any]:
     """Label every item this labeler has not labeled yet (in the background)."""
     from models_srv.labeling import LabelerError, run_start
@@ -158,6 +176,6 @@ def start_run(request: HttpRequest, labeler_id: int) -> Status[Any]:
         raise HttpError(409, str(exc)) from None
 
 
-@router.get("/ai-runs/{run_id}", response=RunOut)
+@router.get("/ai-runs/{uuid:run_id}", response=RunOut)
 def get_run(request: HttpRequest, run_id: UUID) -> Any:
     return selectors.ai_run_for_curator(request.user, run_id)
