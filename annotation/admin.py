@@ -1,8 +1,10 @@
 from django.contrib import admin
+from django.http import HttpRequest
 
 from annotation.models import (
     ApiToken,
     Assignment,
+    AuditEvent,
     GuidelinesVersion,
     ImportJob,
     Item,
@@ -91,3 +93,24 @@ class ImportJobAdmin(admin.ModelAdmin):
 class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ["name", "user", "created_at", "last_used_at", "revoked_at"]
     readonly_fields = ["key_hash", "created_at", "last_used_at"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The whole audit log, every project's and the site's; read-only (events are never edited)."""
+
+    list_display = ["created_at", "actor_name", "action", "project", "target_repr", "ip"]
+    list_filter = ["action", "project"]
+    search_fields = ["actor_name", "action", "target_repr", "target_id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["project"]
+    readonly_fields = [f.name for f in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
+        return False

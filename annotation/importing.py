@@ -41,7 +41,21 @@ from annotation.schema import JudgmentSchema, PayloadError
 
 FORMATS = ("jsonl", "csv", "parquet", "json")
 DEFAULT_ANNOTATOR = "imported"
-MAX_DECOMPRESSED_BYTES = 8 * 1024**3
+# Signatures of files people upload by mistake: refused by name instead of as "not UTF-8".
+_NOT_TEXT = (
+    (b"\x1f\x8b", "compressed twice (gzip inside gzip)"),
+    (b"PK\x03\x04", "a ZIP archive; upload the file inside it (gzip compression is accepted)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"BZh", "bzip2-compressed; use gzip"),
+    (b"\xfd7zXZ", "xz-compressed; use gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed; use gzip"),
+    (b"7z\xbc\xaf", "a 7-Zip archive"),
+    (b"\xff\xfe", "UTF-16 text; save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text; save it as UTF-8"),
+)
 _ROLES = {"system", "user", "assistant", "tool"}
 _HUMAN = "\n\nHuman:"
 _ASSISTANT = "\n\nAssistant:"
@@ -113,7 +127,9 @@ class _CappedReader(io.RawIOBase):
         data = self._inner.read(len(buffer))
         self._left -= len(data)
         if self._left < 0:
-            raise ImportRefused([RowError(0, "the file decompresses to more than the allowed size")])
+            limit = settings.IMPORT_MAX_DECOMPRESSED_BYTES
+            message = f"the file decompresses to more than {limit:,} bytes (IMPORT_MAX_DECOMPRESSED_BYTES)"
+            raise ImportRefused([RowError(0, message)])
         buffer[: len(data)] = data
         return len(data)
 
@@ -137,7 +153,8 @@ def open_rows(
         raise ImportRefused([RowError(0, f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")])
     stream: IO[bytes] = fileobj if isinstance(fileobj, io.BufferedReader) else io.BufferedReader(fileobj)  # type: ignore[arg-type]
     if stream.peek(2)[:2] == b"\x1f\x8b":
-        capped = _CappedReader(gzip.GzipFile(fileobj=stream, mode="rb"), MAX_DECOMPRESSED_BYTES)  # type: ignore[arg-type]
+        gz = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[arg-type]
+        capped = _CappedReader(gz, settings.IMPORT_MAX_DECOMPRESSED_BYTES)
         stream = io.BufferedReader(capped, buffer_size=1 << 16)
     try:
         head = stream.peek(4096)[:4096]
@@ -145,20 +162,56 @@ def open_rows(
         raise ImportRefused([RowError(0, f"the file is truncated or corrupt: {exc}")]) from None
     if not head.strip():
         raise ImportRefused([RowError(0, "the file is empty")])
+    _refuse_non_text(head)
     fmt = fmt or detect_format(head)
     readers = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows, "json": _json_rows}
     return fmt, readers[fmt](stream)
+
+
+def _refuse_non_text(head: bytes) -> None:
+    if head.startswith(b"PAR1"):
+        return
+    for magic, what in _NOT_TEXT:
+        if head.startswith(magic):
+            raise ImportRefused([RowError(0, f"the file is {what}, not JSONL, CSV, JSON or Parquet")])
+    if b"\x00" in head:
+        even, odd, half = head[0::2].count(0), head[1::2].count(0), len(head) // 2
+        if min(even, odd) < half // 20 and max(even, odd) > half // 2:  # mostly ASCII written as UTF-16
+            raise ImportRefused([RowError(0, "the file is UTF-16 text (without a byte-order mark); save it as UTF-8")])
+        raise ImportRefused([RowError(0, "the file is binary (it holds NUL bytes), not JSONL, CSV, JSON or Parquet")])
 
 
 def _text(stream: IO[bytes]) -> io.TextIOWrapper:
     return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
 
 
+def _lines(text: io.TextIOWrapper) -> Iterator[str]:
+    """The text's lines, refusing one longer than IMPORT_MAX_LINE_CHARS (memory stays bounded)."""
+    limit = settings.IMPORT_MAX_LINE_CHARS
+    lineno = 0
+    while line := text.readline(limit + 1):
+        lineno += 1
+        if len(line) > limit and not line.endswith("\n"):
+            message = f"the line is longer than {limit:,} characters (IMPORT_MAX_LINE_CHARS)"
+            raise ImportRefused([RowError(lineno, message)])
+        yield line
+
+
 def _decode_guard(rows: Iterator[tuple[int, Any]], where: list[int]) -> Iterator[tuple[int, Any]]:
     try:
         yield from rows
     except UnicodeDecodeError:
-        raise ImportRefused([RowError(where[0] + 1, "the file is not valid UTF-8 text")]) from None
+        message = "the file is not valid UTF-8 text (Latin-1 or Windows-1252? save it as UTF-8)"
+        raise ImportRefused([RowError(where[0] + 1, message)]) from None
+    except csv.Error as exc:
+        if "field limit" in str(exc):
+            limit = settings.IMPORT_MAX_FIELD_CHARS
+            message = f"a field is longer than {limit:,} characters (IMPORT_MAX_FIELD_CHARS)"
+        elif "NUL" in str(exc):
+            message = "the file holds NUL bytes: it is binary, not CSV text"
+        else:
+            message = f"malformed CSV: {exc}"
+        raise ImportRefused([RowError(where[0] + 1, message)]) from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ImportRefused([RowError(where[0] + 1, f"the file is truncated or corrupt: {exc}")]) from None
 
@@ -167,7 +220,7 @@ def _jsonl_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | RowEr
     where = [0]
 
     def rows() -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-        for lineno, line in enumerate(_text(stream), start=1):
+        for lineno, line in enumerate(_lines(_text(stream)), start=1):
             where[0] = lineno
             if not line.strip():
                 continue
@@ -205,11 +258,11 @@ def _json_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | RowErr
 
 
 def _csv_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    csv.field_size_limit(256 * 1024 * 1024)
+    csv.field_size_limit(settings.IMPORT_MAX_FIELD_CHARS)
     where = [0]
 
     def rows() -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-        reader = csv.reader(_text(stream))
+        reader = csv.reader(_lines(_text(stream)))
         try:
             header = next(reader)
         except StopIteration:
@@ -395,6 +448,7 @@ _KNOWN = {
 
 def normalize_row(raw: dict[str, Any], line: int) -> ParsedRow:
     """Map any accepted row shape onto one ParsedRow, or raise _BadRowError saying what is wrong."""
+    _refuse_nul(raw)
     for key, value in raw.items():
         if isinstance(value, _Unparsable):
             raise _BadRowError(f"column {key!r} must hold JSON")
@@ -467,6 +521,21 @@ def normalize_row(raw: dict[str, Any], line: int) -> ParsedRow:
         gold_answer=gold,
         judgments=labels,
     )
+
+
+def _refuse_nul(value: Any) -> None:
+    """PostgreSQL stores no NUL character in text or jsonb: name it instead of failing the write."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                raise _BadRowError("a value holds a NUL character (\\u0000), which cannot be stored")
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
 
 
 def _int(value: Any, what: str) -> int:

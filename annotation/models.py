@@ -238,6 +238,11 @@ class Item(models.Model):
     gold_answer = models.JSONField(null=True, blank=True)
     human_count = models.PositiveIntegerField(default=0, help_text="Human judgments (annotators and imported).")
     leased_count = models.PositiveIntegerField(default=0, help_text="Live leases holding a slot of the overlap.")
+    extra_overlap = models.PositiveSmallIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Human judgments wanted beyond the project's overlap (a curator sent the item back).",
+    )
     priority = models.FloatField(default=0.0, help_text="Higher is served first (the router's expected value).")
     route = models.CharField(max_length=8, choices=ItemRoute.choices, default=ItemRoute.HUMAN)
     route_info = models.JSONField(default=dict, blank=True, help_text="The routing decision: score, top features.")
@@ -410,3 +415,33 @@ class ApiToken(models.Model):
     @classmethod
     def new_key(cls) -> str:
         return cls.PREFIX + secrets.token_urlsafe(32)
+
+
+class AuditEvent(models.Model):
+    """One admin or curation action, appended by `annotation.audit.record` and never edited.
+
+    The actor, project and target may be deleted later: the event keeps their ids and a readable
+    `target_repr`, so the log still says who did what to which object."""
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150, blank=True, help_text="The actor's username when it happened.")
+    action = models.CharField(max_length=64, help_text="What happened, e.g. membership.add or curation.apply.")
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    target_type = models.CharField(max_length=100, blank=True, help_text="app_label.model of the object acted on.")
+    target_id = models.CharField(max_length=64, blank=True)
+    target_repr = models.CharField(max_length=200, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["project", "-created_at"], name="audit_project_created"),
+            models.Index(fields=["-created_at"], name="audit_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.actor_name or 'system'} {self.action} {self.target_repr}".strip()

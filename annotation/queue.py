@@ -1,8 +1,9 @@
 """The human annotation queue: leasing the next item, submitting, skipping, flagging, expiring.
 
 Invariants, kept under row locks inside one transaction per call:
-- an item never has more than `project.overlap` human judgments plus live leases
-  (`Item.human_count + Item.leased_count <= overlap`);
+- an item never has more than its overlap of human judgments plus live leases
+  (`Item.human_count + Item.leased_count <= project.overlap + Item.extra_overlap`; a curator who
+  sends an item back for another look raises `extra_overlap`);
 - an annotator is never handed the same item twice (and the database refuses a second
   assignment row for the same item and annotator);
 - a lease that runs out returns its slot to the queue (`reap_expired_leases`, run before every
@@ -132,7 +133,7 @@ def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | Non
     if not gold:
         qs = qs.filter(route__in=[Item.Route.HUMAN, Item.Route.BOTH])  # the router sent the rest to AI
     if not gold:
-        qs = qs.filter(human_count__lt=project.overlap - F("leased_count"))
+        qs = qs.filter(human_count__lt=project.overlap + F("extra_overlap") - F("leased_count"))
     return qs.order_by("-priority", "id").select_for_update(skip_locked=True, of=("self",)).first()
 
 
@@ -215,7 +216,11 @@ def submit(
             # Expired but not reaped yet: reap it here, under the item lock.
             lease_live = False
             item.leased_count = max(0, item.leased_count - 1)
-        if not lease_live and not item.is_gold and item.human_count + item.leased_count >= project.overlap:
+        if (
+            not lease_live
+            and not item.is_gold
+            and item.human_count + item.leased_count >= project.overlap + item.extra_overlap
+        ):
             raise QueueError("the lease on this item ran out and it went to another annotator")
         schema = project.judgment_schema
         stored = to_stored_order(payload, assignment.response_order)
@@ -240,7 +245,11 @@ def submit(
         item.human_count += 1
         if lease_live:
             item.leased_count = max(0, item.leased_count - 1)
-        if not item.is_gold and item.status == Item.Status.OPEN and item.human_count >= project.overlap:
+        if (
+            not item.is_gold
+            and item.status == Item.Status.OPEN
+            and item.human_count >= project.overlap + item.extra_overlap
+        ):
             item.status = Item.Status.DONE
         item.save(update_fields=["human_count", "leased_count", "status"])
     return Submitted(judgment, created=True)

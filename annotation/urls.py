@@ -1,6 +1,7 @@
 from django.urls import path
 
-from annotation import views
+from annotation import members, views
+from annotation.account import token_revoke_view, tokens_page
 
 app_name = "annotation"
 
@@ -14,4 +15,11 @@ urlpatterns = [
     path("p/<slug:slug>/annotate", views.annotate, name="annotate"),
     path("a/<uuid:assignment_uuid>/submit", views.assignment_submit, name="submit"),
     path("a/<uuid:assignment_uuid>/skip", views.assignment_skip, name="skip"),
+    path("p/<slug:slug>/members", members.members_page, name="members"),
+    path("p/<slug:slug>/members/add", members.member_add_view, name="member_add"),
+    path("p/<slug:slug>/members/<int:membership_id>/role", members.member_role_view, name="member_role"),
+    path("p/<slug:slug>/members/<int:membership_id>/remove", members.member_remove_view, name="member_remove"),
+    path("p/<slug:slug>/audit", members.audit_page, name="audit"),
+    path("account/tokens", tokens_page, name="account_tokens"),
+    path("account/tokens/<int:token_id>/revoke", token_revoke_view, name="account_token_revoke"),
 ]

@@ -5,8 +5,7 @@ from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db import connection
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -103,13 +102,6 @@ def import_upload(request: HttpRequest, slug: str) -> HttpResponse:
 def import_job_detail(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
     job = selectors.import_job_for_user(request.user, job_uuid)
     return render(request, "annotation/import_job.html", {"job": job, "project": job.project})
-
-
-@require_GET
-def healthz(request: HttpRequest) -> JsonResponse:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-    return JsonResponse({"status": "ok"})
 
 
 # ---------------------------------------------------------------------------------------------

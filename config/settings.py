@@ -36,10 +36,15 @@ def env_bool(name: str, default: bool) -> bool:
 
 DEBUG = env_bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
+_DEV_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
+# Keys that are published (our dev default, .env.example's placeholder, Django's template prefix).
+_PUBLISHED_KEYS = {_DEV_SECRET_KEY, "change-me-to-a-long-random-string", "changeme", "secret"}
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
-    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
+    SECRET_KEY = _DEV_SECRET_KEY
+elif not DEBUG and (SECRET_KEY.strip().lower() in _PUBLISHED_KEYS or SECRET_KEY.startswith("django-insecure-")):
+    raise ImproperlyConfigured("SECRET_KEY is a published placeholder; set a long random value when DEBUG is off.")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -53,6 +58,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "template_partials",
+    "ninja",  # the API docs from its bundled static files, not a CDN (see config.security)
     "annotation",
     "curation",
     "models_srv",
@@ -60,7 +66,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # A database outage (restart, failover) answers 503 with Retry-After, not a 500 error page.
+    "config.reliability.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -90,7 +99,14 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+# A persistent connection is checked before its first use in each request, so one that died with
+# a database restart is replaced instead of failing the request.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Fail fast (then answer 503, config/reliability.py) when the server is unreachable, e.g. mid-failover.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
+    )
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The embedded default: web and worker processes share one file; wait for locks, write eagerly.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -105,6 +121,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# The test suite creates hundreds of users; a fast hash keeps that cheap there. Only
+# scripts/test.sh sets this; never set it in production.
+if env_bool("TEST_FAST_PASSWORD_HASHING", default=False):
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Sessions are read from the cache and written through to the database: one query less per request.
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 LOGIN_URL = "login"
@@ -133,17 +153,40 @@ MEDIA_URL = "media/"
 
 # Uploads: anything over 2.5 MB streams to a temporary file; the import cap is separate.
 IMPORT_MAX_UPLOAD_BYTES = env.int("IMPORT_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)
+# A compressed upload is refused once it decompresses past this (a gzip bomb stops here).
+IMPORT_MAX_DECOMPRESSED_BYTES = env.int("IMPORT_MAX_DECOMPRESSED_BYTES", default=4 * 1024 * 1024 * 1024)
+# The longest line (JSONL line, CSV physical line) and CSV field an import reads, in characters.
+IMPORT_MAX_LINE_CHARS = env.int("IMPORT_MAX_LINE_CHARS", default=32 * 1024 * 1024)
+IMPORT_MAX_FIELD_CHARS = env.int("IMPORT_MAX_FIELD_CHARS", default=4_000_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=10 * 1024 * 1024)
 IMPORT_BATCH_SIZE = env.int("IMPORT_BATCH_SIZE", default=2000)
 
-# Production hardening follows DEBUG unless set explicitly.
+# Security. Production hardening follows DEBUG unless set explicitly.
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+# No script reads the CSRF cookie: htmx sends the token from hx-headers on <body>, forms carry it.
+CSRF_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=False)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy and Permissions-Policy: config.security.SecurityHeadersMiddleware.
+# Reverse proxies in front of the app whose X-Forwarded-For is trusted (client address for the
+# login rate limit and the audit log).
+NUM_PROXIES = env.int("NUM_PROXIES", default=0)
+# Failed logins allowed per username / per client address within the window (0 = no limit).
+LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=5)
+LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=20)
+LOGIN_RATE_LIMIT_WINDOW = env.int("LOGIN_RATE_LIMIT_WINDOW", default=15 * 60)
+AUTHENTICATION_BACKENDS = ["config.auth_views.RateLimitedModelBackend"]
 
 # Celery. The embedded default is a filesystem broker: web and worker processes on one machine
 # share a folder, so `make run` needs neither Redis nor RabbitMQ. Job state lives in our own tables,
@@ -151,12 +194,13 @@ X_FRAME_OPTIONS = "DENY"
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),  # remote control (ping, inspect) replies
         "store_processed": False,
     }
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
@@ -193,6 +237,20 @@ CELERY_TASK_EAGER_PROPAGATES = True
 # A training run that has not reported progress for this long is taken over (or failed).
 RM_HEARTBEAT_STALE_SECONDS = env.int("RM_HEARTBEAT_STALE_SECONDS", default=300)
 EXPORT_HEARTBEAT_STALE_SECONDS = env.int("EXPORT_HEARTBEAT_STALE_SECONDS", default=RM_HEARTBEAT_STALE_SECONDS)
+# Items an export reads per page: memory against round trips.
+EXPORT_CHUNK_ITEMS = env.int("EXPORT_CHUNK_ITEMS", default=1000)
+
+# Health endpoints (config/health.py). /healthz/workers asks the workers with one broadcast and
+# waits this long for answers; the answer is cached so a polling load balancer costs one broadcast
+# per HEALTH_WORKERS_CACHE_SECONDS. It answers 503 while one of HEALTH_REQUIRED_QUEUES has no worker.
+HEALTH_TIMEOUT_SECONDS = env.float("HEALTH_TIMEOUT_SECONDS", default=2.0)
+HEALTH_WORKERS_TIMEOUT_SECONDS = env.float("HEALTH_WORKERS_TIMEOUT_SECONDS", default=1.0)
+HEALTH_WORKERS_CACHE_SECONDS = env.int("HEALTH_WORKERS_CACHE_SECONDS", default=10)
+HEALTH_REQUIRED_QUEUES = env.list("HEALTH_REQUIRED_QUEUES", default=["default", "ai", "gpu"])
+if set(HEALTH_REQUIRED_QUEUES) - {q.name for q in CELERY_TASK_QUEUES}:
+    raise ImproperlyConfigured(f"HEALTH_REQUIRED_QUEUES={HEALTH_REQUIRED_QUEUES}: the queues are default, ai, gpu")
+# Seconds a client is told to wait (Retry-After) when the database is unreachable.
+DB_UNAVAILABLE_RETRY_AFTER = env.int("DB_UNAVAILABLE_RETRY_AFTER", default=2)
 
 LOGGING = {
     "version": 1,

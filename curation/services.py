@@ -6,10 +6,8 @@ effective state, and only that one can be undone, which restores what the item w
 - `drop` takes the item out of the queue and out of training data (`Item.status = dropped`);
 - `flip` swaps chosen and rejected in exports; `accept` marks the labels as reviewed;
 - `requeue` sends the item back to human annotators: open, routed to humans (an AI-routed item)
-  and served first (priority above every open item). The queue serves an item only while its
-  human judgments are below the project's overlap and `Item` has no per-item count of judgments
-  wanted, so an item already judged to the full overlap is reopened but gets no new slot until
-  such a field exists (`annotation.queue._pick`).
+  and served first (priority above every open item); an item already judged to its full overlap
+  wants one more human judgment (`Item.extra_overlap`), from an annotator who has not seen it.
 
 Exports: `export_create` validates and stores a pending snapshot (with its cutoff: now) and
 queues the task on commit; the task claims it with a conditional update, writes into
@@ -37,6 +35,7 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from annotation import audit
 from annotation.models import Item, Labeler, Project
 from curation.exporting import (
     ExportError,
@@ -63,7 +62,7 @@ class CurationError(ValueError):
 
 def _settled_status(item: Item, project: Project) -> str:
     """Open or done from the item's human judgments (for an item coming back from `dropped`)."""
-    if not item.is_gold and item.human_count >= project.overlap:
+    if not item.is_gold and item.human_count >= project.overlap + item.extra_overlap:
         return Item.Status.DONE
     return Item.Status.OPEN
 
@@ -84,7 +83,12 @@ def curation_action_apply(
     with transaction.atomic():
         locked = Item.objects.select_for_update().select_related("project").get(pk=item.pk)
         project = locked.project
-        previous = {"status": locked.status, "route": locked.route, "priority": locked.priority}
+        previous = {
+            "status": locked.status,
+            "route": locked.route,
+            "priority": locked.priority,
+            "extra_overlap": locked.extra_overlap,
+        }
         if action == CurationAction.Kind.DROP:
             locked.status = Item.Status.DROPPED
         elif action == CurationAction.Kind.REQUEUE:
@@ -95,9 +99,11 @@ def curation_action_apply(
             if locked.route == Item.Route.AI:
                 locked.route = Item.Route.HUMAN
             locked.priority = max(locked.priority, (top or 0.0) + 1.0)
+            wanted = max(project.overlap, locked.human_count + locked.leased_count + 1)
+            locked.extra_overlap = max(locked.extra_overlap, wanted - project.overlap)
         elif locked.status == Item.Status.DROPPED:
             locked.status = _settled_status(locked, project)  # flip / accept bring a dropped item back
-        locked.save(update_fields=["status", "route", "priority"])
+        locked.save(update_fields=["status", "route", "priority", "extra_overlap"])
         record = CurationAction.objects.create(
             project=project,
             item=locked,
@@ -107,7 +113,15 @@ def curation_action_apply(
             previous=previous,
             actor=actor,
         )
+        audit.record(
+            actor,
+            "curation.apply",
+            project=project,
+            target=locked,
+            details={"action": action, "action_id": record.id, "reason": reason},
+        )
     item.status, item.route, item.priority = locked.status, locked.route, locked.priority
+    item.extra_overlap = locked.extra_overlap
     return record
 
 
@@ -128,12 +142,24 @@ def curation_action_undo(*, action: CurationAction, actor: AbstractBaseUser | No
         item.status = prev.get("status", item.status)
         item.route = prev.get("route", item.route)
         item.priority = prev.get("priority", item.priority)
-        if item.status == Item.Status.OPEN and not item.is_gold and item.human_count >= item.project.overlap:
+        item.extra_overlap = prev.get("extra_overlap", item.extra_overlap)
+        if (
+            item.status == Item.Status.OPEN
+            and not item.is_gold
+            and item.human_count >= item.project.overlap + item.extra_overlap
+        ):
             item.status = Item.Status.DONE  # judged to the full overlap since: done, not back in the queue
-        item.save(update_fields=["status", "route", "priority"])
+        item.save(update_fields=["status", "route", "priority", "extra_overlap"])
         record.undone_at = timezone.now()
         record.undone_by = actor
         record.save(update_fields=["undone_at", "undone_by"])
+        audit.record(
+            actor,
+            "curation.undo",
+            project=item.project,
+            target=item,
+            details={"action": record.action, "action_id": record.id},
+        )
     action.undone_at, action.undone_by = record.undone_at, record.undone_by
     return record
 
@@ -177,15 +203,17 @@ def export_create(
     names = parse_formats(formats, project.judgment_schema)
     _check_labelers(project, parsed.labelers)
     license_name = (license or "unknown").strip()[:100] or "unknown"
-    snapshot = ExportSnapshot.objects.create(
-        project=project,
-        created_by=user,
-        filters=parsed.to_json(),
-        formats=names,
-        license=license_name,
-        cutoff=timezone.now(),
-        progress={"phase": "queued"},
-    )
+    with transaction.atomic():
+        snapshot = ExportSnapshot.objects.create(
+            project=project,
+            created_by=user,
+            filters=parsed.to_json(),
+            formats=names,
+            license=license_name,
+            cutoff=timezone.now(),
+            progress={"phase": "queued"},
+        )
+        audit.record(user, "export.create", project=project, target=snapshot, details={"formats": names})
     if enqueue:
         _enqueue(snapshot)
     return snapshot
@@ -195,16 +223,19 @@ def export_reproduce(
     *, snapshot: ExportSnapshot, user: AbstractBaseUser | None, enqueue: bool = True
 ) -> ExportSnapshot:
     """A new snapshot with the same filters, formats, license and cutoff: the same rows again."""
-    copy = ExportSnapshot.objects.create(
-        project=snapshot.project,
-        created_by=user,
-        filters=snapshot.filters,
-        formats=snapshot.formats,
-        license=snapshot.license,
-        cutoff=snapshot.cutoff,
-        source_snapshot=snapshot,
-        progress={"phase": "queued"},
-    )
+    with transaction.atomic():
+        copy = ExportSnapshot.objects.create(
+            project=snapshot.project,
+            created_by=user,
+            filters=snapshot.filters,
+            formats=snapshot.formats,
+            license=snapshot.license,
+            cutoff=snapshot.cutoff,
+            source_snapshot=snapshot,
+            progress={"phase": "queued"},
+        )
+        details = {"formats": snapshot.formats, "reproduces": str(snapshot.code)}
+        audit.record(user, "export.create", project=snapshot.project, target=copy, details=details)
     if enqueue:
         _enqueue(copy)
     return copy

@@ -22,6 +22,7 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from annotation import audit
 from annotation.models import Item, Judgment, Project
 from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create
 from models_srv.models import ResponseScore, RewardModelVersion, RunStatus
@@ -67,6 +68,7 @@ def training_start(
             created_by=created_by,
             progress={"phase": "queued"},
         )
+        audit.record(created_by, "reward_model.train", project=project, target=version, details=version.config)
         if enqueue:
             transaction.on_commit(lambda: train_reward_model.delay(version.id))
     return version
@@ -161,6 +163,9 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
         new, old = headline(metrics), (headline(current.metrics) if current else None)
         if current is None or (new is not None and (old is None or new >= old)):
             _make_current(version)
+            audit.record(
+                None, "reward_model.make_current", project=version.project, target=version, details={"automatic": True}
+            )
     version.refresh_from_db()
     return version
 
@@ -178,13 +183,14 @@ def _make_current(version: RewardModelVersion) -> None:
     RewardModelVersion.objects.filter(id=version.id).update(is_current=True)
 
 
-def version_make_current(*, version: RewardModelVersion) -> RewardModelVersion:
+def version_make_current(*, version: RewardModelVersion, by: AbstractBaseUser | None = None) -> RewardModelVersion:
     """Promote a succeeded version (rollback is promoting an older one)."""
     if version.status != RunStatus.SUCCEEDED:
         raise ValueError("only a succeeded version can become current")
     with transaction.atomic():
-        Project.objects.select_for_update().get(pk=version.project_id)
+        project = Project.objects.select_for_update().get(pk=version.project_id)
         _make_current(version)
+        audit.record(by, "reward_model.make_current", project=project, target=version)
     version.refresh_from_db()
     return version
 
@@ -205,12 +211,19 @@ def fail_stale_runs(now: Any = None) -> int:
     """Runs whose worker stopped reporting long ago (and was never redelivered) are marked failed."""
     now = now or timezone.now()
     stale = now - 3 * heartbeat_stale_after()
-    return RewardModelVersion.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=stale).update(
-        status=RunStatus.FAILED,
-        error="the worker stopped reporting (killed or lost)",
-        finished_at=now,
-        progress={"phase": "failed"},
-    )
+    runs = RewardModelVersion.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=stale)
+    count = 0
+    for run_id, run_uuid, slug in runs.values_list("id", "uuid", "project__slug"):
+        # Row by row, still conditional: a run that came back to life in between is left alone.
+        if runs.filter(id=run_id).update(
+            status=RunStatus.FAILED,
+            error="the worker stopped reporting (killed or lost)",
+            finished_at=now,
+            progress={"phase": "failed"},
+        ):
+            count += 1
+            shutil.rmtree(artifacts_root() / slug / f"{run_uuid}.partial", ignore_errors=True)  # half-written
+    return count
 
 
 def rescore(*, version_id: int, batch: int = 512) -> int:

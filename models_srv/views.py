@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from annotation import audit
 from annotation.selectors import project_for_user
 from models_srv import selectors, services
 from models_srv.forms import RoutingForm, TrainForm
@@ -58,7 +59,7 @@ def _act(request: HttpRequest, version_uuid: UUID, action: str) -> HttpResponse:
         if action == "cancel":
             services.version_cancel(version=version)
         elif action == "current":
-            services.version_make_current(version=version)
+            services.version_make_current(version=version, by=request.user)
         elif action == "rescore":
             if version.status != RewardModelVersion.Status.SUCCEEDED:
                 raise ValueError("only a succeeded version can rescore items")
@@ -251,9 +252,13 @@ def routing_run(request: HttpRequest, slug: str) -> HttpResponse:
     form = RoutingForm(data)
     if not form.is_valid():
         return _routing_render(request, project, form)
+    fields = ["routing_policy", "human_budget", "calibration_share"]
+    before = {f: getattr(project, f) for f in fields}
     project.routing_policy = form.cleaned_data["routing_policy"]
     project.human_budget = form.cleaned_data["budget_percent"] / 100
     project.calibration_share = form.cleaned_data["calibration_percent"] / 100
     project.save(update_fields=["routing_policy", "human_budget", "calibration_share", "updated_at"])
+    changes = {f: [before[f], getattr(project, f)] for f in fields if before[f] != getattr(project, f)}
+    audit.record(request.user, "project.settings", project=project, target=project, details=changes, request=request)
     transaction.on_commit(lambda: route_items.delay(project.id))
     return redirect("models_srv:routing", slug=project.slug)

@@ -198,11 +198,11 @@ def test_skip_and_flag_from_the_keyboard(page, make_project, make_user) -> None:
     page.goto(f"/p/{project.slug}/annotate")
     first = page.locator("#item-data").inner_text()
     page.keyboard.press("s")
-    page.wait_for_function(f"document.querySelector('#item-data').textContent !== {first!r}")
+    page.wait_for_function("(t) => document.querySelector('#item-data').textContent !== t", arg=first)
     second = page.locator("#item-data").inner_text()
     page.keyboard.press("f")
     page.keyboard.type("prompt is empty")
     page.keyboard.press("Enter")
-    page.wait_for_function(f"document.querySelector('#item-data').textContent !== {second!r}")
+    page.wait_for_function("(t) => document.querySelector('#item-data').textContent !== t", arg=second)
     states = sorted(Assignment.objects.values_list("state", "flagged", "flag_reason"))
     assert states == [("leased", False, ""), ("skipped", False, ""), ("skipped", True, "prompt is empty")]

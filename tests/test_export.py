@@ -544,6 +544,39 @@ def test_requeue_sends_an_ai_routed_item_back_to_human_annotators(
     assert (q1.route, q1.priority) == ("ai", 0.0)
 
 
+def test_a_fully_judged_item_sent_back_gets_one_more_judgment_from_someone_new(
+    make_project: Any, curator: Any, make_user: Any
+) -> None:
+    from annotation.queue import submit
+
+    project = make_project("rq2", schema=PAIRWISE, curator=curator, overlap=2)
+    people = [make_user(f"ann{i}") for i in range(3)]
+    for person in people:
+        membership_set(project=project, user=person, role=Membership.Role.ANNOTATOR)
+    import_items(project=project, fileobj=jsonl([{"id": "q0", "prompt": "Q", "response_a": "a", "response_b": "b"}]))
+    answer = {"pairwise": {"choice": "A", "strength": 1}}
+    for person in people[:2]:
+        submit(assignment_id=next_assignment(project=project, user=person).id, user=person, payload=answer)
+    q0 = item(project, "q0")
+    assert (q0.status, q0.human_count) == ("done", 2)
+    assert next_assignment(project=project, user=people[2]) is None
+
+    action = curation_action_apply(item=q0, actor=curator, action="requeue", reason="second look")
+    q0.refresh_from_db()
+    assert (q0.status, q0.extra_overlap) == ("open", 1)
+    assert next_assignment(project=project, user=people[0]) is None  # never the same item twice
+    third = next_assignment(project=project, user=people[2])
+    assert third is not None and third.item_id == q0.id
+    submit(assignment_id=third.id, user=people[2], payload=answer)
+    q0.refresh_from_db()
+    assert (q0.status, q0.human_count) == ("done", 3)
+    assert Judgment.objects.filter(item=q0).count() == 3
+
+    curation_action_undo(action=action, actor=curator)
+    q0.refresh_from_db()
+    assert (q0.status, q0.extra_overlap) == ("done", 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs: claiming, stale workers, access
 

@@ -89,7 +89,8 @@ def test_qa_feedback_spans_marked_with_the_mouse_are_stored_exactly(page, make_p
         data = page.locator("#item-data").inner_text()
         page.click("#submit-btn")
         page.wait_for_function(
-            f"!document.querySelector('#item-data') || document.querySelector('#item-data').textContent !== {data!r}"
+            "(t) => !document.querySelector('#item-data') || document.querySelector('#item-data').textContent !== t",
+            arg=data,
         )
         stored = Judgment.objects.get(item=item).payload["spans"]
         assert [(s["start"], s["end"], s["category"]) for s in stored] == [
