@@ -25,7 +25,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, F, OuterRef, Subquery
 from django.utils import timezone
 
 from annotation.models import Assignment, Item, Judgment, Labeler, Project
@@ -89,10 +89,24 @@ def next_assignment(*, project: Project, user: AbstractBaseUser, rng: random.Ran
     """The annotator's live lease in this project, or a new one, or None when nothing is left."""
     rng = rng or random.Random()
     reap_expired_leases_throttled()
-    assignment = _lease_next(project, user, rng)
+    assignment = _lease_next_retrying(project, user, rng)
     if assignment is None and reap_expired_leases() > 0:
-        assignment = _lease_next(project, user, rng)  # an expired lease may have freed a slot
+        assignment = _lease_next_retrying(project, user, rng)  # an expired lease may have freed a slot
     return assignment
+
+
+def _lease_next_retrying(project: Project, user: AbstractBaseUser, rng: random.Random) -> Assignment | None:
+    """Two requests of one annotator (two tabs) can pick the same item at once: a pick whose
+    snapshot predates the other's commit still sees the item as never handed to them. The database
+    refuses the second assignment row; the hand-out is then rolled back whole and tried again,
+    and finds the other request's lease."""
+    for attempt in range(3):
+        try:
+            return _lease_next(project, user, rng)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    return None
 
 
 def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) -> Assignment | None:
@@ -120,21 +134,35 @@ def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) ->
             leased_at=now,
             expires_at=now + timedelta(seconds=project.lease_seconds),
         )
-        Item.objects.filter(id=item.id).update(leased_count=F("leased_count") + 1)
     assignment.item = item
     return assignment
 
 
 def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | None:
-    """One indexed query: the best open item with a free slot this annotator has never had,
-    locked with FOR UPDATE SKIP LOCKED so concurrent hand-outs never wait on or share a row."""
+    """One indexed statement: the best open item with a free slot this annotator has never had,
+    locked with FOR UPDATE SKIP LOCKED (concurrent hand-outs never wait on or share a row) and its
+    lease counted (`leased_count + 1`) in the same statement, which returns the updated row."""
     seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
     qs = Item.objects.filter(project=project, status=Item.Status.OPEN, is_gold=gold).exclude(Exists(seen))
     if not gold:
         qs = qs.filter(route__in=[Item.Route.HUMAN, Item.Route.BOTH])  # the router sent the rest to AI
-    if not gold:
         qs = qs.filter(human_count__lt=project.overlap + F("extra_overlap") - F("leased_count"))
-    return qs.order_by("-priority", "id").select_for_update(skip_locked=True, of=("self",)).first()
+    qs = qs.order_by("-priority", "id").select_for_update(skip_locked=True, of=("self",))
+    if connection.vendor != "postgresql":  # the embedded SQLite default: two statements
+        item = qs.first()
+        if item is not None:
+            Item.objects.filter(id=item.id).update(leased_count=F("leased_count") + 1)
+            item.leased_count += 1
+        return item
+    pick_sql, params = qs.values("id")[:1].query.sql_with_params()
+    table = Item._meta.db_table
+    # Only the ORM's own SQL (values passed as parameters) and our table name go into the text.
+    sql = (
+        f"WITH picked AS ({pick_sql}) UPDATE {table} SET leased_count = {table}.leased_count + 1 "  # noqa: S608
+        f"FROM picked WHERE {table}.id = picked.id RETURNING {table}.*"
+    )
+    rows = list(Item.objects.raw(sql, params))
+    return rows[0] if rows else None
 
 
 def to_stored_order(payload: dict[str, Any], order: list[int]) -> dict[str, Any]:
@@ -190,22 +218,39 @@ def gold_score(schema: JudgmentSchema, answer: dict[str, Any], gold: dict[str, A
     return sum(parts) / len(parts) if parts else None
 
 
+class NoSuchAssignmentError(QueueError):
+    """Not this annotator's assignment (or not in a project they belong to)."""
+
+
 def submit(
-    *, assignment_id: int, user: AbstractBaseUser, payload: dict[str, Any], time_spent_ms: int | None = None
+    *,
+    assignment_id: int | None = None,
+    assignment_uuid: Any = None,
+    user: AbstractBaseUser,
+    payload: dict[str, Any],
+    time_spent_ms: int | None = None,
 ) -> Submitted:
-    """Store the annotator's judgment for this assignment. Idempotent: a second submit of the
+    """Store the annotator's judgment for this assignment (by id, or by the uuid the page holds:
+    then the annotator must still be a member of its project). Idempotent: a second submit of the
     same assignment returns the first judgment unchanged."""
+    mine = Assignment.objects.filter(annotator=user)
+    if assignment_uuid is not None:
+        mine = mine.filter(uuid=assignment_uuid, item__project__memberships__user=user)
+    else:
+        mine = mine.filter(id=assignment_id)
     with transaction.atomic():
         assignment = (
-            Assignment.objects.select_for_update(of=("self", "item"))
+            mine.select_for_update(of=("self", "item"))
             .select_related("item__project")
-            .filter(id=assignment_id, annotator=user)
+            .annotate(labeler_id=Subquery(Labeler.objects.filter(user=user).values("id")[:1]))  # same trip
             .first()
         )
         if assignment is None:
-            raise QueueError("no such assignment")
+            raise NoSuchAssignmentError("no such assignment")
         if assignment.state == Assignment.State.SUBMITTED:
-            return Submitted(Judgment.objects.get(assignment=assignment), created=False)
+            first = Judgment.objects.get(assignment=assignment)
+            first.item = assignment.item
+            return Submitted(first, created=False)
         if assignment.state == Assignment.State.SKIPPED:
             raise QueueError("this item was skipped; it can no longer be answered")
         item = assignment.item  # locked with the assignment
@@ -230,7 +275,7 @@ def submit(
         spent = elapsed_ms if time_spent_ms is None else max(0, min(int(time_spent_ms), elapsed_ms))
         judgment = Judgment.objects.create(
             item=item,
-            labeler=human_labeler(user),
+            labeler_id=assignment.labeler_id or human_labeler(user).pk,
             assignment=assignment,
             payload=canonical,
             schema_version=project.schema_version,

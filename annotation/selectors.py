@@ -98,8 +98,9 @@ def assignment_for_user(user: User, assignment_uuid: object) -> Assignment:
 
 
 def annotator_progress(user: User, project: Project) -> dict[str, object]:
-    """Progress bar and session stats for the annotate page: two small queries, plus the project's
-    totals, which are cached for a few seconds because counting a large project is not free."""
+    """Progress bar and session stats for the annotate page: one query over the annotator's own
+    assignments, plus the project's totals, which are cached for a few seconds because counting a
+    large project is not free."""
     from django.core.cache import cache
     from django.db.models import Avg
     from django.utils import timezone
@@ -111,14 +112,13 @@ def annotator_progress(user: User, project: Project) -> dict[str, object]:
         totals = items.aggregate(total=Count("id"), done=Count("id", filter=Q(status=Item.Status.DONE)))
         cache.set(key, totals, timeout=5)
     today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
-    mine = Judgment.objects.filter(item__project=project, labeler__user=user).aggregate(
-        n=Count("id"),
-        today=Count("id", filter=Q(created_at__gte=today)),
-        avg_ms=Avg("time_spent_ms", filter=Q(created_at__gte=today)),
+    submitted, skipped = Q(state=Assignment.State.SUBMITTED), Q(state=Assignment.State.SKIPPED)
+    mine = Assignment.objects.filter(annotator=user, item__project=project).aggregate(
+        n=Count("id", filter=submitted),
+        today=Count("id", filter=submitted & Q(finished_at__gte=today)),
+        avg_ms=Avg("judgment__time_spent_ms", filter=submitted & Q(finished_at__gte=today)),
+        skipped=Count("id", filter=skipped & Q(finished_at__gte=today)),
     )
-    skipped = Assignment.objects.filter(
-        annotator=user, item__project=project, state=Assignment.State.SKIPPED, finished_at__gte=today
-    ).count()
     total = totals["total"] or 0
     return {
         "total": total,
@@ -127,7 +127,7 @@ def annotator_progress(user: User, project: Project) -> dict[str, object]:
         "mine": mine["n"],
         "today": mine["today"],
         "avg_seconds": round((mine["avg_ms"] or 0) / 1000, 1),
-        "skipped_today": skipped,
+        "skipped_today": mine["skipped"],
     }
 
 

@@ -5,7 +5,7 @@ from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -162,16 +162,20 @@ def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
 @login_required
 @require_POST
 def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpResponse:
-    assignment = selectors.assignment_for_user(request.user, assignment_uuid)
     try:
         payload = json.loads(request.POST.get("payload", ""))
         time_ms = int(request.POST["time_ms"]) if request.POST.get("time_ms", "").isdigit() else None
-        queue.submit(assignment_id=assignment.id, user=request.user, payload=payload, time_spent_ms=time_ms)
+        submitted = queue.submit(
+            assignment_uuid=assignment_uuid, user=request.user, payload=payload, time_spent_ms=time_ms
+        )
+    except queue.NoSuchAssignmentError:
+        raise Http404("No such assignment.") from None
     except json.JSONDecodeError:
+        selectors.assignment_for_user(request.user, assignment_uuid)  # someone else's: 404, not 400
         return HttpResponseBadRequest("The answer did not arrive as JSON; please submit again.")
     except (PayloadError, queue.QueueError) as exc:
         return HttpResponse(str(exc), status=422, content_type="text/plain")
-    return _next_item(request, assignment.item.project)
+    return _next_item(request, submitted.judgment.item.project)
 
 
 @login_required
