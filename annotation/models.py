@@ -352,6 +352,7 @@ class Assignment(models.Model):
         ]
         indexes = [
             models.Index(fields=["annotator", "state"], name="assignment_annotator_state"),
+            models.Index(fields=["annotator", "finished_at"], name="assignment_annotator_finished"),
             models.Index(fields=["state", "expires_at"], name="assignment_state_expiry"),
         ]
 

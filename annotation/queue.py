@@ -138,31 +138,53 @@ def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) ->
     return assignment
 
 
+_PICK_SQL = """
+WITH picked AS (
+    SELECT i.id FROM annotation_item i
+    WHERE i.project_id = %(project)s AND i.status = 'open' AND i.is_gold = %(gold)s {human_slots}
+      AND NOT EXISTS (
+          SELECT 1 FROM annotation_assignment a
+          WHERE a.item_id = i.id AND a.annotator_id + 0 = %(annotator)s
+          OFFSET 0
+      )
+    ORDER BY i.priority DESC, i.id
+    LIMIT 1
+    FOR UPDATE OF i SKIP LOCKED
+)
+UPDATE annotation_item SET leased_count = annotation_item.leased_count + 1
+FROM picked WHERE annotation_item.id = picked.id
+RETURNING annotation_item.*
+"""
+# Routed to humans (the router sent the rest to AI), with a free slot of the item's overlap.
+_HUMAN_SLOTS = "AND i.route IN ('human', 'both') AND i.human_count < %(overlap)s + i.extra_overlap - i.leased_count"
+
+
 def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | None:
     """One indexed statement: the best open item with a free slot this annotator has never had,
     locked with FOR UPDATE SKIP LOCKED (concurrent hand-outs never wait on or share a row) and its
-    lease counted (`leased_count + 1`) in the same statement, which returns the updated row."""
+    lease counted (`leased_count + 1`) in the same statement, which returns the updated row.
+
+    "Never had" is checked item by item through the item's few assignments: `OFFSET 0` keeps
+    PostgreSQL from turning it into an anti-join and `annotator_id + 0` from probing the
+    annotator's index. Left to itself, with statistics not yet gathered on a fresh project, the
+    planner scanned all of the annotator's assignments for every candidate item: 80-90 ms per
+    hand-out after 1,000 judgments, growing with the square of the annotator's history."""
+    if connection.vendor == "postgresql":
+        sql = _PICK_SQL.format(human_slots="" if gold else _HUMAN_SLOTS)
+        params = {"project": project.pk, "gold": gold, "annotator": user.pk, "overlap": project.overlap}
+        rows = list(Item.objects.raw(sql, params))
+        return rows[0] if rows else None
+    # The embedded SQLite default: the same query through the ORM, then the counter.
     seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
     qs = Item.objects.filter(project=project, status=Item.Status.OPEN, is_gold=gold).exclude(Exists(seen))
     if not gold:
-        qs = qs.filter(route__in=[Item.Route.HUMAN, Item.Route.BOTH])  # the router sent the rest to AI
+        qs = qs.filter(route__in=[Item.Route.HUMAN, Item.Route.BOTH])
         qs = qs.filter(human_count__lt=project.overlap + F("extra_overlap") - F("leased_count"))
-    qs = qs.order_by("-priority", "id").select_for_update(skip_locked=True, of=("self",))
-    if connection.vendor != "postgresql":  # the embedded SQLite default: two statements
-        item = qs.first()
-        if item is not None:
-            Item.objects.filter(id=item.id).update(leased_count=F("leased_count") + 1)
-            item.leased_count += 1
-        return item
-    pick_sql, params = qs.values("id")[:1].query.sql_with_params()
-    table = Item._meta.db_table
-    # Only the ORM's own SQL (values passed as parameters) and our table name go into the text.
-    sql = (
-        f"WITH picked AS ({pick_sql}) UPDATE {table} SET leased_count = {table}.leased_count + 1 "  # noqa: S608
-        f"FROM picked WHERE {table}.id = picked.id RETURNING {table}.*"
-    )
-    rows = list(Item.objects.raw(sql, params))
-    return rows[0] if rows else None
+    item = qs.order_by("-priority", "id").first()
+    if item is not None:
+        Item.objects.filter(id=item.id).update(leased_count=F("leased_count") + 1)
+        item.leased_count += 1
+    return item
 
 
 def to_stored_order(payload: dict[str, Any], order: list[int]) -> dict[str, Any]:

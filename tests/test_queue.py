@@ -209,3 +209,28 @@ def test_imported_human_labels_count_toward_overlap(make_user, make_project, cur
             got.append((u.username, a.item.external_id))
             queue.submit(assignment_id=a.id, user=u, payload=PW)
     assert sorted(got) == [("a6", "r1"), ("a6", "r2"), ("b6", "r2")]
+
+
+def test_annotator_progress_counts_earlier_days_once_and_today_live(project, annotator) -> None:
+    from django.core.cache import cache
+
+    from annotation.selectors import annotator_progress
+
+    import_items(project=project, fileobj=jsonl([pair_row(i) for i in range(4)]))
+    answer = {"pairwise": {"choice": "A", "strength": 1}}
+    done = []
+    for _ in range(3):
+        a = queue.next_assignment(project=project, user=annotator)
+        queue.submit(assignment_id=a.id, user=annotator, payload=answer, time_spent_ms=2000)
+        done.append(a)
+    a = queue.next_assignment(project=project, user=annotator)
+    queue.skip(assignment_id=a.id, user=annotator, reason="unclear")
+    Assignment.objects.filter(id=done[0].id).update(finished_at=timezone.now() - timedelta(days=2))
+    Judgment.objects.filter(assignment__in=done).update(time_spent_ms=2000)  # capped by the lease age here
+    cache.clear()
+    p = annotator_progress(annotator, project)
+    assert (p["mine"], p["today"], p["skipped_today"], p["avg_seconds"]) == (3, 2, 1, 2.0)
+    b = queue.next_assignment(project=project, user=annotator)
+    assert b is None or queue.submit(assignment_id=b.id, user=annotator, payload=answer).created
+    p2 = annotator_progress(annotator, project)  # earlier days from the cache, today counted again
+    assert p2["mine"] == p["mine"] + (b is not None) and p2["today"] == p["today"] + (b is not None)
