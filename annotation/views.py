@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
@@ -164,7 +165,7 @@ def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
 def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpResponse:
     try:
         payload = json.loads(request.POST.get("payload", ""))
-        time_ms = int(request.POST["time_ms"]) if request.POST.get("time_ms", "").isdigit() else None
+        time_ms = int(request.POST["time_ms"]) if re.fullmatch(r"[0-9]{1,9}", request.POST.get("time_ms", "")) else None
         submitted = queue.submit(
             assignment_uuid=assignment_uuid, user=request.user, payload=payload, time_spent_ms=time_ms
         )

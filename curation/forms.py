@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -50,3 +51,9 @@ class ActionForm(forms.Form):
     action = forms.ChoiceField(choices=CurationAction.Kind.choices)
     reason = forms.CharField(max_length=2000, required=False)
     evidence = forms.JSONField(required=False)
+
+    def clean_evidence(self) -> Any:
+        value = self.cleaned_data.get("evidence")
+        if value is not None and "\\u0000" in json.dumps(value):  # PostgreSQL's jsonb refuses NUL
+            raise forms.ValidationError("The evidence may not contain NUL characters.")
+        return value

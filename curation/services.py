@@ -36,7 +36,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from annotation import audit
-from annotation.models import Item, Labeler, Project
+from annotation.models import ImportJob, Item, Labeler, Project
 from curation.exporting import (
     ExportError,
     ExportFilters,
@@ -99,8 +99,9 @@ def curation_action_apply(
             if locked.route == Item.Route.AI:
                 locked.route = Item.Route.HUMAN
             locked.priority = max(locked.priority, (top or 0.0) + 1.0)
-            wanted = max(project.overlap, locked.human_count + locked.leased_count + 1)
-            locked.extra_overlap = max(locked.extra_overlap, wanted - project.overlap)
+            if locked.human_count >= project.overlap + locked.extra_overlap:
+                # Judged to its full overlap: one more human judgment is wanted.
+                locked.extra_overlap = locked.human_count + 1 - project.overlap
         elif locked.status == Item.Status.DROPPED:
             locked.status = _settled_status(locked, project)  # flip / accept bring a dropped item back
         locked.save(update_fields=["status", "route", "priority", "extra_overlap"])
@@ -203,6 +204,10 @@ def export_create(
     names = parse_formats(formats, project.judgment_schema)
     _check_labelers(project, parsed.labelers)
     license_name = (license or "unknown").strip()[:100] or "unknown"
+    if ImportJob.objects.filter(project=project, status=ImportJob.Status.RUNNING).exists():
+        # An import writes in one transaction stamped with its start time: a snapshot cut while it
+        # runs would miss rows that a reproduction with the same cutoff later sees.
+        raise ExportError("an import into this project is running; export once it has finished")
     with transaction.atomic():
         snapshot = ExportSnapshot.objects.create(
             project=project,

@@ -90,6 +90,14 @@ def _table(rep: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return rep[name]
 
 
+def _csv_cell(value: Any) -> Any:
+    """Names come from data (model names, categories, labelers): a text cell a spreadsheet would
+    run as a formula gets a leading apostrophe."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 @login_required
 @require_GET
 def quality_csv(request: HttpRequest, slug: str) -> HttpResponse:
@@ -102,7 +110,7 @@ def quality_csv(request: HttpRequest, slug: str) -> HttpResponse:
     fields = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{k: _csv_cell(v) for k, v in r.items()} for r in rows])
     response = HttpResponse(buf.getvalue(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{project.slug}-{name}.csv"'
     return response

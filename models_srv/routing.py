@@ -294,8 +294,16 @@ def route_project(
             "item_id", flat=True
         )
     )
-    fixed = {i: ("both" if i in targets else "human") for i in sorted(labeled)[:budget]}
-    open_ids = [it.id for it in items if it.id not in labeled]
+    # A curator's "send back to humans" stands until it is undone: those items stay with humans
+    # (and keep their place at the front), ahead of the budget.
+    from curation.selectors import curation_states
+
+    ids = {it.id for it in items}
+    requeued = {i for i, a in curation_states(project=project).items() if a.action == "requeue" and i in ids}
+    fixed = {i: ("both" if i in targets else "human") for i in sorted(requeued)}
+    for i in sorted(labeled - requeued)[: max(0, budget - len(fixed))]:
+        fixed[i] = "both" if i in targets else "human"
+    open_ids = [it.id for it in items if it.id not in labeled and it.id not in requeued]
     left = max(0, budget - len(fixed))
     rng = random.Random(seed)
     want = min(left, max(0, round(calibration_fraction * len(items)) - len(targets)), len(open_ids))
@@ -339,9 +347,10 @@ def route_project(
         for it in items:
             route = routes[it.id]
             top = router.top_features(by_id[it.id]) if router else []
+            priority = round(scores[it.id], 6) if route != "ai" else 0.0
             Item.objects.filter(id=it.id).update(
                 route=route,
-                priority=round(scores[it.id], 6) if route != "ai" else 0.0,
+                priority=max(priority, it.priority) if it.id in requeued else priority,
                 route_info={
                     "score": round(scores[it.id], 6),
                     "top_features": top,

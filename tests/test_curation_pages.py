@@ -145,6 +145,36 @@ def test_flagged_items_reach_the_review_queue_with_their_reason(judged, annotato
     assert "responses are cut off" in entry["evidence_json"]
 
 
+def test_csv_cells_that_would_run_as_formulas_are_defused(judged, curator) -> None:
+    from curation.views import _csv_cell
+
+    assert [_csv_cell(v) for v in ("=HYPERLINK(1)", "+1", "-x", "@a", "alpha", 0.5, -1)] == [
+        "'=HYPERLINK(1)",
+        "'+1",
+        "'-x",
+        "'@a",
+        "alpha",
+        0.5,
+        -1,
+    ]
+    Item.objects.filter(project=judged).update(
+        responses=[{"text": "short", "model": "=cmd()"}, {"text": "a much longer response", "model": "beta"}]
+    )
+    c = Client()
+    c.force_login(curator)
+    body = c.get(reverse("curation:quality_csv", args=[judged.slug]), {"table": "leaderboard_human"}).content
+    assert b"'=cmd()" in body and b"\n=cmd()" not in body and b",=cmd()" not in body
+
+
+def test_evidence_with_a_nul_character_is_refused_not_a_crash(judged, curator) -> None:
+    c = Client()
+    c.force_login(curator)
+    item = Item.objects.get(project=judged, external_id="q1")
+    url = reverse("curation:review_act", args=[judged.slug, item.id])
+    assert c.post(url, {"action": "accept", "evidence": '{"a": "\\u0000"}'}).status_code == 400
+    assert not CurationAction.objects.exists()
+
+
 def test_csv_downloads(judged, curator) -> None:
     c = Client()
     c.force_login(curator)

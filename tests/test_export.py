@@ -20,7 +20,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from annotation.importing import import_items
-from annotation.models import Assignment, Item, Judgment, Labeler, Membership, Project
+from annotation.models import Assignment, ImportJob, Item, Judgment, Labeler, Membership, Project
 from annotation.queue import next_assignment
 from annotation.services import membership_set
 from curation.exporting import ExportError, ExportFilters, _Agreement, pseudonym
@@ -451,6 +451,16 @@ def test_bad_filters_and_formats_are_refused(pairs_project: Project) -> None:
 # Reproducibility
 
 
+def test_no_snapshot_is_cut_while_an_import_runs(pairs_project: Project) -> None:
+    job = ImportJob.objects.create(
+        project=pairs_project, source=ImportJob.Source.API, status=ImportJob.Status.RUNNING, format="jsonl"
+    )
+    with pytest.raises(ExportError, match="import into this project is running"):
+        export_create(project=pairs_project, user=None, filters={}, formats="pairs", enqueue=False)
+    ImportJob.objects.filter(id=job.id).update(status=ImportJob.Status.SUCCEEDED)
+    assert export_create(project=pairs_project, user=None, filters={}, formats="pairs", enqueue=False).pk
+
+
 def test_a_reproduced_snapshot_has_identical_files(pairs_project: Project, curator: Any, tmp_path: Path) -> None:
     flip = curation_action_apply(item=item(pairs_project, "r0"), actor=curator, action="flip")
     first, out1 = build(pairs_project, ["pairs", "raw"], tmp_path)
@@ -542,6 +552,32 @@ def test_requeue_sends_an_ai_routed_item_back_to_human_annotators(
     curation_action_undo(action=action, actor=curator)
     q1.refresh_from_db()
     assert (q1.route, q1.priority) == ("ai", 0.0)
+
+
+def test_a_sent_back_item_stays_with_humans_when_the_project_is_routed_again(
+    make_project: Any, curator: Any, annotator: Any
+) -> None:
+    from models_srv.routing import route_project
+
+    project = make_project("rq3", schema=PAIRWISE, curator=curator, human_budget=0.0, routing_policy="learned")
+    membership_set(project=project, user=annotator, role=Membership.Role.ANNOTATOR)
+    rows = [{"id": f"q{i}", "prompt": f"Q{i}", "response_a": "a" * (i + 1), "response_b": "b"} for i in range(6)]
+    import_items(project=project, fileobj=jsonl(rows))
+    route_project(project=project)
+    assert set(Item.objects.filter(project=project).values_list("route", flat=True)) == {"ai"}  # budget 0
+    q2 = item(project, "q2")
+    action = curation_action_apply(item=q2, actor=curator, action="requeue", reason="check by hand")
+    q2.refresh_from_db()
+    front = q2.priority
+    route_project(project=project)
+    q2.refresh_from_db()
+    assert (q2.route, q2.priority) == ("human", front)
+    assert next_assignment(project=project, user=annotator).item_id == q2.id
+
+    curation_action_undo(action=action, actor=curator)
+    route_project(project=project)
+    q2.refresh_from_db()
+    assert q2.route == "ai"
 
 
 def test_a_fully_judged_item_sent_back_gets_one_more_judgment_from_someone_new(
