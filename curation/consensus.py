@@ -228,21 +228,24 @@ def dawid_skene(
     if not rows:
         return DawidSkeneResult({}, {}, {}, {}, 0, dict.fromkeys(classes, 1.0 / n_cls))
 
-    idx = np.asarray(rows, dtype=np.int64)
-    ii, jj, ll = idx[:, 0], idx[:, 1], idx[:, 2]
-    # counts[i, j, l]: how often annotator j gave item i the class l (dense; fine for curation sizes)
-    counts = np.zeros((n_items, n_ann, n_cls))
-    np.add.at(counts, (ii, jj, ll), 1.0)
+    # Sparse: one row per distinct (item, annotator, class) with its count, so memory grows with
+    # the number of labels, not with items x annotators.
+    uniq, weight = np.unique(np.asarray(rows, dtype=np.int64), axis=0, return_counts=True)
+    ii, jj, ll = uniq[:, 0], uniq[:, 1], uniq[:, 2]
+    w = weight.astype(float)
 
     # Majority-vote initialisation (soft: vote shares per item).
-    post = counts.sum(axis=1)
+    post = np.zeros((n_items, n_cls))
+    np.add.at(post, (ii, ll), w)
     post /= post.sum(axis=1, keepdims=True)
 
     pseudo = np.full((n_cls, n_cls), smoothing) + diagonal * np.eye(n_cls)
 
     def m_step(post: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         priors = (post.sum(axis=0) + smoothing) / (n_items + n_cls * smoothing)
-        conf = np.einsum("ik,ijl->jkl", post, counts) + pseudo[None, :, :]
+        conf = np.zeros((n_ann, n_cls, n_cls))
+        np.add.at(conf, (jj, slice(None), ll), w[:, None] * post[ii])  # conf[j, true k, given l]
+        conf += pseudo[None, :, :]
         conf /= conf.sum(axis=2, keepdims=True)
         return priors, conf
 
@@ -252,7 +255,8 @@ def dawid_skene(
         steps += 1
         priors, conf = m_step(post)
         # E-step
-        log_post = np.log(priors)[None, :] + np.einsum("ijl,jkl->ik", counts, np.log(conf))
+        log_post = np.tile(np.log(priors), (n_items, 1))
+        np.add.at(log_post, ii, w[:, None] * np.log(conf)[jj, :, ll])
         log_post -= log_post.max(axis=1, keepdims=True)
         new = np.exp(log_post)
         new /= new.sum(axis=1, keepdims=True)
