@@ -384,6 +384,25 @@ def reward_models(project: Project) -> list[dict[str, Any]]:
     return rows
 
 
+REPORT_CACHE_SECONDS = 60
+
+
+def cached_report(project: Project, *, fresh: bool = False) -> dict[str, Any]:
+    """`report()`, kept for a minute per project so that the dashboard and its CSV downloads do
+    not recompute a large project's figures (bootstrap included) on every request; `fresh`
+    recomputes now. The result carries `computed_at`."""
+    from django.core.cache import cache
+    from django.utils import timezone
+
+    key = f"quality-report:{project.pk}"
+    rep = None if fresh else cache.get(key)
+    if rep is None:
+        rep = report(project)
+        rep["computed_at"] = timezone.now()
+        cache.set(key, rep, timeout=REPORT_CACHE_SECONDS)
+    return rep
+
+
 def report(project: Project, *, bootstrap: int = 200) -> dict[str, Any]:
     data = load(project)
     consensus = human_consensus(data)

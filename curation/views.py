@@ -43,7 +43,7 @@ def _sparkline(points: list[dict[str, Any]], width: int = 160, height: int = 28)
 @require_GET
 def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
     project = project_for_user(request.user, slug, curator=True)
-    rep = quality.report(project)
+    rep = quality.cached_report(project, fresh=request.GET.get("fresh") == "1")
     drift = {
         group: [
             {"key": key, "points": pts, "line": _sparkline(pts), "last": pts[-1] if pts else None}
@@ -105,7 +105,7 @@ def quality_csv(request: HttpRequest, slug: str) -> HttpResponse:
     name = request.GET.get("table", "")
     if name not in CSV_TABLES:
         return HttpResponse(f"table must be one of: {', '.join(CSV_TABLES)}", status=400, content_type="text/plain")
-    rows = _table(quality.report(project), name)
+    rows = _table(quality.cached_report(project, fresh=request.GET.get("fresh") == "1"), name)
     buf = io.StringIO()
     fields = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
     writer = csv.DictWriter(buf, fieldnames=fields)

@@ -175,6 +175,18 @@ def test_evidence_with_a_nul_character_is_refused_not_a_crash(judged, curator) -
     assert not CurationAction.objects.exists()
 
 
+def test_the_dashboard_keeps_its_figures_a_minute_and_recomputes_on_request(judged, curator) -> None:
+    c = Client()
+    c.force_login(curator)
+    url = reverse("curation:quality", args=[judged.slug])
+    first = c.get(url, {"fresh": "1"}).content.decode()
+    assert "Figures as of" in first and "recompute now" in first
+    Item.objects.filter(project=judged, external_id="q4").delete()  # the data change
+    assert quality.cached_report(judged)["overview"]["items"] == 4  # still the minute-old figures
+    assert quality.cached_report(judged, fresh=True)["overview"]["items"] == 3
+    assert c.get(url).status_code == 200
+
+
 def test_csv_downloads(judged, curator) -> None:
     c = Client()
     c.force_login(curator)
