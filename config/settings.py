@@ -6,6 +6,8 @@ production set DATABASE_URL (PostgreSQL via psycopg 3) and CELERY_BROKER_URL (Re
 A malformed value (say DEBUG=maybe) stops start-up with an error naming the variable.
 """
 
+import secrets
+import sys
 from pathlib import Path
 
 import environ
@@ -39,10 +41,17 @@ SECRET_KEY = env.str("SECRET_KEY", default="")
 _DEV_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
 # Keys that are published (our dev default, .env.example's placeholder, Django's template prefix).
 _PUBLISHED_KEYS = {_DEV_SECRET_KEY, "change-me-to-a-long-random-string", "changeme", "secret"}
+# Commands that only read the models and never sign anything run without configuration, so that
+# `manage.py makemigrations --check` works on a bare checkout (with a throwaway key).
+_KEYLESS_COMMANDS = {"makemigrations", "showmigrations", "sqlmigrate", "help", "version"}
+_command = sys.argv[1] if len(sys.argv) > 1 and Path(sys.argv[0]).name == "manage.py" else ""
 if not SECRET_KEY:
-    if not DEBUG:
+    if DEBUG:
+        SECRET_KEY = _DEV_SECRET_KEY
+    elif _command in _KEYLESS_COMMANDS:
+        SECRET_KEY = secrets.token_urlsafe(50)
+    else:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
-    SECRET_KEY = _DEV_SECRET_KEY
 elif not DEBUG and (SECRET_KEY.strip().lower() in _PUBLISHED_KEYS or SECRET_KEY.startswith("django-insecure-")):
     raise ImproperlyConfigured("SECRET_KEY is a published placeholder; set a long random value when DEBUG is off.")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])

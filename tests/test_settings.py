@@ -35,6 +35,30 @@ def test_production_refuses_to_start_without_a_secret_key() -> None:
     assert "SECRET_KEY must be set" in result.stderr
 
 
+def test_the_migrations_check_needs_no_configuration(tmp_path) -> None:
+    """`manage.py makemigrations --check` on a bare checkout: no SECRET_KEY, no DEBUG, no database."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "VAR_DIR": str(tmp_path / "var")}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "makemigrations", "--check", "--dry-run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "No changes detected" in result.stdout
+    serving = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "migrate", "--check"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "SECRET_KEY must be set" in serving.stderr  # everything else still refuses
+
+
 def test_a_malformed_value_names_the_variable() -> None:
     result = _start(DEBUG="maybe")
     assert result.returncode != 0
