@@ -34,6 +34,20 @@ RUBRIC_SCHEMA = {
 }
 
 
+def settings_probe(probe: str, *, drop: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess[str]:
+    """Load the settings in a fresh interpreter with `env` (and without the variables in `drop`)
+    and run `probe`: how a process started with that environment would see them."""
+    base = {k: v for k, v in os.environ.items() if k not in drop}
+    return subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**base, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def needs_shared(path: Path) -> pytest.MarkDecorator:
     return pytest.mark.skipif(not path.exists(), reason=f"shared data file {path} is absent (a user's clone)")
 

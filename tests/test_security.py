@@ -5,10 +5,8 @@ password validation, production settings, and oversized request bodies."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from django.urls import reverse
 
 from annotation.models import AuditEvent, Membership, Project
 from annotation.services import membership_set
-from tests.conftest import ROOT, jsonl, login, pair_row
+from tests.conftest import jsonl, login, pair_row, settings_probe
 from tests.test_idor import World, _url, build_world, site_routes
 
 EXPECTED_CSP = (
@@ -243,15 +241,7 @@ PROBE = (
 
 def _start(**env: str) -> subprocess.CompletedProcess[str]:
     drop = ("SECRET_KEY", "DEBUG", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS")
-    base = {k: v for k, v in os.environ.items() if k not in drop}
-    return subprocess.run(
-        [sys.executable, "-c", PROBE],
-        cwd=ROOT,
-        env={**base, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return settings_probe(PROBE, drop=drop, **env)
 
 
 def test_production_mode_turns_the_hardening_on() -> None:
