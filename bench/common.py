@@ -6,6 +6,12 @@ import os
 import subprocess
 from pathlib import Path
 
+# The vocabulary of generated prompts and responses.
+WORDS = [
+    "the", "model", "answer", "question", "because", "however", "data", "label",
+    "prefer", "safe", "helpful", "claim", "code", "step", "result",
+]  # fmt: skip
+
 
 def fresh_database(db_url: str) -> None:
     """Drop and recreate the database named at the end of `db_url`."""

@@ -345,19 +345,16 @@ def route_project(
             created_by=created_by,
         )
         for it in items:
-            route = routes[it.id]
-            top = router.top_features(by_id[it.id]) if router else []
-            priority = round(scores[it.id], 6) if route != "ai" else 0.0
-            Item.objects.filter(id=it.id).update(
-                route=route,
-                priority=max(priority, it.priority) if it.id in requeued else priority,
-                route_info={
-                    "score": round(scores[it.id], 6),
-                    "top_features": top,
-                    "router_version": version.version,
-                    "learned": router is not None,
-                },
-            )
+            priority = round(scores[it.id], 6) if routes[it.id] != "ai" else 0.0
+            it.route = routes[it.id]
+            it.priority = max(priority, it.priority) if it.id in requeued else priority
+            it.route_info = {
+                "score": round(scores[it.id], 6),
+                "top_features": router.top_features(by_id[it.id]) if router else [],
+                "router_version": version.version,
+                "learned": router is not None,
+            }
+        Item.objects.bulk_update(items, ["route", "priority", "route_info"], batch_size=1000)
     return counts
 
 

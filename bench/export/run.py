@@ -29,13 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import bench_env, fresh_database  # noqa: E402
+from common import WORDS, bench_env, fresh_database  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
-WORDS = [
-    "the", "model", "answer", "question", "because", "however", "data", "label",
-    "prefer", "safe", "helpful", "claim", "code", "step", "result",
-]  # fmt: skip
 PER_ITEM = 4
 LABELERS = 20
 
