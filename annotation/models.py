@@ -360,6 +360,28 @@ class Assignment(models.Model):
         return f"{self.item} -> {self.annotator} ({self.state})"
 
 
+class AnnotatorStats(models.Model):
+    """An annotator's running counts in one project, for the progress strip of the annotate page.
+
+    Kept by the queue in the transaction that submits or skips, so showing progress is one
+    primary-key read, not a count over the annotator's history. The "today" counts belong to
+    `day` (UTC) and start again at zero on the first action of a new day."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    judged = models.PositiveIntegerField(default=0, help_text="Judgments submitted in the project, ever.")
+    judged_today = models.PositiveIntegerField(default=0)
+    skipped_today = models.PositiveIntegerField(default=0)
+    time_today_ms = models.BigIntegerField(default=0, help_text="Time spent on today's judgments.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="annotator_stats_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project}: {self.judged} judged"
+
+
 class Judgment(models.Model):
     """One labeler's answer on one item; human and AI judgments share this table."""
 

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, F, OuterRef, Subquery
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
+from annotation import rows
 from annotation.models import Assignment, Item, Judgment, Labeler, Project
+from annotation.rows import Rows
 from annotation.schema import JudgmentSchema, PayloadError
 
 
@@ -40,6 +43,64 @@ class QueueError(Exception):
 class Submitted:
     judgment: Judgment
     created: bool
+    stats: AnnotatorDay | None = None  # the annotator's counts after this submit (None on a repeat)
+
+
+@dataclass(frozen=True)
+class AnnotatorDay:
+    """An annotator's counts in one project (`AnnotatorStats`), with "today" already reset when
+    the stored day is over."""
+
+    judged: int = 0
+    judged_today: int = 0
+    skipped_today: int = 0
+    time_today_ms: int = 0
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...] | None, today: date) -> AnnotatorDay:
+        if row is None:
+            return cls()
+        day, judged, judged_today, skipped_today, time_today_ms = row
+        if str(day) != today.isoformat():  # SQLite returns the day as text
+            return cls(judged=judged)
+        return cls(judged, judged_today, skipped_today, time_today_ms)
+
+
+_BUMP_STATS_SQL = """
+INSERT INTO annotation_annotatorstats
+    (project_id, user_id, day, judged, judged_today, skipped_today, time_today_ms)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (project_id, user_id) DO UPDATE SET
+    judged = annotation_annotatorstats.judged + excluded.judged,
+    judged_today = CASE WHEN annotation_annotatorstats.day = excluded.day
+        THEN annotation_annotatorstats.judged_today ELSE 0 END + excluded.judged_today,
+    skipped_today = CASE WHEN annotation_annotatorstats.day = excluded.day
+        THEN annotation_annotatorstats.skipped_today ELSE 0 END + excluded.skipped_today,
+    time_today_ms = CASE WHEN annotation_annotatorstats.day = excluded.day
+        THEN annotation_annotatorstats.time_today_ms ELSE 0 END + excluded.time_today_ms,
+    day = excluded.day
+RETURNING day, judged, judged_today, skipped_today, time_today_ms
+"""
+
+
+def bump_stats(
+    *, project_id: int, user_id: int, now: Any, judged: int = 0, skipped: int = 0, time_ms: int = 0
+) -> AnnotatorDay:
+    """Count a submit or skip in the annotator's stats (one upsert, in the caller's transaction)."""
+    today = now.date()
+    with connection.cursor() as cursor:
+        cursor.execute(_BUMP_STATS_SQL, [project_id, user_id, today, judged, judged, skipped, time_ms])
+        return AnnotatorDay.from_row(cursor.fetchone(), today)
+
+
+def read_stats(*, project_id: int, user_id: int) -> AnnotatorDay:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT day, judged, judged_today, skipped_today, time_today_ms FROM annotation_annotatorstats "
+            "WHERE project_id = %s AND user_id = %s",
+            [project_id, user_id],
+        )
+        return AnnotatorDay.from_row(cursor.fetchone(), timezone.now().date())
 
 
 def human_labeler(user: AbstractBaseUser) -> Labeler:
@@ -109,31 +170,52 @@ def _lease_next_retrying(project: Project, user: AbstractBaseUser, rng: random.R
     return None
 
 
+_A = Rows(Assignment, "a")
+_I = Rows(Item, "i")
+_P = Rows(Project, "p")
+_ITEM_RETURNED = Rows(Item, "annotation_item")
+_LEASED = Assignment.State.LEASED.value
+
+_LIVE_SQL = f"""
+SELECT {_A.columns}, {_I.columns}
+FROM annotation_assignment a JOIN annotation_item i ON i.id = a.item_id
+WHERE a.annotator_id = %s AND a.state = '{_LEASED}' AND a.expires_at > %s AND i.project_id = %s
+ORDER BY a.leased_at
+LIMIT 1
+"""  # noqa: S608 - columns from the models' metadata
+
+
 def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) -> Assignment | None:
     now = timezone.now()
+    # The live lease is read outside the hand-out's transaction: if two requests of one annotator
+    # both miss it and both pick, the database refuses the second assignment row and the caller
+    # retries (see `_lease_next_retrying`), which then finds the first one's lease here.
+    with connection.cursor() as cursor:
+        cursor.execute(_LIVE_SQL, [user.pk, now, project.pk])
+        row = cursor.fetchone()
+    if row is not None:
+        live = _A.load(row)
+        live.item = _I.load(row, _A.width)
+        return live
     with transaction.atomic():
-        live = (
-            Assignment.objects.select_related("item")
-            .filter(annotator=user, item__project=project, state=Assignment.State.LEASED, expires_at__gt=now)
-            .order_by("leased_at")
-            .first()
-        )
-        if live is not None:
-            return live
         want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate
         item = (_pick(project, user, gold=True) if want_gold else None) or _pick(project, user, gold=False)
         if item is None:
             return None
         order = list(range(item.num_responses))
         rng.shuffle(order)
-        assignment = Assignment.objects.create(
-            item=item,
-            annotator=user,
-            response_order=order,
-            is_gold=item.is_gold,
-            leased_at=now,
-            expires_at=now + timedelta(seconds=project.lease_seconds),
-        )
+        fields = {
+            "uuid": uuid.uuid4(),
+            "item_id": item.pk,
+            "annotator_id": user.pk,
+            "state": _LEASED,
+            "response_order": order,
+            "is_gold": item.is_gold,
+            "leased_at": now,
+            "expires_at": now + timedelta(seconds=project.lease_seconds),
+        }
+        assignment = Assignment(id=rows.insert(Assignment, fields), **fields)
+    assignment._state.adding = False
     assignment.item = item
     return assignment
 
@@ -153,10 +235,12 @@ WITH picked AS (
 )
 UPDATE annotation_item SET leased_count = annotation_item.leased_count + 1
 FROM picked WHERE annotation_item.id = picked.id
-RETURNING annotation_item.*
+RETURNING {columns}
 """
 # Routed to humans (the router sent the rest to AI), with a free slot of the item's overlap.
 _HUMAN_SLOTS = "AND i.route IN ('human', 'both') AND i.human_count < %(overlap)s + i.extra_overlap - i.leased_count"
+_PICK_SQL_GOLD = _PICK_SQL.format(human_slots="", columns=_ITEM_RETURNED.columns)
+_PICK_SQL_HUMAN = _PICK_SQL.format(human_slots=_HUMAN_SLOTS, columns=_ITEM_RETURNED.columns)
 
 
 def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | None:
@@ -170,10 +254,12 @@ def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | Non
     planner scanned all of the annotator's assignments for every candidate item: 80-90 ms per
     hand-out after 1,000 judgments, growing with the square of the annotator's history."""
     if connection.vendor == "postgresql":
-        sql = _PICK_SQL.format(human_slots="" if gold else _HUMAN_SLOTS)
+        sql = _PICK_SQL_GOLD if gold else _PICK_SQL_HUMAN
         params = {"project": project.pk, "gold": gold, "annotator": user.pk, "overlap": project.overlap}
-        rows = list(Item.objects.raw(sql, params))
-        return rows[0] if rows else None
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        return _ITEM_RETURNED.load(row) if row is not None else None
     # The embedded SQLite default: the same query through the ORM, then the counter.
     seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
     qs = Item.objects.filter(project=project, status=Item.Status.OPEN, is_gold=gold).exclude(Exists(seen))
@@ -244,6 +330,18 @@ class NoSuchAssignmentError(QueueError):
     """Not this annotator's assignment (or not in a project they belong to)."""
 
 
+_UUID_FIELD = Assignment._meta.get_field("uuid")
+# The assignment with its item and project, locked, and the annotator's labeler id: one trip.
+_SUBMIT_LOCK_SQL = f"""
+SELECT {_A.columns}, {_I.columns}, {_P.columns},
+       (SELECT l.id FROM annotation_labeler l WHERE l.user_id = %s)
+FROM annotation_assignment a
+JOIN annotation_item i ON i.id = a.item_id
+JOIN annotation_project p ON p.id = i.project_id
+WHERE a.annotator_id = %s AND {{by}}
+"""  # noqa: S608 - columns from the models' metadata
+
+
 def submit(
     *,
     assignment_id: int | None = None,
@@ -255,18 +353,24 @@ def submit(
     """Store the annotator's judgment for this assignment (by id, or by the uuid the page holds:
     then the annotator must still be a member of its project). Idempotent: a second submit of the
     same assignment returns the first judgment unchanged."""
-    mine = Assignment.objects.filter(annotator=user)
     if assignment_uuid is not None:
-        mine = mine.filter(uuid=assignment_uuid, item__project__memberships__user=user)
+        by = "a.uuid = %s AND EXISTS (SELECT 1 FROM annotation_membership m WHERE m.project_id = p.id AND m.user_id = %s)"  # noqa: E501
+        params = [_UUID_FIELD.get_db_prep_value(assignment_uuid, connection), user.pk]
     else:
-        mine = mine.filter(id=assignment_id)
+        by, params = "a.id = %s", [assignment_id]
+    sql = _SUBMIT_LOCK_SQL.format(by=by)
+    if connection.features.has_select_for_update_of:
+        sql += " FOR UPDATE OF a, i"
     with transaction.atomic():
-        assignment = (
-            mine.select_for_update(of=("self", "item"))
-            .select_related("item__project")
-            .annotate(labeler_id=Subquery(Labeler.objects.filter(user=user).values("id")[:1]))  # same trip
-            .first()
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [user.pk, user.pk, *params])
+            row = cursor.fetchone()
+        assignment = None
+        if row is not None:
+            assignment = _A.load(row)
+            assignment.item = _I.load(row, _A.width)
+            assignment.item.project = _P.load(row, _A.width + _I.width)
+            assignment.labeler_id = row[-1]
         if assignment is None:
             raise NoSuchAssignmentError("no such assignment")
         if assignment.state == Assignment.State.SUBMITTED:
@@ -295,20 +399,24 @@ def submit(
         canonical = parsed.model_dump(exclude_none=True)
         elapsed_ms = int((now - assignment.leased_at).total_seconds() * 1000)
         spent = elapsed_ms if time_spent_ms is None else max(0, min(int(time_spent_ms), elapsed_ms))
-        judgment = Judgment.objects.create(
-            item=item,
-            labeler_id=assignment.labeler_id or human_labeler(user).pk,
-            assignment=assignment,
-            payload=canonical,
-            schema_version=project.schema_version,
-            guidelines_version=project.guidelines_version,
-            response_order=assignment.response_order,
-            time_spent_ms=spent,
-            gold_score=gold_score(schema, canonical, item.gold_answer) if item.is_gold else None,
-        )
+        fields = {
+            "uuid": uuid.uuid4(),
+            "item_id": item.pk,
+            "labeler_id": assignment.labeler_id or human_labeler(user).pk,
+            "assignment_id": assignment.pk,
+            "payload": canonical,
+            "schema_version": project.schema_version,
+            "guidelines_version": project.guidelines_version,
+            "response_order": assignment.response_order,
+            "time_spent_ms": spent,
+            "gold_score": gold_score(schema, canonical, item.gold_answer) if item.is_gold else None,
+            "created_at": now,
+        }
+        judgment = Judgment(id=rows.insert(Judgment, fields), **fields)
+        judgment._state.adding = False
+        judgment.item = item
         assignment.state = Assignment.State.SUBMITTED
         assignment.finished_at = now
-        assignment.save(update_fields=["state", "finished_at"])
         item.human_count += 1
         if lease_live:
             item.leased_count = max(0, item.leased_count - 1)
@@ -318,8 +426,17 @@ def submit(
             and item.human_count >= project.overlap + item.extra_overlap
         ):
             item.status = Item.Status.DONE
-        item.save(update_fields=["human_count", "leased_count", "status"])
-    return Submitted(judgment, created=True)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE annotation_assignment SET state = %s, finished_at = %s WHERE id = %s",
+                [assignment.state, now, assignment.pk],
+            )
+            cursor.execute(
+                "UPDATE annotation_item SET human_count = %s, leased_count = %s, status = %s WHERE id = %s",
+                [item.human_count, item.leased_count, item.status, item.pk],
+            )
+        stats = bump_stats(project_id=project.pk, user_id=user.pk, now=now, judged=1, time_ms=spent)
+    return Submitted(judgment, created=True, stats=stats)
 
 
 def skip(*, assignment_id: int, user: AbstractBaseUser, reason: str = "", flag: bool = False) -> Assignment:
@@ -336,6 +453,8 @@ def skip(*, assignment_id: int, user: AbstractBaseUser, reason: str = "", flag: 
         gives_back_slot = assignment.state == Assignment.State.LEASED
         assignment.state = Assignment.State.SKIPPED
         assignment.finished_at = timezone.now()
+        project_id = Item.objects.filter(id=assignment.item_id).values_list("project_id", flat=True).get()
+        bump_stats(project_id=project_id, user_id=user.pk, now=assignment.finished_at, skipped=1)
         assignment.skip_reason = reason if not flag else ""
         assignment.flagged = flag
         assignment.flag_reason = reason if flag else ""

@@ -4,10 +4,14 @@ and anything the user may not see answers 404 (never 403, so ids leak nothing)."
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.cache import cache
+from django.db import connection
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
 from annotation.models import Assignment, ImportJob, Item, Judgment, Labeler, Membership, Project
+from annotation.queue import AnnotatorDay, read_stats
+from annotation.rows import Rows
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -20,15 +24,26 @@ def projects_for_user(user: User) -> QuerySet[Project]:
     return Project.objects.filter(memberships__user=user)
 
 
+_PROJECT = Rows(Project, "p")
+_PROJECT_SQL = f"SELECT {_PROJECT.columns} FROM annotation_project p WHERE p.slug = %s"  # noqa: S608
+_MEMBER_SQL = " AND EXISTS (SELECT 1 FROM annotation_membership m WHERE m.project_id = p.id AND m.user_id = %s{role})"
+
+
 def project_for_user(user: User, slug: str, *, curator: bool = False) -> Project:
-    """The project if `user` belongs to it (as curator when `curator`), else 404."""
-    qs = projects_for_user(user)
-    if curator and not user.is_superuser:
-        qs = qs.filter(memberships__user=user, memberships__role=Membership.Role.CURATOR)
-    project = qs.filter(slug=slug).first()
-    if project is None:
+    """The project if `user` belongs to it (as curator when `curator`), else 404. Every project
+    page asks this, the annotate page on each item, so it is one statement written once."""
+    if not user.is_authenticated:
         raise Http404("No such project.")
-    return project
+    sql, params = _PROJECT_SQL, [slug]
+    if not user.is_superuser:
+        sql += _MEMBER_SQL.format(role=f" AND m.role = '{Membership.Role.CURATOR.value}'" if curator else "")
+        params.append(user.pk)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise Http404("No such project.")
+    return _PROJECT.load(row)
 
 
 def role_in(user: User, project: Project) -> str | None:
@@ -97,45 +112,36 @@ def assignment_for_user(user: User, assignment_uuid: object) -> Assignment:
     return assignment
 
 
-def annotator_progress(user: User, project: Project) -> dict[str, object]:
-    """Progress bar and session stats for the annotate page: one query over the annotator's
-    assignments finished today, plus the project's totals, which are cached for a few seconds
-    because counting a large project is not free."""
-    from django.core.cache import cache
-    from django.db.models import Avg
-    from django.utils import timezone
+PROJECT_TOTALS_SECONDS = 30
 
+
+def project_totals(project: Project) -> dict[str, int]:
+    """Items to judge and items done in the project, shared through the cache for half a minute:
+    counting a 100,000-item project takes 100+ ms, too much for every hand-out."""
     key = f"project-progress:{project.pk}"
     totals = cache.get(key)
     if totals is None:
         items = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
         totals = items.aggregate(total=Count("id"), done=Count("id", filter=Q(status=Item.Status.DONE)))
-        cache.set(key, totals, timeout=5)
-    today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
-    submitted, skipped = Q(state=Assignment.State.SUBMITTED), Q(state=Assignment.State.SKIPPED)
-    mine_qs = Assignment.objects.filter(annotator=user, item__project=project)
-    # Judgments before today do not change during the day: counted once a day per process, so
-    # each request reads only today's rows (index annotator, finished_at), not the whole history.
-    before_key = f"progress-before:{project.pk}:{user.pk}:{today.date().isoformat()}"
-    before = cache.get(before_key)
-    if before is None:
-        before = mine_qs.filter(submitted, finished_at__lt=today).count()
-        cache.set(before_key, before, timeout=24 * 3600)
-    mine = mine_qs.filter(finished_at__gte=today).aggregate(
-        today=Count("id", filter=submitted),
-        avg_ms=Avg("judgment__time_spent_ms", filter=submitted),
-        skipped=Count("id", filter=skipped),
-    )
-    mine["n"] = before + mine["today"]
+        cache.set(key, totals, timeout=PROJECT_TOTALS_SECONDS)
+    return totals
+
+
+def annotator_progress(user: User, project: Project, stats: AnnotatorDay | None = None) -> dict[str, object]:
+    """Progress bar and session stats for the annotate page: the project's totals (cached) and the
+    annotator's counts, which the queue keeps in one row (`AnnotatorStats`); a submit passes the
+    counts it just wrote as `stats`, so nothing is read again."""
+    mine = stats if stats is not None else read_stats(project_id=project.pk, user_id=user.pk)
+    totals = project_totals(project)
     total = totals["total"] or 0
     return {
         "total": total,
         "done": totals["done"],
         "percent": round(100 * totals["done"] / total) if total else 100,
-        "mine": mine["n"],
-        "today": mine["today"],
-        "avg_seconds": round((mine["avg_ms"] or 0) / 1000, 1),
-        "skipped_today": mine["skipped"],
+        "mine": mine.judged,
+        "today": mine.judged_today,
+        "avg_seconds": round(mine.time_today_ms / mine.judged_today / 1000, 1) if mine.judged_today else 0,
+        "skipped_today": mine.skipped_today,
     }
 
 

@@ -109,12 +109,14 @@ def import_job_detail(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
 # Annotating: one page; the item area is an htmx partial that every action replaces.
 
 
-def _item_context(request: HttpRequest, project: Project, assignment: Assignment | None) -> dict[str, object]:
+def _item_context(
+    request: HttpRequest, project: Project, assignment: Assignment | None, stats: queue.AnnotatorDay | None = None
+) -> dict[str, object]:
     context: dict[str, object] = {
         "project": project,
         "schema": project.judgment_schema,
         "assignment": assignment,
-        "progress": selectors.annotator_progress(request.user, project),
+        "progress": selectors.annotator_progress(request.user, project, stats),
     }
     if assignment is not None:
         item = assignment.item
@@ -153,11 +155,11 @@ def annotate(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, template, _item_context(request, project, assignment))
 
 
-def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
+def _next_item(request: HttpRequest, project: Project, stats: queue.AnnotatorDay | None = None) -> HttpResponse:
     if not request.htmx:
         return redirect("annotation:annotate", slug=project.slug)
     assignment = queue.next_assignment(project=project, user=request.user)
-    return render(request, "annotation/annotate.html#item", _item_context(request, project, assignment))
+    return render(request, "annotation/annotate.html#item", _item_context(request, project, assignment, stats))
 
 
 @login_required
@@ -176,7 +178,7 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
         return HttpResponseBadRequest("The answer did not arrive as JSON; please submit again.")
     except (PayloadError, queue.QueueError) as exc:
         return HttpResponse(str(exc), status=422, content_type="text/plain")
-    return _next_item(request, submitted.judgment.item.project)
+    return _next_item(request, submitted.judgment.item.project, submitted.stats)
 
 
 @login_required

@@ -72,6 +72,16 @@ class RateLimitedModelBackend(ModelBackend):
             raise PermissionDenied("too many failed logins")
         return super().authenticate(request, username=username, password=password, **kwargs)
 
+    def get_user(self, user_id: Any) -> Any:
+        """The session's user, read on every request, by a statement written once (the ORM's
+        `get()` compiles the same query anew each time); the same checks as Django's."""
+        from django.contrib.auth import get_user_model
+
+        from annotation.rows import get_by_pk
+
+        user = get_by_pk(get_user_model(), user_id)
+        return user if user is not None and self.user_can_authenticate(user) else None
+
 
 class RateLimitedLoginView(LoginView):
     redirect_authenticated_user = True

@@ -211,26 +211,54 @@ def test_imported_human_labels_count_toward_overlap(make_user, make_project, cur
     assert sorted(got) == [("a6", "r1"), ("a6", "r2"), ("b6", "r2")]
 
 
-def test_annotator_progress_counts_earlier_days_once_and_today_live(project, annotator) -> None:
-    from django.core.cache import cache
-
+def test_annotator_progress_is_kept_by_submit_and_skip_and_starts_again_each_day(project, annotator) -> None:
+    from annotation.models import AnnotatorStats
     from annotation.selectors import annotator_progress
+
+    import_items(project=project, fileobj=jsonl([pair_row(i) for i in range(5)]))
+    answer = {"pairwise": {"choice": "A", "strength": 1}}
+    for _ in range(3):
+        a = queue.next_assignment(project=project, user=annotator)
+        submitted = queue.submit(assignment_id=a.id, user=annotator, payload=answer, time_spent_ms=2000)
+    assert (submitted.stats.judged, submitted.stats.judged_today) == (3, 3)
+    assert queue.submit(assignment_id=a.id, user=annotator, payload=answer).stats is None  # a repeat counts nothing
+    a = queue.next_assignment(project=project, user=annotator)
+    queue.skip(assignment_id=a.id, user=annotator, reason="unclear")
+    spent = sum(Judgment.objects.filter(labeler__user=annotator).values_list("time_spent_ms", flat=True))
+    p = annotator_progress(annotator, project)
+    assert (p["mine"], p["today"], p["skipped_today"]) == (3, 3, 1)
+    assert p["avg_seconds"] == round(spent / 3 / 1000, 1)
+    # A new day: today's counts start from zero, the total carries on.
+    AnnotatorStats.objects.filter(project=project, user=annotator).update(day=timezone.now().date() - timedelta(days=1))
+    p = annotator_progress(annotator, project)
+    assert (p["mine"], p["today"], p["skipped_today"], p["avg_seconds"]) == (3, 0, 0, 0)
+    b = queue.next_assignment(project=project, user=annotator)
+    queue.submit(assignment_id=b.id, user=annotator, payload=answer)
+    p = annotator_progress(annotator, project)
+    assert (p["mine"], p["today"], p["skipped_today"]) == (4, 1, 0)
+    assert AnnotatorStats.objects.get(project=project, user=annotator).day == timezone.now().date()
+
+
+def test_annotator_stats_migration_counts_existing_work(project, annotator) -> None:
+    import importlib
+
+    from django.apps import apps
+
+    from annotation.models import AnnotatorStats
 
     import_items(project=project, fileobj=jsonl([pair_row(i) for i in range(4)]))
     answer = {"pairwise": {"choice": "A", "strength": 1}}
     done = []
     for _ in range(3):
         a = queue.next_assignment(project=project, user=annotator)
-        queue.submit(assignment_id=a.id, user=annotator, payload=answer, time_spent_ms=2000)
+        queue.submit(assignment_id=a.id, user=annotator, payload=answer)
         done.append(a)
     a = queue.next_assignment(project=project, user=annotator)
-    queue.skip(assignment_id=a.id, user=annotator, reason="unclear")
+    queue.skip(assignment_id=a.id, user=annotator)
     Assignment.objects.filter(id=done[0].id).update(finished_at=timezone.now() - timedelta(days=2))
-    Judgment.objects.filter(assignment__in=done).update(time_spent_ms=2000)  # capped by the lease age here
-    cache.clear()
-    p = annotator_progress(annotator, project)
-    assert (p["mine"], p["today"], p["skipped_today"], p["avg_seconds"]) == (3, 2, 1, 2.0)
-    b = queue.next_assignment(project=project, user=annotator)
-    assert b is None or queue.submit(assignment_id=b.id, user=annotator, payload=answer).created
-    p2 = annotator_progress(annotator, project)  # earlier days from the cache, today counted again
-    assert p2["mine"] == p["mine"] + (b is not None) and p2["today"] == p["today"] + (b is not None)
+    Judgment.objects.filter(assignment__in=done).update(time_spent_ms=1500)
+    AnnotatorStats.objects.all().delete()
+    migration = importlib.import_module("annotation.migrations.0009_annotator_stats")
+    migration.backfill(apps, None)
+    row = AnnotatorStats.objects.get(project=project, user=annotator)
+    assert (row.judged, row.judged_today, row.skipped_today, row.time_today_ms) == (3, 2, 1, 3000)

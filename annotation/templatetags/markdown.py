@@ -1,6 +1,8 @@
 """Markdown from data and guidelines, rendered safely: raw HTML in the source is escaped by the
 parser (html=False) and the output passes through an allow-list sanitizer as a second guard."""
 
+import functools
+
 import nh3
 from django import template
 from django.utils.safestring import SafeString, mark_safe
@@ -38,7 +40,10 @@ _TAGS = {
 }
 
 
+@functools.lru_cache(maxsize=2048)
 def render_markdown(text: str) -> str:
+    """Cached per process: an item's texts are shown to each of its annotators, and the page that
+    submits one item is answered with the next, so the same texts come back within seconds."""
     html = _md.render(text or "")
     return nh3.clean(
         html,

@@ -38,6 +38,32 @@ PASSWORD = "bench-annotator-pass"  # noqa: S105 - a throwaway benchmark database
 SUBMIT_RE = re.compile(rb'hx-post="(/a/[0-9a-f-]{36}/submit)"')
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far (user + system): by gunicorn's processes, by this load generator, and
+    by everything else on the machine, which under load is PostgreSQL (its per-connection
+    processes come and go, so it is counted as the machine's total minus the other two)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"gunicorn": 0.0, "loadgen": 0.0}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if int(entry) == os.getpid():
+            out["loadgen"] += used
+        elif b"gunicorn" in cmd:
+            out["gunicorn"] += used
+    total = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    busy = sum(int(v) for k, v in enumerate(total) if k not in (3, 4)) / tick  # all but idle and iowait
+    out["postgres"] = busy - out["gunicorn"] - out["loadgen"]
+    return out
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -78,6 +104,18 @@ for i in range({annotators}):
 print("items", r.items_created)
 """
     subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True)
+
+
+def reset(db_url: str) -> None:
+    """Back to the state right after setup: no judgments, leases or counts; then fresh statistics."""
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM annotation_judgment")
+        conn.execute("DELETE FROM annotation_assignment")
+        conn.execute("DELETE FROM annotation_annotatorstats")
+        conn.execute("UPDATE annotation_item SET human_count = 0, leased_count = 0, status = 'open'")
+        conn.execute("VACUUM ANALYZE")
 
 
 def start_server(env: dict[str, str], port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
@@ -238,7 +276,7 @@ async def open_loop(conns: list[Conn], rate: float, seconds: float) -> tuple[Sta
     return stats, time.perf_counter() - start, late
 
 
-def report(title: str, stats: Stats, elapsed: float) -> dict[str, object]:
+def report(title: str, stats: Stats, elapsed: float, cpu_before: dict[str, float]) -> dict[str, object]:
     row: dict[str, object] = {
         "phase": title,
         "loops": stats.loops,
@@ -253,6 +291,11 @@ def report(title: str, stats: Stats, elapsed: float) -> dict[str, object]:
     for kind in ("next", "submit", "loop"):
         v = row[kind]
         line += f"  {kind} p50/p95/p99 {v['p50']:>5}/{v['p95']:>5}/{v['p99']:>5} ms"
+    after = cpu_seconds()
+    row["cpu_ms_per_loop"] = {k: round((after[k] - cpu_before[k]) * 1000 / max(stats.loops, 1), 1) for k in after}
+    cpu = row["cpu_ms_per_loop"]
+    line += f"\n{'':<22} CPU ms per loop: gunicorn {cpu['gunicorn']}, PostgreSQL and the rest {cpu['postgres']}"
+    line += f", load generator {cpu['loadgen']}"
     print(line, flush=True)
     return row
 
@@ -286,13 +329,15 @@ async def main_async(args: argparse.Namespace, port: int, cookies: list[dict[str
     for c in args.concurrency:
         conns = [Conn(port, cookies[i]) for i in range(c)]
         await closed_loop(conns, 2, 10**9)  # warm-up: connections, caches, workers
+        before = cpu_seconds()
         stats, elapsed = await closed_loop(conns, args.duration, args.max_loops)
-        rows.append(report(f"closed C={c}", stats, elapsed))
+        rows.append(report(f"closed C={c}", stats, elapsed, before))
         for conn in conns:
             conn.close()
     conns = [Conn(port, cookies[i]) for i in range(len(cookies))]
+    before = cpu_seconds()
     stats, elapsed, late = await open_loop(conns, args.rate, args.duration)
-    row = report(f"open {args.rate:g} loops/s", stats, elapsed)
+    row = report(f"open {args.rate:g} loops/s", stats, elapsed, before)
     row["late_starts"] = late
     rows.append(row)
     return rows
@@ -308,14 +353,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--reuse-database",
+        action="store_true",
+        help="keep the database of an earlier run (same --items) and only clear its judgments and leases",
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     db_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/prefloop_bench_annotate")
-    fresh_database(db_url)
     annotators = max(max(args.concurrency), 32)
     env = bench_env(db_url, OUT / "var", SESSION_COOKIE_SECURE="0", CSRF_COOKIE_SECURE="0")
     t = time.perf_counter()
-    setup(env, args.items, annotators)
+    if args.reuse_database:
+        reset(db_url)
+    else:
+        fresh_database(db_url)
+        setup(env, args.items, annotators)
     print(f"setup: {args.items} items, {annotators} annotators in {time.perf_counter() - t:.0f} s", flush=True)
     server = start_server(env, args.port, args.workers, args.threads)
     try:
