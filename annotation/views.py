@@ -6,8 +6,11 @@ from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotation import queue, selectors, services
@@ -109,6 +112,26 @@ def import_job_detail(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
 # Annotating: one page; the item area is an htmx partial that every action replaces.
 
 
+_CONTROLS: dict[tuple[int, str, int], str] = {}
+
+
+def _controls(project: Project, n_responses: int) -> str:
+    """The answer controls (strength scale, rubric, span menu, justification) as HTML, rendered
+    once per process for each schema and response count: they hold nothing of the item, the
+    assignment or the user, and are most of the work of rendering an item."""
+    key = (project.pk, json.dumps(project.schema, sort_keys=True), n_responses)
+    html = _CONTROLS.get(key)
+    if html is None:
+        shown = [{"position": p, "label": chr(ord("A") + p)} for p in range(n_responses)]
+        html = render_to_string(
+            "annotation/annotate.html#controls", {"schema": project.judgment_schema, "shown": shown}
+        )
+        if len(_CONTROLS) >= 256:  # schemas edited many times in a long-lived process
+            _CONTROLS.clear()
+        _CONTROLS[key] = html
+    return mark_safe(html)  # noqa: S308 - rendered by our template with autoescape
+
+
 def _item_context(
     request: HttpRequest, project: Project, assignment: Assignment | None, stats: queue.AnnotatorDay | None = None
 ) -> dict[str, object]:
@@ -134,6 +157,7 @@ def _item_context(
         context.update(
             item=item,
             shown=shown,
+            controls=_controls(project, len(shown)),
             item_data={
                 "assignment": str(assignment.uuid),
                 "texts": [r["text"] for r in shown],
@@ -155,11 +179,11 @@ def annotate(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, template, _item_context(request, project, assignment))
 
 
-def _next_item(request: HttpRequest, project: Project, stats: queue.AnnotatorDay | None = None) -> HttpResponse:
+def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
     if not request.htmx:
         return redirect("annotation:annotate", slug=project.slug)
     assignment = queue.next_assignment(project=project, user=request.user)
-    return render(request, "annotation/annotate.html#item", _item_context(request, project, assignment, stats))
+    return render(request, "annotation/annotate.html#item", _item_context(request, project, assignment))
 
 
 @login_required
@@ -168,9 +192,13 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
     try:
         payload = json.loads(request.POST.get("payload", ""))
         time_ms = int(request.POST["time_ms"]) if re.fullmatch(r"[0-9]{1,9}", request.POST.get("time_ms", "")) else None
-        submitted = queue.submit(
-            assignment_uuid=assignment_uuid, user=request.user, payload=payload, time_spent_ms=time_ms
-        )
+        # The judgment and the lease of the next item commit together: one flush to disk, not two.
+        with transaction.atomic():
+            submitted = queue.submit(
+                assignment_uuid=assignment_uuid, user=request.user, payload=payload, time_spent_ms=time_ms
+            )
+            project = submitted.judgment.item.project
+            following = queue.next_assignment(project=project, user=request.user) if request.htmx else None
     except queue.NoSuchAssignmentError:
         raise Http404("No such assignment.") from None
     except json.JSONDecodeError:
@@ -178,7 +206,10 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
         return HttpResponseBadRequest("The answer did not arrive as JSON; please submit again.")
     except (PayloadError, queue.QueueError) as exc:
         return HttpResponse(str(exc), status=422, content_type="text/plain")
-    return _next_item(request, submitted.judgment.item.project, submitted.stats)
+    if not request.htmx:
+        return redirect("annotation:annotate", slug=project.slug)
+    context = _item_context(request, project, following, submitted.stats)
+    return render(request, "annotation/annotate.html#item", context)
 
 
 @login_required
