@@ -21,22 +21,4 @@ fi
 
 $BIN/ruff check .
 DEBUG=1 DATABASE_URL=sqlite:///:memory: $BIN/python manage.py makemigrations --check --dry-run
-if [ "$#" -gt 0 ]; then
-  exec $BIN/python -m pytest "$@"
-fi
-
-# The whole suite in two shards side by side. The reward-model tests on the shared data are
-# CPU-bound (torch on both cores, minutes each) and need only the database; the rest spends much
-# of its time waiting on servers, workers and the browser. Each shard has its own test database.
-HEAVY=tests/test_reward_models_shared.py
-mkdir -p "$VAR_DIR"
-HEAVY_LOG="$VAR_DIR/pytest-reward-models.log"
-BASE_URL="${DATABASE_URL%%\?*}"  # the shard's database: the name with "_models", query kept
-DATABASE_URL="${BASE_URL}_models${DATABASE_URL#"$BASE_URL"}" $BIN/python -m pytest -p no:cacheprovider "$HEAVY" >"$HEAVY_LOG" 2>&1 &
-HEAVY_PID=$!
-status=0
-$BIN/python -m pytest --ignore="$HEAVY" || status=$?
-wait "$HEAVY_PID" || status=$?
-echo "---- $HEAVY (the shard run beside the rest) ----"
-cat "$HEAVY_LOG"
-exit "$status"
+$BIN/python -m pytest "$@"
