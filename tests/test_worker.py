@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import time
@@ -171,8 +172,8 @@ def test_reward_model_judge_labels_the_hh_items_through_the_ai_queue(celery_work
     project = make_project("hh-judge", schema={"pairwise": {"strengths": ["better", "much better"]}})
     from annotation.importing import import_items
 
-    with HH_FILE.open("rb") as fh:
-        import_items(project=project, fileobj=fh)
+    with gzip.open(HH_FILE, "rb") as fh:  # the first 800 of the 1,600 pairs: enough to learn, half the time
+        import_items(project=project, fileobj=io.BytesIO(b"".join(fh.readlines()[:800])))
     config = {"mode": "frozen", "max_length": 64, "ensemble": 3, "epochs": 150, "embed_batch_size": 64}
     version = services.training_run(
         version_id=services.training_start(project=project, config=config, enqueue=False).id
@@ -181,7 +182,7 @@ def test_reward_model_judge_labels_the_hh_items_through_the_ai_queue(celery_work
     labeler = labeler_create(project=project, kind="reward_model", name="rm-current", config={"version": "current"})
     run = _wait_run(run_start(project=project, labeler=labeler), timeout=300)
     assert run.status == "succeeded", run.error
-    assert run.done == 1600 and run.failed == 0
+    assert run.done == 800 and run.failed == 0
     ai = {j.item_id: j for j in Judgment.objects.filter(labeler=labeler)}
     human = {j.item_id: j for j in Judgment.objects.filter(labeler__kind="imported", item__project=project)}
     agree = sum(ai[i].payload["pairwise"]["choice"] == human[i].payload["pairwise"]["choice"] for i in human) / len(
