@@ -88,19 +88,17 @@ def bump_stats(
 ) -> AnnotatorDay:
     """Count a submit or skip in the annotator's stats (one upsert, in the caller's transaction)."""
     today = now.date()
-    with connection.cursor() as cursor:
-        cursor.execute(_BUMP_STATS_SQL, [project_id, user_id, today, judged, judged, skipped, time_ms])
-        return AnnotatorDay.from_row(cursor.fetchone(), today)
+    row = rows.fetch_one(_BUMP_STATS_SQL, [project_id, user_id, today, judged, judged, skipped, time_ms])
+    return AnnotatorDay.from_row(row, today)
 
 
 def read_stats(*, project_id: int, user_id: int) -> AnnotatorDay:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT day, judged, judged_today, skipped_today, time_today_ms FROM annotation_annotatorstats "
-            "WHERE project_id = %s AND user_id = %s",
-            [project_id, user_id],
-        )
-        return AnnotatorDay.from_row(cursor.fetchone(), timezone.now().date())
+    row = rows.fetch_one(
+        "SELECT day, judged, judged_today, skipped_today, time_today_ms FROM annotation_annotatorstats "
+        "WHERE project_id = %s AND user_id = %s",
+        [project_id, user_id],
+    )
+    return AnnotatorDay.from_row(row, timezone.now().date())
 
 
 def human_labeler(user: AbstractBaseUser) -> Labeler:
@@ -190,9 +188,7 @@ def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) ->
     # The live lease is read outside the hand-out's transaction: if two requests of one annotator
     # both miss it and both pick, the database refuses the second assignment row and the caller
     # retries (see `_lease_next_retrying`), which then finds the first one's lease here.
-    with connection.cursor() as cursor:
-        cursor.execute(_LIVE_SQL, [user.pk, now, project.pk])
-        row = cursor.fetchone()
+    row = rows.fetch_one(_LIVE_SQL, [user.pk, now, project.pk])
     if row is not None:
         live = _A.load(row)
         live.item = _I.load(row, _A.width)
@@ -256,9 +252,7 @@ def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | Non
     if connection.vendor == "postgresql":
         sql = _PICK_SQL_GOLD if gold else _PICK_SQL_HUMAN
         params = {"project": project.pk, "gold": gold, "annotator": user.pk, "overlap": project.overlap}
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
+        row = rows.fetch_one(sql, params)
         return _ITEM_RETURNED.load(row) if row is not None else None
     # The embedded SQLite default: the same query through the ORM, then the counter.
     seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
@@ -362,9 +356,7 @@ def submit(
     if connection.features.has_select_for_update_of:
         sql += " FOR UPDATE OF a, i"
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [user.pk, user.pk, *params])
-            row = cursor.fetchone()
+        row = rows.fetch_one(sql, [user.pk, user.pk, *params])
         assignment = None
         if row is not None:
             assignment = _A.load(row)

@@ -54,6 +54,13 @@ class Rows(Generic[M]):
         return self.model.from_db(connection.alias, self.attnames, values)
 
 
+def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The first row of a hand-written statement, or None."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
 def insert(model: type[models.Model], values: dict[str, Any]) -> int:
     """INSERT one row with the fields given (by attname, prepared as the ORM prepares them) and the
     model's defaults for the rest; returns the new id."""
@@ -91,7 +98,5 @@ def get_by_pk(model: type[M], pk: Any) -> M | None:
         sql = f'SELECT {loader.columns} FROM "{model._meta.db_table}" t WHERE t."{model._meta.pk.column}" = %s'  # noqa: S608
         _BY_PK[model] = (loader, sql)
     loader, sql = _BY_PK[model]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [pk])
-        row = cursor.fetchone()
+    row = fetch_one(sql, [pk])
     return loader.load(row) if row is not None else None

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.cache import cache
-from django.db import connection
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
 from annotation.models import Assignment, ImportJob, Item, Judgment, Labeler, Membership, Project
 from annotation.queue import AnnotatorDay, read_stats
-from annotation.rows import Rows
+from annotation.rows import Rows, fetch_one
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -38,9 +37,7 @@ def project_for_user(user: User, slug: str, *, curator: bool = False) -> Project
     if not user.is_superuser:
         sql += _MEMBER_SQL.format(role=f" AND m.role = '{Membership.Role.CURATOR.value}'" if curator else "")
         params.append(user.pk)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+    row = fetch_one(sql, params)
     if row is None:
         raise Http404("No such project.")
     return _PROJECT.load(row)
