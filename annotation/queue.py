@@ -69,7 +69,7 @@ class AnnotatorDay:
 _BUMP_STATS_SQL = """
 INSERT INTO annotation_annotatorstats
     (project_id, user_id, day, judged, judged_today, skipped_today, time_today_ms)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+VALUES (%(project)s, %(user)s, %(day)s, %(judged)s, %(judged)s, %(skipped)s, %(time_ms)s)
 ON CONFLICT (project_id, user_id) DO UPDATE SET
     judged = annotation_annotatorstats.judged + excluded.judged,
     judged_today = CASE WHEN annotation_annotatorstats.day = excluded.day
@@ -88,7 +88,8 @@ def bump_stats(
 ) -> AnnotatorDay:
     """Count a submit or skip in the annotator's stats (one upsert, in the caller's transaction)."""
     today = now.date()
-    row = rows.fetch_one(_BUMP_STATS_SQL, [project_id, user_id, today, judged, judged, skipped, time_ms])
+    params = {"project": project_id, "user": user_id, "day": today, "judged": judged, "skipped": skipped}
+    row = rows.fetch_one(_BUMP_STATS_SQL, {**params, "time_ms": time_ms})
     return AnnotatorDay.from_row(row, today)
 
 
@@ -144,35 +145,54 @@ def reap_expired_leases(now: Any = None) -> int:
     return len(item_ids)
 
 
+@dataclass(frozen=True)
+class Handout:
+    """What a hand-out found: the annotator's lease (None when nothing is left for them) and, where
+    the same statement read them, their counts in the project."""
+
+    assignment: Assignment | None
+    stats: AnnotatorDay | None = None
+
+
 def next_assignment(*, project: Project, user: AbstractBaseUser, rng: random.Random | None = None) -> Assignment | None:
     """The annotator's live lease in this project, or a new one, or None when nothing is left."""
+    return hand_out(project=project, user=user, rng=rng).assignment
+
+
+def hand_out(*, project: Project, user: AbstractBaseUser, rng: random.Random | None = None) -> Handout:
+    """`next_assignment`, with the annotator's counts when they came with it."""
     rng = rng or random.Random()
     reap_expired_leases_throttled()
-    assignment = _lease_next_retrying(project, user, rng)
-    if assignment is None and reap_expired_leases() > 0:
-        assignment = _lease_next_retrying(project, user, rng)  # an expired lease may have freed a slot
-    return assignment
+    handout = _lease_next_retrying(project, user, rng)
+    if handout.assignment is None and reap_expired_leases() > 0:
+        handout = _lease_next_retrying(project, user, rng)  # an expired lease may have freed a slot
+    return handout
 
 
-def _lease_next_retrying(project: Project, user: AbstractBaseUser, rng: random.Random) -> Assignment | None:
+def _lease_next_retrying(project: Project, user: AbstractBaseUser, rng: random.Random) -> Handout:
     """Two requests of one annotator (two tabs) can pick the same item at once: a pick whose
     snapshot predates the other's commit still sees the item as never handed to them. The database
-    refuses the second assignment row; the hand-out is then rolled back whole and tried again,
-    and finds the other request's lease."""
+    refuses the second assignment row. On PostgreSQL the hand-out's INSERT then does nothing (ON
+    CONFLICT DO NOTHING, and the item's lease is only counted for a row that went in) and comes
+    back empty, so an empty answer is asked once more, and that finds the other request's lease.
+    Elsewhere the hand-out is rolled back whole and tried again."""
+    if connection.vendor == "postgresql":
+        handout = _lease_next_pg(project, user, rng)
+        return handout if handout.assignment is not None else _lease_next_pg(project, user, rng)
     for attempt in range(3):
         try:
-            return _lease_next(project, user, rng)
+            return Handout(_lease_next(project, user, rng))
         except IntegrityError:
             if attempt == 2:
                 raise
-    return None
+    return Handout(None)
 
 
 _A = Rows(Assignment, "a")
 _I = Rows(Item, "i")
 _P = Rows(Project, "p")
-_ITEM_RETURNED = Rows(Item, "annotation_item")
 _LEASED = Assignment.State.LEASED.value
+MAX_RESPONSES = 16  # JudgmentSchema.response_count_error
 
 _LIVE_SQL = f"""
 SELECT {_A.columns}, {_I.columns}
@@ -184,10 +204,9 @@ LIMIT 1
 
 
 def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) -> Assignment | None:
+    """The hand-out on databases other than PostgreSQL (the embedded SQLite default): the live
+    lease, else a pick and a new assignment in one transaction."""
     now = timezone.now()
-    # The live lease is read outside the hand-out's transaction: if two requests of one annotator
-    # both miss it and both pick, the database refuses the second assignment row and the caller
-    # retries (see `_lease_next_retrying`), which then finds the first one's lease here.
     row = rows.fetch_one(_LIVE_SQL, [user.pk, now, project.pk])
     if row is not None:
         live = _A.load(row)
@@ -216,45 +235,8 @@ def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) ->
     return assignment
 
 
-_PICK_SQL = """
-WITH picked AS (
-    SELECT i.id FROM annotation_item i
-    WHERE i.project_id = %(project)s AND i.status = 'open' AND i.is_gold = %(gold)s {human_slots}
-      AND NOT EXISTS (
-          SELECT 1 FROM annotation_assignment a
-          WHERE a.item_id = i.id AND a.annotator_id + 0 = %(annotator)s
-          OFFSET 0
-      )
-    ORDER BY i.priority DESC, i.id
-    LIMIT 1
-    FOR UPDATE OF i SKIP LOCKED
-)
-UPDATE annotation_item SET leased_count = annotation_item.leased_count + 1
-FROM picked WHERE annotation_item.id = picked.id
-RETURNING {columns}
-"""
-# Routed to humans (the router sent the rest to AI), with a free slot of the item's overlap.
-_HUMAN_SLOTS = "AND i.route IN ('human', 'both') AND i.human_count < %(overlap)s + i.extra_overlap - i.leased_count"
-_PICK_SQL_GOLD = _PICK_SQL.format(human_slots="", columns=_ITEM_RETURNED.columns)
-_PICK_SQL_HUMAN = _PICK_SQL.format(human_slots=_HUMAN_SLOTS, columns=_ITEM_RETURNED.columns)
-
-
 def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | None:
-    """One indexed statement: the best open item with a free slot this annotator has never had,
-    locked with FOR UPDATE SKIP LOCKED (concurrent hand-outs never wait on or share a row) and its
-    lease counted (`leased_count + 1`) in the same statement, which returns the updated row.
-
-    "Never had" is checked item by item through the item's few assignments: `OFFSET 0` keeps
-    PostgreSQL from turning it into an anti-join and `annotator_id + 0` from probing the
-    annotator's index. Left to itself, with statistics not yet gathered on a fresh project, the
-    planner scanned all of the annotator's assignments for every candidate item: 80-90 ms per
-    hand-out after 1,000 judgments, growing with the square of the annotator's history."""
-    if connection.vendor == "postgresql":
-        sql = _PICK_SQL_GOLD if gold else _PICK_SQL_HUMAN
-        params = {"project": project.pk, "gold": gold, "annotator": user.pk, "overlap": project.overlap}
-        row = rows.fetch_one(sql, params)
-        return _ITEM_RETURNED.load(row) if row is not None else None
-    # The embedded SQLite default: the same query through the ORM, then the counter.
+    """The best open item with a free slot this annotator has never had, its lease counted."""
     seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
     qs = Item.objects.filter(project=project, status=Item.Status.OPEN, is_gold=gold).exclude(Exists(seen))
     if not gold:
@@ -265,6 +247,123 @@ def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | Non
         Item.objects.filter(id=item.id).update(leased_count=F("leased_count") + 1)
         item.leased_count += 1
     return item
+
+
+# The hand-out on PostgreSQL is one statement: the live lease if the annotator has one, else a
+# pick, the new assignment and its count on the item, with the annotator's counts beside.
+_LIVE_CTE = f"""live AS (
+    SELECT a.id FROM annotation_assignment a JOIN annotation_item i ON i.id = a.item_id
+    WHERE a.annotator_id = %(annotator)s AND a.state = '{_LEASED}' AND a.expires_at > %(now)s
+      AND i.project_id = %(project)s
+    ORDER BY a.leased_at
+    LIMIT 1
+)"""  # noqa: S608 - a constant
+# One candidate: the best open item with a free slot this annotator has never had, locked with
+# FOR UPDATE SKIP LOCKED (concurrent hand-outs never wait on or share a row). "Never had" is
+# checked item by item through the item's few assignments: `OFFSET 0` keeps PostgreSQL from
+# turning it into an anti-join and `annotator_id + 0` from probing the annotator's index. Left to
+# itself, with statistics not yet gathered on a fresh project, the planner scanned all of the
+# annotator's assignments for every candidate item: 80-90 ms per hand-out after 1,000 judgments,
+# growing with the square of the annotator's history. `NOT EXISTS (SELECT 1 FROM live)` is
+# evaluated once, before any item is read.
+_CANDIDATE = """
+    SELECT i.id, i.num_responses, i.is_gold FROM annotation_item i
+    WHERE NOT EXISTS (SELECT 1 FROM live) {also}
+      AND i.project_id = %(project)s AND i.status = 'open' AND i.is_gold = {gold} {human_slots}
+      AND NOT EXISTS (
+          SELECT 1 FROM annotation_assignment a
+          WHERE a.item_id = i.id AND a.annotator_id + 0 = %(annotator)s
+          OFFSET 0
+      )
+    ORDER BY i.priority DESC, i.id
+    LIMIT 1
+    FOR UPDATE OF i SKIP LOCKED"""
+# Routed to humans (the router sent the rest to AI), with a free slot of the item's overlap.
+_HUMAN_SLOTS = "AND i.route IN ('human', 'both') AND i.human_count < %(overlap)s + i.extra_overlap - i.leased_count"
+_PICK_HUMAN = "picked AS (" + _CANDIDATE.format(also="", gold="false", human_slots=_HUMAN_SLOTS) + ")"
+_PICK_GOLD_FIRST = (
+    "gold AS (" + _CANDIDATE.format(also="", gold="true", human_slots="") + "),\n"  # noqa: S608 - constants
+    "human AS ("
+    + _CANDIDATE.format(also="AND NOT EXISTS (SELECT 1 FROM gold)", gold="false", human_slots=_HUMAN_SLOTS)
+    + "),\npicked AS (SELECT * FROM gold UNION ALL SELECT * FROM human)"
+)
+# The display order: a random permutation of 0..15 from Python's rng, of which the item's
+# num_responses smallest values, in their order, are a uniformly random order of its responses.
+_ORDER_SQL = (
+    "(SELECT jsonb_agg(x ORDER BY o) FROM unnest(%(perm)s::int[]) WITH ORDINALITY u(x, o) WHERE x < p.num_responses)"
+)
+_MADE = Rows(Assignment, "made")
+_BUMPED = Rows(Item, "bumped")
+_ASSIGNMENT_COLUMNS = ", ".join(f'"{f.column}"' for f in _A.fields)
+_ITEM_COLUMNS = ", ".join(f'annotation_item."{f.column}"' for f in _I.fields)
+_STATS_COLUMNS = ("day", "judged", "judged_today", "skipped_today", "time_today_ms")
+_NEXT_SQL = """
+WITH {live},
+{picks},
+made AS (
+    INSERT INTO annotation_assignment ({cols}) SELECT {values} FROM picked p
+    ON CONFLICT DO NOTHING
+    RETURNING {a_returned}
+),
+bumped AS (
+    UPDATE annotation_item SET leased_count = annotation_item.leased_count + 1
+    FROM made WHERE annotation_item.id = made.item_id
+    RETURNING {i_returned}
+),
+stats AS (
+    SELECT {stats} FROM annotation_annotatorstats WHERE project_id = %(project)s AND user_id = %(annotator)s
+)
+SELECT {made}, {bumped}, {stats_out} FROM made JOIN bumped ON bumped.id = made.item_id LEFT JOIN stats ON true
+UNION ALL
+SELECT {a}, {i}, {stats_out} FROM live
+    JOIN annotation_assignment a ON a.id = live.id JOIN annotation_item i ON i.id = a.item_id LEFT JOIN stats ON true
+"""
+_NEXT_SQL_CACHE: dict[bool, str] = {}
+
+
+def _next_sql(gold_first: bool, cols: str, values: str) -> str:
+    sql = _NEXT_SQL_CACHE.get(gold_first)
+    if sql is None:
+        sql = _NEXT_SQL_CACHE[gold_first] = _NEXT_SQL.format(
+            live=_LIVE_CTE,
+            picks=_PICK_GOLD_FIRST if gold_first else _PICK_HUMAN,
+            cols=cols,
+            values=values,
+            a_returned=_ASSIGNMENT_COLUMNS,
+            i_returned=_ITEM_COLUMNS,
+            stats=", ".join(_STATS_COLUMNS),
+            made=_MADE.columns,
+            bumped=_BUMPED.columns,
+            a=_A.columns,
+            i=_I.columns,
+            stats_out=", ".join(f"stats.{c}" for c in _STATS_COLUMNS),
+        )
+    return sql
+
+
+def _lease_next_pg(project: Project, user: AbstractBaseUser, rng: random.Random) -> Handout:
+    now = timezone.now()
+    gold_first = project.gold_rate > 0 and rng.random() < project.gold_rate
+    perm = list(range(MAX_RESPONSES))
+    rng.shuffle(perm)
+    given = {
+        "uuid": uuid.uuid4(),
+        "annotator_id": user.pk,
+        "state": _LEASED,
+        "leased_at": now,
+        "expires_at": now + timedelta(seconds=project.lease_seconds),
+    }
+    exprs = {"item_id": "p.id", "is_gold": "p.is_gold", "response_order": _ORDER_SQL}
+    cols, values, params = rows.insert_parts(Assignment, given, exprs)
+    params.update(annotator=user.pk, project=project.pk, now=now, overlap=project.overlap, perm=perm)
+    row = rows.fetch_one(_next_sql(gold_first, cols, values), params)
+    if row is None:
+        return Handout(None)
+    assignment = _A.load(row)
+    assignment.item = _I.load(row, _A.width)
+    stats_row = row[_A.width + _I.width :]
+    stats = AnnotatorDay.from_row(stats_row if stats_row[0] is not None else None, now.date())
+    return Handout(assignment, stats)
 
 
 def to_stored_order(payload: dict[str, Any], order: list[int]) -> dict[str, Any]:
@@ -355,69 +454,104 @@ def submit(
     sql = _SUBMIT_LOCK_SQL.format(by=by)
     if connection.features.has_select_for_update_of:
         sql += " FOR UPDATE OF a, i"
-    with transaction.atomic():
-        row = rows.fetch_one(sql, [user.pk, user.pk, *params])
-        assignment = None
-        if row is not None:
-            assignment = _A.load(row)
-            assignment.item = _I.load(row, _A.width)
-            assignment.item.project = _P.load(row, _A.width + _I.width)
-            assignment.labeler_id = row[-1]
-        if assignment is None:
-            raise NoSuchAssignmentError("no such assignment")
-        if assignment.state == Assignment.State.SUBMITTED:
-            first = Judgment.objects.get(assignment=assignment)
-            first.item = assignment.item
-            return Submitted(first, created=False)
-        if assignment.state == Assignment.State.SKIPPED:
-            raise QueueError("this item was skipped; it can no longer be answered")
-        item = assignment.item  # locked with the assignment
-        project = item.project
-        now = timezone.now()
-        lease_live = assignment.state == Assignment.State.LEASED
-        if lease_live and assignment.expires_at <= now:
-            # Expired but not reaped yet: reap it here, under the item lock.
-            lease_live = False
-            item.leased_count = max(0, item.leased_count - 1)
-        if (
-            not lease_live
-            and not item.is_gold
-            and item.human_count + item.leased_count >= project.overlap + item.extra_overlap
-        ):
-            raise QueueError("the lease on this item ran out and it went to another annotator")
-        schema = project.judgment_schema
-        stored = to_stored_order(payload, assignment.response_order)
-        parsed = schema.validate_payload(stored, item.response_texts)
-        canonical = parsed.model_dump(exclude_none=True)
-        elapsed_ms = int((now - assignment.leased_at).total_seconds() * 1000)
-        spent = elapsed_ms if time_spent_ms is None else max(0, min(int(time_spent_ms), elapsed_ms))
-        fields = {
-            "uuid": uuid.uuid4(),
-            "item_id": item.pk,
-            "labeler_id": assignment.labeler_id or human_labeler(user).pk,
-            "assignment_id": assignment.pk,
-            "payload": canonical,
-            "schema_version": project.schema_version,
-            "guidelines_version": project.guidelines_version,
-            "response_order": assignment.response_order,
-            "time_spent_ms": spent,
-            "gold_score": gold_score(schema, canonical, item.gold_answer) if item.is_gold else None,
-            "created_at": now,
-        }
-        judgment = Judgment(id=rows.insert(Judgment, fields), **fields)
-        judgment._state.adding = False
-        judgment.item = item
-        assignment.state = Assignment.State.SUBMITTED
-        assignment.finished_at = now
-        item.human_count += 1
-        if lease_live:
-            item.leased_count = max(0, item.leased_count - 1)
-        if (
-            not item.is_gold
-            and item.status == Item.Status.OPEN
-            and item.human_count >= project.overlap + item.extra_overlap
-        ):
-            item.status = Item.Status.DONE
+    # No savepoint: inside a caller's transaction (the view's, which also leases the next item)
+    # this is part of it. A refusal is raised after the block, so it happens before any write and
+    # leaves the caller's transaction usable.
+    with transaction.atomic(savepoint=False):
+        try:
+            return _submit_locked(sql, [user.pk, user.pk, *params], user, payload, time_spent_ms)
+        except (QueueError, PayloadError) as exc:
+            refused = exc
+    raise refused
+
+
+def _submit_locked(
+    sql: str, params: list[Any], user: AbstractBaseUser, payload: dict[str, Any], time_spent_ms: int | None
+) -> Submitted:
+    row = rows.fetch_one(sql, params)
+    assignment = None
+    if row is not None:
+        assignment = _A.load(row)
+        assignment.item = _I.load(row, _A.width)
+        assignment.item.project = _P.load(row, _A.width + _I.width)
+        assignment.labeler_id = row[-1]
+    if assignment is None:
+        raise NoSuchAssignmentError("no such assignment")
+    if assignment.state == Assignment.State.SUBMITTED:
+        first = Judgment.objects.get(assignment=assignment)
+        first.item = assignment.item
+        return Submitted(first, created=False)
+    if assignment.state == Assignment.State.SKIPPED:
+        raise QueueError("this item was skipped; it can no longer be answered")
+    item = assignment.item  # locked with the assignment
+    project = item.project
+    now = timezone.now()
+    lease_live = assignment.state == Assignment.State.LEASED
+    if lease_live and assignment.expires_at <= now:
+        # Expired but not reaped yet: reap it here, under the item lock.
+        lease_live = False
+        item.leased_count = max(0, item.leased_count - 1)
+    if (
+        not lease_live
+        and not item.is_gold
+        and item.human_count + item.leased_count >= project.overlap + item.extra_overlap
+    ):
+        raise QueueError("the lease on this item ran out and it went to another annotator")
+    schema = project.judgment_schema
+    stored = to_stored_order(payload, assignment.response_order)
+    parsed = schema.validate_payload(stored, item.response_texts)
+    canonical = parsed.model_dump(exclude_none=True)
+    elapsed_ms = int((now - assignment.leased_at).total_seconds() * 1000)
+    spent = elapsed_ms if time_spent_ms is None else max(0, min(int(time_spent_ms), elapsed_ms))
+    fields = {
+        "uuid": uuid.uuid4(),
+        "item_id": item.pk,
+        "labeler_id": assignment.labeler_id or human_labeler(user).pk,
+        "assignment_id": assignment.pk,
+        "payload": canonical,
+        "schema_version": project.schema_version,
+        "guidelines_version": project.guidelines_version,
+        "response_order": assignment.response_order,
+        "time_spent_ms": spent,
+        "gold_score": gold_score(schema, canonical, item.gold_answer) if item.is_gold else None,
+        "created_at": now,
+    }
+    assignment.state = Assignment.State.SUBMITTED
+    assignment.finished_at = now
+    item.human_count += 1
+    if lease_live:
+        item.leased_count = max(0, item.leased_count - 1)
+    if (
+        not item.is_gold
+        and item.status == Item.Status.OPEN
+        and item.human_count >= project.overlap + item.extra_overlap
+    ):
+        item.status = Item.Status.DONE
+    judgment_id, stats = _write_submit(fields, assignment, item, user, spent)
+    judgment = Judgment(id=judgment_id, **fields)
+    judgment._state.adding = False
+    judgment.item = item
+    return Submitted(judgment, created=True, stats=stats)
+
+
+_SUBMIT_WRITES_SQL = """
+WITH j AS (INSERT INTO annotation_judgment ({cols}) VALUES ({values}) RETURNING id),
+a AS (UPDATE annotation_assignment SET state = %(state)s, finished_at = %(now)s WHERE id = %(assignment)s),
+i AS (UPDATE annotation_item SET human_count = %(human)s, leased_count = %(leased)s, status = %(status)s
+      WHERE id = %(item)s),
+s AS ({bump})
+SELECT j.id, s.day, s.judged, s.judged_today, s.skipped_today, s.time_today_ms FROM j, s
+"""
+
+
+def _write_submit(
+    fields: dict[str, Any], assignment: Assignment, item: Item, user: AbstractBaseUser, spent: int
+) -> tuple[int, AnnotatorDay]:
+    """Store the judgment, close the assignment, count it on the item and in the annotator's
+    stats: one statement on PostgreSQL (data-modifying CTEs), four elsewhere."""
+    now = assignment.finished_at
+    if connection.vendor != "postgresql":
+        judgment_id = rows.insert(Judgment, fields)
         with connection.cursor() as cursor:
             cursor.execute(
                 "UPDATE annotation_assignment SET state = %s, finished_at = %s WHERE id = %s",
@@ -427,8 +561,27 @@ def submit(
                 "UPDATE annotation_item SET human_count = %s, leased_count = %s, status = %s WHERE id = %s",
                 [item.human_count, item.leased_count, item.status, item.pk],
             )
-        stats = bump_stats(project_id=project.pk, user_id=user.pk, now=now, judged=1, time_ms=spent)
-    return Submitted(judgment, created=True, stats=stats)
+        stats = bump_stats(project_id=item.project_id, user_id=user.pk, now=now, judged=1, time_ms=spent)
+        return judgment_id, stats
+    cols, values, params = rows.insert_parts(Judgment, fields)
+    params.update(
+        state=assignment.state,
+        now=now,
+        assignment=assignment.pk,
+        human=item.human_count,
+        leased=item.leased_count,
+        status=item.status,
+        item=item.pk,
+        project=item.project_id,
+        user=user.pk,
+        day=now.date(),
+        judged=1,
+        skipped=0,
+        time_ms=spent,
+    )
+    sql = _SUBMIT_WRITES_SQL.format(cols=cols, values=values, bump=_BUMP_STATS_SQL)
+    row = rows.fetch_one(sql, params)
+    return row[0], AnnotatorDay.from_row(row[1:], now.date())
 
 
 def skip(*, assignment_id: int, user: AbstractBaseUser, reason: str = "", flag: bool = False) -> Assignment:

@@ -61,27 +61,41 @@ def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
         return cursor.fetchone()
 
 
-def insert(model: type[models.Model], values: dict[str, Any]) -> int:
-    """INSERT one row with the fields given (by attname, prepared as the ORM prepares them) and the
-    model's defaults for the rest; returns the new id."""
-    opts = model._meta
-    fields = [f for f in opts.concrete_fields if not f.primary_key]
-    cols, params = [], []
-    for f in fields:
+def insert_parts(
+    model: type[models.Model], values: dict[str, Any], exprs: dict[str, str] | None = None
+) -> tuple[str, str, dict[str, Any]]:
+    """The pieces of an INSERT of one `model` row: its column list, its value list and the named
+    parameters (`%(f_<attname>)s`) those values use. Fields in `values` are prepared as the ORM
+    prepares them, fields in `exprs` are SQL expressions written by the caller, and every other
+    field takes the model's default."""
+    exprs = exprs or {}
+    cols, marks, params = [], [], {}
+    for f in model._meta.concrete_fields:
+        if f.primary_key:
+            continue
+        cols.append(f'"{f.column}"')
+        if f.attname in exprs:
+            marks.append(exprs[f.attname])
+            continue
         if f.attname in values:
             value = values[f.attname]
         elif getattr(f, "auto_now_add", False) or getattr(f, "auto_now", False):
             value = timezone.now()
         else:
             value = f.get_default()  # the field's default, else "" or None as the model would
-        cols.append(f'"{f.column}"')
-        params.append(f.get_db_prep_save(value, connection))
-    names, marks = ", ".join(cols), ", ".join(["%s"] * len(cols))
+        marks.append(f"%(f_{f.attname})s")
+        params[f"f_{f.attname}"] = f.get_db_prep_save(value, connection)
+    return ", ".join(cols), ", ".join(marks), params
+
+
+def insert(model: type[models.Model], values: dict[str, Any]) -> int:
+    """INSERT one row with the fields given (by attname, prepared as the ORM prepares them) and the
+    model's defaults for the rest; returns the new id."""
+    cols, marks, params = insert_parts(model, values)
+    opts = model._meta
     # Names from the model's metadata, values as parameters.
-    sql = f'INSERT INTO "{opts.db_table}" ({names}) VALUES ({marks}) RETURNING "{opts.pk.column}"'  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()[0]
+    sql = f'INSERT INTO "{opts.db_table}" ({cols}) VALUES ({marks}) RETURNING "{opts.pk.column}"'  # noqa: S608
+    return fetch_one(sql, params)[0]
 
 
 _BY_PK: dict[type[models.Model], tuple[Rows[Any], str]] = {}

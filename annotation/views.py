@@ -172,18 +172,20 @@ def _item_context(
 @require_GET
 def annotate(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug)
-    assignment = queue.next_assignment(project=project, user=request.user)
+    handout = queue.hand_out(project=project, user=request.user)
     template = "annotation/annotate.html"
     if request.htmx:
         template += "#item"
-    return render(request, template, _item_context(request, project, assignment))
+    return render(request, template, _item_context(request, project, handout.assignment, handout.stats))
 
 
 def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
     if not request.htmx:
         return redirect("annotation:annotate", slug=project.slug)
-    assignment = queue.next_assignment(project=project, user=request.user)
-    return render(request, "annotation/annotate.html#item", _item_context(request, project, assignment))
+    handout = queue.hand_out(project=project, user=request.user)
+    return render(
+        request, "annotation/annotate.html#item", _item_context(request, project, handout.assignment, handout.stats)
+    )
 
 
 @login_required
@@ -198,7 +200,7 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
                 assignment_uuid=assignment_uuid, user=request.user, payload=payload, time_spent_ms=time_ms
             )
             project = submitted.judgment.item.project
-            following = queue.next_assignment(project=project, user=request.user) if request.htmx else None
+            following = queue.hand_out(project=project, user=request.user).assignment if request.htmx else None
     except queue.NoSuchAssignmentError:
         raise Http404("No such assignment.") from None
     except json.JSONDecodeError:
