@@ -354,6 +354,9 @@ class Assignment(models.Model):
             models.Index(fields=["annotator", "state"], name="assignment_annotator_state"),
             models.Index(fields=["annotator", "finished_at"], name="assignment_annotator_finished"),
             models.Index(fields=["state", "expires_at"], name="assignment_state_expiry"),
+            # The annotator's live lease, read on every hand-out: only leased rows, so the lookup
+            # stays one probe however many items the annotator has finished.
+            models.Index(fields=["annotator", "expires_at"], condition=Q(state="leased"), name="assignment_live_lease"),
         ]
 
     def __str__(self) -> str:
