@@ -261,6 +261,8 @@ class Item(models.Model):
         ]
         indexes = [
             models.Index(fields=["project", "status", "id"], name="item_project_status"),
+            # The progress strip's totals (items to judge, items done) counted from the index alone.
+            models.Index(fields=["project", "status"], condition=Q(is_gold=False), name="item_totals"),
             models.Index(
                 "project",
                 models.F("priority").desc(),
