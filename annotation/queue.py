@@ -177,8 +177,12 @@ def _lease_next_retrying(project: Project, user: AbstractBaseUser, rng: random.R
     back empty, so an empty answer is asked once more, and that finds the other request's lease.
     Elsewhere the hand-out is rolled back whole and tried again."""
     if connection.vendor == "postgresql":
-        handout = _lease_next_pg(project, user, rng)
-        return handout if handout.assignment is not None else _lease_next_pg(project, user, rng)
+        # One draw for both tries, so an empty queue does not raise the rate of gold items.
+        gold_first = project.gold_rate > 0 and rng.random() < project.gold_rate
+        perm = list(range(MAX_RESPONSES))
+        rng.shuffle(perm)
+        handout = _lease_next_pg(project, user, gold_first, perm)
+        return handout if handout.assignment is not None else _lease_next_pg(project, user, gold_first, perm)
     for attempt in range(3):
         try:
             return Handout(_lease_next(project, user, rng))
@@ -341,11 +345,8 @@ def _next_sql(gold_first: bool, cols: str, values: str) -> str:
     return sql
 
 
-def _lease_next_pg(project: Project, user: AbstractBaseUser, rng: random.Random) -> Handout:
+def _lease_next_pg(project: Project, user: AbstractBaseUser, gold_first: bool, perm: list[int]) -> Handout:
     now = timezone.now()
-    gold_first = project.gold_rate > 0 and rng.random() < project.gold_rate
-    perm = list(range(MAX_RESPONSES))
-    rng.shuffle(perm)
     given = {
         "uuid": uuid.uuid4(),
         "annotator_id": user.pk,

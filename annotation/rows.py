@@ -54,11 +54,32 @@ class Rows(Generic[M]):
         return self.model.from_db(connection.alias, self.attnames, values)
 
 
-def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+def cursor() -> Any:
+    """A Django cursor for the hand-written statements. On PostgreSQL with a `prepare_threshold`
+    in the settings (`DB_PREPARED_STATEMENTS`), its parameters are bound by the server, so psycopg
+    prepares a statement once it has run that many times on the connection and PostgreSQL stops
+    parsing and planning it. The ORM's own cursors keep client-side binding: server-side binding
+    caps a statement at 65,535 parameters, which an `__in` over a large project's items exceeds."""
+    if connection.vendor != "postgresql" or connection.settings_dict["OPTIONS"].get("prepare_threshold") is None:
+        return connection.cursor()
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    raw = connection.connection
+    default = raw.cursor_factory
+    raw.cursor_factory = ServerBindingCursor  # for this one cursor: Django builds it from the factory
+    try:
+        return connection.cursor()
+    finally:
+        raw.cursor_factory = default
+
+
+def fetch_one(sql: str, params: Sequence[Any] | dict[str, Any]) -> tuple[Any, ...] | None:
     """The first row of a hand-written statement, or None."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
+    with cursor() as c:
+        c.execute(sql, params)
+        return c.fetchone()
 
 
 def insert_parts(

@@ -117,12 +117,13 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
         "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
     )
     if env.bool("DB_PREPARED_STATEMENTS", default=True):
-        # Parameters bound by the server, and a statement run 5 times on a connection is prepared
-        # there, so PostgreSQL stops parsing and planning it on every run: the annotation queue's
-        # hand-out and submit statements cost half as much server CPU (bench/annotate). Django
-        # leaves prepare_threshold off unless it is given. Set DB_PREPARED_STATEMENTS=0 behind a
+        # The annotation queue's hand-written statements (annotation/rows.py) run on cursors that
+        # bind parameters on the server, and psycopg prepares one after 5 runs on a connection, so
+        # PostgreSQL stops parsing and planning them each time: half the server CPU of a hand-out
+        # and submit (bench/annotate). The ORM keeps client-side binding (and prepares nothing).
+        # Django leaves prepare_threshold off unless it is given. DB_PREPARED_STATEMENTS=0 behind a
         # pooler in transaction mode that cannot keep prepared statements (PgBouncer before 1.21).
-        DATABASES["default"]["OPTIONS"].update(server_side_binding=True, prepare_threshold=5)
+        DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 5
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The embedded default: web and worker processes share one file; wait for locks, write eagerly.
     DATABASES["default"]["CONN_MAX_AGE"] = 0

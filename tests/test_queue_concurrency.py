@@ -53,3 +53,68 @@ def test_32_threads_never_overfill_an_item_nor_repeat_one_for_an_annotator(make_
     assert len(set(handed)) == len({(i, u) for i, u in handed}) == Assignment.objects.count() == 80
     assert Judgment.objects.count() == 80
     assert set(Item.objects.values_list("status", "human_count", "leased_count")) == {("done", 2, 0)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_annotator_asking_from_16_threads_at_once_keeps_the_lease_counts_exact(make_user, make_project) -> None:
+    """Same-annotator races take the hand-out's ON CONFLICT path (a pick whose snapshot predates
+    the other request's assignment): the refused row must count nothing on the item."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locking needs PostgreSQL")
+    project = make_project("tabs", overlap=2)
+    import_items(project=project, fileobj=jsonl([pair_row(i) for i in range(10)]))
+    user = make_user("tabs")
+    membership_set(project=project, user=user, role=Membership.Role.ANNOTATOR)
+    barrier = threading.Barrier(16)
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            barrier.wait()
+            a = queue.next_assignment(project=project, user=user)
+            got.append(a.item_id)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert len(got) == 16
+    leased = Counter(Assignment.objects.filter(state="leased").values_list("item_id", flat=True))
+    assert set(got) == set(leased)  # every answer is a lease that exists
+    assert max(leased.values()) == 1  # never one item twice to the annotator
+    counts = dict(Item.objects.filter(project=project).values_list("id", "leased_count"))
+    assert all(counts[item] == leased.get(item, 0) for item in counts)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_queue_statements_are_prepared_and_the_orm_binds_on_the_client(make_user, make_project) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    if connection.settings_dict["OPTIONS"].get("prepare_threshold") is None:
+        pytest.skip("turned off (DB_PREPARED_STATEMENTS=0)")
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    from annotation import rows
+
+    project = make_project("prepared", overlap=1)
+    import_items(project=project, fileobj=jsonl([pair_row(i) for i in range(10)]))
+    user = make_user("prep")
+    membership_set(project=project, user=user, role=Membership.Role.ANNOTATOR)
+    for _ in range(7):
+        a = queue.next_assignment(project=project, user=user)
+        queue.submit(assignment_id=a.id, user=user, payload={"pairwise": {"choice": "A", "strength": 1}})
+    with connection.cursor() as c:
+        assert not isinstance(c.cursor, ServerBindingCursor)  # the ORM: no 65,535-parameter cap
+        c.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [r[0] for r in c.fetchall()]
+    with rows.cursor() as c:
+        assert isinstance(c.cursor, ServerBindingCursor)
+    assert any("WITH live AS" in s for s in prepared), prepared  # the hand-out
+    assert any("WITH j AS (INSERT INTO annotation_judgment" in s for s in prepared), prepared  # the submit's writes

@@ -3,8 +3,11 @@
 from django.conf import settings
 from django.db import migrations, models
 
+from annotation.migration_ops import AddIndexOnline
+
 
 class Migration(migrations.Migration):
+    atomic = False  # CREATE INDEX CONCURRENTLY runs outside a transaction
 
     dependencies = [
         ('annotation', '0009_annotator_stats'),
@@ -12,7 +15,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='assignment',
             index=models.Index(condition=models.Q(('state', 'leased')), fields=['annotator', 'expires_at'], name='assignment_live_lease'),
         ),

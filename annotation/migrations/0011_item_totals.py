@@ -2,15 +2,18 @@
 
 from django.db import migrations, models
 
+from annotation.migration_ops import AddIndexOnline
+
 
 class Migration(migrations.Migration):
+    atomic = False  # CREATE INDEX CONCURRENTLY runs outside a transaction
 
     dependencies = [
         ('annotation', '0010_assignment_live_lease'),
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='item',
             index=models.Index(condition=models.Q(('is_gold', False)), fields=['project', 'status'], name='item_totals'),
         ),

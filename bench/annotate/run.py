@@ -7,9 +7,11 @@ Each simulated annotator is its own user with its own session, and loops: GET th
 (the htmx partial the page loads) then POST its submit (which answers with the following item,
 as the page does). Phases: a closed loop with no think time at C = 1, 8 and 32 annotators, then an
 open load at a fixed rate of loops per second (latency counted from each loop's scheduled start,
-so a slow server cannot hide queueing). Afterwards it checks that no item was handed out more than
-the overlap allows and none twice to one annotator. The load generator is a small asyncio HTTP/1.1
-client on keep-alive connections, bounded in requests and time; everything stays on 127.0.0.1.
+so a slow server cannot hide queueing), then a closed phase shaped like the page itself (submits
+only, each answered with the next item; `--browser 0` skips it). Afterwards it checks that no item
+was handed out more than the overlap allows and none twice to one annotator. The load generator is
+a small asyncio HTTP/1.1 client on keep-alive connections, bounded in requests and time; everything
+stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -212,6 +214,11 @@ class Stats:
         self.loops = 0
 
 
+FORM = urllib.parse.urlencode(
+    {"payload": json.dumps({"pairwise": {"choice": "A", "strength": 1}}), "time_ms": "1000"}
+).encode()
+
+
 async def one_loop(conn: Conn, stats: Stats, started: float | None = None) -> None:
     t0 = time.perf_counter()
     status, body = await conn.request("GET", f"/p/{SLUG}/annotate")
@@ -220,9 +227,7 @@ async def one_loop(conn: Conn, stats: Stats, started: float | None = None) -> No
     if status != 200 or not match:
         stats.errors += 1
         return
-    payload = json.dumps({"pairwise": {"choice": "A", "strength": 1}})
-    form = urllib.parse.urlencode({"payload": payload, "time_ms": "1000"}).encode()
-    status, _ = await conn.request("POST", match.group(1).decode(), form)
+    status, _ = await conn.request("POST", match.group(1).decode(), FORM)
     t2 = time.perf_counter()
     if status != 200:
         stats.errors += 1
@@ -240,6 +245,32 @@ async def closed_loop(conns: list[Conn], seconds: float, max_loops: int) -> tupl
     async def worker(conn: Conn) -> None:
         while time.perf_counter() < deadline and stats.loops < max_loops:
             await one_loop(conn, stats)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    return stats, time.perf_counter() - t
+
+
+async def browser_loop(conns: list[Conn], seconds: float, max_loops: int) -> tuple[Stats, float]:
+    """What the page itself does: one GET for the first item, then submits only, each answered with
+    the following item (so "loop" here is one request, and "next" stays empty)."""
+    stats = Stats()
+    deadline = time.perf_counter() + seconds
+
+    async def worker(conn: Conn) -> None:
+        status, body = await conn.request("GET", f"/p/{SLUG}/annotate")
+        while time.perf_counter() < deadline and stats.loops < max_loops:
+            match = SUBMIT_RE.search(body)
+            if status != 200 or not match:
+                stats.errors += 1
+                return
+            t0 = time.perf_counter()
+            status, body = await conn.request("POST", match.group(1).decode(), FORM)
+            elapsed = (time.perf_counter() - t0) * 1000
+            if status == 200:
+                stats.lat["submit"].append(elapsed)
+                stats.lat["loop"].append(elapsed)
+                stats.loops += 1
 
     t = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in conns))
@@ -340,6 +371,14 @@ async def main_async(args: argparse.Namespace, port: int, cookies: list[dict[str
     row = report(f"open {args.rate:g} loops/s", stats, elapsed, before)
     row["late_starts"] = late
     rows.append(row)
+    for conn in conns:
+        conn.close()
+    if args.browser:
+        conns = [Conn(port, cookies[i]) for i in range(args.browser)]
+        await browser_loop(conns, 2, 10**9)
+        before = cpu_seconds()
+        stats, elapsed = await browser_loop(conns, args.duration, args.max_loops)
+        rows.append(report(f"page C={args.browser}", stats, elapsed, before))
     return rows
 
 
@@ -350,6 +389,13 @@ def main() -> None:
     parser.add_argument("--max-loops", type=int, default=20_000, help="bound per closed-loop phase")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rate", type=float, default=100.0, help="loops/s of the open-load phase")
+    parser.add_argument(
+        "--browser",
+        type=int,
+        default=32,
+        help="annotators of a last closed phase shaped like the page: submits only, each answered with "
+        "the next item (0: skip it)",
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--port", type=int, default=8765)
@@ -361,7 +407,7 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     db_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/prefloop_bench_annotate")
-    annotators = max(max(args.concurrency), 32)
+    annotators = max(max(args.concurrency), args.browser, 32)
     env = bench_env(db_url, OUT / "var", SESSION_COOKIE_SECURE="0", CSRF_COOKIE_SECURE="0")
     t = time.perf_counter()
     if args.reuse_database:
