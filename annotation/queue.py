@@ -446,7 +446,9 @@ def submit(
 ) -> Submitted:
     """Store the annotator's judgment for this assignment (by id, or by the uuid the page holds:
     then the annotator must still be a member of its project). Idempotent: a second submit of the
-    same assignment returns the first judgment unchanged."""
+    same assignment returns the first judgment unchanged. Inside a caller's transaction it takes
+    no savepoint: a refusal (QueueError, PayloadError) leaves that transaction usable, but a
+    database error inside it spoils the caller's whole transaction."""
     if assignment_uuid is not None:
         by = "a.uuid = %s AND EXISTS (SELECT 1 FROM annotation_membership m WHERE m.project_id = p.id AND m.user_id = %s)"  # noqa: E501
         params = [_UUID_FIELD.get_db_prep_value(assignment_uuid, connection), user.pk]
