@@ -322,13 +322,14 @@ UNION ALL
 SELECT {a}, {i}, {stats_out} FROM live
     JOIN annotation_assignment a ON a.id = live.id JOIN annotation_item i ON i.id = a.item_id LEFT JOIN stats ON true
 """
-_NEXT_SQL_CACHE: dict[bool, str] = {}
+_NEXT_SQL_CACHE: dict[tuple[bool, str, str], str] = {}
 
 
 def _next_sql(gold_first: bool, cols: str, values: str) -> str:
-    sql = _NEXT_SQL_CACHE.get(gold_first)
+    key = (gold_first, cols, values)
+    sql = _NEXT_SQL_CACHE.get(key)
     if sql is None:
-        sql = _NEXT_SQL_CACHE[gold_first] = _NEXT_SQL.format(
+        sql = _NEXT_SQL_CACHE[key] = _NEXT_SQL.format(
             live=_LIVE_CTE,
             picks=_PICK_GOLD_FIRST if gold_first else _PICK_HUMAN,
             cols=cols,
@@ -537,14 +538,22 @@ def _submit_locked(
     return Submitted(judgment, created=True, stats=stats)
 
 
-_SUBMIT_WRITES_SQL = """
-WITH j AS (INSERT INTO annotation_judgment ({cols}) VALUES ({values}) RETURNING id),
-a AS (UPDATE annotation_assignment SET state = %(state)s, finished_at = %(now)s WHERE id = %(assignment)s),
-i AS (UPDATE annotation_item SET human_count = %(human)s, leased_count = %(leased)s, status = %(status)s
-      WHERE id = %(item)s),
-s AS ({bump})
+# A submit's writes after its judgment, each written once: run one by one, or on PostgreSQL as
+# the data-modifying CTEs of one statement with the judgment's INSERT.
+_CLOSE_ASSIGNMENT_SQL = (
+    "UPDATE annotation_assignment SET state = %(state)s, finished_at = %(now)s WHERE id = %(assignment)s"
+)
+_COUNT_ON_ITEM_SQL = (
+    "UPDATE annotation_item SET human_count = %(human)s, leased_count = %(leased)s, status = %(status)s "
+    "WHERE id = %(item)s"
+)
+_SUBMIT_WRITES_SQL = f"""
+WITH j AS (INSERT INTO annotation_judgment ({{cols}}) VALUES ({{values}}) RETURNING id),
+a AS ({_CLOSE_ASSIGNMENT_SQL}),
+i AS ({_COUNT_ON_ITEM_SQL}),
+s AS ({_BUMP_STATS_SQL})
 SELECT j.id, s.day, s.judged, s.judged_today, s.skipped_today, s.time_today_ms FROM j, s
-"""
+"""  # noqa: S608 - constants; the judgment's columns come from the model's metadata
 
 
 def _write_submit(
@@ -553,37 +562,29 @@ def _write_submit(
     """Store the judgment, close the assignment, count it on the item and in the annotator's
     stats: one statement on PostgreSQL (data-modifying CTEs), four elsewhere."""
     now = assignment.finished_at
+    params = {
+        "state": assignment.state,
+        "now": now,
+        "assignment": assignment.pk,
+        "human": item.human_count,
+        "leased": item.leased_count,
+        "status": item.status,
+        "item": item.pk,
+        "project": item.project_id,
+        "user": user.pk,
+        "day": now.date(),
+        "judged": 1,
+        "skipped": 0,
+        "time_ms": spent,
+    }
     if connection.vendor != "postgresql":
         judgment_id = rows.insert(Judgment, fields)
         with connection.cursor() as cursor:
-            cursor.execute(
-                "UPDATE annotation_assignment SET state = %s, finished_at = %s WHERE id = %s",
-                [assignment.state, now, assignment.pk],
-            )
-            cursor.execute(
-                "UPDATE annotation_item SET human_count = %s, leased_count = %s, status = %s WHERE id = %s",
-                [item.human_count, item.leased_count, item.status, item.pk],
-            )
-        stats = bump_stats(project_id=item.project_id, user_id=user.pk, now=now, judged=1, time_ms=spent)
-        return judgment_id, stats
-    cols, values, params = rows.insert_parts(Judgment, fields)
-    params.update(
-        state=assignment.state,
-        now=now,
-        assignment=assignment.pk,
-        human=item.human_count,
-        leased=item.leased_count,
-        status=item.status,
-        item=item.pk,
-        project=item.project_id,
-        user=user.pk,
-        day=now.date(),
-        judged=1,
-        skipped=0,
-        time_ms=spent,
-    )
-    sql = _SUBMIT_WRITES_SQL.format(cols=cols, values=values, bump=_BUMP_STATS_SQL)
-    row = rows.fetch_one(sql, params)
+            cursor.execute(_CLOSE_ASSIGNMENT_SQL, params)
+            cursor.execute(_COUNT_ON_ITEM_SQL, params)
+        return judgment_id, AnnotatorDay.from_row(rows.fetch_one(_BUMP_STATS_SQL, params), now.date())
+    cols, values, judgment_params = rows.insert_parts(Judgment, fields)
+    row = rows.fetch_one(_SUBMIT_WRITES_SQL.format(cols=cols, values=values), {**params, **judgment_params})
     return row[0], AnnotatorDay.from_row(row[1:], now.date())
 
 
