@@ -111,6 +111,10 @@ DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", defau
 # A persistent connection is checked before its first use in each request, so one that died with
 # a database restart is replaced instead of failing the request.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # The same backend, with a per-request health check that needs no round trip while the
+    # connection is quiet (config/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "config.postgresql"
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # Fail fast (then answer 503, config/reliability.py) when the server is unreachable, e.g. mid-failover.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(

@@ -483,3 +483,39 @@ def test_database_errors_answer_503_with_retry_after_wherever_they_are_raised(rf
         raise ValueError("a bug")
     except ValueError:
         assert server_error(rf.get("/")).status_code == 500
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_health_check_asks_the_server_only_once_something_arrived(monkeypatch: Any) -> None:
+    """config.postgresql: a quiet connection passes the per-request check without a round trip;
+    one whose server went away (here, its backend terminated) is checked, closed and replaced."""
+    from django.db import connections
+    from django.db.backends.postgresql.base import DatabaseWrapper as DjangoWrapper
+
+    asked: list[int] = []
+    real = DjangoWrapper.is_usable
+    monkeypatch.setattr(DjangoWrapper, "is_usable", lambda self: asked.append(1) or real(self))
+    conn = connections.create_connection("default")
+    try:
+        assert type(conn).__module__ == "config.postgresql.base"
+        conn.ensure_connection()
+        assert conn.health_check_enabled
+        pid = conn.connection.info.backend_pid
+        for _ in range(3):  # three requests in a row on a quiet connection
+            conn.health_check_done = False
+            conn.close_if_health_check_failed()
+        assert asked == [] and conn.connection is not None
+
+        with connection.cursor() as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        deadline = time.monotonic() + 10
+        while conn._quiet() and time.monotonic() < deadline:  # the server's goodbye is on its way
+            time.sleep(0.05)
+        conn.health_check_done = False
+        conn.close_if_health_check_failed()
+        assert asked == [1] and conn.connection is None  # asked, found dead, closed
+        with conn.cursor() as cursor:  # the next use opens a new connection
+            cursor.execute("SELECT pg_backend_pid()")
+            assert cursor.fetchone()[0] != pid
+    finally:
+        conn.close()
