@@ -21,7 +21,7 @@ from tests.conftest import jsonl, login, pair_row, settings_probe
 from tests.test_idor import World, _url, build_world, site_routes
 
 EXPECTED_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
     "img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'self'; "
     "frame-ancestors 'none'; form-action 'self'"
 )
