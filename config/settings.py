@@ -194,7 +194,6 @@ SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 360
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=False)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
@@ -203,6 +202,10 @@ X_FRAME_OPTIONS = "DENY"
 # Reverse proxies in front of the app whose X-Forwarded-For is trusted (client address for the
 # login rate limit and the audit log).
 NUM_PROXIES = env.int("NUM_PROXIES", default=0)
+# The client's scheme from X-Forwarded-Proto, but only behind those proxies: one we run sets the
+# header and drops what the client sent. Served directly, a client could claim HTTPS with it and
+# pass for a secure request (CSRF's referer rules, SECURE_SSL_REDIRECT).
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if NUM_PROXIES > 0 else None
 # Failed logins allowed per username / per client address within the window (0 = no limit).
 LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=5)
 LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=20)

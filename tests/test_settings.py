@@ -64,3 +64,16 @@ def test_database_url_selects_postgresql_via_psycopg3() -> None:
     result = _start(DEBUG="1", DATABASE_URL="postgres://postgres@127.0.0.1:5432/x")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "config.postgresql"  # Django's, with a cheaper health check
+
+
+def test_x_forwarded_proto_is_trusted_only_behind_declared_proxies() -> None:
+    probe = (
+        "import django; django.setup(); from django.test import RequestFactory; "
+        "print(RequestFactory().get('/', HTTP_X_FORWARDED_PROTO='https').is_secure())"
+    )
+    served_directly = settings_probe(probe, drop=("NUM_PROXIES",), DEBUG="1")
+    assert served_directly.returncode == 0, served_directly.stderr
+    assert served_directly.stdout.strip() == "False"  # a client cannot claim HTTPS
+    behind_proxy = settings_probe(probe, DEBUG="1", NUM_PROXIES="1")
+    assert behind_proxy.returncode == 0, behind_proxy.stderr
+    assert behind_proxy.stdout.strip() == "True"
