@@ -127,11 +127,15 @@ class _CappedReader(io.RawIOBase):
         data = self._inner.read(len(buffer))
         self._left -= len(data)
         if self._left < 0:
-            limit = settings.IMPORT_MAX_DECOMPRESSED_BYTES
-            message = f"the file decompresses to more than {limit:,} bytes (IMPORT_MAX_DECOMPRESSED_BYTES)"
-            raise ImportRefused([RowError(0, message)])
+            raise _too_large_decompressed()
         buffer[: len(data)] = data
         return len(data)
+
+
+def _too_large_decompressed() -> ImportRefused:
+    limit = settings.IMPORT_MAX_DECOMPRESSED_BYTES
+    message = f"the file decompresses to more than {limit:,} bytes (IMPORT_MAX_DECOMPRESSED_BYTES)"
+    return ImportRefused([RowError(0, message)])
 
 
 def detect_format(head: bytes) -> str:
@@ -326,8 +330,18 @@ def _parquet_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | Row
         pf = pq.ParquetFile(stream)
     except (pa.ArrowException, OSError) as exc:
         raise ImportRefused([RowError(0, f"not a readable Parquet file: {exc}")]) from None
-    n = 0
+    # A Parquet file is compressed column by column: a few kilobytes can hold gigabytes of text.
+    # Its metadata says how large the data is uncompressed, so a bomb is refused before any of it
+    # is read; what is actually decoded is counted too, in case the metadata understates it.
+    limit = settings.IMPORT_MAX_DECOMPRESSED_BYTES
+    meta = pf.metadata
+    if sum(meta.row_group(k).total_byte_size for k in range(meta.num_row_groups)) > limit:
+        raise _too_large_decompressed()
+    n = decoded = 0
     for batch in pf.iter_batches(batch_size=1024):
+        decoded += batch.nbytes
+        if decoded > limit:
+            raise _too_large_decompressed()
         for row in batch.to_pylist():
             n += 1
             yield n, {k: v for k, v in row.items() if v is not None}

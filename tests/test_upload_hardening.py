@@ -1,7 +1,8 @@
-"""Bad uploads, through the upload page and through the API: too large, a gzip bomb, the wrong
-encoding, binary garbage, an archive or image named .jsonl, malformed JSON lines, an empty file,
-a CSV with a 10 MB field. Each is refused with an error that names the problem, and nothing of it
-is stored: no items, no judgments, no imported labelers."""
+"""Bad uploads, through the upload page and through the API: too large, a gzip bomb, a Parquet
+file that decompresses past the cap, the wrong encoding, binary garbage, an archive or image named
+.jsonl, malformed JSON lines, an empty file, a CSV with a 10 MB field. Each is refused with an
+error that names the problem, and nothing of it is stored: no items, no judgments, no imported
+labelers."""
 
 from __future__ import annotations
 
@@ -66,6 +67,19 @@ def _one_huge_line() -> bytes:
 
 
 @cache
+def _parquet_bomb() -> bytes:
+    """A Parquet file of a few kilobytes whose rows come to about 8 MB uncompressed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{**ROW, "id": str(i), "prompt": "a" * 40_000} for i in range(200)]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf, compression="zstd", use_dictionary=False)
+    assert len(buf.getvalue()) < 100_000
+    return buf.getvalue()
+
+
+@cache
 def _huge_csv_field() -> bytes:
     return b"prompt,response_a,response_b,notes\nq,a,b," + b"x" * (10 * 1024 * 1024) + b"\n"
 
@@ -74,6 +88,7 @@ def _huge_csv_field() -> bytes:
 BAD_FILES: list[tuple[str, Any, str]] = [
     ("gzip-bomb-of-zeros", None, "the file is binary (it holds NUL bytes)"),
     ("gzip-bomb-of-rows", _text_bomb, "the file decompresses to more than 1,048,576 bytes"),
+    ("parquet-bomb", _parquet_bomb, "the file decompresses to more than 1,048,576 bytes"),
     ("gzip-one-huge-line", _one_huge_line, "line 1: the line is longer than 33,554,432 characters"),
     (
         "latin-1",
