@@ -262,3 +262,53 @@ def test_annotator_stats_migration_counts_existing_work(project, annotator) -> N
     migration.backfill(apps, None)
     row = AnnotatorStats.objects.get(project=project, user=annotator)
     assert (row.judged, row.judged_today, row.skipped_today, row.time_today_ms) == (3, 2, 1, 3000)
+
+
+def _between_read_and_write(monkeypatch, action) -> None:
+    """Run `action` once, after the optimistic submit has read the lease and before it writes."""
+    real, done = queue._judgment_fields, []
+
+    def fields(*args, **kwargs):
+        if not done:
+            done.append(1)
+            action()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "_judgment_fields", fields)
+
+
+def test_a_submit_whose_lease_is_answered_in_between_returns_that_judgment(team, monkeypatch) -> None:
+    """The other submit of the same lease (another tab, a retry) gets there between this one's read
+    and its write: the gated write writes nothing, and the locking path returns the first judgment."""
+    project, (alice, *_) = team
+    a = queue.next_assignment(project=project, user=alice)
+    first: list[queue.Submitted] = []
+    _between_read_and_write(monkeypatch, lambda: first.append(queue.submit(assignment_id=a.id, user=alice, payload=PW)))
+    second = queue.submit(assignment_id=a.id, user=alice, payload={"pairwise": {"choice": "B", "strength": 2}})
+    assert first[0].created and not second.created and second.judgment.id == first[0].judgment.id
+    assert Judgment.objects.get().payload["pairwise"]["strength"] == 1
+    item = Item.objects.get(id=a.item_id)
+    assert (item.human_count, item.leased_count) == (1, 0)
+
+
+def test_a_submit_whose_lease_is_reaped_in_between_goes_through_the_locking_path(
+    make_user, make_project, curator, monkeypatch
+) -> None:
+    project = make_project("reaped", curator=curator, overlap=1, lease_seconds=60)
+    import_items(project=project, fileobj=jsonl([pair_row(1)]))
+    alice, bob = make_user("a3"), make_user("b3")
+    lease = queue.next_assignment(project=project, user=alice)
+
+    def expire_and_give_to_bob() -> None:
+        past = timezone.now() - timedelta(seconds=1)
+        Assignment.objects.filter(id=lease.id).update(leased_at=past - timedelta(seconds=60), expires_at=past)
+        assert queue.reap_expired_leases() == 1
+        assert queue.next_assignment(project=project, user=bob) is not None
+
+    _between_read_and_write(monkeypatch, expire_and_give_to_bob)
+    with pytest.raises(queue.QueueError, match="went to another annotator"):
+        queue.submit(assignment_id=lease.id, user=alice, payload=PW)
+    assert not Judgment.objects.exists()
+    item = Item.objects.get()
+    assert (item.human_count, item.leased_count, item.status) == (0, 1, "open")  # bob's lease only
+    assert Assignment.objects.get(id=lease.id).state == "expired"

@@ -94,6 +94,45 @@ def test_one_annotator_asking_from_16_threads_at_once_keeps_the_lease_counts_exa
 
 
 @pytest.mark.django_db(transaction=True)
+def test_one_lease_submitted_from_16_threads_at_once_stores_one_judgment(make_user, make_project) -> None:
+    """A double click times sixteen: every submit answers with the same judgment, stored once, and
+    the item is counted once (the optimistic write's gate, then the locking path, under real locks)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locking needs PostgreSQL")
+    project = make_project("clicks", overlap=2)
+    import_items(project=project, fileobj=jsonl([pair_row(i) for i in range(3)]))
+    user = make_user("clicker")
+    membership_set(project=project, user=user, role=Membership.Role.ANNOTATOR)
+    lease = queue.next_assignment(project=project, user=user)
+    barrier = threading.Barrier(16)
+    results: list[tuple[int, bool]] = []
+    errors: list[BaseException] = []
+
+    def click(k: int) -> None:
+        try:
+            barrier.wait()
+            payload = {"pairwise": {"choice": "AB"[k % 2], "strength": 1}}
+            done = queue.submit(assignment_uuid=lease.uuid, user=user, payload=payload)
+            results.append((done.judgment.id, done.created))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=click, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    judgment = Judgment.objects.get()
+    assert {j for j, _ in results} == {judgment.id} and sum(created for _, created in results) == 1
+    item = Item.objects.get(id=lease.item_id)
+    assert (item.human_count, item.leased_count) == (1, 0)
+    assert Assignment.objects.get(id=lease.id).state == "submitted"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_queue_statements_are_prepared_and_the_orm_binds_on_the_client(make_user, make_project) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("prepared statements are PostgreSQL's")
@@ -117,4 +156,4 @@ def test_the_queue_statements_are_prepared_and_the_orm_binds_on_the_client(make_
     with rows.cursor() as c:
         assert isinstance(c.cursor, ServerBindingCursor)
     assert any("WITH live AS" in s for s in prepared), prepared  # the hand-out
-    assert any("WITH j AS (INSERT INTO annotation_judgment" in s for s in prepared), prepared  # the submit's writes
+    assert any("UPDATE annotation_assignment SET state = 'submitted'" in s for s in prepared), prepared  # the submit
