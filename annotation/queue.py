@@ -468,9 +468,8 @@ def submit(
             return done
     if connection.features.has_select_for_update_of:
         sql += " FOR UPDATE OF a, i"
-    # No savepoint: inside a caller's transaction (the view's, which also leases the next item)
-    # this is part of it. A refusal is raised after the block, so it happens before any write and
-    # leaves the caller's transaction usable.
+    # No savepoint: inside a caller's transaction this is part of it. A refusal is raised after
+    # the block, so it happens before any write and leaves the caller's transaction usable.
     with transaction.atomic(savepoint=False):
         try:
             return _submit_locked(sql, [user.pk, user.pk, *params], user, payload, time_spent_ms)
