@@ -67,11 +67,12 @@ class _J:
 @dataclass
 class ProjectData:
     project: Project
-    items: dict[int, dict[str, Any]]
+    items: dict[int, dict[str, Any]]  # the items with a judgment or a flag: the only ones a figure reads
     labelers: dict[int, dict[str, Any]]
     judgments: list[_J]
     by_item_human: dict[int, list[_J]] = field(default_factory=dict)
     by_item_ai: dict[int, list[_J]] = field(default_factory=dict)
+    item_count: int = 0  # all items (gold excluded), judged or not
 
 
 def _choice(payload: dict[str, Any]) -> tuple[str | None, int]:
@@ -95,10 +96,15 @@ def _consistent(raw: str) -> bool | None:
 
 
 def load(project: Project) -> ProjectData:
-    """Everything the figures need, in three queries."""
+    """Everything the figures need, in four queries. Of the items, only those judged or flagged
+    are read whole (texts included): reading every item of a 100,000-item project with 3,000
+    judgments took 3.4 s, most of the dashboard's and the review page's time."""
+    non_gold = Item.objects.filter(project=project, is_gold=False)
+    judged = Judgment.objects.filter(item__project=project).values("item_id")
+    flagged = Assignment.objects.filter(item__project=project, flagged=True).values("item_id")
     items = {
         i["id"]: i
-        for i in Item.objects.filter(project=project, is_gold=False).values(
+        for i in non_gold.filter(id__in=judged.union(flagged)).values(
             "id", "external_id", "responses", "metadata", "status", "split", "prompt"
         )
     }
@@ -142,7 +148,7 @@ def load(project: Project) -> ProjectData:
                 None if human else _consistent(raw),
             )
         )
-    data = ProjectData(project, items, labelers, judgments)
+    data = ProjectData(project, items, labelers, judgments, item_count=non_gold.count())
     for j in judgments:
         (data.by_item_human if j.human else data.by_item_ai).setdefault(j.item_id, []).append(j)
     return data
@@ -415,7 +421,7 @@ def report(project: Project, *, bootstrap: int = 200) -> dict[str, Any]:
     low = sum(1 for c in consensus.values() if c.n >= 2 and c.agreement < LOW_AGREEMENT)
     return {
         "overview": {
-            "items": len(data.items),
+            "items": data.item_count,
             "judged_by_humans": len(data.by_item_human),
             "judged_by_ai": len(data.by_item_ai),
             "human_judgments": sum(1 for j in data.judgments if j.human),

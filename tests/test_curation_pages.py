@@ -15,7 +15,7 @@ from annotation.models import Item, Judgment, Labeler, Membership
 from annotation.services import membership_set
 from curation import quality
 from curation.models import CurationAction
-from tests.conftest import jsonl, login
+from tests.conftest import jsonl, login, pair_row
 
 # Three imported annotators on four items (stored order; responses from two named models), and
 # one AI labeler. Item q3 is a 2-1 split, q4 has only one human vote.
@@ -143,6 +143,27 @@ def test_flagged_items_reach_the_review_queue_with_their_reason(judged, annotato
     entry = found[assignment.item.external_id]
     assert "flagged" in entry["reasons"]
     assert "responses are cut off" in entry["evidence_json"]
+
+
+def test_figures_read_only_judged_or_flagged_items_and_still_count_them_all(judged, annotator) -> None:
+    """`load` reads whole only the items a figure can use; the overview still counts every item, and
+    an item flagged before anyone judged it still reaches the review queue."""
+    from annotation import queue
+
+    import_items(project=judged, fileobj=jsonl([pair_row(i) for i in (901, 902)]))
+    new = {i.external_id: i for i in Item.objects.filter(project=judged, external_id__in=["r901", "r902"])}
+    membership_set(project=judged, user=annotator, role=Membership.Role.ANNOTATOR)
+    Item.objects.filter(project=judged).exclude(id=new["r901"].id).update(priority=-1)  # hand out 901 first
+    assignment = queue.next_assignment(project=judged, user=annotator)
+    assert assignment.item_id == new["r901"].id
+    queue.skip(assignment_id=assignment.id, user=annotator, reason="the prompt is empty", flag=True)
+
+    data = quality.load(judged)
+    assert set(data.items) == {i.id for i in Item.objects.filter(project=judged).exclude(id=new["r902"].id)}
+    assert data.item_count == len(VOTES) + 2
+    assert quality.report(judged, bootstrap=10)["overview"]["items"] == len(VOTES) + 2
+    found = {c["external_id"]: c for c in quality.noisy_candidates(judged)}
+    assert found["r901"]["reasons"] == ["flagged"] and "r902" not in found
 
 
 def test_csv_cells_that_would_run_as_formulas_are_defused(judged, curator) -> None:
