@@ -13,6 +13,7 @@ import random
 import zipfile
 import zlib
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,11 +151,14 @@ def test_a_bad_file_is_refused_with_its_reason_and_stores_nothing(
     response = (_web if channel == "web" else _api)(project, curator, content)
     assert response.status_code in (302, 202), response.content[:300]
     job = ImportJob.objects.get(project=project)
+    stored = Path(job.file.path)
+    assert stored.exists()
     import_job_run(job_id=job.id)  # what the worker does
     job.refresh_from_db()
     assert job.status == "failed"
     assert any(message in e for e in job.errors), job.errors
     _nothing_stored(project)
+    assert not job.file and not stored.exists()  # the refused file is not kept on disk
     if channel == "web":
         c = Client()
         c.force_login(curator)
