@@ -326,25 +326,55 @@ def _parquet_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | Row
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def unreadable(exc: Exception) -> ImportRefused:
+        return ImportRefused([RowError(0, f"not a readable Parquet file: {exc}")])
+
+    # A Parquet file is compressed, and its text columns are usually dictionary-encoded: a few
+    # kilobytes can stand for gigabytes of text (one long value, referenced by a million rows).
+    # So the text columns are read as dictionaries (values once, plus an index per row), each
+    # batch's size as Python will hold it is worked out from those before any value is copied,
+    # and the file is refused once the total passes the cap.
     try:
-        pf = pq.ParquetFile(stream)
+        columns = pq.ParquetFile(stream).metadata.schema
+        stream.seek(0)
+        pf = pq.ParquetFile(stream, read_dictionary=[columns.column(k).path for k in range(len(columns))])
     except (pa.ArrowException, OSError) as exc:
-        raise ImportRefused([RowError(0, f"not a readable Parquet file: {exc}")]) from None
-    # A Parquet file is compressed column by column: a few kilobytes can hold gigabytes of text.
-    # Its metadata says how large the data is uncompressed, so a bomb is refused before any of it
-    # is read; what is actually decoded is counted too, in case the metadata understates it.
+        raise unreadable(exc) from None
     limit = settings.IMPORT_MAX_DECOMPRESSED_BYTES
     meta = pf.metadata
     if sum(meta.row_group(k).total_byte_size for k in range(meta.num_row_groups)) > limit:
         raise _too_large_decompressed()
     n = decoded = 0
-    for batch in pf.iter_batches(batch_size=1024):
-        decoded += batch.nbytes
+    batches = pf.iter_batches(batch_size=256)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as exc:
+            raise unreadable(exc) from None
+        if batch is None:
+            return
+        decoded += sum(_decoded_bytes(column) for column in batch.columns)
         if decoded > limit:
             raise _too_large_decompressed()
         for row in batch.to_pylist():
             n += 1
             yield n, {k: v for k, v in row.items() if v is not None}
+
+
+def _decoded_bytes(array: Any) -> int:
+    """The bytes of `array` with its dictionaries expanded: what its values come to once decoded."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        lengths = pc.binary_length(array.dictionary)
+        return int(pc.sum(pc.take(lengths, array.indices)).as_py() or 0) + array.indices.nbytes
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _decoded_bytes(array.flatten()) + array.nbytes - array.values.nbytes
+    if pa.types.is_struct(kind):
+        return sum(_decoded_bytes(field) for field in array.flatten())
+    return array.nbytes
 
 
 # ---------------------------------------------------------------------------------------------

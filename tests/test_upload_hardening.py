@@ -81,6 +81,37 @@ def _parquet_bomb() -> bytes:
 
 
 @cache
+def _parquet_dictionary_bomb() -> bytes:
+    """One 40,000-character prompt and two long responses in a list, each stored once in a
+    dictionary and referenced by 4,000 rows: about 500 MB of text once decoded, while the file's
+    metadata counts the dictionary once (under the cap)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = {"prompt": "a" * 40_000, "responses": ["b" * 40_000, "c" * 40_000]}
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([{**row, "id": str(i)} for i in range(4000)]), buf, compression="zstd")
+    meta = pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata
+    assert sum(meta.row_group(k).total_byte_size for k in range(meta.num_row_groups)) < 1 << 20
+    return buf.getvalue()
+
+
+def _parquet_corrupt() -> bytes:
+    """A small Parquet file whose footer is intact but whose pages are garbage: the metadata reads,
+    the rows do not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([{**ROW, "id": str(i)} for i in range(50)]), buf, compression="zstd")
+    data = bytearray(buf.getvalue())
+    footer = int.from_bytes(data[-8:-4], "little")
+    for k in range(4, len(data) - footer - 8):
+        data[k] ^= 0x5A
+    return bytes(data)
+
+
+@cache
 def _huge_csv_field() -> bytes:
     return b"prompt,response_a,response_b,notes\nq,a,b," + b"x" * (10 * 1024 * 1024) + b"\n"
 
@@ -90,6 +121,8 @@ BAD_FILES: list[tuple[str, Any, str]] = [
     ("gzip-bomb-of-zeros", None, "the file is binary (it holds NUL bytes)"),
     ("gzip-bomb-of-rows", _text_bomb, "the file decompresses to more than 1,048,576 bytes"),
     ("parquet-bomb", _parquet_bomb, "the file decompresses to more than 1,048,576 bytes"),
+    ("parquet-dictionary-bomb", _parquet_dictionary_bomb, "the file decompresses to more than 1,048,576 bytes"),
+    ("parquet-corrupt-pages", lambda: _parquet_corrupt(), "not a readable Parquet file"),
     ("gzip-one-huge-line", _one_huge_line, "line 1: the line is longer than 33,554,432 characters"),
     (
         "latin-1",
@@ -207,3 +240,20 @@ def test_a_good_file_still_imports_after_all_the_guards(project: Project, curato
         job.refresh_from_db()
         assert job.status == "succeeded", job.errors
     assert Item.objects.filter(project=project).count() == 2
+
+
+def test_a_dictionary_encoded_batch_is_sized_as_it_decodes() -> None:
+    """The size the Parquet cap counts is the decoded one, not the dictionary's (tens of kilobytes
+    here, for 20 MB of text)."""
+    import pyarrow.parquet as pq
+
+    from annotation.importing import _decoded_bytes
+
+    content = _parquet_dictionary_bomb()
+    meta = pq.ParquetFile(io.BytesIO(content)).metadata
+    paths = [meta.schema.column(k).path for k in range(len(meta.schema))]
+    encoded = next(pq.ParquetFile(io.BytesIO(content), read_dictionary=paths).iter_batches(batch_size=256))
+    plain = next(pq.ParquetFile(io.BytesIO(content)).iter_batches(batch_size=256))
+    assert sum(c.nbytes for c in encoded.columns) < 200_000  # what the dictionaries hold
+    text = 256 * 3 * 40_000
+    assert text < sum(_decoded_bytes(c) for c in encoded.columns) <= plain.nbytes + 10_000
