@@ -96,3 +96,12 @@ def test_only_the_required_queues_decide_the_status(worker_env: None, settings: 
     assert response.status_code == 200
     assert response.json()["queues"]["gpu"] == {"alive": False, "workers": []}
     cache.delete(WORKERS_CACHE_KEY)
+
+
+@pytest.mark.django_db
+def test_health_probes_are_not_redirected_to_https(settings) -> None:
+    """With SECURE_SSL_REDIRECT on, a probe over plain HTTP from inside still gets its answer; pages
+    redirect."""
+    settings.SECURE_SSL_REDIRECT = True
+    assert Client().get("/accounts/login/").status_code == 301
+    assert Client().get("/healthz?checks=database").status_code == 200
