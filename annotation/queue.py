@@ -615,6 +615,8 @@ def _write_submit(
 # live lease (the gate, `a`), and the judgment, the item's counts and the annotator's stats are
 # written only through the gate's row: a lease that changed since it was read writes nothing. The
 # item's counts are raised from their current values under its row lock, as the locking path does.
+# Rows are locked in the locking path's order: the assignment, then the item (`i` reads `a`), then
+# the annotator's stats (`s` reads `i`).
 _SUBMITTED = Assignment.State.SUBMITTED.value
 _SUBMIT_GATED_SQL = f"""
 WITH a AS (
@@ -633,7 +635,7 @@ i AS (
     FROM a WHERE annotation_item.id = a.item_id
     RETURNING annotation_item.human_count, annotation_item.leased_count, annotation_item.status
 ),
-s AS ({_STATS_UPSERT_SQL.format(source=f"SELECT {_STATS_ROW} FROM a")})
+s AS ({_STATS_UPSERT_SQL.format(source=f"SELECT {_STATS_ROW} FROM i")})
 SELECT j.id, i.human_count, i.leased_count, i.status, {", ".join(f"s.{c}" for c in _STATS_COLUMNS)}
 FROM j, i, s
 """  # noqa: S608 - constants; the judgment's columns come from the model's metadata

@@ -172,11 +172,14 @@ def import_job_run(*, job_id: int, redelivered: bool = False) -> ImportJob | Non
         with job.file.open("rb") as fh:
             result = import_items(project=job.project, fileobj=fh, fmt=job.format or None, import_job_id=job.id)
     except ImportRefused as exc:
-        # The refused file is of no further use here (the curator fixes it and uploads it again;
-        # the job keeps its name and the errors): delete it rather than keep it on disk forever.
-        # A crash below keeps its file, for the retry and for finding the bug.
-        job.file.delete(save=False)
         _finish(job, ImportJob.Status.FAILED, ImportResult(rows_read=exc.rows_read), [str(e) for e in exc.errors])
+        # The refused file is of no further use (the curator fixes it and uploads it again; the
+        # job keeps its name and the errors): delete it, once the refusal is recorded, rather
+        # than keep it on disk forever. A crash below keeps its file, for the retry and the bug.
+        try:
+            job.file.delete()
+        except OSError:
+            log.warning("import job %s: could not delete the refused file %s", job.uuid, job.file.name, exc_info=True)
     except Exception as exc:
         log.exception("import job %s crashed", job.uuid)
         _finish(job, ImportJob.Status.FAILED, ImportResult(), [f"internal error: {type(exc).__name__}"])

@@ -196,7 +196,10 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
         # Two commits, the judgment's and the next lease's: on PostgreSQL each is one statement
         # with no explicit transaction around it (no BEGIN and COMMIT round trips). A failure
         # between them loses nothing: the judgment is stored, and a retried submit of the same
-        # assignment returns it and then hands out the next item.
+        # assignment returns it and then hands out the next item. Two copies of one submit in
+        # flight at once (the button is disabled while one is, so a script or two tabs) store one
+        # judgment, but their two hand-outs may lease two items; the annotator is then served
+        # both in turn (a hand-out returns the oldest live lease first), with counts exact.
         submitted = queue.submit(
             assignment_uuid=assignment_uuid, user=request.user, payload=payload, time_spent_ms=time_ms
         )
