@@ -55,16 +55,22 @@ def test_32_threads_never_overfill_an_item_nor_repeat_one_for_an_annotator(make_
     assert set(Item.objects.values_list("status", "human_count", "leased_count")) == {("done", 2, 0)}
 
 
+def _one_annotator(make_project, make_user, slug: str, *, items: int):
+    """A project with overlap 2 and `items` pairs, and one annotator of it (PostgreSQL only)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locking needs PostgreSQL")
+    project = make_project(slug, overlap=2)
+    import_items(project=project, fileobj=jsonl([pair_row(i) for i in range(items)]))
+    user = make_user(slug)
+    membership_set(project=project, user=user, role=Membership.Role.ANNOTATOR)
+    return project, user
+
+
 @pytest.mark.django_db(transaction=True)
 def test_one_annotator_asking_from_16_threads_at_once_keeps_the_lease_counts_exact(make_user, make_project) -> None:
     """Same-annotator races take the hand-out's ON CONFLICT path (a pick whose snapshot predates
     the other request's assignment): the refused row must count nothing on the item."""
-    if connection.vendor != "postgresql":
-        pytest.skip("row locking needs PostgreSQL")
-    project = make_project("tabs", overlap=2)
-    import_items(project=project, fileobj=jsonl([pair_row(i) for i in range(10)]))
-    user = make_user("tabs")
-    membership_set(project=project, user=user, role=Membership.Role.ANNOTATOR)
+    project, user = _one_annotator(make_project, make_user, "tabs", items=10)
     barrier = threading.Barrier(16)
     got: list[int] = []
     errors: list[BaseException] = []
@@ -97,12 +103,7 @@ def test_one_annotator_asking_from_16_threads_at_once_keeps_the_lease_counts_exa
 def test_one_lease_submitted_from_16_threads_at_once_stores_one_judgment(make_user, make_project) -> None:
     """A double click times sixteen: every submit answers with the same judgment, stored once, and
     the item is counted once (the optimistic write's gate, then the locking path, under real locks)."""
-    if connection.vendor != "postgresql":
-        pytest.skip("row locking needs PostgreSQL")
-    project = make_project("clicks", overlap=2)
-    import_items(project=project, fileobj=jsonl([pair_row(i) for i in range(3)]))
-    user = make_user("clicker")
-    membership_set(project=project, user=user, role=Membership.Role.ANNOTATOR)
+    project, user = _one_annotator(make_project, make_user, "clicks", items=3)
     lease = queue.next_assignment(project=project, user=user)
     barrier = threading.Barrier(16)
     results: list[tuple[int, bool]] = []
