@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -156,6 +157,8 @@ def _item_context(
         context.update(
             item=item,
             shown=shown,
+            submit_url=reverse("annotation:submit", args=[assignment.uuid]),
+            skip_url=reverse("annotation:skip", args=[assignment.uuid]),
             controls=_controls(project, len(shown)),
             item_data={
                 "assignment": str(assignment.uuid),
