@@ -162,7 +162,9 @@ def _item_context(
             controls=_controls(project, len(shown)),
             item_data={
                 "assignment": str(assignment.uuid),
-                "texts": [r["text"] for r in shown],
+                "count": len(shown),
+                # The raw texts, in display order, only where span marking needs their offsets.
+                "texts": [r["text"] for r in shown] if project.judgment_schema.spans else [],
                 "schema": project.schema,
                 "leased_at": assignment.leased_at.isoformat(),
             },

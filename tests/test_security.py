@@ -17,7 +17,7 @@ from django.urls import reverse
 
 from annotation.models import AuditEvent, Membership, Project
 from annotation.services import membership_set
-from tests.conftest import jsonl, login, pair_row, settings_probe
+from tests.conftest import RUBRIC_SCHEMA, jsonl, login, pair_row, settings_probe
 from tests.test_idor import World, _url, build_world, site_routes
 
 EXPECTED_CSP = (
@@ -419,6 +419,14 @@ def test_markup_in_data_is_shown_escaped_on_every_page(hostile: dict[str, Any], 
     annotate = client_for(annotator).get(reverse("annotation:annotate", args=[slug]), HTTP_HX_REQUEST="true")
     body = annotate.content.decode()
     assert f"m-{ESCAPED[0]}" in body or f"m-{ESCAPED[1]}" in body  # model names, shown by the project
-    assert "\\u003Cscript\\u003E" in body  # the item's data for the page script, as JSON
+    # With span marking on, the page script gets the raw texts as JSON, escaped for a <script>.
+    from annotation.schema import JudgmentSchema
+    from annotation.services import project_set_schema
+
+    project = Project.objects.get(slug=slug)
+    project_set_schema(project=project, schema=JudgmentSchema.model_validate(RUBRIC_SCHEMA), by=None)
+    annotate = client_for(annotator).get(reverse("annotation:annotate", args=[slug]), HTTP_HX_REQUEST="true")
+    body = annotate.content.decode()
+    assert "\\u003Cscript\\u003E" in body and not any(raw in body for raw in XSS)
     quality = client_for(curator).get(reverse("curation:quality", args=[slug])).content.decode()
     assert ESCAPED[0] in quality and ESCAPED[1] in quality  # annotator, model and category names

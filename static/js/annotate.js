@@ -222,7 +222,7 @@
   // --- collecting and submitting ------------------------------------------------------------
   function collect() {
     const sc = s.schema, payload = {};
-    const n = s.data.texts.length;
+    const n = s.data.count;
     const problems = [];
     if (sc.pairwise) {
       const v = $("input[name=pairwise]:checked", s.form);
