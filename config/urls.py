@@ -13,9 +13,12 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("healthz", health.healthz, name="healthz"),
     path("healthz/workers", health.healthz_workers, name="healthz_workers"),
+    # The annotation pages first: the queue's two requests (next item, submit) are most of the
+    # traffic, and every pattern tried before theirs costs a regex match. No two apps' patterns
+    # match the same path, so the order decides nothing else.
+    path("", include("annotation.urls")),
     path("", include("models_srv.urls")),
     path("", include("curation.urls")),
-    path("", include("annotation.urls")),
 ]
 
 # A database outage that surfaces outside a view answers 503 with Retry-After (config/reliability.py).
