@@ -530,7 +530,8 @@ def _submit_locked(
     item = assignment.item  # locked with the assignment
     project = item.project
     now = timezone.now()
-    lease_live = assignment.state == Assignment.State.LEASED
+    found = assignment.state
+    lease_live = found == Assignment.State.LEASED
     if lease_live and assignment.expires_at <= now:
         # Expired but not reaped yet: reap it here, under the item lock.
         lease_live = False
@@ -542,6 +543,11 @@ def _submit_locked(
     ):
         raise QueueError("the lease on this item ran out and it went to another annotator")
     fields = _judgment_fields(assignment, user, payload, time_spent_ms, now)
+    if connection.vendor == "postgresql":
+        done = _submit_gated(assignment, fields, user, found=found, live_only=False, now=now)
+        if done is None:  # not under the locks just taken: the state the gate asks for is the one found
+            raise QueueError("this item changed while it was being answered; please submit again")
+        return done
     spent = fields["time_spent_ms"]
     assignment.state = Assignment.State.SUBMITTED
     assignment.finished_at = now
@@ -561,8 +567,8 @@ def _submit_locked(
     return Submitted(judgment, created=True, stats=stats)
 
 
-# A submit's writes after its judgment, each written once: run one by one, or on PostgreSQL as
-# the data-modifying CTEs of one statement with the judgment's INSERT.
+# A submit's writes after its judgment on databases other than PostgreSQL (the embedded SQLite
+# default), with the counts the locking path worked out in Python.
 _CLOSE_ASSIGNMENT_SQL = (
     "UPDATE annotation_assignment SET state = %(state)s, finished_at = %(now)s WHERE id = %(assignment)s"
 )
@@ -570,20 +576,13 @@ _COUNT_ON_ITEM_SQL = (
     "UPDATE annotation_item SET human_count = %(human)s, leased_count = %(leased)s, status = %(status)s "
     "WHERE id = %(item)s"
 )
-_SUBMIT_WRITES_SQL = f"""
-WITH j AS (INSERT INTO annotation_judgment ({{cols}}) VALUES ({{values}}) RETURNING id),
-a AS ({_CLOSE_ASSIGNMENT_SQL}),
-i AS ({_COUNT_ON_ITEM_SQL}),
-s AS ({_BUMP_STATS_SQL})
-SELECT j.id, s.day, s.judged, s.judged_today, s.skipped_today, s.time_today_ms FROM j, s
-"""  # noqa: S608 - constants; the judgment's columns come from the model's metadata
 
 
 def _write_submit(
     fields: dict[str, Any], assignment: Assignment, item: Item, user: AbstractBaseUser, spent: int
 ) -> tuple[int, AnnotatorDay]:
     """Store the judgment, close the assignment, count it on the item and in the annotator's
-    stats: one statement on PostgreSQL (data-modifying CTEs), four elsewhere."""
+    stats: four statements, in the caller's transaction."""
     now = assignment.finished_at
     params = {
         "state": assignment.state,
@@ -600,35 +599,34 @@ def _write_submit(
         "skipped": 0,
         "time_ms": spent,
     }
-    if connection.vendor != "postgresql":
-        judgment_id = rows.insert(Judgment, fields)
-        with connection.cursor() as cursor:
-            cursor.execute(_CLOSE_ASSIGNMENT_SQL, params)
-            cursor.execute(_COUNT_ON_ITEM_SQL, params)
-        return judgment_id, AnnotatorDay.from_row(rows.fetch_one(_BUMP_STATS_SQL, params), now.date())
-    cols, values, judgment_params = rows.insert_parts(Judgment, fields)
-    row = rows.fetch_one(_SUBMIT_WRITES_SQL.format(cols=cols, values=values), {**params, **judgment_params})
-    return row[0], AnnotatorDay.from_row(row[1:], now.date())
+    judgment_id = rows.insert(Judgment, fields)
+    with connection.cursor() as cursor:
+        cursor.execute(_CLOSE_ASSIGNMENT_SQL, params)
+        cursor.execute(_COUNT_ON_ITEM_SQL, params)
+    return judgment_id, AnnotatorDay.from_row(rows.fetch_one(_BUMP_STATS_SQL, params), now.date())
 
 
-# The optimistic submit's one write. The lease is closed only while it is still this annotator's
-# live lease (the gate, `a`), and the judgment, the item's counts and the annotator's stats are
-# written only through the gate's row: a lease that changed since it was read writes nothing. The
-# item's counts are raised from their current values under its row lock, as the locking path does.
-# Rows are locked in the locking path's order: the assignment, then the item (`i` reads `a`), then
-# the annotator's stats (`s` reads `i`).
+# A submit's writes on PostgreSQL, one statement for both paths. The assignment is closed only
+# while it is still this annotator's and in the state the caller found (`from_state`; with
+# `live_only`, also unexpired): the gate, `a`. The judgment, the item's counts and the annotator's
+# stats are written only through the gate's row, so an assignment that changed since it was read
+# writes nothing. The item's counts are raised from their current values under its row lock; a
+# lease (`release` = 1) gives its slot back, a lease the reaper already expired has none to give.
+# Rows are locked in one order: the assignment, then the item (`i` reads `a`), then the
+# annotator's stats (`s` reads `i`).
 _SUBMITTED = Assignment.State.SUBMITTED.value
 _SUBMIT_GATED_SQL = f"""
 WITH a AS (
     UPDATE annotation_assignment SET state = '{_SUBMITTED}', finished_at = %(now)s
-    WHERE id = %(assignment)s AND annotator_id = %(user)s AND state = '{_LEASED}' AND expires_at > %(now)s
+    WHERE id = %(assignment)s AND annotator_id = %(user)s AND state = %(from_state)s
+      AND (NOT %(live_only)s OR expires_at > %(now)s)
     RETURNING item_id
 ),
 j AS (INSERT INTO annotation_judgment ({{cols}}) SELECT {{values}} FROM a RETURNING id),
 i AS (
     UPDATE annotation_item SET
         human_count = annotation_item.human_count + 1,
-        leased_count = GREATEST(annotation_item.leased_count - 1, 0),
+        leased_count = GREATEST(annotation_item.leased_count - %(release)s, 0),
         status = CASE WHEN NOT annotation_item.is_gold AND annotation_item.status = '{Item.Status.OPEN.value}'
                        AND annotation_item.human_count + 1 >= %(overlap)s + annotation_item.extra_overlap
                       THEN '{Item.Status.DONE.value}' ELSE annotation_item.status END
@@ -655,12 +653,22 @@ def _submit_optimistic(
     if assignment.state != Assignment.State.LEASED or assignment.expires_at <= now:
         return None
     fields = _judgment_fields(assignment, user, payload, time_spent_ms, now)
+    return _submit_gated(assignment, fields, user, found=Assignment.State.LEASED, live_only=True, now=now)
+
+
+def _submit_gated(
+    assignment: Assignment, fields: dict[str, Any], user: AbstractBaseUser, *, found: str, live_only: bool, now: Any
+) -> Submitted | None:
+    """Run `_SUBMIT_GATED_SQL`; None when its gate found the assignment changed."""
     item = assignment.item
     cols, values, judgment_params = rows.insert_parts(Judgment, fields)
     write_params = {
         "now": now,
         "assignment": assignment.pk,
         "user": user.pk,
+        "from_state": found,
+        "live_only": live_only,
+        "release": 1 if found == Assignment.State.LEASED else 0,
         "overlap": item.project.overlap,
         "project": item.project_id,
         "day": now.date(),
