@@ -335,13 +335,12 @@ def _parquet_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | Row
     # batch's size as Python will hold it is worked out from those before any value is copied,
     # and the file is refused once the total passes the cap.
     try:
-        columns = pq.ParquetFile(stream).metadata.schema
-        stream.seek(0)
-        pf = pq.ParquetFile(stream, read_dictionary=[columns.column(k).path for k in range(len(columns))])
+        meta = pq.read_metadata(stream)
+        columns = [meta.schema.column(k).path for k in range(len(meta.schema))]
+        pf = pq.ParquetFile(stream, metadata=meta, read_dictionary=columns)
     except (pa.ArrowException, OSError) as exc:
         raise unreadable(exc) from None
     limit = settings.IMPORT_MAX_DECOMPRESSED_BYTES
-    meta = pf.metadata
     if sum(meta.row_group(k).total_byte_size for k in range(meta.num_row_groups)) > limit:
         raise _too_large_decompressed()
     n = decoded = 0
