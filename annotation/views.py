@@ -172,24 +172,28 @@ def _item_context(
     return context
 
 
+def _item_partial(context: dict[str, object]) -> HttpResponse:
+    """The item area alone, as htmx swaps it in. Rendered without the request: it uses nothing
+    the context processors add (user, messages, CSRF token), and they cost 2 % of a loop."""
+    return HttpResponse(render_to_string("annotation/annotate.html#item", context))
+
+
 @login_required
 @require_GET
 def annotate(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug)
     handout = queue.hand_out(project=project, user=request.user)
-    template = "annotation/annotate.html"
+    context = _item_context(request, project, handout.assignment, handout.stats)
     if request.htmx:
-        template += "#item"
-    return render(request, template, _item_context(request, project, handout.assignment, handout.stats))
+        return _item_partial(context)
+    return render(request, "annotation/annotate.html", context)
 
 
 def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
     if not request.htmx:
         return redirect("annotation:annotate", slug=project.slug)
     handout = queue.hand_out(project=project, user=request.user)
-    return render(
-        request, "annotation/annotate.html#item", _item_context(request, project, handout.assignment, handout.stats)
-    )
+    return _item_partial(_item_context(request, project, handout.assignment, handout.stats))
 
 
 @login_required
@@ -219,8 +223,7 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
         return HttpResponse(str(exc), status=422, content_type="text/plain")
     if not request.htmx:
         return redirect("annotation:annotate", slug=project.slug)
-    context = _item_context(request, project, following, submitted.stats)
-    return render(request, "annotation/annotate.html#item", context)
+    return _item_partial(_item_context(request, project, following, submitted.stats))
 
 
 @login_required

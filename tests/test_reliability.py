@@ -519,3 +519,38 @@ def test_the_health_check_asks_the_server_only_once_something_arrived(monkeypatc
             assert cursor.fetchone()[0] != pid
     finally:
         conn.close()
+
+
+@pytest.mark.django_db
+def test_timestamps_come_back_as_djangos_own_loader_reads_them() -> None:
+    """config.postgresql: cursors read timestamptz with psycopg's C loader where the connection and
+    Django are both on UTC; the values are exactly those Django's loader gives."""
+    import datetime as dt
+
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
+    from psycopg.pq import Format
+
+    from config.postgresql.base import _FAST_TZ_LOADER, _TIMESTAMPTZ
+
+    values = [
+        "2026-12-03 05:40:01.123456+00",
+        "1999-12-31 23:59:59+05:30",
+        "2024-02-29 12:00:00.5-08",
+        "1970-01-01 00:00:00+00",
+        "0500-06-15 10:11:12.000001+00",
+        "9999-12-31 23:59:59.999999+00",
+    ]
+    sql = "SELECT " + ", ".join(["%s::timestamptz"] * len(values))
+    with connection.cursor() as c:
+        assert c.cursor.adapters.get_loader(_TIMESTAMPTZ, Format.TEXT) is _FAST_TZ_LOADER
+        c.execute(sql, values)
+        fast = c.fetchone()
+    djangos = connection.connection.cursor()  # a plain psycopg cursor with Django's loader on it
+    register_tzloader(connection.timezone, djangos)
+    djangos.execute(sql, values)
+    slow = djangos.fetchone()
+    djangos.close()
+    assert fast == slow
+    assert [v.tzinfo for v in fast] == [dt.UTC] * len(values)
+    assert [v.tzinfo for v in slow] == [dt.UTC] * len(values)
+    assert fast[1] == dt.datetime(1999, 12, 31, 18, 29, 59, tzinfo=dt.UTC)

@@ -136,7 +136,9 @@ def settle(db_url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def start_server(env: dict[str, str], port: int, workers: int, threads: int, worker_class: str) -> subprocess.Popen[bytes]:
+def start_server(
+    env: dict[str, str], port: int, workers: int, threads: int, worker_class: str
+) -> subprocess.Popen[bytes]:
     cmd = [
         str(Path(sys.executable).parent / "gunicorn"),
         "config.wsgi:application",
@@ -439,7 +441,10 @@ def main() -> None:
     try:
         base = f"http://127.0.0.1:{args.port}"
         cookies = [login(base, f"bench{i}") for i in range(annotators)]
-        print(f"gunicorn {args.worker_class}: {args.workers} workers x {args.threads} threads; {os.cpu_count()} CPUs", flush=True)
+        print(
+            f"gunicorn {args.worker_class}: {args.workers} workers x {args.threads} threads; {os.cpu_count()} CPUs",
+            flush=True,
+        )
         rows = asyncio.run(main_async(args, args.port, cookies))
     finally:
         server.terminate()

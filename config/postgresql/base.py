@@ -1,5 +1,5 @@
 """Django's PostgreSQL backend with a health check that costs no round trip while the connection
-is quiet.
+is quiet, and timestamps read by psycopg's C loader.
 
 Django checks a persistent connection at the start of each request (`CONN_HEALTH_CHECKS`) by
 running `SELECT 1`: one round trip per request, which on the annotation hot path was 2 of the 11
@@ -12,17 +12,36 @@ A link that dies silently (a cable pulled, no reset ever sent) is not caught by 
 (config/reliability.py), and Django drops the connection at the end of that request.
 After an error inside a request, Django's own full check still decides whether to keep the
 connection (`close_if_unusable_or_obsolete` calls `is_usable`, which is unchanged).
+
+Django reads `timestamptz` values through its own loader, a Python subclass of psycopg's Python
+loader that parses the text and then sets the time zone: 3.6 us a value here, against 0.2 us for
+the C loader psycopg registers by default. Where the connection's time zone and Django's are both
+UTC (`USE_TZ` with the default database `TIME_ZONE`), the two give the same value (an aware
+datetime in `datetime.timezone.utc`), so each cursor gets psycopg's default loader back. That was
+about 6 % of the CPU of an annotation loop, whose rows carry five timestamps or more.
 """
 
 from __future__ import annotations
 
 import select
+from typing import Any
 
+import psycopg
 from django.db.backends.postgresql import base
 from psycopg import pq
 
+_TIMESTAMPTZ = psycopg.adapters.types["timestamptz"].oid
+# psycopg's default: its C implementation where psycopg[binary] or [c] is installed.
+_FAST_TZ_LOADER = psycopg.adapters.get_loader(_TIMESTAMPTZ, pq.Format.TEXT)
+
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    def create_cursor(self, name: str | None = None) -> Any:
+        cursor = super().create_cursor(name)
+        if self.timezone_name == "UTC" and self.connection.info.parameter_status("TimeZone") == "UTC":
+            cursor.adapters.register_loader(_TIMESTAMPTZ, _FAST_TZ_LOADER)
+        return cursor
+
     def close_if_health_check_failed(self) -> None:
         if (
             self.connection is not None
