@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 from django.core.exceptions import ValidationError
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from django.utils import timezone
 
 M = TypeVar("M", bound=models.Model)
@@ -76,7 +76,22 @@ def cursor() -> Any:
 
 
 def fetch_one(sql: str, params: Sequence[Any] | dict[str, Any]) -> tuple[Any, ...] | None:
-    """The first row of a hand-written statement, or None."""
+    """The first row of a hand-written statement, or None.
+
+    On PostgreSQL with prepared statements, through the backend's kept cursor
+    (`config.postgresql`): Django's cursor costs 28 us of Python to make and wrap for each
+    statement, about 3 % of an annotation loop. Where queries are logged (DEBUG, the test suite's
+    query counters), Django's own cursor, which does the logging."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    if (
+        conn.settings_dict["OPTIONS"].get("prepare_threshold") is not None
+        and hasattr(conn, "kept_cursor")
+        and not conn.queries_logged
+    ):
+        kept = conn.kept_cursor()
+        with conn.wrap_database_errors:
+            kept.execute(sql, params)
+            return kept.fetchone()
     with cursor() as c:
         c.execute(sql, params)
         return c.fetchone()

@@ -554,3 +554,29 @@ def test_timestamps_come_back_as_djangos_own_loader_reads_them() -> None:
     assert [v.tzinfo for v in fast] == [dt.UTC] * len(values)
     assert [v.tzinfo for v in slow] == [dt.UTC] * len(values)
     assert fast[1] == dt.datetime(1999, 12, 31, 18, 29, 59, tzinfo=dt.UTC)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_kept_cursor_behaves_as_djangos_own() -> None:
+    """annotation.rows on config.postgresql's kept cursor: Django's errors, no statement inside a
+    broken transaction, a new cursor after the connection is replaced, and nothing run in a
+    transaction that Django's would not have run there."""
+    from django.db import DataError, transaction
+    from django.db.transaction import TransactionManagementError
+
+    from annotation import rows
+
+    assert rows.fetch_one("SELECT %s::int + 1", [1]) == (2,)
+    first = connection._kept
+    assert first is not None and rows.fetch_one("SELECT 3", []) == (3,) and connection._kept is first
+    with pytest.raises(DataError):
+        rows.fetch_one("SELECT 1 / 0", [])
+    assert rows.fetch_one("SELECT 4", []) == (4,)  # autocommit: the failed statement left nothing behind
+    with pytest.raises(TransactionManagementError), transaction.atomic():
+        with contextlib.suppress(DataError):
+            rows.fetch_one("SELECT 1 / 0", [])
+        connection.needs_rollback = True  # what Django marks when an error passes through atomic
+        rows.fetch_one("SELECT 6", [])
+    connection.close()
+    assert rows.fetch_one("SELECT 7", []) == (7,)
+    assert connection._kept is not first and connection._kept.connection is connection.connection

@@ -123,7 +123,10 @@ def reset(db_url: str) -> None:
 
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("TRUNCATE annotation_judgment, annotation_assignment, annotation_annotatorstats CASCADE")
-        conn.execute("UPDATE annotation_item SET human_count = 0, leased_count = 0, status = 'open'")
+        conn.execute(
+            "UPDATE annotation_item SET human_count = 0, leased_count = 0, status = 'open'"
+            " WHERE human_count <> 0 OR leased_count <> 0 OR status <> 'open'"
+        )
         conn.execute("VACUUM ANALYZE annotation_item")
 
 

@@ -36,11 +36,32 @@ _FAST_TZ_LOADER = psycopg.adapters.get_loader(_TIMESTAMPTZ, pq.Format.TEXT)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    _kept: psycopg.Cursor[Any] | None = None
+
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = super().create_cursor(name)
+        self._fast_timestamps(cursor)
+        return cursor
+
+    def _fast_timestamps(self, cursor: Any) -> None:
         if self.timezone_name == "UTC" and self.connection.info.parameter_status("TimeZone") == "UTC":
             cursor.adapters.register_loader(_TIMESTAMPTZ, _FAST_TZ_LOADER)
-        return cursor
+
+    def kept_cursor(self) -> psycopg.Cursor[Any]:
+        """A server-binding psycopg cursor kept open on the connection, for statements run often
+        (`annotation.rows`). Each call still does what matters of making a Django cursor: the
+        per-request health check, the connection opened on demand, and the refusal to run inside a
+        broken transaction. The caller wraps the execute in `wrap_database_errors`. Queries run on
+        it are not logged."""
+        self.close_if_health_check_failed()
+        self.ensure_connection()
+        self.validate_no_broken_transaction()
+        raw = self.connection
+        kept = self._kept
+        if kept is None or kept.closed or kept.connection is not raw:
+            kept = self._kept = base.ServerBindingCursor(raw)
+            self._fast_timestamps(kept)
+        return kept
 
     def close_if_health_check_failed(self) -> None:
         if (
