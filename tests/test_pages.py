@@ -124,3 +124,22 @@ def test_markdown_from_data_is_rendered_without_html_injection(make_project, cur
 def test_health_endpoint(db) -> None:
     body = Client().get("/healthz").json()
     assert body["status"] == "ok" and body["checks"]["database"]["ok"] is True
+
+
+def test_an_assignments_urls_are_those_reverse_gives_under_any_script_prefix() -> None:
+    import uuid
+
+    from django.urls import get_script_prefix, reverse, set_script_prefix
+
+    from annotation.views import _assignment_urls
+
+    before = get_script_prefix()
+    try:
+        for prefix in ("/", "/prefloop/"):
+            set_script_prefix(prefix)
+            for _ in range(2):
+                u = uuid.uuid4()
+                expected = (reverse("annotation:submit", args=[u]), reverse("annotation:skip", args=[u]))
+                assert _assignment_urls(u) == expected and expected[0].startswith(prefix)
+    finally:
+        set_script_prefix(before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import timedelta
 
@@ -312,3 +313,17 @@ def test_a_submit_whose_lease_is_reaped_in_between_goes_through_the_locking_path
     item = Item.objects.get()
     assert (item.human_count, item.leased_count, item.status) == (0, 1, "open")  # bob's lease only
     assert Assignment.objects.get(id=lease.id).state == "expired"
+
+
+def test_forked_workers_do_not_share_a_sequence_of_display_orders() -> None:
+    """gunicorn forks its workers after importing the app: each reseeds the queue's generator."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first draw, to the parent
+        os.write(write, repr(queue._RNG.random()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write)
+    child = float(os.read(read, 64))
+    os.close(read)
+    assert child != queue._RNG.random()  # without the reseed, the child drew the parent's next number
