@@ -143,3 +143,24 @@ def test_an_assignments_urls_are_those_reverse_gives_under_any_script_prefix() -
                 assert _assignment_urls(u) == expected and expected[0].startswith(prefix)
     finally:
         set_script_prefix(before)
+
+
+@pytest.mark.django_db
+def test_project_totals_are_kept_a_few_seconds_in_each_process(project, monkeypatch) -> None:
+    import time
+
+    from django.core.cache import cache
+
+    from annotation import selectors
+    from annotation.importing import import_items
+
+    import_items(project=project, fileobj=jsonl([pair_row(1), pair_row(2)]))
+    cache.clear()
+    selectors._LOCAL_TOTALS.clear()
+    assert selectors.project_totals(project) == {"total": 2, "done": 0}
+    Item.objects.filter(project=project).update(status=Item.Status.DONE)
+    cache.clear()  # the shared copy is gone; this process still has its own for a few seconds
+    assert selectors.project_totals(project)["done"] == 0
+    later = time.monotonic() + selectors.PROJECT_TOTALS_LOCAL_SECONDS + 1
+    monkeypatch.setattr(selectors.time, "monotonic", lambda: later)
+    assert selectors.project_totals(project) == {"total": 2, "done": 2}
