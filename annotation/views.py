@@ -134,6 +134,12 @@ def _controls(project: Project, n_responses: int) -> str:
     return mark_safe(html)  # noqa: S308 - rendered by our template with autoescape
 
 
+def _is_htmx(request: HttpRequest) -> bool:
+    """`request.htmx`, read straight from the request's environ: django-htmx builds the request's
+    whole header map to answer it (2 % of an annotation loop)."""
+    return request.META.get("HTTP_HX_REQUEST") == "true"
+
+
 _ZERO_UUID = str(UUID(int=0))
 _URL_PATTERNS: dict[tuple[str, object], tuple[str, str]] = {}
 
@@ -208,14 +214,14 @@ def annotate(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug)
     handout = queue.hand_out(project=project, user=request.user)
     context = _item_context(request, project, handout.assignment, handout.stats)
-    if request.htmx:
+    if _is_htmx(request):
         return _item_partial(context)
     context["item_html"] = item_html.render(context)
     return render(request, "annotation/annotate.html", context)
 
 
 def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
-    if not request.htmx:
+    if not _is_htmx(request):
         return redirect("annotation:annotate", slug=project.slug)
     handout = queue.hand_out(project=project, user=request.user)
     return _item_partial(_item_context(request, project, handout.assignment, handout.stats))
@@ -238,7 +244,7 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
             assignment_uuid=assignment_uuid, user=request.user, payload=payload, time_spent_ms=time_ms
         )
         project = submitted.judgment.item.project
-        following = queue.hand_out(project=project, user=request.user).assignment if request.htmx else None
+        following = queue.hand_out(project=project, user=request.user).assignment if _is_htmx(request) else None
     except queue.NoSuchAssignmentError:
         raise Http404("No such assignment.") from None
     except json.JSONDecodeError:
@@ -246,7 +252,7 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
         return HttpResponseBadRequest("The answer did not arrive as JSON; please submit again.")
     except (PayloadError, queue.QueueError) as exc:
         return HttpResponse(str(exc), status=422, content_type="text/plain")
-    if not request.htmx:
+    if not _is_htmx(request):
         return redirect("annotation:annotate", slug=project.slug)
     return _item_partial(_item_context(request, project, following, submitted.stats))
 
