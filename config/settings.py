@@ -146,8 +146,15 @@ AUTH_PASSWORD_VALIDATORS = [
 # scripts/test.sh sets this; never set it in production.
 if env_bool("TEST_FAST_PASSWORD_HASHING", default=False):
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-# Sessions are read from the cache and written through to the database: one query less per request.
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# Sessions are read from the cache and written through to the database, one query less per
+# request, where the cache is shared by every process (Redis, as in docker-compose). With the
+# per-process default a logout in one gunicorn worker would leave the session alive in the other
+# workers' caches, so sessions are then read from the database.
+SESSION_ENGINE = (
+    "django.contrib.sessions.backends.db"
+    if CACHES["default"]["BACKEND"].endswith(".LocMemCache")
+    else "django.contrib.sessions.backends.cached_db"
+)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "annotation:home"
 LOGOUT_REDIRECT_URL = "login"

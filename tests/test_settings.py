@@ -77,3 +77,15 @@ def test_x_forwarded_proto_is_trusted_only_behind_declared_proxies() -> None:
     behind_proxy = settings_probe(probe, DEBUG="1", NUM_PROXIES="1")
     assert behind_proxy.returncode == 0, behind_proxy.stderr
     assert behind_proxy.stdout.strip() == "True"
+
+
+def test_sessions_use_the_cache_only_where_every_process_shares_it() -> None:
+    """With the per-process default cache, a logout in one gunicorn worker must not leave the
+    session alive in another's cache: sessions are then read from the database."""
+    probe = "import django; django.setup(); from django.conf import settings as s; print(s.SESSION_ENGINE)"
+    local = settings_probe(probe, drop=("CACHE_URL",), DEBUG="1")
+    assert local.returncode == 0, local.stderr
+    assert local.stdout.strip() == "django.contrib.sessions.backends.db"
+    shared = settings_probe(probe, DEBUG="1", CACHE_URL="redis://127.0.0.1:6379/9")
+    assert shared.returncode == 0, shared.stderr
+    assert shared.stdout.strip() == "django.contrib.sessions.backends.cached_db"

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from common import bench_env  # noqa: E402
-from run import PASSWORD, SLUG, SUBMIT_RE  # noqa: E402
+from run import CACHE_URL, PASSWORD, SLUG, SUBMIT_RE  # noqa: E402
 
 DB_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/prefloop_bench_annotate")
 FORM = urllib.parse.urlencode(
@@ -37,7 +37,13 @@ def main() -> None:
     loops = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     username = sys.argv[2] if len(sys.argv) > 2 else "bench5"
     os.environ.update(
-        bench_env(DB_URL, Path(__file__).parent / "out" / "var", SESSION_COOKIE_SECURE="0", CSRF_COOKIE_SECURE="0")
+        bench_env(
+            DB_URL,
+            Path(__file__).parent / "out" / "var",
+            SESSION_COOKIE_SECURE="0",
+            CSRF_COOKIE_SECURE="0",
+            CACHE_URL=CACHE_URL,
+        )
     )
     import django
 

@@ -37,6 +37,9 @@ from common import bench_env, fresh_database  # noqa: E402
 OUT = Path(__file__).resolve().parent / "out"
 SLUG = "bench-queue"
 PASSWORD = "bench-annotator-pass"  # noqa: S105 - a throwaway benchmark database
+# The cache as deployed (docker-compose): Redis, shared by the workers, which then read sessions
+# from it (with the per-process default they are read from PostgreSQL).
+CACHE_URL = os.environ.get("BENCH_CACHE_URL", "redis://127.0.0.1:6379/8")
 SUBMIT_RE = re.compile(rb'hx-post="(/a/[0-9a-f-]{36}/submit)"')
 
 
@@ -431,7 +434,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     db_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/prefloop_bench_annotate")
     annotators = max(max(args.concurrency), args.browser, 32)
-    env = bench_env(db_url, OUT / "var", SESSION_COOKIE_SECURE="0", CSRF_COOKIE_SECURE="0")
+    env = bench_env(db_url, OUT / "var", SESSION_COOKIE_SECURE="0", CSRF_COOKIE_SECURE="0", CACHE_URL=CACHE_URL)
     t = time.perf_counter()
     if args.reuse_database:
         reset(db_url)
