@@ -561,7 +561,7 @@ def test_the_kept_cursor_behaves_as_djangos_own() -> None:
     """annotation.rows on config.postgresql's kept cursor: Django's errors, no statement inside a
     broken transaction, a new cursor after the connection is replaced, and nothing run in a
     transaction that Django's would not have run there."""
-    from django.db import DataError, transaction
+    from django.db import DatabaseError, DataError, connections, transaction
     from django.db.transaction import TransactionManagementError
 
     from annotation import rows
@@ -577,6 +577,18 @@ def test_the_kept_cursor_behaves_as_djangos_own() -> None:
             rows.fetch_one("SELECT 1 / 0", [])
         connection.needs_rollback = True  # what Django marks when an error passes through atomic
         rows.fetch_one("SELECT 6", [])
+    wrapper, refused = connections["default"], []  # this thread's DatabaseWrapper, not the proxy
+
+    def other_thread() -> None:
+        try:
+            wrapper.kept_cursor()
+        except DatabaseError as exc:
+            refused.append(exc)
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    assert refused and "thread" in str(refused[0])
     connection.close()
     assert rows.fetch_one("SELECT 7", []) == (7,)
     assert connection._kept is not first and connection._kept.connection is connection.connection

@@ -50,9 +50,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def kept_cursor(self) -> psycopg.Cursor[Any]:
         """A server-binding psycopg cursor kept open on the connection, for statements run often
         (`annotation.rows`). Each call still does what matters of making a Django cursor: the
-        per-request health check, the connection opened on demand, and the refusal to run inside a
-        broken transaction. The caller wraps the execute in `wrap_database_errors`. Queries run on
-        it are not logged."""
+        per-request health check, the connection opened on demand, the check that it is used by its
+        own thread, and the refusal to run inside a broken transaction. The caller wraps the
+        execute in `wrap_database_errors`. Queries run on it are not logged."""
+        self.validate_thread_sharing()
         self.close_if_health_check_failed()
         self.ensure_connection()
         self.validate_no_broken_transaction()
