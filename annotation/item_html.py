@@ -25,7 +25,7 @@ _env = Environment(
     undefined=StrictUndefined,
     auto_reload=settings.DEBUG,
 )
-_env.filters["markdown"] = lambda text: Markup(render_markdown(text or ""))  # noqa: S704 - sanitized
+_env.filters["markdown"] = lambda text: Markup(render_markdown(text))  # noqa: S704 - sanitized
 
 
 def render(context: dict[str, Any]) -> Markup:

@@ -131,11 +131,17 @@ class Project(models.Model):
         return self.name
 
     @cached_property
+    def schema_key(self) -> str:
+        """The schema as canonical JSON: the key of what is worked out once per process for each
+        distinct schema (its parsed form here, its answer controls in `annotation.views`)."""
+        return json.dumps(self.schema, sort_keys=True)
+
+    @cached_property
     def judgment_schema(self) -> JudgmentSchema:
         """The parsed schema. Parsed once per process for each distinct schema (it is frozen, so
         instances share it): validating it anew for every request's fresh Project took 3 % of an
         annotation loop."""
-        key = json.dumps(self.schema, sort_keys=True)
+        key = self.schema_key
         parsed = _PARSED_SCHEMAS.get(key)
         if parsed is None:
             parsed = JudgmentSchema.model_validate(self.schema)

@@ -21,6 +21,12 @@ from annotation.models import Assignment, ImportJob, Project
 from annotation.schema import PayloadError
 
 
+def _is_htmx(request: HttpRequest) -> bool:
+    """`request.htmx`, read straight from the request's environ: django-htmx builds the request's
+    whole header map to answer it (2 % of an annotation loop)."""
+    return request.META.get("HTTP_HX_REQUEST") == "true"
+
+
 @login_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
@@ -96,7 +102,7 @@ def import_upload(request: HttpRequest, slug: str) -> HttpResponse:
         "import_form": form,
         "jobs": selectors.import_jobs_for_project(project),
     }
-    if request.htmx:
+    if _is_htmx(request):
         return render(request, "annotation/project_detail.html#import-panel", context)
     if form.errors:
         return render(request, "annotation/project_detail.html#import-panel", context, status=400)
@@ -114,14 +120,14 @@ def import_job_detail(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
 # Annotating: one page; the item area is an htmx partial that every action replaces.
 
 
-_CONTROLS: dict[tuple[int, str, int], str] = {}
+_CONTROLS: dict[tuple[str, int], str] = {}
 
 
 def _controls(project: Project, n_responses: int) -> str:
     """The answer controls (strength scale, rubric, span menu, justification) as HTML, rendered
     once per process for each schema and response count: they hold nothing of the item, the
     assignment or the user, and are most of the work of rendering an item."""
-    key = (project.pk, json.dumps(project.schema, sort_keys=True), n_responses)
+    key = (project.schema_key, n_responses)
     html = _CONTROLS.get(key)
     if html is None:
         shown = [{"position": p, "label": chr(ord("A") + p)} for p in range(n_responses)]
@@ -132,12 +138,6 @@ def _controls(project: Project, n_responses: int) -> str:
             _CONTROLS.clear()
         _CONTROLS[key] = html
     return mark_safe(html)  # noqa: S308 - rendered by our template with autoescape
-
-
-def _is_htmx(request: HttpRequest) -> bool:
-    """`request.htmx`, read straight from the request's environ: django-htmx builds the request's
-    whole header map to answer it (2 % of an annotation loop)."""
-    return request.META.get("HTTP_HX_REQUEST") == "true"
 
 
 _ZERO_UUID = str(UUID(int=0))
