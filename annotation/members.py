@@ -20,7 +20,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from annotation import audit, selectors
+from annotation import audit, queue, selectors
 from annotation.models import AuditEvent, Membership, Project
 
 AUDIT_PAGE_SIZE = 50
@@ -109,6 +109,9 @@ def member_remove(*, membership: Membership, by: AbstractBaseUser, request: Http
         details = {"user": current.user.username, "role": current.role}
         target = ("annotation.membership", current.pk, str(current))
         current.delete()
+        released = queue.release_leases(project=project, user=current.user)
+        if released:
+            details["leases_released"] = released
         audit.record(by, "membership.remove", project=project, target=target, details=details, request=request)
 
 

@@ -135,12 +135,26 @@ def reap_expired_leases(now: Any = None) -> int:
     """Expire leases past their time and give their slots back. Safe to run concurrently:
     each lease is flipped by exactly one UPDATE, and only flipped leases give a slot back."""
     now = now or timezone.now()
+    return _expire_leases("expires_at <= %s", [now], now)
+
+
+def release_leases(*, project: Project, user: AbstractBaseUser) -> int:
+    """End this annotator's live leases in the project now (they left it), so their items go back
+    to the queue at once rather than when the leases run out. A submit racing with this either
+    lands first (its judgment stands) or finds the lease ended; the two meet on the assignment's
+    row lock, taken in the order a submit takes it (assignment, then item)."""
+    now = timezone.now()
+    where = "annotator_id = %s AND item_id IN (SELECT id FROM annotation_item WHERE project_id = %s)"
+    return _expire_leases(where, [user.pk, project.pk], now)
+
+
+def _expire_leases(where: str, params: list[Any], now: Any) -> int:
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                "UPDATE annotation_assignment SET state = %s, finished_at = %s "
-                "WHERE state = %s AND expires_at <= %s RETURNING item_id",
-                [Assignment.State.EXPIRED, now, Assignment.State.LEASED, now],
+                "UPDATE annotation_assignment SET state = %s, finished_at = %s "  # noqa: S608 - `where` is ours
+                f"WHERE state = %s AND {where} RETURNING item_id",
+                [Assignment.State.EXPIRED, now, Assignment.State.LEASED, *params],
             )
             item_ids = [row[0] for row in cursor.fetchall()]
         for item_id in item_ids:

@@ -134,3 +134,51 @@ def test_another_projects_membership_ids_answer_404(project: Project, make_proje
         for name, data in (("member_role", {"role": "annotator"}), ("member_remove", {})):
             assert c.post(reverse(f"annotation:{name}", args=[theirs.slug, m.id]), data).status_code == 404
     assert Membership.objects.filter(project=project).count() == 2
+
+
+def test_removing_an_annotator_returns_their_leased_items_to_the_queue_at_once(
+    make_project, curator, annotator, make_user
+) -> None:
+    """A removed annotator's live leases end with the membership (not when they run out, 15
+    minutes later by default): the item goes to the next annotator, and the removed one's page
+    can no longer submit it. Their leases in other projects stay."""
+    from annotation import queue
+    from annotation.importing import import_items
+    from annotation.models import Assignment, Item
+    from annotation.services import membership_set
+    from tests.conftest import jsonl, pair_row
+
+    project = make_project("p1", curator=curator, overlap=1)
+    other = make_project("p2", curator=curator)
+    bob = make_user("bob")
+    for p in (project, other):
+        import_items(project=p, fileobj=jsonl([pair_row(1)]))
+        membership_set(project=p, user=annotator, role=Membership.Role.ANNOTATOR)
+        membership_set(project=p, user=bob, role=Membership.Role.ANNOTATOR)
+    held = queue.next_assignment(project=project, user=annotator)
+    kept = queue.next_assignment(project=other, user=annotator)
+    assert queue.next_assignment(project=project, user=bob) is None  # overlap 1: the item is held
+
+    removed = client_for(curator).post(
+        reverse("annotation:member_remove", args=[project.slug, _membership(project, annotator).id])
+    )
+    assert removed.status_code == 302
+
+    held.refresh_from_db()
+    assert held.state == Assignment.State.EXPIRED and held.finished_at is not None
+    assert Item.objects.get(id=held.item_id).leased_count == 0
+    kept.refresh_from_db()
+    assert kept.state == Assignment.State.LEASED
+    assert AuditEvent.objects.get(action="membership.remove").details == {
+        "user": "alice",
+        "role": "annotator",
+        "leases_released": 1,
+    }
+    handed = queue.next_assignment(project=project, user=bob)
+    assert handed is not None and handed.item_id == held.item_id
+    submit = client_for(annotator).post(
+        reverse("annotation:submit", args=[held.uuid]),
+        {"payload": '{"pairwise": {"choice": "A", "strength": 1}}', "time_ms": "1000"},
+    )
+    assert submit.status_code == 404
+    assert not held.item.judgments.exists()
