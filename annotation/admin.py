@@ -1,6 +1,10 @@
+from django import forms
 from django.contrib import admin
+from django.db import transaction
 from django.http import HttpRequest
+from pydantic import ValidationError as PydanticValidationError
 
+from annotation import services
 from annotation.models import (
     ApiToken,
     Assignment,
@@ -14,6 +18,7 @@ from annotation.models import (
     Project,
     SchemaVersion,
 )
+from annotation.schema import JudgmentSchema, format_validation_error
 
 
 class MembershipInline(admin.TabularInline):
@@ -22,12 +27,41 @@ class MembershipInline(admin.TabularInline):
     raw_id_fields = ["user"]
 
 
+class ProjectAdminForm(forms.ModelForm):
+    class Meta:
+        model = Project
+        fields = "__all__"  # noqa: DJ007 - the admin shows and edits every field
+
+    def clean_schema(self) -> object:
+        try:
+            return JudgmentSchema.model_validate(self.cleaned_data["schema"]).model_dump(mode="json", exclude_none=True)
+        except PydanticValidationError as exc:
+            raise forms.ValidationError(format_validation_error(exc)) from None
+
+
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
+    form = ProjectAdminForm
     list_display = ["name", "slug", "schema_version", "overlap", "routing_policy", "created_at"]
     search_fields = ["name", "slug"]
     readonly_fields = ["uuid", "schema_version", "guidelines_version", "created_at", "updated_at"]
     inlines = [MembershipInline]
+
+    def save_model(self, request: HttpRequest, obj: Project, form: forms.ModelForm, change: bool) -> None:
+        """A changed schema or guidelines is a new version (judgments record the one they were made
+        under), and a changed overlap settles the items' status, as the services do elsewhere."""
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        stored = Project.objects.get(pk=obj.pk)
+        schema, guidelines, overlap = obj.schema, obj.guidelines, obj.overlap
+        obj.schema, obj.guidelines, obj.overlap = stored.schema, stored.guidelines, stored.overlap
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            services.project_set_schema(project=obj, schema=JudgmentSchema.model_validate(schema), by=request.user)
+            services.project_set_guidelines(project=obj, text=guidelines, by=request.user)
+            services.project_set_overlap(project=obj, overlap=overlap)
+        obj.refresh_from_db()
 
 
 @admin.register(SchemaVersion)

@@ -365,6 +365,10 @@ class Assignment(models.Model):
     skip_reason = models.CharField(max_length=500, blank=True)
     flagged = models.BooleanField(default=False)
     flag_reason = models.CharField(max_length=500, blank=True)
+    # What the annotator's page showed: the judgment is checked against and records these, not
+    # whatever the project has by the time the answer arrives (None: leased before they existed).
+    schema_version = models.PositiveIntegerField(null=True, blank=True)
+    guidelines_version = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [

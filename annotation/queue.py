@@ -31,7 +31,7 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from annotation import rows
-from annotation.models import Assignment, Item, Judgment, Labeler, Project
+from annotation.models import Assignment, Item, Judgment, Labeler, Project, SchemaVersion
 from annotation.rows import Rows
 from annotation.schema import JudgmentSchema, PayloadError
 
@@ -148,6 +148,13 @@ def release_leases(*, project: Project, user: AbstractBaseUser) -> int:
     return _expire_leases(where, [user.pk, project.pk], now)
 
 
+def release_item_leases(*, item_id: int) -> int:
+    """End the live leases on an item a curator withdrew (dropped), so nobody goes on answering
+    it. Call it before locking the item: rows are locked assignment first, then item, as a
+    submit locks them."""
+    return _expire_leases("item_id = %s", [item_id], timezone.now())
+
+
 def _expire_leases(where: str, params: list[Any], now: Any) -> int:
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -199,6 +206,9 @@ def _lease_next_retrying(project: Project, user: AbstractBaseUser, rng: random.R
     refuses the second assignment row. On PostgreSQL the hand-out's INSERT then does nothing (ON
     CONFLICT DO NOTHING, and the item's lease is only counted for a row that went in) and comes
     back empty, so an empty answer is asked once more, and that finds the other request's lease.
+    An answer that is empty again while something is left (the candidates' rows were locked by
+    other hand-outs still in flight, which SKIP LOCKED passes by, or another request of the
+    annotator's committed a lease since) is asked again after a short pause, three times at most.
     Elsewhere the hand-out is rolled back whole and tried again."""
     if connection.vendor == "postgresql":
         # One draw for both tries, so an empty queue does not raise the rate of gold items.
@@ -206,7 +216,14 @@ def _lease_next_retrying(project: Project, user: AbstractBaseUser, rng: random.R
         perm = list(range(MAX_RESPONSES))
         rng.shuffle(perm)
         handout = _lease_next_pg(project, user, gold_first, perm)
-        return handout if handout.assignment is not None else _lease_next_pg(project, user, gold_first, perm)
+        for pause in (0.0, 0.005, 0.02, 0.05):
+            if handout.assignment is not None:
+                break
+            if pause and not _anything_left(project, user, gold_first):
+                break  # empty because nothing is left, not because others held the rows a moment
+            time.sleep(pause)
+            handout = _lease_next_pg(project, user, gold_first, perm)
+        return handout
     for attempt in range(3):
         try:
             return Handout(_lease_next(project, user, rng))
@@ -221,6 +238,7 @@ _I = Rows(Item, "i")
 _P = Rows(Project, "p")
 _LEASED = Assignment.State.LEASED.value
 MAX_RESPONSES = 16  # JudgmentSchema.response_count_error
+MAX_TIME_SPENT_MS = 2**31 - 1  # the column's range (24.8 days)
 
 _LIVE_SQL = f"""
 SELECT {_A.columns}, {_I.columns}
@@ -239,7 +257,7 @@ def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) ->
     if row is not None:
         live = _A.load(row)
         live.item = _I.load(row, _A.width)
-        return live
+        return _shown_now(live, project)
     with transaction.atomic():
         want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate
         item = (_pick(project, user, gold=True) if want_gold else None) or _pick(project, user, gold=False)
@@ -256,6 +274,8 @@ def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) ->
             "is_gold": item.is_gold,
             "leased_at": now,
             "expires_at": now + timedelta(seconds=project.lease_seconds),
+            "schema_version": project.schema_version,
+            "guidelines_version": project.guidelines_version,
         }
         assignment = Assignment(id=rows.insert(Assignment, fields), **fields)
     assignment._state.adding = False
@@ -308,6 +328,29 @@ _CANDIDATE = """
     FOR UPDATE OF i SKIP LOCKED"""
 # Routed to humans (the router sent the rest to AI), with a free slot of the item's overlap.
 _HUMAN_SLOTS = "AND i.route IN ('human', 'both') AND i.human_count < %(overlap)s + i.extra_overlap - i.leased_count"
+# Whether a hand-out could find anything now: a live lease of the annotator (another request of
+# theirs committed one since), or a candidate, locked or not. A hand-out that came back empty
+# while other hand-outs held the last candidates' rows (SKIP LOCKED passes them by) tries again.
+_UNLOCKED = _CANDIDATE.replace("FOR UPDATE OF i SKIP LOCKED", "")
+_ANY_LEFT_SQL = """WITH {live}
+SELECT EXISTS (SELECT 1 FROM live) OR EXISTS ({human}) OR (%(gold)s AND EXISTS ({gold}))""".format(  # noqa: S608
+    live=_LIVE_CTE,
+    human=_UNLOCKED.format(also="", gold="false", human_slots=_HUMAN_SLOTS),
+    gold=_UNLOCKED.format(also="", gold="true", human_slots=""),
+)
+
+
+def _anything_left(project: Project, user: AbstractBaseUser, gold: bool) -> bool:
+    params = {
+        "project": project.pk,
+        "annotator": user.pk,
+        "now": timezone.now(),
+        "overlap": project.overlap,
+        "gold": gold,
+    }
+    return bool(rows.fetch_one(_ANY_LEFT_SQL, params)[0])
+
+
 _PICK_HUMAN = "picked AS (" + _CANDIDATE.format(also="", gold="false", human_slots=_HUMAN_SLOTS) + ")"
 _PICK_GOLD_FIRST = (
     "gold AS (" + _CANDIDATE.format(also="", gold="true", human_slots="") + "),\n"  # noqa: S608 - constants
@@ -378,6 +421,8 @@ def _lease_next_pg(project: Project, user: AbstractBaseUser, gold_first: bool, p
         "state": _LEASED,
         "leased_at": now,
         "expires_at": now + timedelta(seconds=project.lease_seconds),
+        "schema_version": project.schema_version,
+        "guidelines_version": project.guidelines_version,
     }
     exprs = {"item_id": "p.id", "is_gold": "p.is_gold", "response_order": _ORDER_SQL}
     cols, values, params = rows.insert_parts(Assignment, given, exprs)
@@ -389,7 +434,21 @@ def _lease_next_pg(project: Project, user: AbstractBaseUser, gold_first: bool, p
     assignment.item = _I.load(row, _A.width)
     stats_row = row[_A.width + _I.width :]
     stats = AnnotatorDay.from_row(stats_row if stats_row[0] is not None else None, now.date())
-    return Handout(assignment, stats)
+    return Handout(_shown_now(assignment, project), stats)
+
+
+def _shown_now(assignment: Assignment, project: Project) -> Assignment:
+    """A lease about to be shown again (a reload, the next page of a resumed session) under a
+    schema or guidelines that changed since it was handed out: the page now shows the project's
+    current ones, so the lease records those. A page still open on the old ones keeps its answer
+    checked against the old schema until it is shown anew."""
+    shown = (project.schema_version, project.guidelines_version)
+    if (assignment.schema_version, assignment.guidelines_version) != shown:
+        Assignment.objects.filter(pk=assignment.pk, state=Assignment.State.LEASED).update(
+            schema_version=shown[0], guidelines_version=shown[1]
+        )
+        assignment.schema_version, assignment.guidelines_version = shown
+    return assignment
 
 
 def to_stored_order(payload: dict[str, Any], order: list[int]) -> dict[str, Any]:
@@ -400,6 +459,8 @@ def to_stored_order(payload: dict[str, Any], order: list[int]) -> dict[str, Any]
     out = dict(payload)
     pairwise = payload.get("pairwise")
     if isinstance(pairwise, dict) and pairwise.get("choice") in ("A", "B"):
+        if n != 2:
+            raise PayloadError(f"a pairwise answer needs an item with 2 responses; this one has {n}")
         shown = 0 if pairwise["choice"] == "A" else 1
         out["pairwise"] = {**pairwise, "choice": "AB"[order[shown]]}
     for key in ("ranking", "rubric"):
@@ -434,11 +495,13 @@ def gold_score(schema: JudgmentSchema, answer: dict[str, Any], gold: dict[str, A
             parts.append(sum((g[i] < g[j]) == (a[i] < a[j]) for i, j in pairs) / len(pairs))
     if gold.get("rubric") and answer.get("rubric") and schema.rubric:
         spans = {a.name: a.scale.max - a.scale.min for a in schema.rubric.aspects}
+        # Only ratings the annotator gave are compared: an aspect left blank (where the schema
+        # allows it) is neither right nor wrong, and an answer with none is not scored.
         errors = [
-            abs(ratings[name] - answer["rubric"][i].get(name, ratings[name])) / spans[name]
-            for i, ratings in enumerate(gold["rubric"])
+            abs(ratings[name] - given[name]) / spans[name]
+            for ratings, given in zip(gold["rubric"], answer["rubric"], strict=False)
             for name in ratings
-            if name in spans
+            if name in spans and isinstance(given, dict) and given.get(name) is not None
         ]
         if errors:
             parts.append(1.0 - sum(errors) / len(errors))
@@ -478,7 +541,9 @@ def submit(
     On PostgreSQL the usual case, a live lease answered once, takes two statements and no explicit
     transaction (`_submit_optimistic`); everything else (a repeat, a skipped item, a lease that ran
     out, a lease that changed in between) goes through the locking path below."""
-    if assignment_uuid is not None:
+    if assignment_uuid is not None and user.is_superuser:  # site admins reach every project
+        by, params = "a.uuid = %s", [_UUID_FIELD.get_db_prep_value(assignment_uuid, connection)]
+    elif assignment_uuid is not None:
         by = "a.uuid = %s AND EXISTS (SELECT 1 FROM annotation_membership m WHERE m.project_id = p.id AND m.user_id = %s)"  # noqa: E501
         params = [_UUID_FIELD.get_db_prep_value(assignment_uuid, connection), user.pk]
     else:
@@ -511,6 +576,17 @@ def _load_for_submit(sql: str, params: list[Any]) -> Assignment:
     return assignment
 
 
+def schema_at(project: Project, version: int | None) -> tuple[int, JudgmentSchema]:
+    """The project's schema version and schema as they were at `version`: the current ones
+    without a query, and where that version was not kept (or None is asked for)."""
+    if version is not None and version != project.schema_version:
+        stored = SchemaVersion.objects.filter(project_id=project.pk, version=version).values_list("schema", flat=True)
+        data = stored.first()
+        if data is not None:
+            return version, JudgmentSchema.model_validate(data)
+    return project.schema_version, project.judgment_schema
+
+
 def _judgment_fields(
     assignment: Assignment, user: AbstractBaseUser, payload: dict[str, Any], time_spent_ms: int | None, now: Any
 ) -> dict[str, Any]:
@@ -518,20 +594,26 @@ def _judgment_fields(
     schema (PayloadError otherwise), its gold score, the versions it was made under, the time."""
     item = assignment.item
     project = item.project
-    schema = project.judgment_schema
+    schema_version, schema = schema_at(project, assignment.schema_version)
     stored = to_stored_order(payload, assignment.response_order)
     parsed = schema.validate_payload(stored, item.response_texts)
     canonical = parsed.model_dump(exclude_none=True)
     elapsed_ms = int((now - assignment.leased_at).total_seconds() * 1000)
-    spent = elapsed_ms if time_spent_ms is None else max(0, min(int(time_spent_ms), elapsed_ms))
+    if time_spent_ms is None:
+        # No timer from the page (a form without script): the time since the lease began, but
+        # not beyond the lease, for an answer sent after it ran out holds idle time too.
+        spent = min(elapsed_ms, project.lease_seconds * 1000)
+    else:
+        spent = max(0, min(int(time_spent_ms), elapsed_ms))
+    spent = min(spent, MAX_TIME_SPENT_MS)
     return {
         "uuid": uuid.uuid4(),
         "item_id": item.pk,
         "labeler_id": assignment.labeler_id or human_labeler(user).pk,
         "assignment_id": assignment.pk,
         "payload": canonical,
-        "schema_version": project.schema_version,
-        "guidelines_version": project.guidelines_version,
+        "schema_version": schema_version,
+        "guidelines_version": assignment.guidelines_version or project.guidelines_version,
         "response_order": assignment.response_order,
         "time_spent_ms": spent,
         "gold_score": gold_score(schema, canonical, item.gold_answer) if item.is_gold else None,
@@ -550,6 +632,8 @@ def _submit_locked(
     if assignment.state == Assignment.State.SKIPPED:
         raise QueueError("this item was skipped; it can no longer be answered")
     item = assignment.item  # locked with the assignment
+    if item.status == Item.Status.DROPPED:
+        raise QueueError("a curator withdrew this item from the queue; it can no longer be answered")
     project = item.project
     now = timezone.now()
     found = assignment.state

@@ -9,11 +9,12 @@ from typing import IO, Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import File
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from annotation.importing import ImportRefused, ImportResult, RowError, import_items
-from annotation.models import GuidelinesVersion, ImportJob, Membership, Project, SchemaVersion
+from annotation.models import GuidelinesVersion, ImportJob, Item, Membership, Project, SchemaVersion
 from annotation.schema import JudgmentSchema, format_validation_error
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,25 @@ def project_set_guidelines(*, project: Project, text: str, by: AbstractBaseUser 
         locked.guidelines = text
         locked.save(update_fields=["guidelines", "guidelines_version", "updated_at"])
         GuidelinesVersion.objects.create(project=locked, version=locked.guidelines_version, text=text, created_by=by)
+    return locked
+
+
+def project_set_overlap(*, project: Project, overlap: int) -> Project:
+    """Change how many human judgments each item wants. Items already judged that many times
+    (plus any extra a curator asked for) are done; done items now short of it are open again.
+    Gold and dropped items keep their status."""
+    if not 1 <= overlap <= 50:
+        raise ValueError("overlap is 1 to 50 human judgments per item")
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        if locked.overlap == overlap:
+            return locked
+        locked.overlap = overlap
+        locked.save(update_fields=["overlap", "updated_at"])
+        items = Item.objects.filter(project=locked, is_gold=False)
+        wanted = overlap + F("extra_overlap")
+        items.filter(status=Item.Status.OPEN, human_count__gte=wanted).update(status=Item.Status.DONE)
+        items.filter(status=Item.Status.DONE, human_count__lt=wanted).update(status=Item.Status.OPEN)
     return locked
 
 

@@ -35,7 +35,7 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from annotation import audit
+from annotation import audit, queue
 from annotation.models import ImportJob, Item, Labeler, Project
 from curation.exporting import (
     ExportError,
@@ -81,6 +81,8 @@ def curation_action_apply(
     if evidence is not None and not isinstance(evidence, Mapping):
         raise CurationError("evidence is a JSON object")
     with transaction.atomic():
+        if action == CurationAction.Kind.DROP:
+            queue.release_item_leases(item_id=item.pk)  # before the item's lock, as a submit orders them
         locked = Item.objects.select_for_update().select_related("project").get(pk=item.pk)
         project = locked.project
         previous = {
