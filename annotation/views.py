@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from datetime import UTC
+from functools import wraps
 from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
@@ -10,7 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadReque
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import get_script_prefix, get_urlconf, reverse
-from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.html import json_script
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -25,6 +28,28 @@ def _is_htmx(request: HttpRequest) -> bool:
     """`request.htmx`, read straight from the request's environ: django-htmx builds the request's
     whole header map to answer it (2 % of an annotation loop)."""
     return request.META.get("HTTP_HX_REQUEST") == "true"
+
+
+SESSION_ENDED = (
+    "Your session has ended. Log in again in another tab ({login}), then come back and press Enter: "
+    "the answer on this page is kept."
+)
+
+
+def _login_required_keeping_answer(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """`login_required`, but an htmx request from a browser whose session ended (it expired, or it
+    logged out in another tab) gets a 401 with a message. A redirect to the login page would be
+    followed by htmx and swapped into the item area, and the answer on the page would be lost."""
+    checked = login_required(view)
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if _is_htmx(request) and not request.user.is_authenticated:
+            message = SESSION_ENDED.format(login=reverse("login"))
+            return HttpResponse(message, status=401, content_type="text/plain")
+        return checked(request, *args, **kwargs)
+
+    return wrapped
 
 
 @login_required
@@ -196,7 +221,8 @@ def _item_context(
             skip_url=urls[1],
             controls=_controls(project, len(shown)),
             item_json=json_script(item_data, "item-data"),
-            lease_until=timezone.localtime(assignment.expires_at).strftime("%H:%M"),
+            lease_until=assignment.expires_at.astimezone(UTC).strftime("%H:%M"),
+            lease_until_iso=assignment.expires_at.isoformat(),
         )
     else:
         context["home_url"] = reverse("annotation:home")
@@ -208,7 +234,7 @@ def _item_partial(context: dict[str, object]) -> HttpResponse:
     return HttpResponse(item_html.render(context))
 
 
-@login_required
+@_login_required_keeping_answer
 @require_GET
 def annotate(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug)
@@ -217,7 +243,11 @@ def annotate(request: HttpRequest, slug: str) -> HttpResponse:
     if _is_htmx(request):
         return _item_partial(context)
     context["item_html"] = item_html.render(context)
-    return render(request, "annotation/annotate.html", context)
+    response = render(request, "annotation/annotate.html", context)
+    # Not kept by the browser: Back after a few items must ask again (the page then shows the
+    # current item), not show one already answered, whose second answer would be set aside.
+    add_never_cache_headers(response)
+    return response
 
 
 def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
@@ -227,7 +257,7 @@ def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
     return _item_partial(_item_context(request, project, handout.assignment, handout.stats))
 
 
-@login_required
+@_login_required_keeping_answer
 @require_POST
 def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpResponse:
     try:
@@ -257,7 +287,7 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
     return _item_partial(_item_context(request, project, following, submitted.stats))
 
 
-@login_required
+@_login_required_keeping_answer
 @require_POST
 def assignment_skip(request: HttpRequest, assignment_uuid: UUID) -> HttpResponse:
     assignment = selectors.assignment_for_user(request.user, assignment_uuid)

@@ -20,7 +20,10 @@ from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.views import LoginView
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import get_token
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
 
 from config.security import client_ip
 
@@ -96,3 +99,11 @@ class RateLimitedLoginView(LoginView):
             response["Retry-After"] = str(_window())
             return response
         return super().post(request, *args, **kwargs)
+
+
+@require_GET
+@never_cache
+def csrf_token(request: HttpRequest) -> JsonResponse:
+    """This browser's CSRF token as it is now. A login replaces the token, so a page opened before
+    it (the annotate page in another tab) fetches the new one and sends its answer again."""
+    return JsonResponse({"token": get_token(request)})

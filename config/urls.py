@@ -4,11 +4,12 @@ from django.urls import include, path
 
 from config import health
 from config.api import api
-from config.auth_views import RateLimitedLoginView
+from config.auth_views import RateLimitedLoginView, csrf_token
 
 urlpatterns = [
     path("accounts/login/", RateLimitedLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/csrf-token", csrf_token, name="csrf_token"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("healthz", health.healthz, name="healthz"),

@@ -79,3 +79,34 @@ def test_home_shows_own_and_project_progress(project, annotator) -> None:
 def test_the_queue_empty_message(project, annotator) -> None:
     body = _client(annotator).get(reverse("annotation:annotate", args=[project.slug])).content.decode()
     assert 'id="queue-empty"' in body
+
+
+def test_an_ended_session_gets_a_message_from_htmx_requests_and_the_login_page_otherwise(project, annotator) -> None:
+    import_items(project=project, fileobj=jsonl([pair_row(1)]))
+    lease = queue.next_assignment(project=project, user=annotator)
+    anonymous = Client()
+    urls = [
+        ("get", reverse("annotation:annotate", args=[project.slug])),
+        ("post", reverse("annotation:submit", args=[lease.uuid])),
+        ("post", reverse("annotation:skip", args=[lease.uuid])),
+    ]
+    for method, url in urls:
+        partial = getattr(anonymous, method)(url, HTTP_HX_REQUEST="true")
+        assert partial.status_code == 401 and partial["Content-Type"].startswith("text/plain")
+        assert "session has ended" in partial.content.decode() and reverse("login") in partial.content.decode()
+        page = getattr(anonymous, method)(url)
+        assert page.status_code == 302 and page["Location"].startswith(reverse("login"))
+
+
+def test_the_annotate_page_is_not_kept_by_the_browser(project, annotator) -> None:
+    import_items(project=project, fileobj=jsonl([pair_row(1)]))
+    page = _client(annotator).get(reverse("annotation:annotate", args=[project.slug]))
+    assert page.status_code == 200 and "no-store" in page["Cache-Control"]
+
+
+def test_a_page_can_ask_for_the_current_csrf_token(annotator) -> None:
+    c = Client(enforce_csrf_checks=True)
+    c.force_login(annotator)
+    token = c.get(reverse("csrf_token")).json()["token"]
+    assert len(token) == 64
+    assert c.post(reverse("logout"), HTTP_X_CSRFTOKEN=token).status_code == 302

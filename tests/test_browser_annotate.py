@@ -46,13 +46,25 @@ def test_pairwise_item_with_keyboard_alone(page, make_project, make_user) -> Non
     assert "m-left" not in page.content()  # model names hidden by default
     page.keyboard.press("?")
     assert page.locator("#help").is_visible()
+    page.keyboard.press("4")  # the help is open: answer keys do nothing underneath it
+    assert page.locator("input[name=pairwise]:checked").count() == 0
     page.keyboard.press("Escape")
+    assert not page.locator("#help").is_visible()
+    page.keyboard.press("?")
+    page.mouse.click(5, 5)  # the backdrop closes it too
     assert not page.locator("#help").is_visible()
 
     page.keyboard.press("4")  # "B better": the response shown on the right
     page.keyboard.press("2")  # helpfulness of the left response
-    page.keyboard.press("5")  # helpfulness of the right response: focus moves to the justification
+    page.keyboard.press("5")  # helpfulness of the right response
+    # The last answer does not put the keys into the justification box: Enter submits, and the
+    # justification is required, so it is asked for; `w` goes there.
+    page.keyboard.press("Enter")
+    assert "write a justification" in page.locator("#item-error").inner_text()
+    assert page.evaluate("document.activeElement.tagName") != "TEXTAREA"
+    page.keyboard.press("w")
     page.keyboard.type("Right one is friendlier.")
+    assert "write a justification" not in page.locator("#item-error").inner_text()  # stale message gone
     page.keyboard.press("Escape")
     page.keyboard.press("Enter")
     page.wait_for_selector("#queue-empty")
@@ -206,3 +218,77 @@ def test_skip_and_flag_from_the_keyboard(page, make_project, make_user) -> None:
     page.wait_for_function("(t) => document.querySelector('#item-data').textContent !== t", arg=second)
     states = sorted(Assignment.objects.values_list("state", "flagged", "flag_reason"))
     assert states == [("leased", False, ""), ("skipped", False, ""), ("skipped", True, "prompt is empty")]
+
+
+def test_removing_a_mark_removes_that_mark_whatever_was_marked_in_the_other_response(
+    page, make_project, make_user
+) -> None:
+    texts = ["Paris is in Germany and Rome is in Spain.", "The capital is Lyon, by the river."]
+    rows = [{"id": f"sp{i}", "prompt": "Capitals", "responses": texts} for i in range(2)]
+    project, _ = _project(make_project, make_user, RUBRIC_SPANS, rows)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    login(page, "ann", "ann-pw-123")
+    page.goto(f"/p/{project.slug}/annotate")
+    page.wait_for_selector("#item-form")
+    first = Assignment.objects.get()
+    order = first.response_order
+    a, b = order.index(0), order.index(1)  # where each text is shown
+    mouse_select(page, a, 0, 5)  # "Paris"
+    page.click("#span-menu button[data-category=factual]")
+    lyon, rome = texts[1].index("Lyon"), texts[0].index("Rome")
+    mouse_select(page, b, lyon, lyon + 4)
+    page.click("#span-menu button[data-category=factual]")
+    mouse_select(page, a, rome, rome + 4)
+    page.click("#span-menu button[data-category=irrelevant]")
+    page.locator(f'.span-list[data-position="{a}"] li', has_text="Paris").locator("button").click()
+    page.locator(f'.span-list[data-position="{b}"] li', has_text="Lyon").locator("button").click()
+    assert page.locator(f'.span-text[data-position="{b}"] mark').count() == 0
+    assert page.locator(f'.span-text[data-position="{a}"] mark').all_inner_texts() == ["Rome"]
+    for shown in range(2):
+        page.click(f'[data-testid="rubric-{shown}-helpfulness-3"]', force=True)
+        page.click(f'[data-testid="rubric-{shown}-correctness-1"]', force=True)
+    page.click("#submit-btn")
+    page.wait_for_function("(u) => !document.querySelector('#item-data').textContent.includes(u)", arg=str(first.uuid))
+    page.wait_for_selector("#item-form")
+    # The next item's span menu came in without an inline style, which the page's policy refuses.
+    assert not [e for e in errors if "Content Security Policy" in e or "inline style" in e], errors
+    assert Judgment.objects.get().payload["spans"] == [
+        {"response": 0, "start": rome, "end": rome + 4, "category": "irrelevant", "note": ""}
+    ]
+
+
+def test_an_answer_survives_a_session_that_ended_while_it_was_being_given(page, make_project, make_user) -> None:
+    """Logged out in another tab: the submit is refused with a message and the answer stays on
+    the page; after logging in again (which replaces the CSRF token), Enter sends it."""
+    rows = [{"id": f"se{i}", "prompt": "p", "response_a": "a", "response_b": "b"} for i in range(2)]
+    project, _ = _project(make_project, make_user, {"pairwise": {"justification": "optional"}}, rows)
+    login(page, "ann", "ann-pw-123")
+    page.goto(f"/p/{project.slug}/annotate")
+    page.wait_for_selector("#item-form")
+    first = Assignment.objects.get()
+    page.keyboard.press("1")
+    page.keyboard.press("w")
+    page.keyboard.type("kept")
+    page.keyboard.press("Escape")
+
+    other = page.context.new_page()
+    other.goto("/")
+    other.click("header form[action='/accounts/logout/'] button")
+    other.wait_for_url("**/accounts/login/**")
+
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#item-error').textContent.includes('session has ended')")
+    assert page.locator("#item-form").count() == 1  # no login page swapped into the item area
+    assert page.locator("textarea[name=justification]").input_value() == "kept"
+    assert not Judgment.objects.exists()
+
+    login(other, "ann", "ann-pw-123")
+    page.keyboard.press("Enter")
+    page.wait_for_function("(t) => document.querySelector('#item-data').textContent !== t", arg=first.uuid.hex)
+    page.wait_for_function(
+        "(u) => !document.querySelector('#item-data') || !document.querySelector('#item-data').textContent.includes(u)",
+        arg=str(first.uuid),
+    )
+    j = Judgment.objects.get()
+    assert j.assignment_id == first.id and j.payload["justification"] == "kept"

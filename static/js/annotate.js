@@ -9,6 +9,10 @@
   "use strict";
 
   let s = null; // state of the current item
+  // htmx copies these attributes from the old element to its same-id successor when it settles a
+  // swap; a `style` attribute (the span menu's position) would be set inline, which the page's
+  // Content-Security-Policy refuses.
+  if (window.htmx) htmx.config.attributesToSettle = ["class", "width", "height"];
 
   const $ = (sel, root) => (root || document).querySelector(sel);
   const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
@@ -33,7 +37,12 @@
     };
     if (s.schema.spans) renderAllSpans();
     if (s.schema.ranking) setupRanking();
-    setActive(0);
+    setActive(0, { scroll: false }); // the page opens at the prompt, not at the first question
+    const lease = $("#lease-until");
+    if (lease && lease.dateTime) {
+      // The lease's end in the annotator's own clock, not the server's.
+      lease.textContent = new Date(lease.dateTime).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    }
     tick();
   }
 
@@ -57,13 +66,21 @@
   setInterval(tick, 1000);
 
   // --- fields and focus ------------------------------------------------------------------------
-  function setActive(i) {
+  function setActive(i, opts) {
     if (!s || !s.fields.length) return;
+    const { scroll = true, focus = true } = opts || {};
     s.active = (i + s.fields.length) % s.fields.length;
     s.fields.forEach((f, k) => f.classList.toggle("active", k === s.active));
     const f = s.fields[s.active];
-    f.scrollIntoView({ block: "nearest" });
-    if (f.dataset.field === "justification") $("textarea", f).focus();
+    if (scroll) f.scrollIntoView({ block: "nearest" });
+    if (focus && f.dataset.field === "justification") $("textarea", f).focus({ preventScroll: !scroll });
+  }
+  // After an answer by key: on to the next question, but never into the justification box (keys
+  // would then type into it) and never round to the first question.
+  function advance() {
+    const next = s.active + 1;
+    if (next >= s.fields.length) return;
+    setActive(next, { focus: false });
   }
   function activeField() { return s && s.fields[s.active]; }
 
@@ -166,10 +183,15 @@
     showError("");
   }
   function removeSpan(k) {
-    const m = s.spans[k];
-    if (!m) return;
+    if (!s.spans[k]) return;
     s.spans.splice(k, 1);
-    renderSpans(m.position);
+    renderAllSpans(); // every list: the marks after k, in any response, have moved up one
+    showError("");
+  }
+
+  // An answer changed: a message about the earlier state no longer applies.
+  for (const type of ["change", "input"]) {
+    document.addEventListener(type, (e) => { if (s && s.form.contains(e.target)) showError(""); });
   }
 
   document.addEventListener("mouseup", (e) => {
@@ -199,6 +221,8 @@
         animation: 120,
         forceFallback: true, // mouse/touch events rather than native drag-and-drop: same on every browser
         handle: ".rank-card",
+        delay: 250, // on a touch screen a swipe scrolls the page; press and hold to drag a card
+        delayOnTouchOnly: true,
         onEnd: (evt) => { s.picked = evt.newIndex; renumber(); },
       });
     }
@@ -214,7 +238,7 @@
     renumber();
   }
   function toggleTie(card) {
-    if (!card || card === rankCards()[0]) return;
+    if (!s.schema.ranking.allow_ties || !card || card === rankCards()[0]) return;
     card.dataset.tie = card.dataset.tie === "1" ? "0" : "1";
     renumber();
   }
@@ -292,15 +316,52 @@
   // (0.8, 1.6, 3.2, 6.4, then 8 s; at least the Retry-After of a 503, which the server sends while
   // its database restarts) for up to 8 tries; after that the answer stays on the page.
   const fromForm = (e) => s && e.detail.elt === s.form;
+  // A refusal keeps the answer on the page. The server words its refusals as plain text; anything
+  // else (an error page) is summed up rather than shown as markup.
+  function refusalText(xhr) {
+    if ((xhr.getResponseHeader("Content-Type") || "").startsWith("text/plain") && xhr.responseText) {
+      return xhr.responseText;
+    }
+    if (xhr.status === 403) {
+      return "The server refused this request (403): you may have logged in again in another tab. " +
+        "Reload the page to go on; the answer on this page would need to be given again.";
+    }
+    if (xhr.status === 404) return "This item is no longer yours to answer (404). Reload the page for the next one.";
+    return `The server refused the answer (${xhr.status}).`;
+  }
   document.body.addEventListener("htmx:responseError", (e) => {
     if (!s) return;
     const xhr = e.detail.xhr;
     if (xhr.status >= 500 && fromForm(e)) return retry(retryAfterMs(xhr));
     if (xhr.status >= 500) return showError("The server is unavailable for a moment: please try again.");
+    if (xhr.status === 403 && fromForm(e) && !s.csrfRefreshed) return refreshTokenAndResend(xhr);
     s.submitting = false;
     s.form.elements.payload.value = "";
-    showError(xhr.responseText || "The server refused the answer.");
+    showError(refusalText(xhr));
   });
+  // Logging in again (in another tab, after the session ended) replaces the CSRF token, so this
+  // page's token from <body hx-headers> is refused (403). The page then asks for the new token once
+  // and sends the answer again.
+  let csrfToken = null;
+  document.body.addEventListener("htmx:configRequest", (e) => {
+    if (csrfToken) e.detail.headers["X-CSRFToken"] = csrfToken;
+  });
+  function refreshTokenAndResend(xhr) {
+    const form = s.form, url = $("#item").dataset.csrfUrl;
+    s.csrfRefreshed = true;
+    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+      .then((d) => {
+        csrfToken = d.token;
+        if (s && s.form === form) htmx.trigger(form, "submit");
+      })
+      .catch(() => {
+        if (!s || s.form !== form) return;
+        s.submitting = false;
+        s.form.elements.payload.value = "";
+        showError(refusalText(xhr));
+      });
+  }
   document.body.addEventListener("htmx:sendError", (e) => {
     if (fromForm(e)) retry(0);
     else showError("Connection problem: please try again.");
@@ -360,6 +421,7 @@
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.key === "?") { toggle("#help"); e.preventDefault(); return; }
     if (e.key === "Escape") { $("#help").hidden = true; hideSpanMenu(); return; }
+    if (!$("#help").hidden) { e.preventDefault(); return; } // the help is open: only ? and Esc act
     if (e.key === "g") { toggle("#guidelines"); return; }
     if (!s) return;
     const field = activeField();
@@ -386,7 +448,8 @@
         if (tie) {
           e.preventDefault();
           tie.checked = true;
-          setActive(s.fields.findIndex((f) => f.dataset.field === "pairwise") + 1);
+          setActive(s.fields.findIndex((f) => f.dataset.field === "pairwise"), { focus: false });
+          advance();
         }
         return;
       }
@@ -401,13 +464,14 @@
     }
     if (/^[1-9]$/.test(e.key) && field && (field.dataset.field === "pairwise" || field.dataset.field === "rubric")) {
       if (chooseOption(field, Number(e.key))) {
-        e.preventDefault(); // the key must not also type into the field that receives focus next
-        setActive(s.active + 1);
+        e.preventDefault();
+        advance();
       }
     }
   });
 
   document.addEventListener("click", (e) => {
+    if (e.target.id === "help") { e.target.hidden = true; return; } // the backdrop around the help
     const t = e.target.closest("button");
     if (!t) {
       const f = e.target.closest(".field");
