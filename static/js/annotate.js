@@ -37,7 +37,9 @@
     };
     if (s.schema.spans) renderAllSpans();
     if (s.schema.ranking) setupRanking();
-    setActive(0, { scroll: false }); // the page opens at the prompt, not at the first question
+    // On a wide screen the first question is scrolled just into view (above the action bar); on a
+    // phone the page opens at the prompt, which is read first there.
+    setActive(0, { scroll: window.matchMedia("(min-width: 721px)").matches });
     const lease = $("#lease-until");
     if (lease && lease.dateTime) {
       // The lease's end in the annotator's own clock, not the server's.
