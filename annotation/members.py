@@ -20,8 +20,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from annotation import audit, queue, selectors
-from annotation.models import AuditEvent, Membership, Project
+from annotation import audit, selectors
+from annotation.models import Assignment, AuditEvent, Membership, Project
 
 AUDIT_PAGE_SIZE = 50
 
@@ -108,10 +108,12 @@ def member_remove(*, membership: Membership, by: AbstractBaseUser, request: Http
             raise MembershipError(f"{current.user.username} is the project's last curator and cannot be removed.")
         details = {"user": current.user.username, "role": current.role}
         target = ("annotation.membership", current.pk, str(current))
+        held = Assignment.objects.filter(
+            annotator_id=current.user_id, item__project=project, state=Assignment.State.LEASED
+        ).count()
+        if held:
+            details["leases_released"] = held  # given back by the membership's delete receiver
         current.delete()
-        released = queue.release_leases(project=project, user=current.user)
-        if released:
-            details["leases_released"] = released
         audit.record(by, "membership.remove", project=project, target=target, details=details, request=request)
 
 

@@ -135,17 +135,17 @@ def reap_expired_leases(now: Any = None) -> int:
     """Expire leases past their time and give their slots back. Safe to run concurrently:
     each lease is flipped by exactly one UPDATE, and only flipped leases give a slot back."""
     now = now or timezone.now()
-    return _expire_leases("expires_at <= %s", [now], now)
+    return _expire_leases("expires_at <= %s", [now], now, exclusive=True)
 
 
-def release_leases(*, project: Project, user: AbstractBaseUser) -> int:
+def release_leases(*, project_id: int, user_id: int) -> int:
     """End this annotator's live leases in the project now (they left it), so their items go back
     to the queue at once rather than when the leases run out. A submit racing with this either
     lands first (its judgment stands) or finds the lease ended; the two meet on the assignment's
     row lock, taken in the order a submit takes it (assignment, then item)."""
     now = timezone.now()
     where = "annotator_id = %s AND item_id IN (SELECT id FROM annotation_item WHERE project_id = %s)"
-    return _expire_leases(where, [user.pk, project.pk], now)
+    return _expire_leases(where, [user_id, project_id], now)
 
 
 def release_item_leases(*, item_id: int) -> int:
@@ -155,9 +155,18 @@ def release_item_leases(*, item_id: int) -> int:
     return _expire_leases("item_id = %s", [item_id], timezone.now())
 
 
-def _expire_leases(where: str, params: list[Any], now: Any) -> int:
+# One reaper at a time (per database): two sweeping the same expired leases in different orders
+# could deadlock; the one that finds the lock taken leaves the work to the other.
+_REAPER_LOCK = 0x7072_6566_6C6F_6F70 & 0x7FFF_FFFF_FFFF_FFFF  # "prefloop"
+
+
+def _expire_leases(where: str, params: list[Any], now: Any, *, exclusive: bool = False) -> int:
     with transaction.atomic():
         with connection.cursor() as cursor:
+            if exclusive and connection.vendor == "postgresql":
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_REAPER_LOCK])
+                if not cursor.fetchone()[0]:
+                    return 0
             cursor.execute(
                 "UPDATE annotation_assignment SET state = %s, finished_at = %s "  # noqa: S608 - `where` is ours
                 f"WHERE state = %s AND {where} RETURNING item_id",

@@ -1,6 +1,7 @@
 """Audit receivers for writes that happen in several places or outside our services: logins,
 API tokens, new projects and import jobs (page, API and command alike), and Django admin changes
-(mirrored from the admin's own LogEntry). Connected in AnnotationConfig.ready(). Everything else
+(mirrored from the admin's own LogEntry); and a removed membership's leases given back, however
+it was removed. Connected in AnnotationConfig.ready(). Everything else
 is recorded by the services themselves (`annotation.audit.record`).
 
 A receiver runs inside the transaction of the save that sent it, so a rolled-back write leaves
@@ -17,7 +18,7 @@ from django.db.models.signals import post_delete, post_save, pre_save
 from django.http import HttpRequest
 
 from annotation import audit
-from annotation.models import ApiToken, ImportJob, Project
+from annotation.models import ApiToken, ImportJob, Membership, Project
 
 _ADMIN_ACTIONS = {ADDITION: "admin.add", CHANGE: "admin.change", DELETION: "admin.delete"}
 
@@ -83,6 +84,14 @@ def on_import_saved(sender: Any, instance: ImportJob, created: bool, raw: bool =
         )
 
 
+def on_membership_deleted(sender: Any, instance: Membership, **kwargs: Any) -> None:
+    """Whoever leaves a project (the members page, the admin, a deleted account) gives back the
+    items they hold: their live leases there end now, not when they run out."""
+    from annotation import queue
+
+    queue.release_leases(project_id=instance.project_id, user_id=instance.user_id)
+
+
 def _admin_project(entry: LogEntry) -> Project | None:
     """The project an admin change concerns: the project itself or the edited object's project."""
     model = entry.content_type.model_class() if entry.content_type_id else None
@@ -124,3 +133,4 @@ def connect() -> None:
     post_save.connect(on_project_saved, sender=Project, dispatch_uid=uid + "project")
     post_save.connect(on_import_saved, sender=ImportJob, dispatch_uid=uid + "import")
     post_save.connect(on_admin_log, sender=LogEntry, dispatch_uid=uid + "admin")
+    post_delete.connect(on_membership_deleted, sender=Membership, dispatch_uid="annotation.queue.membership_delete")

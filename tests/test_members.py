@@ -182,3 +182,20 @@ def test_removing_an_annotator_returns_their_leased_items_to_the_queue_at_once(
     )
     assert submit.status_code == 404
     assert not held.item.judgments.exists()
+
+
+def test_a_membership_deleted_elsewhere_gives_back_its_leases_too(make_project, curator, annotator) -> None:
+    """The admin's delete (or an account's) does not go through the members page: the items the
+    member held go back to the queue all the same."""
+    from annotation import queue
+    from annotation.importing import import_items
+    from annotation.models import Assignment
+    from annotation.services import membership_set
+    from tests.conftest import jsonl, pair_row
+
+    project = make_project("p1", curator=curator)
+    import_items(project=project, fileobj=jsonl([pair_row(1)]))
+    membership_set(project=project, user=annotator, role=Membership.Role.ANNOTATOR)
+    held = queue.next_assignment(project=project, user=annotator)
+    Membership.objects.filter(project=project, user=annotator).delete()
+    assert Assignment.objects.get(id=held.id).state == Assignment.State.EXPIRED

@@ -327,3 +327,25 @@ def test_forked_workers_do_not_share_a_sequence_of_display_orders() -> None:
     child = float(os.read(read, 64))
     os.close(read)
     assert child != queue._RNG.random()  # without the reseed, the child drew the parent's next number
+
+
+@pytest.mark.django_db(transaction=True)  # each reap commits, as outside a test, and frees its lock
+def test_one_reaper_at_a_time_and_the_other_leaves_the_work_to_it(make_user, make_project, curator) -> None:
+    import psycopg
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("advisory locks are PostgreSQL's")
+    project = make_project("reap", curator=curator, lease_seconds=60)
+    import_items(project=project, fileobj=jsonl([pair_row(1)]))
+    lease = queue.next_assignment(project=project, user=make_user("r1"))
+    past = timezone.now() - timedelta(minutes=5)
+    Assignment.objects.filter(id=lease.id).update(leased_at=past, expires_at=past + timedelta(seconds=60))
+    s = connection.settings_dict
+    dsn = f"host={s['HOST'] or '127.0.0.1'} port={s['PORT'] or 5432} user={s['USER']} dbname={s['NAME']}"
+    with psycopg.connect(dsn) as other:  # another process's reaper, mid-sweep
+        assert other.execute("SELECT pg_try_advisory_xact_lock(%s)", [queue._REAPER_LOCK]).fetchone()[0]
+        assert queue.reap_expired_leases() == 0
+        assert Assignment.objects.get(id=lease.id).state == "leased"
+    assert queue.reap_expired_leases() == 1
+    assert Assignment.objects.get(id=lease.id).state == "expired"
