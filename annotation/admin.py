@@ -87,7 +87,7 @@ class MembershipAdmin(admin.ModelAdmin):
 class ItemAdmin(admin.ModelAdmin):
     list_display = ["external_id", "project", "num_responses", "split", "status", "is_gold", "created_at"]
     list_filter = ["project", "status", "split", "is_gold"]
-    search_fields = ["external_id", "prompt"]
+    search_fields = ["external_id", "prompt", "uuid"]  # uuid: the reference annotators see
     readonly_fields = ["uuid", "created_at", "import_job"]
     list_select_related = ["project"]
 

@@ -220,3 +220,25 @@ def test_a_gold_rubric_answered_in_part_is_scored_on_the_ratings_given() -> None
     assert queue.gold_score(schema, {"rubric": [{}, {}]}, gold) is None
     assert queue.gold_score(schema, {"rubric": [{"h": 1}, {}]}, gold) == 1.0
     assert queue.gold_score(schema, {"rubric": [{}, {"h": 1}]}, gold) == 0.0
+
+
+def test_annotators_see_a_reference_not_the_external_id_and_the_admin_finds_it(
+    make_project, make_user, curator, staff
+) -> None:
+    project = make_project("ref", curator=curator)
+    import_items(
+        project=project, fileobj=jsonl([{**pair_row(1), "id": "gold-check-1"}, {**pair_row(2), "id": "gpt4-chosen"}])
+    )
+    alice = make_user("a7")
+    membership_set(project=project, user=alice, role=Membership.Role.ANNOTATOR)
+    seen = set()
+    c = client_for(alice)
+    for _ in range(2):
+        body = c.get(reverse("annotation:annotate", args=[project.slug])).content.decode()
+        lease = Assignment.objects.get(annotator=alice, state="leased")
+        assert "gold-check" not in body and "gpt4-chosen" not in body
+        assert f"Item {lease.item.uuid.hex[:8]}" in body
+        seen.add(lease.item.uuid.hex[:8])
+        queue.submit(assignment_id=lease.id, user=alice, payload=PW)
+    found = client_for(staff).get(reverse("admin:annotation_item_changelist"), {"q": seen.pop()})
+    assert found.status_code == 200 and found.context["cl"].result_count == 1
