@@ -101,11 +101,13 @@ def test_ranking_item_by_drag_and_drop(page, make_project, make_user) -> None:
     page.goto(f"/p/{project.slug}/annotate")
     page.wait_for_selector("#rank-list")
     cards = page.locator("#rank-list > .rank-card")
+    dragged = False
     for target, text in enumerate(texts):
         current = [cards.nth(i).locator(".response-body").inner_text().strip() for i in range(4)]
         at = current.index(text)
         if at == target:
             continue
+        dragged = True
         src = cards.nth(at).locator(".rank-head").bounding_box()
         dst = cards.nth(target).locator(".rank-head").bounding_box()
         page.mouse.move(src["x"] + 60, src["y"] + src["height"] / 2)
@@ -117,10 +119,39 @@ def test_ranking_item_by_drag_and_drop(page, make_project, make_user) -> None:
     shown = [cards.nth(i).locator(".response-body").inner_text().strip() for i in range(4)]
     assert shown == texts
     page.click("#submit-btn")
+    if not dragged:  # shown in the right order by chance (1 in 24): an unchanged order is confirmed
+        assert "Press Enter again" in page.locator("#item-error").inner_text()
+        page.click("#submit-btn")
     page.wait_for_selector("#queue-empty")
     stored = Judgment.objects.get().payload
     # stored order: okay, best, bad, good
     assert stored["ranking"] == [3, 1, 4, 2]
+
+
+def test_ranking_with_the_keyboard_ties_included(page, make_project, make_user) -> None:
+    rows = [{"id": "kr", "prompt": "Rank", "responses": ["first", "second", "third"]}]
+    project, _ = _project(make_project, make_user, {"ranking": {"k": 3, "allow_ties": True}}, rows)
+    login(page, "ann", "ann-pw-123")
+    page.goto(f"/p/{project.slug}/annotate")
+    page.wait_for_selector("#rank-list")
+    page.keyboard.press("Enter")  # untouched: the random order is not taken for a ranking at once
+    assert "Press Enter again" in page.locator("#item-error").inner_text()
+    cards = page.locator("#rank-list > .rank-card .response-body")
+    for target, text in enumerate(["third", "first", "second"]):
+        at = [cards.nth(i).inner_text().strip() for i in range(3)].index(text)
+        for _ in range(at):  # pick the card at `at`, then move it up to `target`
+            page.keyboard.press("j")
+        for _ in range(at - target):
+            page.keyboard.press("K")
+        for _ in range(3):
+            page.keyboard.press("k")  # back to the top
+    assert [cards.nth(i).inner_text().strip() for i in range(3)] == ["third", "first", "second"]
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    page.keyboard.press("=")  # "second" ties with "first"
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#queue-empty")
+    assert Judgment.objects.get().payload["ranking"] == [2, 2, 1]
 
 
 RUBRIC_SPANS = {

@@ -225,7 +225,7 @@
         handle: ".rank-card",
         delay: 250, // on a touch screen a swipe scrolls the page; press and hold to drag a card
         delayOnTouchOnly: true,
-        onEnd: (evt) => { s.picked = evt.newIndex; renumber(); },
+        onEnd: (evt) => { s.picked = evt.newIndex; s.rankTouched = true; renumber(); },
       });
     }
     renumber();
@@ -237,11 +237,13 @@
     const list = $("#rank-list", s.form);
     if (delta > 0) list.insertBefore(cards[j], cards[i]); else list.insertBefore(cards[i], cards[j]);
     s.picked = j;
+    s.rankTouched = true;
     renumber();
   }
   function toggleTie(card) {
     if (!s.schema.ranking.allow_ties || !card || card === rankCards()[0]) return;
     card.dataset.tie = card.dataset.tie === "1" ? "0" : "1";
+    s.rankTouched = true;
     renumber();
   }
 
@@ -300,6 +302,12 @@
     if (!s || s.submitting) return;
     const { payload, problems } = collect();
     if (problems.length) { showError("Before submitting: " + problems.join("; ") + "."); return; }
+    if (s.schema.ranking && !s.rankTouched && !s.rankConfirmed) {
+      // The responses come in a random order: sending it unchanged is more often a slip than a ranking.
+      s.rankConfirmed = true;
+      showError("The order is unchanged from the random one shown. Press Enter again to submit it as your ranking.");
+      return;
+    }
     s.form.elements.payload.value = JSON.stringify(payload);
     s.form.elements.time_ms.value = String(Math.round(elapsedMs()));
     s.submitting = true;
