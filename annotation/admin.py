@@ -32,6 +32,12 @@ class ProjectAdminForm(forms.ModelForm):
         model = Project
         fields = "__all__"  # noqa: DJ007 - the admin shows and edits every field
 
+    def clean_overlap(self) -> int:
+        overlap = self.cleaned_data["overlap"]
+        if not 1 <= overlap <= 50:
+            raise forms.ValidationError("Overlap is 1 to 50 human judgments per item.")
+        return overlap
+
     def clean_schema(self) -> object:
         try:
             return JudgmentSchema.model_validate(self.cleaned_data["schema"]).model_dump(mode="json", exclude_none=True)
@@ -51,7 +57,10 @@ class ProjectAdmin(admin.ModelAdmin):
         """A changed schema or guidelines is a new version (judgments record the one they were made
         under), and a changed overlap settles the items' status, as the services do elsewhere."""
         if not change:
-            super().save_model(request, obj, form, change)
+            with transaction.atomic():  # version 1 of each, as a project made elsewhere has
+                super().save_model(request, obj, form, change)
+                SchemaVersion.objects.create(project=obj, version=obj.schema_version, schema=obj.schema)
+                GuidelinesVersion.objects.create(project=obj, version=obj.guidelines_version, text=obj.guidelines)
             return
         stored = Project.objects.get(pk=obj.pk)
         schema, guidelines, overlap = obj.schema, obj.guidelines, obj.overlap

@@ -367,8 +367,10 @@ class Assignment(models.Model):
     flag_reason = models.CharField(max_length=500, blank=True)
     # What the annotator's page showed: the judgment is checked against and records these, not
     # whatever the project has by the time the answer arrives (None: leased before they existed).
-    schema_version = models.PositiveIntegerField(null=True, blank=True)
-    guidelines_version = models.PositiveIntegerField(null=True, blank=True)
+    # IntegerField, not Positive...: adding a CHECK constraint would scan the whole table under
+    # an exclusive lock, stopping annotation for the length of the scan.
+    schema_version = models.IntegerField(null=True, blank=True)
+    guidelines_version = models.IntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [

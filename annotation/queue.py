@@ -17,6 +17,7 @@ order here, so position bias can be measured and undone and the client cannot mi
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -26,7 +27,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
@@ -34,6 +35,8 @@ from annotation import rows
 from annotation.models import Assignment, Item, Judgment, Labeler, Project, SchemaVersion
 from annotation.rows import Rows
 from annotation.schema import JudgmentSchema, PayloadError
+
+logger = logging.getLogger(__name__)
 
 
 class QueueError(Exception):
@@ -161,6 +164,22 @@ _REAPER_LOCK = 0x7072_6566_6C6F_6F70 & 0x7FFF_FFFF_FFFF_FFFF  # "prefloop"
 
 
 def _expire_leases(where: str, params: list[Any], now: Any, *, exclusive: bool = False) -> int:
+    """Flip the matching live leases to expired and give their slots back, items in id order (the
+    order every multi-item writer here takes). The reaper (`exclusive`) is best effort: one that
+    loses a deadlock to another writer leaves its work to the next sweep rather than fail the
+    request it runs in."""
+    if exclusive:
+        try:
+            return _expire_leases_once(where, params, now, exclusive=True)
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != "40P01":  # deadlock_detected
+                raise
+            logger.warning("lease reaper lost a deadlock; the next sweep will reap")
+            return 0
+    return _expire_leases_once(where, params, now)
+
+
+def _expire_leases_once(where: str, params: list[Any], now: Any, *, exclusive: bool = False) -> int:
     with transaction.atomic():
         with connection.cursor() as cursor:
             if exclusive and connection.vendor == "postgresql":
@@ -172,7 +191,7 @@ def _expire_leases(where: str, params: list[Any], now: Any, *, exclusive: bool =
                 f"WHERE state = %s AND {where} RETURNING item_id",
                 [Assignment.State.EXPIRED, now, Assignment.State.LEASED, *params],
             )
-            item_ids = [row[0] for row in cursor.fetchall()]
+            item_ids = sorted(row[0] for row in cursor.fetchall())
         for item_id in item_ids:
             Item.objects.filter(id=item_id, leased_count__gt=0).update(leased_count=F("leased_count") - 1)
     return len(item_ids)
@@ -253,6 +272,7 @@ _LIVE_SQL = f"""
 SELECT {_A.columns}, {_I.columns}
 FROM annotation_assignment a JOIN annotation_item i ON i.id = a.item_id
 WHERE a.annotator_id = %s AND a.state = '{_LEASED}' AND a.expires_at > %s AND i.project_id = %s
+  AND i.status <> 'dropped'
 ORDER BY a.leased_at
 LIMIT 1
 """  # noqa: S608 - columns from the models' metadata
@@ -311,7 +331,7 @@ def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | Non
 _LIVE_CTE = f"""live AS (
     SELECT a.id FROM annotation_assignment a JOIN annotation_item i ON i.id = a.item_id
     WHERE a.annotator_id = %(annotator)s AND a.state = '{_LEASED}' AND a.expires_at > %(now)s
-      AND i.project_id = %(project)s
+      AND i.project_id = %(project)s AND i.status <> 'dropped'
     ORDER BY a.leased_at
     LIMIT 1
 )"""  # noqa: S608 - a constant
@@ -767,6 +787,8 @@ def _submit_optimistic(
     now = timezone.now()
     if assignment.state != Assignment.State.LEASED or assignment.expires_at <= now:
         return None
+    if assignment.item.status == Item.Status.DROPPED:
+        return None  # withdrawn by a curator: the locking path refuses it with the reason
     fields = _judgment_fields(assignment, user, payload, time_spent_ms, now)
     return _submit_gated(assignment, fields, user, found=Assignment.State.LEASED, live_only=True, now=now)
 

@@ -106,13 +106,21 @@ def project_set_schema(*, project: Project, schema: JudgmentSchema, by: Abstract
     data = schema.model_dump(mode="json", exclude_none=True)
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
-        if locked.schema == data:
+        if locked.schema == data or _normalized(locked.schema) == data:
             return locked
         locked.schema_version += 1
         locked.schema = data
         locked.save(update_fields=["schema", "schema_version", "updated_at"])
         SchemaVersion.objects.create(project=locked, version=locked.schema_version, schema=data, created_by=by)
     return locked
+
+
+def _normalized(schema: Any) -> Any:
+    """A stored schema as `project_set_schema` would store it (None if it no longer parses)."""
+    try:
+        return JudgmentSchema.model_validate(schema).model_dump(mode="json", exclude_none=True)
+    except ValidationError:
+        return None
 
 
 def project_set_guidelines(*, project: Project, text: str, by: AbstractBaseUser | None) -> Project:

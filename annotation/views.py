@@ -222,16 +222,23 @@ def _item_context(
             controls=_controls(project, len(shown)),
             item_json=json_script(item_data, "item-data"),
             lease_until=assignment.expires_at.astimezone(UTC).strftime("%H:%M"),
-            lease_until_iso=assignment.expires_at.isoformat(),
+            lease_until_iso=assignment.expires_at.isoformat(timespec="milliseconds"),
         )
     else:
         context["home_url"] = reverse("annotation:home")
     return context
 
 
-def _item_partial(context: dict[str, object]) -> HttpResponse:
-    """The item area alone, as htmx swaps it in (`annotation/item_html.py`)."""
-    return HttpResponse(item_html.render(context))
+def _item_partial(request: HttpRequest, context: dict[str, object]) -> HttpResponse:
+    """The item area alone, as htmx swaps it in (`annotation/item_html.py`); with the guidelines
+    panel too (out of band) when the page shows an older version than the one this item is under."""
+    html = item_html.render(context)
+    shown = request.META.get("HTTP_X_GUIDELINES_VERSION")
+    project = context["project"]
+    if shown is not None and shown != str(project.guidelines_version):
+        panel = render_to_string("annotation/annotate.html#guidelines", {"project": project, "changed": True})
+        html += mark_safe(panel)  # noqa: S308 - rendered by our template with autoescape
+    return HttpResponse(html)
 
 
 @_login_required_keeping_answer
@@ -241,7 +248,7 @@ def annotate(request: HttpRequest, slug: str) -> HttpResponse:
     handout = queue.hand_out(project=project, user=request.user)
     context = _item_context(request, project, handout.assignment, handout.stats)
     if _is_htmx(request):
-        return _item_partial(context)
+        return _item_partial(request, context)
     context["item_html"] = item_html.render(context)
     response = render(request, "annotation/annotate.html", context)
     # Not kept by the browser: Back after a few items must ask again (the page then shows the
@@ -254,7 +261,7 @@ def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
     if not _is_htmx(request):
         return redirect("annotation:annotate", slug=project.slug)
     handout = queue.hand_out(project=project, user=request.user)
-    return _item_partial(_item_context(request, project, handout.assignment, handout.stats))
+    return _item_partial(request, _item_context(request, project, handout.assignment, handout.stats))
 
 
 @_login_required_keeping_answer
@@ -279,12 +286,14 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
         raise Http404("No such assignment.") from None
     except json.JSONDecodeError:
         selectors.assignment_for_user(request.user, assignment_uuid)  # someone else's: 404, not 400
-        return HttpResponseBadRequest("The answer did not arrive as JSON; please submit again.")
+        return HttpResponseBadRequest(
+            "The answer did not arrive as JSON; please submit again.", content_type="text/plain"
+        )
     except (PayloadError, queue.QueueError) as exc:
         return HttpResponse(str(exc), status=422, content_type="text/plain")
     if not _is_htmx(request):
         return redirect("annotation:annotate", slug=project.slug)
-    return _item_partial(_item_context(request, project, following, submitted.stats))
+    return _item_partial(request, _item_context(request, project, following, submitted.stats))
 
 
 @_login_required_keeping_answer

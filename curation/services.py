@@ -83,7 +83,9 @@ def curation_action_apply(
     with transaction.atomic():
         if action == CurationAction.Kind.DROP:
             queue.release_item_leases(item_id=item.pk)  # before the item's lock, as a submit orders them
-        locked = Item.objects.select_for_update().select_related("project").get(pk=item.pk)
+        # The item's row only (`of`): the project's row is read, not locked, so this never waits
+        # on (or deadlocks with) a member's removal or an overlap change holding the project.
+        locked = Item.objects.select_for_update(of=("self",)).select_related("project").get(pk=item.pk)
         project = locked.project
         previous = {
             "status": locked.status,
@@ -134,7 +136,9 @@ def curation_action_undo(*, action: CurationAction, actor: AbstractBaseUser | No
     Undoing an action twice changes nothing; undoing an older action while a newer one stands is
     refused (undo the newer one first), so the restored state is always the one it replaced."""
     with transaction.atomic():
-        item = Item.objects.select_for_update().select_related("project").get(pk=action.item_id)
+        if (action.previous or {}).get("status") == Item.Status.DROPPED:
+            queue.release_item_leases(item_id=action.item_id)  # it goes back to dropped
+        item = Item.objects.select_for_update(of=("self",)).select_related("project").get(pk=action.item_id)
         record = CurationAction.objects.select_for_update().get(pk=action.pk)
         if record.undone_at is not None:
             return record

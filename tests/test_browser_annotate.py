@@ -322,3 +322,22 @@ def test_an_answer_survives_a_session_that_ended_while_it_was_being_given(page, 
     )
     j = Judgment.objects.get()
     assert j.assignment_id == first.id and j.payload["justification"] == "kept"
+
+
+def test_guidelines_changed_while_the_page_is_open_come_in_with_the_next_item(page, make_project, make_user) -> None:
+    from annotation.services import project_set_guidelines
+
+    rows = [{"id": f"g{i}", "prompt": "p", "response_a": "a", "response_b": "b"} for i in range(3)]
+    project, _ = _project(make_project, make_user, {"pairwise": {}}, rows, guidelines="Old rules.")
+    login(page, "ann", "ann-pw-123")
+    page.goto(f"/p/{project.slug}/annotate")
+    page.wait_for_selector("#item-form")
+    assert not page.locator("#guidelines").is_visible()
+    project_set_guidelines(project=project, text="New rules: read both answers twice.", by=None)
+    page.keyboard.press("s")
+    page.wait_for_selector("#guidelines .changed")
+    assert page.locator("#guidelines").is_visible()
+    assert "read both answers twice" in page.locator("#guidelines").inner_text()
+    assert page.locator("#guidelines").get_attribute("data-version") == "2"
+    page.keyboard.press("g")  # and the key still hides it
+    assert not page.locator("#guidelines").is_visible()

@@ -242,3 +242,99 @@ def test_annotators_see_a_reference_not_the_external_id_and_the_admin_finds_it(
         queue.submit(assignment_id=lease.id, user=alice, payload=PW)
     found = client_for(staff).get(reverse("admin:annotation_item_changelist"), {"q": seen.pop()})
     assert found.status_code == 200 and found.context["cl"].result_count == 1
+
+
+def test_an_item_dropped_again_by_an_undo_ends_its_lease_and_refuses_the_answer(
+    make_project, make_user, curator
+) -> None:
+    from curation.services import curation_action_undo
+
+    project = make_project("undo", curator=curator)
+    import_items(project=project, fileobj=jsonl([pair_row(1)]))
+    alice = make_user("a8")
+    membership_set(project=project, user=alice, role=Membership.Role.ANNOTATOR)
+    item = Item.objects.get()
+    curation_action_apply(item=item, actor=curator, action="drop")
+    requeued = curation_action_apply(item=item, actor=curator, action="requeue")
+    lease = queue.next_assignment(project=project, user=alice)
+    assert lease is not None and lease.item_id == item.id
+    curation_action_undo(action=requeued, actor=curator)  # back to dropped
+    assert Item.objects.get().status == "dropped"
+    assert Assignment.objects.get(id=lease.id).state == "expired"
+    response = _submit(client_for(alice), lease, PW)
+    assert response.status_code == 422 and "withdrew" in response.content.decode()
+
+
+def test_a_live_lease_on_a_dropped_item_is_neither_served_again_nor_answered(make_project, make_user, curator) -> None:
+    """However an item came to be dropped under a live lease (an admin edit, a race with the drop),
+    the optimistic submit hands it to the locking path, which refuses it."""
+    project = make_project("race", curator=curator)
+    import_items(project=project, fileobj=jsonl([pair_row(1), pair_row(2)]))
+    alice = make_user("a9")
+    membership_set(project=project, user=alice, role=Membership.Role.ANNOTATOR)
+    lease = queue.next_assignment(project=project, user=alice)
+    Item.objects.filter(id=lease.item_id).update(status="dropped")  # the lease stays live
+    response = _submit(client_for(alice), lease, PW)
+    assert response.status_code == 422 and "withdrew" in response.content.decode()
+    following = queue.next_assignment(project=project, user=alice)
+    assert following is not None and following.item_id != lease.item_id
+
+
+def test_the_next_item_brings_the_guidelines_anew_when_they_changed_since_the_page_opened(
+    make_project, make_user, curator
+) -> None:
+    project = make_project("gl", curator=curator, guidelines="Old rules.")
+    import_items(project=project, fileobj=jsonl([pair_row(1), pair_row(2), pair_row(3)]))
+    alice = make_user("a10")
+    membership_set(project=project, user=alice, role=Membership.Role.ANNOTATOR)
+    c = client_for(alice)
+    page = c.get(reverse("annotation:annotate", args=[project.slug])).content.decode()
+    assert 'data-version="1"' in page and "Old rules." in page
+    lease = Assignment.objects.get(annotator=alice)
+    same = c.post(
+        reverse("annotation:submit", args=[lease.uuid]),
+        {"payload": json.dumps(PW)},
+        HTTP_HX_REQUEST="true",
+        HTTP_X_GUIDELINES_VERSION="1",
+    )
+    assert "hx-swap-oob" not in same.content.decode()
+    project_set_guidelines(project=project, text="New rules.", by=curator)
+    lease = Assignment.objects.get(annotator=alice, state="leased")
+    changed = c.post(
+        reverse("annotation:submit", args=[lease.uuid]),
+        {"payload": json.dumps(PW)},
+        HTTP_HX_REQUEST="true",
+        HTTP_X_GUIDELINES_VERSION="1",
+    ).content.decode()
+    assert 'id="guidelines"' in changed and 'hx-swap-oob="true"' in changed and "New rules." in changed
+    following = Assignment.objects.get(annotator=alice, state="leased")
+    assert following.guidelines_version == 2
+
+
+def test_the_admin_refuses_an_overlap_out_of_range_and_a_project_it_adds_has_version_one(staff, make_project) -> None:
+    project = make_project("rng")
+    bad = _admin_post(staff, project, overlap="60")
+    assert bad.status_code == 200 and "1 to 50" in str(bad.context["adminform"].form.errors)
+    c = client_for(staff)
+    added = c.post(
+        reverse("admin:annotation_project_add"),
+        {
+            "slug": "added",
+            "name": "Added",
+            "schema": '{"pairwise": {}}',
+            "guidelines": "Be careful.",
+            "overlap": "1",
+            "human_budget": "1",
+            "calibration_share": "0.1",
+            "gold_rate": "0",
+            "lease_seconds": "900",
+            "routing_policy": "all_human",
+            "autotrain_after": "0",
+            "memberships-TOTAL_FORMS": "0",
+            "memberships-INITIAL_FORMS": "0",
+        },
+    )
+    assert added.status_code == 302, added.context["adminform"].form.errors if added.context else ""
+    made = Project.objects.get(slug="added")
+    assert made.schema_versions.get(version=1).schema == made.schema
+    assert made.guidelines_versions.get(version=1).text == "Be careful."

@@ -345,6 +345,11 @@
     if (xhr.status >= 500 && fromForm(e)) return retry(retryAfterMs(xhr));
     if (xhr.status >= 500) return showError("The server is unavailable for a moment: please try again.");
     if (xhr.status === 403 && fromForm(e) && !s.csrfRefreshed) return refreshTokenAndResend(xhr);
+    if (xhr.status === 403 && !s.csrfRefreshed) {
+      // A skip or a flag after logging in again: take the new token, and let the annotator repeat.
+      refreshToken().then(() => showError("Your login changed since this page was opened: press the key again."));
+      return;
+    }
     s.submitting = false;
     s.form.elements.payload.value = "";
     showError(refusalText(xhr));
@@ -355,16 +360,19 @@
   let csrfToken = null;
   document.body.addEventListener("htmx:configRequest", (e) => {
     if (csrfToken) e.detail.headers["X-CSRFToken"] = csrfToken;
+    const guidelines = $("#guidelines");
+    if (guidelines) e.detail.headers["X-Guidelines-Version"] = guidelines.dataset.version;
   });
-  function refreshTokenAndResend(xhr) {
-    const form = s.form, url = $("#item").dataset.csrfUrl;
+  function refreshToken() {
     s.csrfRefreshed = true;
-    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+    return fetch($("#item").dataset.csrfUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
-      .then((d) => {
-        csrfToken = d.token;
-        if (s && s.form === form) htmx.trigger(form, "submit");
-      })
+      .then((d) => { csrfToken = d.token; });
+  }
+  function refreshTokenAndResend(xhr) {
+    const form = s.form;
+    refreshToken()
+      .then(() => { if (s && s.form === form) htmx.trigger(form, "submit"); })
       .catch(() => {
         if (!s || s.form !== form) return;
         s.submitting = false;
