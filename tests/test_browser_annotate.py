@@ -341,3 +341,31 @@ def test_guidelines_changed_while_the_page_is_open_come_in_with_the_next_item(pa
     assert page.locator("#guidelines").get_attribute("data-version") == "2"
     page.keyboard.press("g")  # and the key still hides it
     assert not page.locator("#guidelines").is_visible()
+
+
+def test_keys_work_the_moment_the_next_item_is_in_after_submitting_from_the_justification(
+    page, make_project, make_user
+) -> None:
+    """Ctrl+Enter from the justification box: the next item does not open with the keys in its own
+    box (htmx restores focus by id), and a submit pressed as soon as it is in is sent (htmx wires
+    the new form up as it swaps it in)."""
+    rows = [{"id": f"f{i}", "prompt": "p", "response_a": "a", "response_b": "b"} for i in range(3)]
+    project, _ = _project(make_project, make_user, {"pairwise": {"justification": "optional"}}, rows)
+    login(page, "ann", "ann-pw-123")
+    page.goto(f"/p/{project.slug}/annotate")
+    page.wait_for_selector("#item-form")
+    for _ in range(2):
+        before = page.locator("#item-data").inner_text()
+        page.keyboard.press("1")
+        page.keyboard.press("w")
+        page.keyboard.type("because")
+        page.keyboard.press("Control+Enter")
+        page.wait_for_function("(t) => document.querySelector('#item-data').textContent !== t", arg=before)
+        assert page.evaluate("document.activeElement.tagName") != "TEXTAREA"
+    before = page.locator("#item-data").inner_text()
+    page.keyboard.press("t")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#queue-empty")
+    stored = [j.payload for j in Judgment.objects.order_by("id")]
+    assert [p["pairwise"]["choice"] for p in stored][2] == "tie"
+    assert [p.get("justification") for p in stored] == ["because", "because", ""]

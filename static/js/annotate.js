@@ -13,6 +13,10 @@
   // swap; a `style` attribute (the span menu's position) would be set inline, which the page's
   // Content-Security-Policy refuses.
   if (window.htmx) htmx.config.attributesToSettle = ["class", "width", "height"];
+  // htmx wires up swapped-in content (the new item's form) in its settle step, 20 ms after the
+  // swap by default; until then a submit triggered on the form sends nothing. Settling at once
+  // leaves no such window.
+  if (window.htmx) htmx.config.defaultSettleDelay = 0;
 
   const $ = (sel, root) => (root || document).querySelector(sel);
   const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
@@ -403,7 +407,21 @@
     const delay = Math.max(atLeastMs, Math.min(8000, 400 * 2 ** s.retries));
     setTimeout(() => { if (s && s.form === form) htmx.trigger(form, "submit"); }, delay);
   }
-  document.body.addEventListener("htmx:afterSwap", (e) => { if (e.detail.target.id === "item") setup(); });
+  // A new item replaces the old: the old one's state goes at once (keys wait for the new one), and
+  // focus leaves the old one's fields (htmx would put it back on the same-id field of the new item,
+  // the justification box, where keys would type). The new item is set up once htmx has wired it.
+  document.body.addEventListener("htmx:beforeSwap", (e) => {
+    if (e.detail.target.id !== "item" || !e.detail.shouldSwap) return;
+    const focused = document.activeElement;
+    if (focused && e.detail.target.contains(focused)) focused.blur();
+    s = null;
+  });
+  document.body.addEventListener("htmx:afterSettle", (e) => {
+    if (e.detail.target.id !== "item") return;
+    const top = e.detail.target.getBoundingClientRect().top;
+    if (top < 0) window.scrollBy(0, top - 8); // the next item starts at its top, not mid-page
+    setup();
+  });
 
   function skip() { if (s) htmx.trigger("#skip-btn", "click"); }
   function startFlag() {
