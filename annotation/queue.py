@@ -165,35 +165,29 @@ _REAPER_LOCK = 0x7072_6566_6C6F_6F70 & 0x7FFF_FFFF_FFFF_FFFF  # "prefloop"
 
 def _expire_leases(where: str, params: list[Any], now: Any, *, exclusive: bool = False) -> int:
     """Flip the matching live leases to expired and give their slots back, items in id order (the
-    order every multi-item writer here takes). The reaper (`exclusive`) is best effort: one that
-    loses a deadlock to another writer leaves its work to the next sweep rather than fail the
-    request it runs in."""
-    if exclusive:
-        try:
-            return _expire_leases_once(where, params, now, exclusive=True)
-        except OperationalError as exc:
-            if getattr(exc.__cause__, "sqlstate", None) != "40P01":  # deadlock_detected
-                raise
-            logger.warning("lease reaper lost a deadlock; the next sweep will reap")
-            return 0
-    return _expire_leases_once(where, params, now)
-
-
-def _expire_leases_once(where: str, params: list[Any], now: Any, *, exclusive: bool = False) -> int:
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            if exclusive and connection.vendor == "postgresql":
-                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_REAPER_LOCK])
-                if not cursor.fetchone()[0]:
-                    return 0
-            cursor.execute(
-                "UPDATE annotation_assignment SET state = %s, finished_at = %s "  # noqa: S608 - `where` is ours
-                f"WHERE state = %s AND {where} RETURNING item_id",
-                [Assignment.State.EXPIRED, now, Assignment.State.LEASED, *params],
-            )
-            item_ids = sorted(row[0] for row in cursor.fetchall())
-        for item_id in item_ids:
-            Item.objects.filter(id=item_id, leased_count__gt=0).update(leased_count=F("leased_count") - 1)
+    order every multi-item writer here takes). The reaper (`exclusive`) runs one at a time and is
+    best effort: one that loses a deadlock to another writer leaves its work to the next sweep
+    rather than fail the request it runs in."""
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                if exclusive and connection.vendor == "postgresql":
+                    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_REAPER_LOCK])
+                    if not cursor.fetchone()[0]:
+                        return 0
+                cursor.execute(
+                    "UPDATE annotation_assignment SET state = %s, finished_at = %s "  # noqa: S608 - `where` is ours
+                    f"WHERE state = %s AND {where} RETURNING item_id",
+                    [Assignment.State.EXPIRED, now, Assignment.State.LEASED, *params],
+                )
+                item_ids = sorted(row[0] for row in cursor.fetchall())
+            for item_id in item_ids:
+                Item.objects.filter(id=item_id, leased_count__gt=0).update(leased_count=F("leased_count") - 1)
+    except OperationalError as exc:
+        if not exclusive or getattr(exc.__cause__, "sqlstate", None) != "40P01":  # deadlock_detected
+            raise
+        logger.warning("lease reaper lost a deadlock; the next sweep will reap")
+        return 0
     return len(item_ids)
 
 

@@ -106,7 +106,7 @@ def project_set_schema(*, project: Project, schema: JudgmentSchema, by: Abstract
     data = schema.model_dump(mode="json", exclude_none=True)
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
-        if locked.schema == data or _normalized(locked.schema) == data:
+        if _normalized(locked.schema) == data:
             return locked
         locked.schema_version += 1
         locked.schema = data

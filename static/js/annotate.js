@@ -351,13 +351,19 @@
     if (xhr.status === 403 && fromForm(e) && !s.csrfRefreshed) return refreshTokenAndResend(xhr);
     if (xhr.status === 403 && !s.csrfRefreshed) {
       // A skip or a flag after logging in again: take the new token, and let the annotator repeat.
-      refreshToken().then(() => showError("Your login changed since this page was opened: press the key again."));
+      refreshToken()
+        .then(() => showError("Your login changed since this page was opened: press the key again."))
+        .catch(() => showError(refusalText(xhr)));
       return;
     }
+    keepAnswer(refusalText(xhr));
+  });
+  // The submit did not go through: the answer stays on the page, ready to be sent again.
+  function keepAnswer(message) {
     s.submitting = false;
     s.form.elements.payload.value = "";
-    showError(refusalText(xhr));
-  });
+    showError(message);
+  }
   // Logging in again (in another tab, after the session ended) replaces the CSRF token, so this
   // page's token from <body hx-headers> is refused (403). The page then asks for the new token once
   // and sends the answer again.
@@ -377,12 +383,7 @@
     const form = s.form;
     refreshToken()
       .then(() => { if (s && s.form === form) htmx.trigger(form, "submit"); })
-      .catch(() => {
-        if (!s || s.form !== form) return;
-        s.submitting = false;
-        s.form.elements.payload.value = "";
-        showError(refusalText(xhr));
-      });
+      .catch(() => { if (s && s.form === form) keepAnswer(refusalText(xhr)); });
   }
   document.body.addEventListener("htmx:sendError", (e) => {
     if (fromForm(e)) retry(0);
@@ -397,10 +398,8 @@
     const form = s.form;
     s.retries += 1;
     if (s.retries > 8) {
-      s.submitting = false;
-      s.form.elements.payload.value = "";
       s.retries = 0;
-      showError("Cannot reach the server. Your answer is kept on this page: press Enter to try again.");
+      keepAnswer("Cannot reach the server. Your answer is kept on this page: press Enter to try again.");
       return;
     }
     showError(`Connection problem, retrying (${s.retries})…`);
