@@ -10,6 +10,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import File
 from django.db import transaction
 from django.db.models import F
+from django.http import HttpRequest
 from django.utils import timezone
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -133,6 +134,39 @@ def project_set_guidelines(*, project: Project, text: str, by: AbstractBaseUser 
         locked.save(update_fields=["guidelines", "guidelines_version", "updated_at"])
         GuidelinesVersion.objects.create(project=locked, version=locked.guidelines_version, text=text, created_by=by)
     return locked
+
+
+def project_edit_texts(
+    *,
+    project: Project,
+    schema: JudgmentSchema,
+    guidelines: str,
+    by: AbstractBaseUser,
+    request: HttpRequest | None = None,
+) -> Project:
+    """A curator's edit of the schema and guidelines (the project's settings page): each that
+    changed becomes a new version through `project_set_schema` / `project_set_guidelines`, as the
+    admin's edits do, and the change is in the audit log."""
+    from annotation import audit
+
+    with transaction.atomic():
+        before = Project.objects.select_for_update().get(pk=project.pk)
+        versions = (before.schema_version, before.guidelines_version)
+        project_set_schema(project=before, schema=schema, by=by)
+        after = project_set_guidelines(project=before, text=guidelines, by=by)
+        changes = {
+            name: [old, new]
+            for name, old, new in zip(
+                ("schema_version", "guidelines_version"),
+                versions,
+                (after.schema_version, after.guidelines_version),
+                strict=True,
+            )
+            if old != new
+        }
+        if changes:
+            audit.record(by, "project.settings", project=after, target=after, details=changes, request=request)
+    return after
 
 
 def project_set_overlap(*, project: Project, overlap: int) -> Project:

@@ -7,6 +7,7 @@ from datetime import UTC
 from functools import wraps
 from uuid import UUID
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
@@ -19,9 +20,10 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotation import item_html, queue, selectors, services
-from annotation.forms import ImportForm, ProjectCreateForm
-from annotation.models import Assignment, ImportJob, Project
-from annotation.schema import PayloadError
+from annotation.forms import ImportForm, ProjectCreateForm, ProjectSettingsForm
+from annotation.models import Assignment, ImportJob, Item, Project
+from annotation.schema import JudgmentSchema, PayloadError
+from annotation.schema_builder import JUSTIFICATIONS, KINDS, MAX_STRENGTHS, SchemaInput, schema_from_post
 
 
 def _is_htmx(request: HttpRequest) -> bool:
@@ -78,7 +80,118 @@ def project_create(request: HttpRequest) -> HttpResponse:
             form.add_error(None, str(exc))
         else:
             return redirect("annotation:project", slug=project.slug)
-    return render(request, "annotation/project_form.html", {"form": form})
+    context = {"form": form, **_schema_editor(form.schema_input, reverse("annotation:project_create_schema"))}
+    return render(request, "annotation/project_form.html", context)
+
+
+@login_required
+@require_POST
+def project_create_schema(request: HttpRequest) -> HttpResponse:
+    """The New-project page's schema builder, YAML and preview, brought in line after an edit."""
+    if not selectors.can_create_projects(request.user):
+        raise PermissionDenied
+    return _schema_editor_update(request, reverse("annotation:project_create_schema"))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    """Schema and guidelines of a project, edited by its curators: each change a new version."""
+    project = selectors.project_for_user(request.user, slug, curator=True)
+    form = ProjectSettingsForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        updated = services.project_edit_texts(
+            project=project,
+            schema=form.cleaned_data["judgment_schema"],
+            guidelines=form.cleaned_data["guidelines"],
+            by=request.user,
+            request=request,
+        )
+        if (updated.schema_version, updated.guidelines_version) == (project.schema_version, project.guidelines_version):
+            messages.info(request, "Nothing changed: the schema and the guidelines are as they were.")
+        else:
+            messages.success(
+                request,
+                f"Saved: schema v{updated.schema_version}, guidelines v{updated.guidelines_version}. "
+                "Judgments already made keep the versions they were made under.",
+            )
+        return redirect("annotation:project_settings", slug=project.slug)
+    builder_url = reverse("annotation:project_settings_schema", args=[project.slug])
+    context = {"project": project, "form": form, **_schema_editor(form.schema_input, builder_url)}
+    return render(request, "annotation/project_settings.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def project_settings_schema(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_for_user(request.user, slug, curator=True)
+    return _schema_editor_update(request, reverse("annotation:project_settings_schema", args=[project.slug]))
+
+
+# The sample item of the builder's preview: the same templates as the annotate page render it.
+_SAMPLE_PROMPT = "How long should I boil an egg for a runny yolk?"
+_SAMPLE_RESPONSES = [
+    "About six minutes in boiling water, then straight into cold water so it stops cooking.",
+    "Twenty minutes: the longer an egg boils, the softer the yolk becomes.",
+    "Six to seven minutes, depending on the size of the egg.",
+    "It depends on the altitude; start with six minutes and adjust.",
+]
+
+
+def _schema_preview(schema: JudgmentSchema) -> str:
+    """The item area of the annotate page for a sample item under `schema`, rendered by the
+    annotate page's own templates (`item.jinja` and `annotate.html#controls`)."""
+    n = schema.ranking.k if schema.ranking else 2
+    texts = [_SAMPLE_RESPONSES[i] if i < len(_SAMPLE_RESPONSES) else f"Sample response {i + 1}." for i in range(n)]
+    shown = [{"position": i, "label": chr(ord("A") + i), "text": t, "model": ""} for i, t in enumerate(texts)]
+    item = Item(prompt=_SAMPLE_PROMPT, responses=[{"text": t} for t in texts], num_responses=n)
+    item_data = {"assignment": "", "count": n, "texts": texts if schema.spans else [], "schema": {}, "leased_at": ""}
+    controls = render_to_string("annotation/annotate.html#controls", {"schema": schema, "shown": shown})
+    context = {
+        "project": Project(overlap=1),
+        "schema": schema,
+        "assignment": True,
+        "progress": {"percent": 0, "done": 0, "total": 1, "mine": 0, "today": 0, "avg_seconds": 0, "skipped_today": 0},
+        "item": item,
+        "shown": shown,
+        "submit_url": "",
+        "skip_url": "",
+        "controls": mark_safe(controls),  # noqa: S308 - rendered by our template with autoescape
+        "item_json": json_script(item_data, "item-data"),
+        "lease_until": "",
+        "lease_until_iso": "",
+    }
+    return item_html.render(context)
+
+
+def _schema_editor(schema_input: SchemaInput, builder_url: str) -> dict[str, object]:
+    """The context of `_schema_editor.html`: the builder, the YAML, the preview and the error."""
+    return {
+        "si": schema_input,
+        "builder_url": builder_url,
+        "kinds": KINDS,
+        "justifications": JUSTIFICATIONS,
+        "max_strengths": MAX_STRENGTHS,
+        "preview": _schema_preview(schema_input.schema) if schema_input.schema else "",
+    }
+
+
+def _schema_editor_update(request: HttpRequest, builder_url: str) -> HttpResponse:
+    """After an edit of the builder or of the YAML: the parts to bring in line, swapped out of band
+    (the YAML is rewritten after a builder edit; the builder after a YAML edit that parses or a
+    button; the preview and the error line each time). A part being typed in is never replaced."""
+    action = request.POST.get("action", "")
+    from_builder = request.POST.get("schema_from") == "builder"
+    schema_input = schema_from_post(request.POST, action=action)
+    context = {
+        **_schema_editor(schema_input, builder_url),
+        "oob": True,
+        "with_builder": bool(action) or (not from_builder and schema_input.schema is not None),
+        "with_yaml": from_builder,
+    }
+    response = render(request, "annotation/_schema_editor.html#update", context)
+    response["HX-Reswap"] = "none"
+    return response
 
 
 @login_required

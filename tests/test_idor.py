@@ -37,6 +37,7 @@ NO_OBJECT_ROUTES = {
     "healthz_workers",
     "annotation:home",
     "annotation:project_create",
+    "annotation:project_create_schema",  # the New-project page's builder: who may create projects
     "annotation:account_tokens",
 }
 # Pages any member of the project may open (everything else is for its curators).

@@ -107,7 +107,8 @@ def test_every_unsafe_request_without_the_csrf_token_is_refused(world: World) ->
     for name, _, kwargs in site_routes():
         url = _url(name, kwargs, world.kwargs)
         who = {"annotation:submit": "p_annotator", "annotation:skip": "p_annotator"}.get(name, "p_curator")
-        user = world.users["outsider" if name == "annotation:project_create" else who]  # may create projects
+        creating = name in ("annotation:project_create", "annotation:project_create_schema")
+        user = world.users["outsider" if creating else who]  # may create projects
         c = client_for(user, enforce_csrf_checks=True)
         refused = c.post(url, {})
         assert refused.status_code == 403, f"POST {url} without a CSRF token answers {refused.status_code}"
