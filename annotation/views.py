@@ -158,7 +158,7 @@ def _schema_preview(schema: JudgmentSchema) -> str:
         "skip_url": "",
         "controls": mark_safe(controls),  # noqa: S308 - rendered by our template with autoescape
         "item_json": json_script(item_data, "item-data"),
-        "lease_until": "",
+        "lease_until": "--:--",
         "lease_until_iso": "",
     }
     return item_html.render(context)

@@ -21,8 +21,9 @@ def client_for(user: Any) -> Client:
 
 
 class _FormValues(HTMLParser):
-    """What a browser would post for the page's form #project-form, untouched: text, hidden and
-    number inputs, checked boxes, textareas and the selected option of each select."""
+    """What a browser would post for the page's own form (the one that posts back to the page, not
+    the header's logout), untouched: text, hidden and number inputs, checked boxes, textareas and
+    the selected option of each select."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,7 +36,7 @@ class _FormValues(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
-        if tag == "form" and a.get("id") == "project-form":
+        if tag == "form" and not a.get("action"):
             self._in_form = True
         if not self._in_form:
             return

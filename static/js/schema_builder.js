@@ -11,6 +11,11 @@
 (function () {
   "use strict";
 
+  // htmx copies `style` (with class, width, height) onto each swapped-in element of the same id
+  // when it settles a swap; setting a style attribute, even an empty one, is refused by the page's
+  // Content-Security-Policy (a console error per swapped part). Nothing here is styled inline.
+  if (window.htmx) htmx.config.attributesToSettle = ["class", "width", "height"];
+
   function mark(event) {
     const from = document.getElementById("schema-from");
     if (!from || !(event.target instanceof Element)) return;
