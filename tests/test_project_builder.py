@@ -263,3 +263,60 @@ def test_only_the_projects_curators_reach_its_settings(project, annotator, outsi
     assert client_for(annotator).get(url).status_code == 200
     project.refresh_from_db()
     assert project.schema_version == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder's own round trip: what it shows of a schema is the schema
+
+
+def test_every_kind_of_schema_survives_the_builder_unchanged() -> None:
+    from django.http import QueryDict
+
+    from annotation.schema import JudgmentSchema
+    from annotation.schema_builder import parse_text, schema_from_post, schema_from_stored
+    from tests.conftest import RUBRIC_SCHEMA
+
+    schemas = [
+        RUBRIC_SCHEMA,
+        {"ranking": {"k": 4, "allow_ties": True}},
+        {"spans": {"categories": [{"name": "factual", "description": "false claim"}], "required": True}},
+        {
+            "pairwise": {"strengths": ["slightly", "clearly", "much"], "allow_tie": False, "justification": "hidden"},
+            "rubric": {
+                "aspects": [{"name": "tone", "scale": {"min": 0, "max": 3, "labels": {0: "rude", 3: "warm"}}}],
+                "required": False,
+            },
+        },
+    ]
+    for raw in schemas:
+        schema = JudgmentSchema.model_validate(raw)
+        shown = schema_from_stored(schema)
+        assert JudgmentSchema.model_validate(parse_text(shown.text)) == schema  # the YAML it writes
+        # The builder's fields as a browser would post them back, untouched.
+        body = _render_builder(shown)
+        posted = QueryDict(mutable=True)
+        for name, value in _builder_values(body):
+            posted.appendlist(name, value)
+        posted["schema_from"] = "builder"
+        assert schema_from_post(posted).schema == schema, raw
+
+
+def _render_builder(schema_input: Any) -> str:
+    from django.template.loader import render_to_string
+
+    from annotation.schema_builder import JUSTIFICATIONS, KINDS, MAX_STRENGTHS
+
+    context = {
+        "si": schema_input,
+        "builder_url": "/x",
+        "kinds": KINDS,
+        "justifications": JUSTIFICATIONS,
+        "max_strengths": MAX_STRENGTHS,
+    }
+    return '<form method="post">' + render_to_string("annotation/_schema_editor.html#builder", context) + "</form>"
+
+
+def _builder_values(body: str) -> list[tuple[str, str]]:
+    parser = _FormValues()
+    parser.feed(body)
+    return parser.values
