@@ -220,6 +220,11 @@ LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=5)
 LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=20)
 LOGIN_RATE_LIMIT_WINDOW = env.int("LOGIN_RATE_LIMIT_WINDOW", default=15 * 60)
 AUTHENTICATION_BACKENDS = ["config.auth_views.RateLimitedModelBackend"]
+# AI labelers (models_srv/judges.py): an LLM judge's api_key_env may name only variables starting
+# with PREFLOOP_LLM_KEY_ or listed here, and its base_url only these hosts (matched like
+# ALLOWED_HOSTS; empty = any host, so local vLLM / Ollama servers work without setup).
+AI_LABELER_KEY_ENVS = env.list("AI_LABELER_KEY_ENVS", default=[])
+AI_LABELER_ALLOWED_HOSTS = env.list("AI_LABELER_ALLOWED_HOSTS", default=[])
 
 # Celery. The embedded default is a filesystem broker: web and worker processes on one machine
 # share a folder, so `make run` needs neither Redis nor RabbitMQ. Job state lives in our own tables,

@@ -41,7 +41,7 @@ class TrainForm(forms.Form):
 
 LABELER_EXAMPLES = {
     "llm": (
-        "base_url: https://api.openai.com/v1\nmodel: gpt-4o-mini\napi_key_env: OPENAI_API_KEY\n"
+        "base_url: https://api.openai.com/v1\nmodel: gpt-4o-mini\napi_key_env: PREFLOOP_LLM_KEY_OPENAI\n"
         "concurrency: 4\nswap_positions: true\n"
     ),
     "reward_model": "version: current\nstrength_threshold: 1.0\n",
@@ -69,7 +69,10 @@ class LabelerForm(forms.Form):
     api_key = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),
-        help_text="LLM judges: stored encrypted and never shown again (or name an env var in api_key_env).",
+        help_text=(
+            "LLM judges: stored encrypted and never shown again (or name an environment variable starting "
+            "with PREFLOOP_LLM_KEY_ in api_key_env)."
+        ),
     )
 
     def clean_config(self) -> dict[str, Any]:

@@ -6,6 +6,13 @@ The LLM judge asks for a JSON answer, re-asks when it does not parse (then recor
 with the raw text), retries 429/5xx/timeouts with exponential backoff (honouring Retry-After),
 judges both response orders and reconciles them: when the two orders disagree the confidence
 drops, which is how position bias shows up in the data.
+
+An LLM judge sends its key to its `base_url`, and both come from a curator's config, so the server
+decides what they may name (`endpoint_refusal`): the key only from environment variables whose
+names start with KEY_ENV_PREFIX or that the operator lists in AI_LABELER_KEY_ENVS (never
+SECRET_KEY, DATABASE_URL, ...), and the host only one of AI_LABELER_ALLOWED_HOSTS when the operator
+sets it. The check runs when a config is saved and again when the worker connects, so a config
+stored earlier, or one the operator's settings no longer allow, sends nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.http.request import validate_host
 from pydantic import BaseModel, ConfigDict, Field
 
 from annotation.models import Item, Labeler
@@ -37,7 +46,11 @@ class LLMJudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base_url: str = Field(description="e.g. https://api.openai.com/v1 or http://localhost:8000/v1 (vLLM, Ollama)")
     model: str
-    api_key_env: str = Field(default="", description="name of the environment variable holding the API key")
+    api_key_env: str = Field(
+        default="",
+        description="name of the environment variable holding the API key: PREFLOOP_LLM_KEY_..., or one the "
+        "operator lists in AI_LABELER_KEY_ENVS",
+    )
     api_key_encrypted: str = Field(default="", description="set through the form; never shown back")
     temperature: float = Field(default=0.0, ge=0, le=2)
     max_tokens: int = Field(default=600, ge=16, le=32_000)
@@ -89,10 +102,48 @@ def encrypt_api_key(key: str) -> str:
     return _fernet().encrypt(key.encode()).decode()
 
 
+# An LLM judge's api_key_env may name a variable with this prefix, or one in AI_LABELER_KEY_ENVS.
+KEY_ENV_PREFIX = "PREFLOOP_LLM_KEY_"
+
+
+def key_env_allowed(name: str) -> bool:
+    return (name.startswith(KEY_ENV_PREFIX) and len(name) > len(KEY_ENV_PREFIX)) or name in settings.AI_LABELER_KEY_ENVS
+
+
+def host_allowed(host: str) -> bool:
+    """Whether an LLM judge may connect to `host` (AI_LABELER_ALLOWED_HOSTS, matched like
+    ALLOWED_HOSTS: exact names, `.example.org` for a domain and its subdomains; empty = any)."""
+    allowed = settings.AI_LABELER_ALLOWED_HOSTS
+    if not allowed:
+        return True
+    host = host.lower().rstrip(".")
+    return validate_host(host, allowed) or (":" in host and validate_host(f"[{host}]", allowed))
+
+
+def endpoint_refusal(cfg: LLMJudgeConfig) -> str:
+    """Why this server will not send this config's requests ("" when it will)."""
+    if cfg.api_key_env and not key_env_allowed(cfg.api_key_env):
+        return (
+            f"api_key_env {cfg.api_key_env!r} is not allowed: name an environment variable starting with "
+            f"{KEY_ENV_PREFIX} (or one the operator lists in AI_LABELER_KEY_ENVS), or give the key itself"
+        )
+    parts = urlsplit(cfg.base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"base_url {cfg.base_url!r} must be an http:// or https:// URL with a host"
+    if not host_allowed(parts.hostname):
+        return (
+            f"base_url host {parts.hostname!r} is not allowed: this server's operator lets AI labelers connect "
+            "only to the hosts in AI_LABELER_ALLOWED_HOSTS"
+        )
+    return ""
+
+
 def api_key(cfg: LLMJudgeConfig) -> str:
     if cfg.api_key_encrypted:
         return _fernet().decrypt(cfg.api_key_encrypted.encode()).decode()
     if cfg.api_key_env:
+        if not key_env_allowed(cfg.api_key_env):  # a config stored before the rule, or a narrowed list
+            raise JudgeError(endpoint_refusal(cfg))
         return os.environ.get(cfg.api_key_env, "")
     return ""
 
@@ -162,11 +213,17 @@ class OpenAIClient:
         import httpx
 
         self.cfg = cfg
+        refusal = endpoint_refusal(cfg)  # checked again here: the config may predate the operator's rules
+        if refusal:
+            raise JudgeError(refusal)
         headers = {"Content-Type": "application/json"}
         key = api_key(cfg)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self.http = httpx.Client(base_url=cfg.base_url.rstrip("/") + "/", headers=headers, timeout=cfg.timeout_s)
+        # No redirects: an allowed host could otherwise pass the key on to one that is not.
+        self.http = httpx.Client(
+            base_url=cfg.base_url.rstrip("/") + "/", headers=headers, timeout=cfg.timeout_s, follow_redirects=False
+        )
 
     def close(self) -> None:
         self.http.close()

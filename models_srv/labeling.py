@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from annotation.models import Item, Judgment, Labeler, Project
 from annotation.schema import format_validation_error
-from models_srv.judges import CONFIGS, JudgeError, encrypt_api_key, make_judge
+from models_srv.judges import CONFIGS, JudgeError, LLMJudgeConfig, encrypt_api_key, endpoint_refusal, make_judge
 from models_srv.models import AILabelFailure, AILabelRun, RunStatus
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ def labeler_create(*, project: Project, kind: str, name: str, config: dict[str, 
         parsed = CONFIGS[kind].model_validate(config)
     except ValidationError as exc:
         raise LabelerError(format_validation_error(exc)) from None
+    if isinstance(parsed, LLMJudgeConfig) and (refusal := endpoint_refusal(parsed)):
+        raise LabelerError(refusal)
     version = (
         Labeler.objects.filter(project=project, kind=kind, name=name)
         .order_by("-version")
