@@ -19,6 +19,7 @@ from ninja.parser import Parser
 
 from annotation.api import router as annotation_router
 from config.auth import TokenAuth, scoped
+from config.throttle import TooManyBadTokensError
 from curation.api import router as curation_router
 from models_srv.api import router as models_router
 
@@ -95,6 +96,13 @@ api = PrefloopAPI(
 api.add_router("/", annotation_router)
 api.add_router("/", models_router)
 api.add_router("/", curation_router)
+
+
+@api.exception_handler(TooManyBadTokensError)
+def too_many_bad_tokens(request: HttpRequest, exc: TooManyBadTokensError) -> HttpResponse:
+    response = api.create_response(request, {"detail": str(exc)}, status=429)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @api.exception_handler(DataError)

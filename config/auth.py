@@ -13,7 +13,9 @@ GET/HEAD/OPTIONS and `write` for anything else, so a new endpoint is never laxer
 A token without the scope an operation needs gets 403 with the scope's name. A browser session
 is not limited by scopes (it is the user themself) but needs the CSRF token on unsafe methods.
 
-Only the key's SHA-256 is stored; `last_used_at` is refreshed at most once a minute.
+Only the key's SHA-256 is stored; `last_used_at` is refreshed at most once a minute. Bad tokens
+are counted per client address (config.throttle): past API_TOKEN_RATE_LIMIT_PER_IP within the
+window, that address's token requests get 429 with Retry-After, before any token is looked up.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
 from annotation.models import ApiToken
+from config import throttle
 
 SCOPES: dict[str, str] = {
     "read": "read projects, items, judgments, jobs, models and exports (always granted)",
@@ -110,14 +113,16 @@ class TokenAuth(HttpBearer):
         return self.scope_for([request.method or "GET"])
 
     def authenticate(self, request: HttpRequest, token: str) -> object | None:
-        if not token.startswith(ApiToken.PREFIX):
-            return None
+        throttle.check_token_throttle(request)  # past the limit, refused unread (429)
         row = (
             ApiToken.objects.select_related("user")
             .filter(key_hash=ApiToken.hash_key(token), revoked_at__isnull=True, user__is_active=True)
             .first()
+            if token.startswith(ApiToken.PREFIX)
+            else None
         )
         if row is None:
+            throttle.bad_token(request)
             return None
         now = timezone.now()
         if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:

@@ -1,11 +1,12 @@
 """Login rate limiting.
 
-Failed logins are counted in the Django cache per username (LOGIN_RATE_LIMIT, default 5) and per
-client address (LOGIN_RATE_LIMIT_PER_IP, default 20) over a fixed window (LOGIN_RATE_LIMIT_WINDOW
-seconds, default 900). Past either limit the login form answers 429 without checking the
-password, and the authentication backend refuses too, so the admin's login page (and anything
-else that calls `authenticate`) is covered. A successful login clears its username's counter; the
-address counter runs out with its window, so one valid account cannot be used to reset it.
+Failed logins are counted in config.throttle's store, which every web process shares, per
+username (LOGIN_RATE_LIMIT, default 5) and per client address (LOGIN_RATE_LIMIT_PER_IP, default
+20) over a fixed window (LOGIN_RATE_LIMIT_WINDOW seconds, default 900). Past either limit the
+login form answers 429 without checking the password, and the authentication backend refuses too,
+so the admin's login page (and anything else that calls `authenticate`) is covered. A successful
+login clears its username's counter; the address counter runs out with its window, so one valid
+account cannot be used to reset it.
 
 Counting happens in the `user_login_failed` / `user_logged_in` receivers (annotation.signals).
 """
@@ -18,13 +19,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.views import LoginView
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import get_token
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from config import throttle
 from config.security import client_ip
 
 
@@ -43,26 +44,20 @@ def _keys(request: HttpRequest | None, username: str) -> list[tuple[str, int]]:
 
 
 def login_blocked(request: HttpRequest | None, username: str) -> bool:
-    return any((cache.get(key) or 0) >= limit for key, limit in _keys(request, username))
+    return any(throttle.count(key) >= limit for key, limit in _keys(request, username))
 
 
 def login_failed(request: HttpRequest | None, username: str) -> bool:
     """Count a failed login; True when this failure reached a limit (the start of a lockout)."""
     reached = False
     for key, limit in _keys(request, username):
-        cache.add(key, 0, timeout=_window())
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.set(key, 1, timeout=_window())
-            count = 1
-        reached = reached or count == limit
+        reached = throttle.hit(key, _window()) == limit or reached
     return reached
 
 
 def login_succeeded(username: str) -> None:
     for key, _ in _keys(None, username):  # without a request: the username's counter only
-        cache.delete(key)
+        throttle.reset(key)
 
 
 class RateLimitedModelBackend(ModelBackend):

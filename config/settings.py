@@ -219,6 +219,19 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if NUM_PROXIES > 0
 LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=5)
 LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=20)
 LOGIN_RATE_LIMIT_WINDOW = env.int("LOGIN_RATE_LIMIT_WINDOW", default=15 * 60)
+# Bad API tokens allowed per client address within the same window; past it 429 (0 = no limit).
+API_TOKEN_RATE_LIMIT_PER_IP = env.int("API_TOKEN_RATE_LIMIT_PER_IP", default=20)
+# Those counters (config/throttle.py) live where every web process sees them: the shared cache when
+# CACHE_URL names one, else a database table (annotation migration 0013), never one process's memory.
+CACHES["throttle"] = (
+    {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "prefloop_throttle",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    }
+    if CACHES["default"]["BACKEND"].endswith(".LocMemCache")
+    else CACHES["default"]
+)
 AUTHENTICATION_BACKENDS = ["config.auth_views.RateLimitedModelBackend"]
 # AI labelers (models_srv/judges.py): an LLM judge's api_key_env may name only variables starting
 # with PREFLOOP_LLM_KEY_ or listed here, and its base_url only these hosts (matched like
