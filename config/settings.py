@@ -270,9 +270,10 @@ CELERY_TASK_ROUTES = {
 CELERY_BEAT_SCHEDULE = {
     "reap-expired-leases": {"task": "annotation.tasks.reap_expired_leases", "schedule": 60.0},
     "autotrain": {"task": "models_srv.tasks.autotrain", "schedule": 60.0},
-    "fail-stale-runs": {"task": "models_srv.tasks.fail_stale_runs", "schedule": 300.0},
+    # Jobs whose heartbeat went stale (a killed worker) are re-queued or failed, whatever the broker.
+    "recover-stale-runs": {"task": "models_srv.tasks.recover_stale_runs", "schedule": 60.0},
     "reroute-due": {"task": "models_srv.tasks.reroute_due", "schedule": 300.0},
-    "fail-stale-exports": {"task": "curation.tasks.fail_stale_exports", "schedule": 300.0},
+    "recover-stale-exports": {"task": "curation.tasks.recover_stale_exports", "schedule": 60.0},
 }
 # A learned router retrains once this many new items have been labeled by both humans and AI.
 ROUTER_RETRAIN_EVERY = env.int("ROUTER_RETRAIN_EVERY", default=20)

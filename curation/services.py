@@ -11,10 +11,11 @@ effective state, and only that one can be undone, which restores what the item w
 
 Exports: `export_create` validates and stores a pending snapshot (with its cutoff: now) and
 queues the task on commit; the task claims it with a conditional update, writes into
-`VAR_DIR/exports/<code>.partial/`, renames the folder into place and marks the snapshot done in
-one step. A worker killed mid-export leaves `running` behind: a redelivered task takes it over
-once its heartbeat is stale (`EXPORT_HEARTBEAT_STALE_SECONDS`, default the reward models'), and
-the periodic `fail_stale_exports` marks runs failed that nobody took over.
+`VAR_DIR/exports/<code>.<attempt>.partial/`, renames the folder into place and marks the snapshot
+done in one step, while it still owns the snapshot. A worker killed mid-export leaves `running`
+behind with a heartbeat that goes stale (`EXPORT_HEARTBEAT_STALE_SECONDS`, default the reward
+models'): the periodic `recover_stale_exports` (every minute) queues it again or, after
+`MAX_ATTEMPTS`, marks it failed; a redelivered message takes it over the same way.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ HEARTBEAT_EVERY_SECONDS = 2.0
 
 class CurationError(ValueError):
     """A curation action that cannot be carried out, with a reason to show."""
+
+
+class ExportSupersededError(Exception):
+    """This attempt no longer owns its snapshot (the sweep or a redelivery took it over)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,16 +286,19 @@ def export_run(*, snapshot_id: int, redelivered: bool = False) -> ExportSnapshot
         snapshot.progress = {"phase": "starting"}
         snapshot.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "progress"])
 
+    attempt = snapshot.attempts
+    mine = ExportSnapshot.objects.filter(id=snapshot.id, status=ExportStatus.RUNNING, attempts=attempt)
     snapshot = ExportSnapshot.objects.select_related("project").get(id=snapshot.id)
     final = snapshot.folder
-    temp = final.with_name(final.name + ".partial")
-    shutil.rmtree(temp, ignore_errors=True)
+    _remove_partials(snapshot.code)  # earlier attempts': they lost the snapshot
+    temp = final.with_name(f"{final.name}.{attempt}.partial")
     last = [0.0]
 
     def heartbeat(info: dict[str, Any]) -> None:
         if time.monotonic() - last[0] >= HEARTBEAT_EVERY_SECONDS:
             last[0] = time.monotonic()
-            ExportSnapshot.objects.filter(id=snapshot.id).update(progress=info, heartbeat_at=timezone.now())
+            if not mine.update(progress=info, heartbeat_at=timezone.now()):
+                raise ExportSupersededError
 
     name = f"{snapshot.project.slug}-{str(snapshot.code)[:8]}"
     try:
@@ -310,53 +318,89 @@ def export_run(*, snapshot_id: int, redelivered: bool = False) -> ExportSnapshot
         heartbeat({"phase": "bundling"})
         bundle, digest, size = bundle_export(temp, name, snapshot.cutoff)
         remove_loose_files(temp)
-        shutil.rmtree(final, ignore_errors=True)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        temp.rename(final)
+    except ExportSupersededError:
+        shutil.rmtree(temp, ignore_errors=True)
+        log.warning("export %s: attempt %s lost the snapshot to a takeover; stopped", snapshot.code, attempt)
+        return None
     except Exception as exc:
         shutil.rmtree(temp, ignore_errors=True)
         log.exception("export %s failed", snapshot.code)
-        _fail(snapshot, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}")
+        _fail(snapshot, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}", attempt=attempt)
         raise
-    ExportSnapshot.objects.filter(id=snapshot.id).update(
-        status=ExportStatus.DONE,
-        counts=result.counts,
-        files=result.files,
-        bundle_path=f"{snapshot.code}/{bundle.name}",
-        bundle_sha256=digest,
-        bundle_bytes=size,
-        finished_at=timezone.now(),
-        heartbeat_at=timezone.now(),
-        progress={"phase": "done"},
-        error="",
-    )
+    with transaction.atomic():
+        # The conditional update locks the row (and SQLite's database) and proves this attempt
+        # still owns the snapshot: the folder moves into place only then, under that lock.
+        done = mine.update(
+            status=ExportStatus.DONE,
+            counts=result.counts,
+            files=result.files,
+            bundle_path=f"{snapshot.code}/{bundle.name}",
+            bundle_sha256=digest,
+            bundle_bytes=size,
+            finished_at=timezone.now(),
+            heartbeat_at=timezone.now(),
+            progress={"phase": "done"},
+            error="",
+        )
+        if not done:
+            shutil.rmtree(temp, ignore_errors=True)
+            log.warning("export %s: attempt %s lost the snapshot to a takeover; discarded", snapshot.code, attempt)
+            return None
+        shutil.rmtree(final, ignore_errors=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp.rename(final)
     return ExportSnapshot.objects.get(id=snapshot.id)
 
 
-def _fail(snapshot: ExportSnapshot, error: str) -> None:
-    ExportSnapshot.objects.filter(id=snapshot.id).exclude(status=ExportStatus.DONE).update(
+def _fail(snapshot: ExportSnapshot, error: str, attempt: int | None = None) -> None:
+    """Mark the snapshot failed; with `attempt`, only while that attempt still owns it."""
+    rows = ExportSnapshot.objects.filter(id=snapshot.id).exclude(status=ExportStatus.DONE)
+    if attempt is not None:
+        rows = rows.filter(status=ExportStatus.RUNNING, attempts=attempt)
+    rows.update(
         status=ExportStatus.FAILED, error=error[:20000], finished_at=timezone.now(), progress={"phase": "failed"}
     )
 
 
-def fail_stale_exports(now: Any = None) -> int:
-    """Exports whose worker stopped reporting long ago (and was never redelivered) are marked failed."""
+def _remove_partials(code: Any) -> None:
+    """Every attempt's half-written folder of a snapshot (`<code>.partial`, `<code>.<n>.partial`)."""
+    for folder in exports_root().glob(f"{code}*.partial"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def recover_stale_exports(now: Any = None) -> dict[str, int]:
+    """Periodic: exports whose worker stopped reporting (killed, lost) go back to the queue with
+    their task sent again, or, after `MAX_ATTEMPTS`, are marked failed; half-written files go.
+
+    Independent of the broker's redelivery (an hour on Redis, never on the filesystem broker);
+    an export whose heartbeat is fresh is left alone."""
+    from curation.tasks import export_snapshot
+
     now = now or timezone.now()
-    stale = now - 3 * heartbeat_stale_after()
-    stuck = list(
-        ExportSnapshot.objects.filter(status=ExportStatus.RUNNING, heartbeat_at__lt=stale).values_list(
-            "code", flat=True
-        )
-    )
-    n = ExportSnapshot.objects.filter(status=ExportStatus.RUNNING, heartbeat_at__lt=stale).update(
-        status=ExportStatus.FAILED,
-        error="the worker stopped reporting (killed or lost)",
-        finished_at=now,
-        progress={"phase": "failed"},
-    )
-    for code in stuck:
-        shutil.rmtree(exports_root() / f"{code}.partial", ignore_errors=True)
-    return n
+    stale = ExportSnapshot.objects.filter(status=ExportStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after())
+    counts = {"requeued": 0, "failed": 0}
+    for snapshot_id, code, attempts in stale.values_list("id", "code", "attempts"):
+        row = stale.filter(id=snapshot_id, attempts=attempts)  # still as read: not revived meanwhile
+        with transaction.atomic():
+            if attempts >= MAX_ATTEMPTS:
+                gone = row.update(
+                    status=ExportStatus.FAILED,
+                    error=f"the worker stopped reporting (killed or lost), {attempts} attempts: gave up",
+                    finished_at=now,
+                    progress={"phase": "failed"},
+                )
+                counts["failed"] += gone
+            else:
+                gone = row.update(
+                    status=ExportStatus.PENDING, progress={"phase": "queued", "after_lost_attempt": attempts}
+                )
+                counts["requeued"] += gone
+                if gone:
+                    transaction.on_commit(lambda snapshot_id=snapshot_id: export_snapshot.delay(snapshot_id))
+            if gone:  # before the task goes out: the next attempt's folder is never touched
+                log.warning("export %s: its worker went silent (attempt %s)", code, attempts)
+                _remove_partials(code)
+    return counts
 
 
 def export_copy_to(*, snapshot: ExportSnapshot, out: str | Path) -> list[str]:
@@ -395,5 +439,5 @@ __all__ = [
     "export_create",
     "export_reproduce",
     "export_run",
-    "fail_stale_exports",
+    "recover_stale_exports",
 ]

@@ -22,7 +22,7 @@ def export_snapshot(self, snapshot_id: int) -> str | None:
     return snapshot.status if snapshot else None
 
 
-@shared_task(acks_late=True, ignore_result=True, name="curation.tasks.fail_stale_exports")
-def fail_stale_exports() -> int:
-    """Periodic: mark failed the exports whose worker died and that no redelivery took over."""
-    return services.fail_stale_exports()
+@shared_task(acks_late=True, ignore_result=True, name="curation.tasks.recover_stale_exports")
+def recover_stale_exports() -> dict[str, int]:
+    """Periodic: exports whose worker died go back to the queue (or, worn out, fail)."""
+    return services.recover_stale_exports()

@@ -2,9 +2,13 @@
 
 Registry invariants: a version is `succeeded` only once its artifacts are on disk in their final
 folder and its metrics are stored (both in one transaction with the status change); a run that
-dies leaves `queued`/`running` behind, which a redelivered task restarts from scratch (its files
-go to a temporary folder first) or the stale-run sweep marks failed. One version per project is
-current; promoting one demotes the others in the same transaction.
+dies leaves `running` behind with a heartbeat that goes stale. The sweep (`recover_stale_runs`,
+beat every minute) puts such a run back in the queue and sends its task again, or marks it failed
+after `MAX_ATTEMPTS`; a redelivered message takes a stale run over the same way. Each attempt
+writes into its own `<uuid>.<attempt>.partial` folder and owns the run only while
+`(status, attempts)` is still what it claimed: an attempt that lost the run (swept while merely
+slow) stops at its next progress report and never registers anything. One version per project
+is current; promoting one demotes the others in the same transaction.
 """
 
 from __future__ import annotations
@@ -38,6 +42,16 @@ def heartbeat_stale_after() -> timedelta:
 
 def artifacts_root() -> Path:
     return Path(settings.MEDIA_ROOT) / "reward_models"
+
+
+class RunSupersededError(Exception):
+    """This attempt no longer owns its run (the sweep or a redelivery took it over)."""
+
+
+def _remove_partials(slug: str, run_uuid: Any) -> None:
+    """Every attempt's half-written folder of a run (`<uuid>.partial`, `<uuid>.<n>.partial`)."""
+    for folder in (artifacts_root() / slug).glob(f"{run_uuid}*.partial"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def training_start(
@@ -106,14 +120,17 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
         version.progress = {"phase": "loading data"}
         version.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "progress"])
 
+    attempt = version.attempts
+    mine = RewardModelVersion.objects.filter(id=version.id, status=RunStatus.RUNNING, attempts=attempt)
     config = engine.TrainConfig.model_validate(version.config)
     final = artifacts_root() / version.project.slug / str(version.uuid)
-    temp = final.with_name(final.name + ".partial")
-    shutil.rmtree(temp, ignore_errors=True)
+    _remove_partials(version.project.slug, version.uuid)  # earlier attempts': they lost the run
+    temp = final.with_name(f"{final.name}.{attempt}.partial")
     state = {"last_check": 0.0, "cancel": False}
 
     def progress(info: dict[str, Any]) -> None:
-        RewardModelVersion.objects.filter(id=version.id).update(progress=info, heartbeat_at=timezone.now())
+        if not mine.update(progress=info, heartbeat_at=timezone.now()):
+            raise RunSupersededError
         if echo:
             echo(info)
 
@@ -137,20 +154,28 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
             "ratings": len(data.eval.ratings),
         }
         model.save(temp)
-        shutil.rmtree(final, ignore_errors=True)
-        temp.rename(final)
+    except RunSupersededError:
+        shutil.rmtree(temp, ignore_errors=True)
+        log.warning("training of %s: attempt %s lost the run to a takeover; stopped", version, attempt)
+        return None
     except engine.TrainingCancelled:
         shutil.rmtree(temp, ignore_errors=True)
-        RewardModelVersion.objects.filter(id=version.id).update(
-            status=RunStatus.CANCELLED, finished_at=timezone.now(), progress={"phase": "cancelled"}
-        )
+        mine.update(status=RunStatus.CANCELLED, finished_at=timezone.now(), progress={"phase": "cancelled"})
         return RewardModelVersion.objects.get(id=version.id)
     except Exception as exc:
         shutil.rmtree(temp, ignore_errors=True)
         log.exception("training of %s failed", version)
-        _fail(version, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}")
+        _fail(version, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}", attempt=attempt)
         raise
     with transaction.atomic():
+        # The conditional update locks the row (and SQLite's database) and proves this attempt
+        # still owns the run: the artifacts move into place only then, under that lock.
+        if not mine.update(progress={"phase": "registering"}, heartbeat_at=timezone.now()):
+            shutil.rmtree(temp, ignore_errors=True)
+            log.warning("training of %s: attempt %s lost the run to a takeover; discarded", version, attempt)
+            return None
+        shutil.rmtree(final, ignore_errors=True)
+        temp.rename(final)
         version = RewardModelVersion.objects.select_for_update().get(id=version.id)
         version.status = RunStatus.SUCCEEDED
         version.metrics = metrics
@@ -170,10 +195,12 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
     return version
 
 
-def _fail(version: RewardModelVersion, error: str) -> None:
-    RewardModelVersion.objects.filter(id=version.id).exclude(status=RunStatus.SUCCEEDED).update(
-        status=RunStatus.FAILED, error=error[:20000], finished_at=timezone.now(), progress={"phase": "failed"}
-    )
+def _fail(version: RewardModelVersion, error: str, attempt: int | None = None) -> None:
+    """Mark the run failed; with `attempt`, only while that attempt still owns it."""
+    runs = RewardModelVersion.objects.filter(id=version.id).exclude(status=RunStatus.SUCCEEDED)
+    if attempt is not None:
+        runs = runs.filter(status=RunStatus.RUNNING, attempts=attempt)
+    runs.update(status=RunStatus.FAILED, error=error[:20000], finished_at=timezone.now(), progress={"phase": "failed"})
 
 
 def _make_current(version: RewardModelVersion) -> None:
@@ -207,23 +234,41 @@ def version_cancel(*, version: RewardModelVersion) -> RewardModelVersion:
     return version
 
 
-def fail_stale_runs(now: Any = None) -> int:
-    """Runs whose worker stopped reporting long ago (and was never redelivered) are marked failed."""
+def recover_stale_runs(now: Any = None) -> dict[str, int]:
+    """Periodic: runs whose worker stopped reporting (killed, lost) go back to the queue with their
+    task sent again, or, after `MAX_ATTEMPTS`, are marked failed; their half-written folders go.
+
+    This does not wait for the broker: Redis hands a dead worker's message out again only after
+    its visibility timeout (an hour), the filesystem broker of `make run` never. A run whose
+    heartbeat is fresh is left alone however long it has run. The old message, if the broker
+    ever hands it out again, finds the run queued, running afresh or finished and does nothing.
+    """
+    from models_srv.tasks import train_reward_model
+
     now = now or timezone.now()
-    stale = now - 3 * heartbeat_stale_after()
-    runs = RewardModelVersion.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=stale)
-    count = 0
-    for run_id, run_uuid, slug in runs.values_list("id", "uuid", "project__slug"):
-        # Row by row, still conditional: a run that came back to life in between is left alone.
-        if runs.filter(id=run_id).update(
-            status=RunStatus.FAILED,
-            error="the worker stopped reporting (killed or lost)",
-            finished_at=now,
-            progress={"phase": "failed"},
-        ):
-            count += 1
-            shutil.rmtree(artifacts_root() / slug / f"{run_uuid}.partial", ignore_errors=True)  # half-written
-    return count
+    stale = RewardModelVersion.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after())
+    counts = {"requeued": 0, "failed": 0}
+    for run_id, run_uuid, slug, attempts in stale.values_list("id", "uuid", "project__slug", "attempts"):
+        # Row by row, conditional on the state read: a run that reported in between is left alone.
+        row = stale.filter(id=run_id, attempts=attempts)
+        with transaction.atomic():
+            if attempts >= MAX_ATTEMPTS:
+                gone = row.update(
+                    status=RunStatus.FAILED,
+                    error=f"the worker stopped reporting (killed or lost), {attempts} attempts: gave up",
+                    finished_at=now,
+                    progress={"phase": "failed"},
+                )
+                counts["failed"] += gone
+            else:
+                gone = row.update(status=RunStatus.QUEUED, progress={"phase": "queued", "after_lost_attempt": attempts})
+                counts["requeued"] += gone
+                if gone:
+                    transaction.on_commit(lambda run_id=run_id: train_reward_model.delay(run_id))
+            if gone:  # before the task goes out: the next attempt's folder is never touched
+                log.warning("training run %s: its worker went silent (attempt %s)", run_id, attempts)
+                _remove_partials(slug, run_uuid)
+    return counts
 
 
 def rescore(*, version_id: int, batch: int = 512) -> int:

@@ -24,9 +24,10 @@ def autotrain() -> list[int]:
     return services.autotrain_all()
 
 
-@shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.fail_stale_runs")
-def fail_stale_runs() -> int:
-    return services.fail_stale_runs()
+@shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.recover_stale_runs")
+def recover_stale_runs() -> dict[str, int]:
+    """Periodic: runs whose worker died go back to the queue (or, worn out, fail)."""
+    return services.recover_stale_runs()
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.ai_label_run")

@@ -35,7 +35,7 @@ from curation.services import (
     export_create,
     export_reproduce,
     export_run,
-    fail_stale_exports,
+    recover_stale_exports,
 )
 from tests.conftest import jsonl
 
@@ -625,7 +625,9 @@ def test_a_finished_or_claimed_snapshot_is_not_run_twice(pairs_project: Project)
     assert export_run(snapshot_id=snapshot.id, redelivered=True) is None
 
 
-def test_a_stale_running_export_is_taken_over_on_redelivery_or_failed(pairs_project: Project, settings: Any) -> None:
+def test_a_stale_running_export_is_taken_over_on_redelivery_or_requeued(
+    pairs_project: Project, django_capture_on_commit_callbacks: Any
+) -> None:
     snapshot = export_create(project=pairs_project, user=None, filters={}, formats="pairs", enqueue=False)
     long_ago = timezone.now() - timedelta(hours=2)
     ExportSnapshot.objects.filter(id=snapshot.id).update(status="running", attempts=1, heartbeat_at=long_ago)
@@ -640,10 +642,13 @@ def test_a_stale_running_export_is_taken_over_on_redelivery_or_failed(pairs_proj
     fresh = export_create(project=pairs_project, user=None, filters={}, formats="pairs", enqueue=False)
     ExportSnapshot.objects.filter(id=fresh.id).update(status="running", attempts=1, heartbeat_at=timezone.now())
     assert export_run(snapshot_id=fresh.id, redelivered=True) is None  # alive: left alone
-    assert fail_stale_exports() == 0
-    assert fail_stale_exports(now=timezone.now() + timedelta(hours=1)) == 1
+    assert recover_stale_exports() == {"requeued": 0, "failed": 0}
+    with django_capture_on_commit_callbacks() as sent:  # the sweep, once it has gone silent
+        assert recover_stale_exports(now=timezone.now() + timedelta(hours=1)) == {"requeued": 1, "failed": 0}
     fresh.refresh_from_db()
-    assert fresh.status == "failed" and "stopped reporting" in fresh.error
+    assert fresh.status == "pending" and len(sent) == 1  # back in the queue, its task sent again
+    again = export_run(snapshot_id=fresh.id)  # what that task does
+    assert again is not None and again.status == "done" and again.attempts == 2
 
     worn = export_create(project=pairs_project, user=None, filters={}, formats="pairs", enqueue=False)
     ExportSnapshot.objects.filter(id=worn.id).update(status="running", attempts=3, heartbeat_at=long_ago)

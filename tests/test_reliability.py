@@ -2,7 +2,7 @@
 PostgreSQL "restart" (a TCP proxy in front of it drops every connection and refuses new ones)
 while an annotator submits in a real browser against a gunicorn server, a lost response, and an
 expired lease given back by the reap task on a worker. (A worker killed mid-training:
-tests/test_worker.py.)"""
+tests/test_worker.py and tests/test_job_recovery.py.)"""
 
 from __future__ import annotations
 
@@ -230,8 +230,9 @@ def _export_mid_run(project: Any, curator: Any, tmp_path: Path, env: dict[str, s
     return snapshot
 
 
-def _partial(snapshot: ExportSnapshot) -> Path:
-    return snapshot.folder.with_name(f"{snapshot.code}.partial")
+def _partials(snapshot: ExportSnapshot) -> list[Path]:
+    """Every attempt's half-written folder (`<code>.<attempt>.partial`)."""
+    return list(snapshot.folder.parent.glob(f"{snapshot.code}*.partial"))
 
 
 def _wait_finished(snapshot: ExportSnapshot, timeout: float) -> ExportSnapshot:
@@ -256,14 +257,18 @@ def test_an_export_whose_worker_is_killed_is_redelivered_and_verifies(
     finally:
         stop_worker(second)
 
+    _assert_done_and_verified(snapshot)
+
+
+def _assert_done_and_verified(snapshot: ExportSnapshot) -> None:
     assert snapshot.status == "done", snapshot.error
-    assert snapshot.attempts == 2  # the redelivered task took the stale run over and built it again
+    assert snapshot.attempts == 2  # built again from scratch by the second attempt
     assert snapshot.counts["rows"]["raw"] == {"train": EXPORT_ITEMS}
     bundle = snapshot.bundle_file
     assert hashlib.sha256(bundle.read_bytes()).hexdigest() == snapshot.bundle_sha256
     assert snapshot.bundle_bytes == bundle.stat().st_size
     assert sorted(p.name for p in snapshot.folder.iterdir()) == sorted(["README.md", "SHA256SUMS", bundle.name])
-    assert not _partial(snapshot).exists()
+    assert not _partials(snapshot)
     # Every data file in the bundle matches SHA256SUMS and the checksums registered on the snapshot.
     top = bundle.stem
     with zipfile.ZipFile(bundle) as zf:
@@ -276,31 +281,52 @@ def test_an_export_whose_worker_is_killed_is_redelivered_and_verifies(
 
 
 @pytest.mark.worker
-def test_an_export_nobody_takes_over_is_marked_failed_and_leaves_nothing(
+def test_an_export_whose_worker_is_killed_is_requeued_by_the_sweep(
     worker_env: None, make_project: Any, curator: Any, tmp_path: Path
 ) -> None:
     from config.celery import app
-    from curation.tasks import fail_stale_exports
+    from curation.tasks import recover_stale_exports
 
-    # The broker would hand it out again only after an hour: the periodic sweep gets there first.
+    # The broker would hand it out again only after an hour: the sweep does not wait for it.
     env = {**SLOW_EXPORT, "CELERY_VISIBILITY_TIMEOUT": "3600", "EXPORT_HEARTBEAT_STALE_SECONDS": "1"}
     project = make_project("exp-dead", schema=PAIRWISE, curator=curator)
     snapshot = _export_mid_run(project, curator, tmp_path, env)
-    assert _partial(snapshot).exists()  # the killed worker's half-written files
-    time.sleep(3.2)  # silent for three stale periods
+    assert _partials(snapshot)  # the killed worker's half-written files
+
+    def silent() -> bool:
+        snapshot.refresh_from_db()
+        return snapshot.heartbeat_at < timezone.now() - timedelta(seconds=1)
+
+    wait_until(silent, 30, "the killed export's heartbeat going stale")
     second = start_worker(tmp_path / "w2.log", **env)
     try:
-        fail_stale_exports.delay()  # what beat sends every five minutes
-        snapshot = _wait_finished(snapshot, 30)
+        recover_stale_exports.delay()  # what beat sends every minute
+        snapshot = _wait_finished(snapshot, 60)
     finally:
         stop_worker(second)
         with app.connection_for_write() as conn:  # forget the killed delivery: no later test gets it
             client = conn.default_channel.client
             client.delete("unacked", "unacked_index")
+    _assert_done_and_verified(snapshot)
 
-    assert snapshot.status == "failed" and "stopped reporting" in snapshot.error
+
+def test_an_export_killed_at_every_attempt_is_failed_by_the_sweep_and_leaves_nothing(
+    make_project: Any, curator: Any
+) -> None:
+    from curation.services import recover_stale_exports
+
+    project = make_project("exp-worn", schema=PAIRWISE, curator=curator)
+    snapshot = export_create(project=project, user=curator, filters={}, formats="pairs", enqueue=False)
+    long_ago = timezone.now() - timedelta(hours=1)
+    ExportSnapshot.objects.filter(id=snapshot.id).update(status="running", attempts=3, heartbeat_at=long_ago)
+    half = snapshot.folder.with_name(f"{snapshot.code}.3.partial")
+    half.mkdir(parents=True)
+    (half / "pairs.jsonl").write_text("half")
+    assert recover_stale_exports() == {"requeued": 0, "failed": 1}
+    snapshot.refresh_from_db()
+    assert snapshot.status == "failed" and "stopped reporting" in snapshot.error and "3 attempts" in snapshot.error
     assert snapshot.finished_at is not None and (snapshot.bundle_path, snapshot.files) == ("", [])
-    assert not snapshot.folder.exists() and not _partial(snapshot).exists()
+    assert not snapshot.folder.exists() and not _partials(snapshot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,9 +449,11 @@ def test_the_reap_task_on_a_worker_returns_an_expired_lease(
 # (the redelivered, taken-over run: tests/test_worker.py::test_a_worker_killed_mid_run_leaves_the_registry_consistent)
 
 
-def test_a_dead_training_run_is_given_up_or_failed_by_the_sweep(make_project: Any) -> None:
+def test_a_dead_training_run_is_requeued_or_given_up_by_the_sweep(
+    make_project: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     from models_srv.models import RewardModelVersion
-    from models_srv.services import fail_stale_runs, training_run, training_start
+    from models_srv.services import artifacts_root, recover_stale_runs, training_run, training_start
 
     project = make_project("rm-dead", schema=PAIRWISE)
     import_items(project=project, fileobj=jsonl([pair_row(i, label="AB"[i % 2]) for i in range(4)]))
@@ -441,22 +469,31 @@ def test_a_dead_training_run_is_given_up_or_failed_by_the_sweep(make_project: An
     worn.refresh_from_db()
     assert worn.status == "failed" and "gave up after 3 attempts" in worn.error and not worn.is_current
 
-    alive, silent = start(), start()  # never redelivered: the periodic sweep fails the silent one
+    # Never redelivered (the broker waits an hour, or never): the sweep decides.
+    alive, silent, worn_out = start(), start(), start()
     RewardModelVersion.objects.filter(id=alive.id).update(status="running", attempts=1, heartbeat_at=timezone.now())
     RewardModelVersion.objects.filter(id=silent.id).update(status="running", attempts=1, heartbeat_at=long_ago)
+    RewardModelVersion.objects.filter(id=worn_out.id).update(status="running", attempts=3, heartbeat_at=long_ago)
     assert training_run(version_id=alive.id, redelivered=True) is None  # alive: left alone
-    from models_srv.services import artifacts_root
-
-    half_written = {run: artifacts_root() / project.slug / f"{run.uuid}.partial" for run in (alive, silent)}
+    runs = {"alive": alive, "silent": silent, "worn_out": worn_out}
+    half_written = {name: artifacts_root() / project.slug / f"{run.uuid}.1.partial" for name, run in runs.items()}
     for folder in half_written.values():
         folder.mkdir(parents=True)
         (folder / "heads.safetensors").write_bytes(b"half")
-    assert fail_stale_runs() == 1
-    assert half_written[alive].exists() and not half_written[silent].exists()
-    alive.refresh_from_db()
-    silent.refresh_from_db()
-    assert alive.status == "running"
-    assert silent.status == "failed" and "stopped reporting" in silent.error and silent.artifact_path == ""
+    with django_capture_on_commit_callbacks() as sent:
+        assert recover_stale_runs() == {"requeued": 1, "failed": 1}
+    assert len(sent) == 1  # the silent run's task, sent again
+    assert {name: folder.exists() for name, folder in half_written.items()} == {
+        "alive": True,
+        "silent": False,
+        "worn_out": False,
+    }
+    for run in runs.values():
+        run.refresh_from_db()
+    assert alive.status == "running" and alive.attempts == 1
+    assert silent.status == "queued" and silent.attempts == 1 and silent.artifact_path == ""
+    assert worn_out.status == "failed" and "stopped reporting" in worn_out.error and worn_out.artifact_path == ""
+    assert recover_stale_runs() == {"requeued": 0, "failed": 0}  # nothing twice
 
 
 # ---------------------------------------------------------------------------------------------
