@@ -1,18 +1,24 @@
 """A job whose worker dies is run again or failed within minutes, whatever the broker: the sweep
 (beat, every minute) re-queues a run whose heartbeat went stale, a run that lost its claim never
-registers anything. (The broker's own redelivery:
+registers anything, and `make run` starts beat and stops whole. (The broker's own redelivery:
 tests/test_worker.py; exports: tests/test_reliability.py.)"""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 import time
+import urllib.request
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.utils import timezone
 
-from tests.conftest import start_worker, stop_worker
+from tests.conftest import ROOT, start_worker, stop_worker
 from tests.test_reward_training import TINY, synthetic_pairs
 from tests.test_worker import (
     KILLED_RUN,
@@ -83,3 +89,71 @@ def test_an_attempt_that_lost_its_run_registers_nothing(make_project) -> None:
     assert version.status == "running" and version.attempts == 2  # left to its new owner
     assert not version.is_current and version.artifact_path == "" and version.metrics == {}
     assert not list((artifacts_root() / project.slug).glob(f"{version.uuid}*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# `make run`: web, worker and beat on the embedded defaults, stopped whole by one signal
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.worker
+def test_make_run_starts_beat_and_a_sigterm_stops_every_process(tmp_path: Path) -> None:
+    port = _free_port()
+    var = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env.update(VAR_DIR=str(var), PORT=str(port), DEBUG="1")  # SQLite and the filesystem broker in var/
+    log = (tmp_path / "run.log").open("wb")
+    proc = subprocess.Popen(
+        ["scripts/run.sh"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    groups: set[int] = set()
+    try:
+        deadline = time.monotonic() + 180  # migrate and the demo on a fresh SQLite file
+        while True:
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+            time.sleep(0.5)
+        worker_log = var / "worker.log"
+        while "beat: Starting" not in (worker_log.read_text() if worker_log.exists() else ""):
+            assert time.monotonic() < deadline, "beat did not start"
+            time.sleep(0.3)
+        while not list(var.glob("celerybeat-schedule*")):
+            assert time.monotonic() < deadline, "no beat schedule file"
+            time.sleep(0.3)
+        # Every process run.sh started, in whatever process group it put them.
+        out = subprocess.run(["ps", "-eo", "pid=,pgid=,sid="], capture_output=True, text=True, check=True).stdout
+        groups = {int(pgid) for _, pgid, sid in (line.split() for line in out.splitlines()) if int(sid) == proc.pid}
+        assert len(groups) >= 2, out  # the script and the worker at least
+
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)  # what a terminal's Ctrl-C or a supervisor sends
+        proc.wait(timeout=60)
+        while any(_group_alive(g) for g in groups):
+            assert time.monotonic() - started < 60, "processes left running"
+            time.sleep(0.1)
+        print(f"everything stopped {time.monotonic() - started:.1f} s after SIGTERM")
+    finally:
+        for g in groups | {proc.pid}:
+            if _group_alive(g):
+                os.killpg(g, signal.SIGKILL)
+        proc.wait()
+        log.close()
