@@ -107,6 +107,8 @@ class ParsedRow:
     split: str = Item.Split.TRAIN
     gold_answer: dict[str, Any] | None = None
     judgments: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    chars: int = 0  # characters of text in the raw row: its weight in a batch
+    id_given: bool = True  # False: the id was made from the content
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +195,13 @@ def _lines(text: io.TextIOWrapper) -> Iterator[str]:
     """The text's lines, refusing one longer than IMPORT_MAX_LINE_CHARS (memory stays bounded)."""
     limit = settings.IMPORT_MAX_LINE_CHARS
     lineno = 0
-    while line := text.readline(limit + 1):
+    while True:
+        try:
+            line = text.readline(limit + 1)
+        except UnicodeDecodeError as exc:
+            raise ImportRefused([RowError(_bad_byte_line(lineno, exc), _NOT_UTF8)]) from None
+        if not line:
+            return
         lineno += 1
         if len(line) > limit and not line.endswith("\n"):
             message = f"the line is longer than {limit:,} characters (IMPORT_MAX_LINE_CHARS)"
@@ -201,12 +209,20 @@ def _lines(text: io.TextIOWrapper) -> Iterator[str]:
         yield line
 
 
+_NOT_UTF8 = "the file is not valid UTF-8 text (Latin-1 or Windows-1252? save it as UTF-8)"
+
+
+def _bad_byte_line(lines_read: int, exc: UnicodeDecodeError) -> int:
+    """The line of the byte that failed to decode. The text reader decodes a chunk of bytes ahead
+    of the lines handed out, and asks for a chunk only when the line it is reading runs past the
+    decoded text, so the chunk starts inside line `lines_read + 1`; the chunk's newlines before
+    the bad byte count the lines after it."""
+    return lines_read + 1 + exc.object[: exc.start].count(b"\n")
+
+
 def _decode_guard(rows: Iterator[tuple[int, Any]], where: list[int]) -> Iterator[tuple[int, Any]]:
     try:
         yield from rows
-    except UnicodeDecodeError:
-        message = "the file is not valid UTF-8 text (Latin-1 or Windows-1252? save it as UTF-8)"
-        raise ImportRefused([RowError(where[0] + 1, message)]) from None
     except csv.Error as exc:
         if "field limit" in str(exc):
             limit = settings.IMPORT_MAX_FIELD_CHARS
@@ -344,7 +360,9 @@ def _parquet_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | Row
     if sum(meta.row_group(k).total_byte_size for k in range(meta.num_row_groups)) > limit:
         raise _too_large_decompressed()
     n = decoded = 0
-    batches = pf.iter_batches(batch_size=256)
+    # Row group by row group: a batch that spans two row groups comes out of Arrow as a chunked
+    # array, which it cannot build for a nested (struct or list) column read as a dictionary.
+    batches = (b for k in range(meta.num_row_groups) for b in pf.iter_batches(batch_size=256, row_groups=[k]))
     while True:
         try:
             batch = next(batches, None)
@@ -491,7 +509,7 @@ _KNOWN = {
 
 def normalize_row(raw: dict[str, Any], line: int) -> ParsedRow:
     """Map any accepted row shape onto one ParsedRow, or raise _BadRowError saying what is wrong."""
-    _refuse_nul(raw)
+    chars = _text_chars(raw)
     for key, value in raw.items():
         if isinstance(value, _Unparsable):
             raise _BadRowError(f"column {key!r} must hold JSON")
@@ -563,22 +581,37 @@ def normalize_row(raw: dict[str, Any], line: int) -> ParsedRow:
         split=split,
         gold_answer=gold,
         judgments=labels,
+        chars=chars,
+        id_given=raw.get("id", raw.get("external_id")) not in (None, ""),
     )
 
 
-def _refuse_nul(value: Any) -> None:
-    """PostgreSQL stores no NUL character in text or jsonb: name it instead of failing the write."""
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def _text_chars(value: Any) -> int:
+    """The characters of text in a raw row (its size in a batch), refusing text that cannot be
+    stored: PostgreSQL keeps no NUL character in text or jsonb, and a lone surrogate (JSON's
+    `\\ud800` without its pair) is no character at all, so it has no UTF-8 form."""
+    chars = 0
     stack = [value]
     while stack:
         v = stack.pop()
         if isinstance(v, str):
+            chars += len(v)
             if "\x00" in v:
                 raise _BadRowError("a value holds a NUL character (\\u0000), which cannot be stored")
+            if not v.isascii() and (bad := _SURROGATE_RE.search(v)):
+                code = f"\\u{ord(bad.group()):04x}"
+                raise _BadRowError(f"a value holds a lone surrogate ({code}), which is not valid Unicode text")
         elif isinstance(v, dict):
             stack.extend(v.keys())
             stack.extend(v.values())
         elif isinstance(v, list):
             stack.extend(v)
+        else:
+            chars += 8
+    return chars
 
 
 def _int(value: Any, what: str) -> int:
@@ -714,39 +747,151 @@ def import_items(
     labelers: dict[str, Labeler] = {}
     with transaction.atomic():
         judgments_before = Judgment.objects.filter(item__project=project).count()
-        for batch in _batched(rows, batch_size):
-            parsed: list[tuple[ParsedRow, list[tuple[str, dict[str, Any]]]]] = []
-            for line, raw in batch:
-                result.rows_read += 1
-                if isinstance(raw, RowError):
-                    errors.append(raw)
-                    continue
-                try:
-                    row = normalize_row(raw, line)
-                    parsed.append((row, check_row(row, schema)))
-                except _BadRowError as exc:
-                    errors.append(RowError(line, str(exc), unit))
+        first_lines = _FirstLines(unit)
+        checked = _checked_rows(rows, schema, unit, errors, result, max_errors)
+        for batch in _batched(checked, batch_size, settings.IMPORT_BATCH_CHARS):
+            errors.extend(first_lines.repeats([row for row, _ in batch]))
             if len(errors) >= max_errors:
-                raise ImportRefused(errors[:max_errors], result.rows_read, truncated=True)
+                raise ImportRefused(_by_line(errors)[:max_errors], result.rows_read, truncated=True)
             if not errors:
-                _write_batch(project, parsed, labelers, import_job_id, result)
+                _write_batch(project, batch, labelers, import_job_id, result)
         if errors:
-            raise ImportRefused(errors, result.rows_read)
+            raise ImportRefused(_by_line(errors), result.rows_read)
         if result.rows_read == 0:
             raise ImportRefused([RowError(0, "the file holds no rows")])
         result.judgments_created = Judgment.objects.filter(item__project=project).count() - judgments_before
     return result
 
 
-def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch = []
+Checked = tuple[ParsedRow, list[tuple[str, dict[str, Any]]]]
+
+
+def _checked_rows(
+    rows: Iterable[tuple[int, dict[str, Any] | RowError]],
+    schema: JudgmentSchema,
+    unit: str,
+    errors: list[RowError],
+    result: ImportResult,
+    max_errors: int,
+) -> Iterator[Checked]:
+    """The good rows, normalized and checked; the bad ones go to `errors` (refused past `max_errors`)."""
+    for line, raw in rows:
+        result.rows_read += 1
+        if isinstance(raw, RowError):
+            errors.append(raw)
+        else:
+            try:
+                row = normalize_row(raw, line)
+                labels = check_row(row, schema)
+            except _BadRowError as exc:
+                errors.append(RowError(line, str(exc), unit))
+            else:
+                yield row, labels
+                continue
+        if len(errors) >= max_errors:
+            raise ImportRefused(_by_line(errors)[:max_errors], result.rows_read, truncated=True)
+
+
+def _by_line(errors: list[RowError]) -> list[RowError]:
+    return sorted(errors, key=lambda e: e.line)
+
+
+def _batched(rows: Iterable[Checked], size: int, max_chars: int) -> Iterator[list[Checked]]:
+    """Batches of at most `size` rows and at most `max_chars` characters of text (a row longer
+    than that is a batch of its own): a few thousand long rows would otherwise hold gigabytes
+    before they are written."""
+    batch: list[Checked] = []
+    chars = 0
     for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
+        if batch and (len(batch) >= size or chars + row[0].chars > max_chars):
             yield batch
-            batch = []
+            batch, chars = [], 0
+        batch.append(row)
+        chars += row[0].chars
     if batch:
         yield batch
+
+
+class _FirstLines:
+    """The line on which each id given in the file first appeared, so that an id given twice is
+    refused naming both lines (rows without an id take one from their content: an exact repeat is
+    the same item, counted as already present). On PostgreSQL the ids wait in a temporary table,
+    so a file of millions of rows holds no growing set in Python; elsewhere in a dict."""
+
+    _TABLE = "prefloop_import_first_line"
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.conn = connections[router.db_for_write(Item)]
+        self.local: dict[str, int] | None = None
+        if self.conn.vendor != "postgresql":
+            self.local = {}
+            return
+        with self.conn.cursor() as cursor:
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {self._TABLE} "
+                "(external_id text PRIMARY KEY, line integer NOT NULL) ON COMMIT DROP"
+            )
+            cursor.execute(f"TRUNCATE {self._TABLE}")  # left by an earlier import in the same transaction
+
+    def repeats(self, rows: list[ParsedRow]) -> list[RowError]:
+        here: dict[str, int] = {}
+        for row in rows:
+            if row.id_given:
+                here.setdefault(row.external_id, row.line)
+        first = {**here, **self._earlier(here)}
+        return [
+            RowError(row.line, f"id {row.external_id!r} is also on {self.unit} {first[row.external_id]}", self.unit)
+            for row in rows
+            if row.id_given and first[row.external_id] != row.line
+        ]
+
+    def _earlier(self, here: dict[str, int]) -> dict[str, int]:
+        """Of these ids, those seen in earlier batches, with their first line; records the rest."""
+        if self.local is not None:
+            earlier = {ext: self.local[ext] for ext in here if ext in self.local}
+            self.local.update((ext, line) for ext, line in here.items() if ext not in earlier)
+            return earlier
+        if not here:
+            return {}
+        with self.conn.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {self._TABLE} (external_id, line) SELECT * FROM unnest(%s::text[], %s::integer[]) "  # noqa: S608 - a constant name
+                "ON CONFLICT (external_id) DO NOTHING RETURNING external_id",
+                [list(here), list(here.values())],
+            )
+            added = {ext for (ext,) in cursor.fetchall()}
+            clashes = [ext for ext in here if ext not in added]
+            if not clashes:
+                return {}
+            cursor.execute(
+                f"SELECT external_id, line FROM {self._TABLE} WHERE external_id = ANY(%s::text[])",  # noqa: S608
+                [clashes],
+            )
+            return dict(cursor.fetchall())
+
+
+def _item_ids(project: Project, external_ids: list[str]) -> dict[str, int]:
+    """{external id: item id} of the project's items among `external_ids`.
+
+    On PostgreSQL one probe of the unique (project, external_id) index per id, written so the
+    planner cannot choose otherwise: inside an import's transaction the table's statistics are
+    those of before it (or none), so an `IN (...)` list was planned as a scan of every item of the
+    project, and each batch of a million-row import took longer than the one before."""
+    conn = connections[router.db_for_write(Item)]
+    if not external_ids:
+        return {}
+    if conn.vendor != "postgresql":
+        found = Item.objects.filter(project=project, external_id__in=external_ids).order_by()
+        return dict(found.values_list("external_id", "id"))
+    table = Item._meta.db_table
+    sql = (
+        f"SELECT e.external_id, (SELECT t.id FROM {table} t WHERE t.project_id = %s AND t.external_id = e.external_id) "  # noqa: S608
+        "FROM unnest(%s::text[]) AS e(external_id)"
+    )
+    with conn.cursor() as cursor:
+        cursor.execute(sql, [project.id, external_ids])
+        return {ext: pk for ext, pk in cursor.fetchall() if pk is not None}
 
 
 def _write_batch(
@@ -759,7 +904,7 @@ def _write_batch(
     unique: dict[str, tuple[ParsedRow, list[tuple[str, dict[str, Any]]]]] = {}
     for row, judgments in parsed:
         unique.setdefault(row.external_id, (row, judgments))
-    ids = dict(Item.objects.filter(project=project, external_id__in=list(unique)).values_list("external_id", "id"))
+    ids = _item_ids(project, list(unique))
     result.items_existing += len(ids) + (len(parsed) - len(unique))
     now = timezone.now()
     new_items = [
@@ -790,7 +935,7 @@ def _write_batch(
     if new_items:
         fast_insert(Item, new_items)
         new_ids = [i["external_id"] for i in new_items]
-        ids.update(Item.objects.filter(project=project, external_id__in=new_ids).values_list("external_id", "id"))
+        ids.update(_item_ids(project, new_ids))
     result.items_created += len(new_items)
     new_ids = {i["external_id"] for i in new_items}
     on_new_items, on_existing_items = [], []

@@ -188,6 +188,8 @@ IMPORT_MAX_LINE_CHARS = env.int("IMPORT_MAX_LINE_CHARS", default=32 * 1024 * 102
 IMPORT_MAX_FIELD_CHARS = env.int("IMPORT_MAX_FIELD_CHARS", default=4_000_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=10 * 1024 * 1024)
 IMPORT_BATCH_SIZE = env.int("IMPORT_BATCH_SIZE", default=2000)
+# A batch also closes once its rows hold this many characters of text (memory stays bounded).
+IMPORT_BATCH_CHARS = env.int("IMPORT_BATCH_CHARS", default=16 * 1024 * 1024)
 
 # Security. Production hardening follows DEBUG unless set explicitly.
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", default=not DEBUG)

@@ -151,10 +151,10 @@ def test_reimporting_the_same_ids_changes_nothing(project: Project) -> None:
     first = import_items(project=project, fileobj=jsonl(rows), batch_size=7)
     before = _snapshot(project)
     item = Item.objects.get(external_id="r3")
-    changed = [pair_row(3, prompt="Changed?", label="B"), *rows]
+    changed = [pair_row(3, prompt="Changed?", label="B"), *(r for r in rows if r["id"] != "r3")]
     second = import_items(project=project, fileobj=jsonl(changed), batch_size=7)
     assert (first.items_created, first.judgments_created) == (30, 30)
-    assert (second.items_created, second.items_existing, second.judgments_created) == (0, 31, 0)
+    assert (second.items_created, second.items_existing, second.judgments_created) == (0, 30, 0)
     assert _snapshot(project) == before
     item.refresh_from_db()
     assert item.prompt == "Question 3?"

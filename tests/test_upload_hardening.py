@@ -129,6 +129,16 @@ BAD_FILES: list[tuple[str, Any, str]] = [
         lambda: '{"prompt": "café", "response_a": "a", "response_b": "b"}\n'.encode("latin-1"),
         "not valid UTF-8",
     ),
+    (
+        "latin-1-on-line-2",
+        lambda: GOOD_LINE + '{"prompt": "café", "response_a": "a", "response_b": "b"}\n'.encode("latin-1"),
+        "line 2: the file is not valid UTF-8",
+    ),
+    (
+        "lone-surrogate",
+        lambda: GOOD_LINE + b'{"prompt": "x\\ud800y", "response_a": "a", "response_b": "b"}\n',
+        "line 2: a value holds a lone surrogate (\\ud800)",
+    ),
     ("utf-16", lambda: GOOD_LINE.decode().encode("utf-16"), "UTF-16 text; save it as UTF-8"),
     ("utf-16-no-bom", lambda: GOOD_LINE.decode().encode("utf-16-le"), "UTF-16 text (without a byte-order mark)"),
     ("binary-garbage", lambda: random.Random(7).randbytes(20_000), "the file is binary"),
