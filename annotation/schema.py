@@ -185,8 +185,14 @@ class JudgmentSchema(_Strict):
             return f"an item has at most 16 responses, got {n}"
         return None
 
-    def validate_payload(self, data: dict[str, Any], responses: list[str]) -> JudgmentPayload:
-        """Parse and check a payload for an item whose response texts are `responses`."""
+    def validate_payload(self, data: dict[str, Any], responses: list[str], *, complete: bool = True) -> JudgmentPayload:
+        """Parse and check a payload for an item whose response texts are `responses`.
+
+        With `complete=False` (labels imported from a file) the payload is checked for consistency
+        only: every answer it gives must fit the schema and the item, but what the project asks of
+        its annotators on top (a justification, every rubric aspect, at least one span) may be
+        missing, as long as it answers the question (the choice, the ranking, or for a project
+        that asks nothing else, the rubric or spans)."""
         if not isinstance(data, dict):
             raise PayloadError("a judgment payload is a JSON object")
         try:
@@ -194,13 +200,13 @@ class JudgmentSchema(_Strict):
         except ValidationError as exc:
             raise PayloadError(format_validation_error(exc)) from None
         n = len(responses)
-        self._check_pairwise(payload)
+        self._check_pairwise(payload, complete)
         self._check_ranking(payload, n)
-        self._check_rubric(payload, n)
-        self._check_spans(payload, responses)
+        self._check_rubric(payload, n, complete)
+        self._check_spans(payload, responses, complete)
         return payload
 
-    def _check_pairwise(self, p: JudgmentPayload) -> None:
+    def _check_pairwise(self, p: JudgmentPayload, complete: bool) -> None:
         spec = self.pairwise
         if spec is None:
             if p.pairwise is not None:
@@ -215,7 +221,7 @@ class JudgmentSchema(_Strict):
                 raise PayloadError("a tie has strength 0")
         elif not 1 <= p.pairwise.strength <= len(spec.strengths):
             raise PayloadError(f"strength must be between 1 and {len(spec.strengths)}")
-        if spec.justification == "required" and not p.justification.strip():
+        if complete and spec.justification == "required" and not p.justification.strip():
             raise PayloadError("a justification is required")
 
     def _check_ranking(self, p: JudgmentPayload, n: int) -> None:
@@ -237,14 +243,14 @@ class JudgmentSchema(_Strict):
         if distinct != list(range(1, len(distinct) + 1)):
             raise PayloadError("ranks must be dense: 1, 2, 3 ... with no gaps")
 
-    def _check_rubric(self, p: JudgmentPayload, n: int) -> None:
+    def _check_rubric(self, p: JudgmentPayload, n: int, complete: bool) -> None:
         spec = self.rubric
         if spec is None:
             if p.rubric is not None:
                 raise PayloadError("this project has no rubric")
             return
         if p.rubric is None:
-            if spec.required:
+            if spec.required and (complete or not self._answered(p, "rubric")):
                 raise PayloadError("rubric ratings are required")
             return
         if len(p.rubric) != n:
@@ -255,14 +261,14 @@ class JudgmentSchema(_Strict):
             if unknown:
                 raise PayloadError(f"unknown rubric aspect(s) for response {i}: {sorted(unknown)}")
             missing = set(aspects) - set(ratings)
-            if spec.required and missing:
+            if complete and spec.required and missing:
                 raise PayloadError(f"missing rubric aspect(s) for response {i}: {sorted(missing)}")
             for name, value in ratings.items():
                 scale = aspects[name].scale
                 if not scale.min <= value <= scale.max:
                     raise PayloadError(f"{name} for response {i} must be between {scale.min} and {scale.max}")
 
-    def _check_spans(self, p: JudgmentPayload, responses: list[str]) -> None:
+    def _check_spans(self, p: JudgmentPayload, responses: list[str], complete: bool) -> None:
         spec = self.spans
         if spec is None:
             if p.spans:
@@ -279,8 +285,14 @@ class JudgmentSchema(_Strict):
                 raise PayloadError(
                     f"span {mark.start}..{mark.end} is not inside response {mark.response} (length {length})"
                 )
-        if spec.required and not p.spans:
+        if spec.required and not p.spans and (complete or not self._answered(p, "spans")):
             raise PayloadError("at least one span mark is required")
+
+    def _answered(self, p: JudgmentPayload, besides: str) -> bool:
+        """Whether the payload answers a question of the schema other than `besides`."""
+        given = {"pairwise": p.pairwise is not None, "ranking": p.ranking is not None}
+        given |= {"rubric": p.rubric is not None, "spans": bool(p.spans)}
+        return any(given[kind] for kind in self.kinds if kind != besides)
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -14,6 +14,7 @@ import pytest
 
 from annotation.importing import ImportRefused, import_items, split_hh_dialogue
 from annotation.models import Item, Judgment, Labeler, Project
+from annotation.schema import PayloadError
 from tests.conftest import RUBRIC_SCHEMA, jsonl, pair_row
 
 
@@ -256,3 +257,68 @@ def test_labels_need_a_matching_question_in_the_schema(make_project, curator) ->
 )
 def test_hh_dialogues_split_into_prompt_and_final_assistant_turns(chosen, rejected, expected) -> None:
     assert split_hh_dialogue(chosen, rejected) == expected
+
+
+DEMANDING_SCHEMA = {
+    "pairwise": {"strengths": ["better", "much better"], "justification": "required"},
+    "rubric": {"aspects": [{"name": "helpfulness"}, {"name": "honesty"}], "required": True},
+    "spans": {"categories": [{"name": "factual"}], "required": True},
+}
+
+
+def test_what_a_project_asks_of_annotators_does_not_refuse_imported_labels(make_project, curator) -> None:
+    """A required justification, a required rubric and required spans are asked of annotators;
+    a labeled dataset made without them is imported, its labels as given."""
+    project = make_project("demanding", schema=DEMANDING_SCHEMA, curator=curator)
+    rows = [
+        pair_row(1, label="A"),
+        pair_row(2, label="tie", rubric=[{"helpfulness": 4}, {}]),
+        pair_row(3, judgments=[{"annotator": "ann-1", "pairwise": {"choice": "B", "strength": 2}}]),
+        {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."},
+        pair_row(5, gold_answer={"pairwise": {"choice": "A", "strength": 1}}),
+    ]
+    result = import_items(project=project, fileobj=jsonl(rows))
+    assert (result.items_created, result.judgments_created) == (5, 4)
+    payloads = {j.item.external_id: j.payload for j in Judgment.objects.select_related("item")}
+    assert payloads["r1"] == {"pairwise": {"choice": "A", "strength": 1}, "spans": [], "justification": ""}
+    assert payloads["r2"]["rubric"] == [{"helpfulness": 4}, {}]
+    assert Item.objects.get(external_id="r5").gold_answer["pairwise"] == {"choice": "A", "strength": 1}
+    # Annotators are still asked for all of it.
+    texts = ["Answer A1", "Answer B1"]
+    with pytest.raises(PayloadError, match="a justification is required"):
+        project.judgment_schema.validate_payload(payloads["r1"], texts)
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        ({"label": "A", "strength": 3}, "strength must be between 1 and 2"),
+        ({"label": "A", "rubric": [{"helpfulness": 9}, {}]}, "helpfulness for response 0 must be between 1 and 5"),
+        ({"label": "A", "rubric": [{"tone": 3}, {}]}, "unknown rubric aspect(s) for response 0: ['tone']"),
+        ({"label": "A", "rubric": [{"helpfulness": 3}]}, "rubric ratings are given per response: expected 2, got 1"),
+        (
+            {"label": "A", "spans": [{"response": 0, "start": 0, "end": 99, "category": "factual"}]},
+            "span 0..99 is not inside response 0 (length 9)",
+        ),
+        (
+            {"label": "A", "spans": [{"response": 0, "start": 0, "end": 3, "category": "style"}]},
+            "unknown span category 'style'",
+        ),
+        ({"rubric": [{"helpfulness": 3}, {"honesty": 2}]}, "a pairwise choice is required"),
+    ],
+)
+def test_imported_labels_are_still_checked_for_consistency(make_project, curator, label, message) -> None:
+    project = make_project("demanding", schema=DEMANDING_SCHEMA, curator=curator)
+    with pytest.raises(ImportRefused) as refused:
+        import_items(project=project, fileobj=jsonl([pair_row(1, **label)]))
+    assert [str(e) for e in refused.value.errors] == [f"line 1: label by 'imported': {message}"]
+    assert not Item.objects.filter(project=project).exists()
+
+
+def test_a_rubric_only_project_still_needs_the_rubric_of_an_imported_label(make_project, curator) -> None:
+    project = make_project("rubric", schema={"rubric": DEMANDING_SCHEMA["rubric"]}, curator=curator)
+    row = {"id": "k1", "prompt": "p", "responses": ["one"], "rubric": [{"honesty": 2}]}
+    assert import_items(project=project, fileobj=jsonl([row])).judgments_created == 1
+    bare = {"id": "k2", "prompt": "p", "responses": ["one"], "judgments": [{"annotator": "x"}]}
+    with pytest.raises(ImportRefused, match="line 1: label by 'x': rubric ratings are required"):
+        import_items(project=project, fileobj=jsonl([bare]))

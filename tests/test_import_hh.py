@@ -69,3 +69,14 @@ def test_hh_file_with_one_malformed_row_in_the_middle_is_refused_and_nothing_sto
     assert [str(e) for e in refused.value.errors] == ["line 800: chosen and rejected must both be given"]
     assert Item.objects.filter(project=project).count() == 0
     assert Judgment.objects.count() == 0
+
+
+def test_hh_file_imports_into_a_project_that_asks_annotators_for_a_justification(make_project, curator) -> None:
+    schema = {
+        "pairwise": {"justification": "required"},
+        "rubric": {"aspects": [{"name": "harmless"}], "required": True},
+    }
+    project = make_project("hh-strict", schema=schema, curator=curator)
+    with HH_FILE.open("rb") as fh:
+        result = import_items(project=project, fileobj=fh)
+    assert (result.items_created, result.judgments_created) == (1600, 1600)
