@@ -1,6 +1,6 @@
 """Import throughput and peak memory on PostgreSQL, for generated files of growing size.
 
-    make bench-import                 # or: .venv/bin/python bench/import/run.py --sizes 10000 50000 100000
+    make bench-import   # or: .venv/bin/python bench/import/run.py --sizes 10000 100000 --formats jsonl
 
 Each size runs in a fresh process (so its peak RSS is its own) against a fresh database
 (BENCH_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/prefloop_bench). Rows are
@@ -44,6 +44,36 @@ def generate(path: Path, n: int, seed: int = 0, labeled: bool = True) -> None:
             fh.write(json.dumps(row) + "\n")
 
 
+def to_parquet(source: Path, path: Path, row_group: int = 100_000) -> None:
+    """The JSONL file as Parquet (zstd, `metadata` a struct column), written a row group at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    with source.open(encoding="utf-8") as fh:
+        while rows := [json.loads(line) for _, line in zip(range(row_group), fh, strict=False)]:
+            for row in rows:
+                row.setdefault("label", None)
+            table = pa.Table.from_pylist(rows)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema))
+    if writer is not None:
+        writer.close()
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss keeps
+    the peak of the parent it was forked from (which generated the files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def child(path: Path, n: int) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     sys.path.insert(0, str(ROOT))
@@ -60,7 +90,7 @@ def child(path: Path, n: int) -> None:
     project = project_create(
         spec=ProjectSpec.parse({"slug": slug, "name": slug, "schema": {"pairwise": {}}}), created_by=None
     )
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = peak_rss_kb()
     start = time.perf_counter()
     with path.open("rb") as fh:
         result = import_items(project=project, fileobj=fh)
@@ -73,7 +103,7 @@ def child(path: Path, n: int) -> None:
                 "judgments": result.judgments_created,
                 "seconds": round(elapsed, 2),
                 "rows_per_s": round(result.rows_read / elapsed),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_rss_mb": round(peak_rss_kb() / 1024, 1),
                 "rss_before_import_mb": round(rss_before / 1024, 1),
             }
         )
@@ -82,7 +112,8 @@ def child(path: Path, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--formats", nargs="+", choices=["jsonl", "parquet"], default=["jsonl", "parquet"])
     parser.add_argument("--child", nargs=2, metavar=("FILE", "N"))
     args = parser.parse_args()
     if args.child:
@@ -92,24 +123,30 @@ def main() -> None:
     db_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/prefloop_bench")
     fresh_database(db_url)
     env = bench_env(db_url, OUT / "var")
-    print(f"{'rows':>8} {'seconds':>8} {'rows/s':>8} {'peak RSS MB':>12} {'RSS before MB':>14} {'file MB':>8}")
+    head = ("format", 8), ("rows", 8), ("seconds", 8), ("rows/s", 8), ("peak RSS MB", 12), ("RSS before MB", 14)
+    print(" ".join(f"{name:>{width}}" for name, width in head), f"{'file MB':>8}")
     for n in args.sizes:
-        path = OUT / f"items-{n}.jsonl"
-        if not path.exists():
-            generate(path, n)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", str(path), str(n)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(
-            f"{r['rows']:>8} {r['seconds']:>8} {r['rows_per_s']:>8} {r['peak_rss_mb']:>12} "
-            f"{r['rss_before_import_mb']:>14} {path.stat().st_size / 1e6:>8.1f}"
-        )
+        for fmt in args.formats:
+            source = OUT / f"items-{n}.jsonl"
+            if not source.exists():
+                generate(source, n)
+            path = OUT / f"items-{n}.parquet" if fmt == "parquet" else source
+            if not path.exists():
+                to_parquet(source, path)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(path), str(n)],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(
+                f"{fmt:>8} {r['rows']:>8} {r['seconds']:>8} {r['rows_per_s']:>8} {r['peak_rss_mb']:>12} "
+                f"{r['rss_before_import_mb']:>14} {path.stat().st_size / 1e6:>8.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
