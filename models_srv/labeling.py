@@ -72,6 +72,14 @@ def run_start(
     if item_ids is not None:
         qs = qs.filter(id__in=item_ids)
     ids = list(qs.exclude(judgments__labeler=labeler).order_by("id").values_list("id", flat=True))
+    if not ids:
+        # An empty run would only report "0 already labeled, of 0 items".
+        total = qs.count()
+        raise LabelerError(
+            f"nothing to label: {labeler.name} has labeled all {total} item{'s' if total != 1 else ''} already"
+            if total
+            else "nothing to label: the project has no items for AI labelers"
+        )
     run = AILabelRun.objects.create(project=project, labeler=labeler, item_ids=ids, created_by=created_by)
     if enqueue:
         task = gpu_ai_label_run if labeler.kind == Labeler.Kind.DENSITY_RATIO else ai_label_run

@@ -11,7 +11,7 @@ from annotation.importing import import_items
 from annotation.models import Item, Judgment, Labeler
 from models_srv.judges import public_config
 from models_srv.labeling import LabelerError, ai_consensus, labeler_create, run_execute, run_start
-from models_srv.models import AILabelFailure
+from models_srv.models import AILabelFailure, AILabelRun
 from tests.conftest import jsonl
 from tests.fake_openai import FakeOpenAI
 
@@ -103,6 +103,24 @@ def test_rerunning_labels_nothing_twice(judged_project) -> None:
     assert (again.done, again.failed) == (0, 1)
     assert everything.total == 1  # only the unlabeled item is taken up again
     assert Judgment.objects.filter(labeler=labeler).count() == 5
+
+
+def test_rerunning_a_labeler_that_labeled_everything_is_refused_with_a_reason(judged_project, curator, client):
+    from django.urls import reverse
+
+    Item.objects.filter(external_id="never").delete()  # the one item the fake server never answers well
+    with FakeOpenAI() as server:
+        labeler = _labeler(judged_project, server.url)
+        done = run_execute(run_id=run_start(project=judged_project, labeler=labeler, enqueue=False).id)
+        assert (done.done, done.failed) == (5, 0)
+        runs = AILabelRun.objects.count()
+        with pytest.raises(LabelerError, match="nothing to label: gpt-judge has labeled all 5 items already"):
+            run_start(project=judged_project, labeler=labeler, enqueue=False)
+        client.force_login(curator)
+        page = client.post(reverse("models_srv:labeler_run", args=[labeler.id]), headers={"HX-Request": "true"})
+    assert "has labeled all 5 items already" in page.content.decode()
+    assert "of 0 items" not in page.content.decode()
+    assert AILabelRun.objects.count() == runs  # no empty run recorded
 
 
 def test_the_api_key_is_stored_encrypted_and_never_shown(judged_project) -> None:
