@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 
 from annotation.models import Assignment, Item, Judgment, Labeler, Project
 from curation.consensus import Consensus, dawid_skene, pairwise_consensus, ranking_consensus
@@ -59,7 +59,6 @@ class _J:
     rubric: list[dict[str, int]] | None
     shown_first: int | None  # stored index of the response shown first
     time_ms: int | None
-    gold_score: float | None
     created_at: datetime
     order_consistent: bool | None
 
@@ -73,6 +72,9 @@ class ProjectData:
     by_item_human: dict[int, list[_J]] = field(default_factory=dict)
     by_item_ai: dict[int, list[_J]] = field(default_factory=dict)
     item_count: int = 0  # all items (gold excluded), judged or not
+    # Per labeler: (sum, count) of the scores of their answers to gold items. Gold items feed no
+    # other figure, so only these two numbers are read of them.
+    gold: dict[int, tuple[float, int]] = field(default_factory=dict)
 
 
 def _choice(payload: dict[str, Any]) -> tuple[str | None, int]:
@@ -96,7 +98,7 @@ def _consistent(raw: str) -> bool | None:
 
 
 def load(project: Project) -> ProjectData:
-    """Everything the figures need, in four queries. Of the items, only those judged or flagged
+    """Everything the figures need, in five queries. Of the items, only those judged or flagged
     are read whole (texts included): reading every item of a 100,000-item project with 3,000
     judgments took 3.4 s, most of the dashboard's and the review page's time."""
     non_gold = Item.objects.filter(project=project, is_gold=False)
@@ -124,13 +126,12 @@ def load(project: Project) -> ProjectData:
             "payload",
             "response_order",
             "time_spent_ms",
-            "gold_score",
             "created_at",
             "raw_output",
         )
         .order_by("id")
     )
-    for item_id, labeler_id, payload, order, time_ms, gold, created, raw in rows.iterator(chunk_size=5000):
+    for item_id, labeler_id, payload, order, time_ms, created, raw in rows.iterator(chunk_size=5000):
         choice, strength = _choice(payload)
         human = labelers[labeler_id]["kind"] in HUMAN
         judgments.append(
@@ -144,12 +145,18 @@ def load(project: Project) -> ProjectData:
                 payload.get("rubric"),
                 order[0] if order else None,
                 time_ms,
-                gold,
                 created,
                 None if human else _consistent(raw),
             )
         )
-    data = ProjectData(project, items, labelers, judgments, item_count=non_gold.count())
+    gold = {
+        row["labeler_id"]: (row["total"], row["n"])
+        for row in Judgment.objects.filter(item__project=project, item__is_gold=True, gold_score__isnull=False)
+        .order_by()
+        .values("labeler_id")
+        .annotate(total=Sum("gold_score"), n=Count("id"))
+    }
+    data = ProjectData(project, items, labelers, judgments, item_count=non_gold.count(), gold=gold)
     for j in judgments:
         (data.by_item_human if j.human else data.by_item_ai).setdefault(j.item_id, []).append(j)
     return data
@@ -208,6 +215,9 @@ def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[
     for j in data.judgments:
         if j.human:
             per[j.labeler_id].append(j)
+    for lab_id in data.gold:  # an annotator who has answered only gold items so far
+        if data.labelers.get(lab_id, {}).get("kind") in HUMAN:
+            per.setdefault(lab_id, [])
     users = {lab_id: lab for lab_id, lab in data.labelers.items() if lab["kind"] == "human"}
     skips = dict(
         Assignment.objects.filter(item__project=data.project, state="skipped")
@@ -224,7 +234,7 @@ def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[
     rows = []
     for lab_id, js in per.items():
         agreed, compared = loo.get(lab_id, (0, 0))
-        gold = [j.gold_score for j in js if j.gold_score is not None]
+        gold_total, gold_n = data.gold.get(lab_id, (0.0, 0))
         times = [j.time_ms for j in js if j.time_ms]
         rows.append(
             {
@@ -233,8 +243,8 @@ def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[
                 "judgments": len(js),
                 "agreement_with_consensus": _r(agreed / compared) if compared else None,
                 "compared": compared,
-                "gold_accuracy": _r(sum(gold) / len(gold)) if gold else None,
-                "gold_items": len(gold),
+                "gold_accuracy": _r(gold_total / gold_n) if gold_n else None,
+                "gold_items": gold_n,
                 "median_seconds": _r(statistics.median(times) / 1000, 1) if times else None,
                 "skips": skips.get(lab_id, 0) if lab_id in users else None,
                 "flags": flags.get(lab_id, 0) if lab_id in users else None,
@@ -301,6 +311,10 @@ def biases(data: ProjectData) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# The drift series' groups and their headings on the dashboard (the keys name the CSV's groups).
+DRIFT_GROUPS = {"annotators": "Annotators", "ai_labelers": "AI labelers", "categories": "Categories"}
 
 
 def drift(data: ProjectData, consensus: dict[int, Consensus], bucket: str = "week") -> dict[str, Any]:

@@ -44,13 +44,17 @@ def _sparkline(points: list[dict[str, Any]], width: int = 160, height: int = 28)
 def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
     project = project_for_user(request.user, slug, curator=True)
     rep = quality.cached_report(project, fresh=request.GET.get("fresh") == "1")
-    drift = {
-        group: [
-            {"key": key, "points": pts, "line": _sparkline(pts), "last": pts[-1] if pts else None}
-            for key, pts in series.items()
-        ]
+    drift = [
+        {
+            "group": group,
+            "title": quality.DRIFT_GROUPS[group],
+            "rows": [
+                {"key": key, "points": pts, "line": _sparkline(pts), "last": pts[-1] if pts else None}
+                for key, pts in series.items()
+            ],
+        }
         for group, series in rep["drift"].items()
-    }
+    ]
     return render(
         request,
         "curation/quality.html",
