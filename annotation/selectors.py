@@ -7,7 +7,8 @@ import time
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.cache import cache
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Case, Count, ExpressionWrapper, F, IntegerField, Q, QuerySet, Sum, Value, When
+from django.db.models.functions import Coalesce, Least
 from django.http import Http404
 
 from annotation.models import Assignment, ImportJob, Item, Judgment, Labeler, Membership, Project
@@ -130,9 +131,25 @@ def project_totals(project: Project) -> dict[str, int]:
     totals = cache.get(key)
     if totals is None:
         items = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
-        # Counted over a column of the item_totals index: an index-only scan (about 10 ms for
-        # 100,000 items) instead of reading every row (about 110 ms).
-        totals = items.aggregate(total=Count("status"), done=Count("status", filter=Q(status=Item.Status.DONE)))
+        # Progress counts judgments, not only finished items: with an overlap of 2, one
+        # annotator's answers finish no item, and a bar of finished items stayed at 0 for them.
+        # This reads every row (about 110 ms for 100,000 items), once per half minute.
+        wanted = ExpressionWrapper(Value(project.overlap) + F("extra_overlap"), output_field=IntegerField())
+        totals = items.aggregate(
+            total=Count("id"),
+            done=Count("id", filter=Q(status=Item.Status.DONE)),
+            wanted=Coalesce(Sum(wanted), 0),
+            collected=Coalesce(
+                Sum(
+                    Case(
+                        When(status=Item.Status.DONE, then=wanted),
+                        default=Least("human_count", wanted, output_field=IntegerField()),
+                        output_field=IntegerField(),
+                    )
+                ),
+                0,
+            ),
+        )
         cache.set(key, totals, timeout=PROJECT_TOTALS_SECONDS)
     if len(_LOCAL_TOTALS) >= 1024:
         _LOCAL_TOTALS.clear()
@@ -147,10 +164,13 @@ def annotator_progress(user: User, project: Project, stats: AnnotatorDay | None 
     mine = stats if stats is not None else read_stats(project_id=project.pk, user_id=user.pk)
     totals = project_totals(project)
     total = totals["total"] or 0
+    wanted = totals["wanted"] or 0
     return {
         "total": total,
         "done": totals["done"],
-        "percent": round(100 * totals["done"] / total) if total else 100,
+        "wanted": wanted,
+        "collected": totals["collected"],
+        "percent": round(100 * totals["collected"] / wanted) if wanted else 100,
         "mine": mine.judged,
         "today": mine.judged_today,
         "avg_seconds": round(mine.time_today_ms / mine.judged_today / 1000, 1) if mine.judged_today else 0,

@@ -157,10 +157,10 @@ def test_project_totals_are_kept_a_few_seconds_in_each_process(project, monkeypa
     import_items(project=project, fileobj=jsonl([pair_row(1), pair_row(2)]))
     cache.clear()
     selectors._LOCAL_TOTALS.clear()
-    assert selectors.project_totals(project) == {"total": 2, "done": 0}
+    assert selectors.project_totals(project) == {"total": 2, "done": 0, "wanted": 2, "collected": 0}
     Item.objects.filter(project=project).update(status=Item.Status.DONE)
     cache.clear()  # the shared copy is gone; this process still has its own for a few seconds
     assert selectors.project_totals(project)["done"] == 0
     later = time.monotonic() + selectors.PROJECT_TOTALS_LOCAL_SECONDS + 1
     monkeypatch.setattr(selectors.time, "monotonic", lambda: later)
-    assert selectors.project_totals(project) == {"total": 2, "done": 2}
+    assert selectors.project_totals(project) == {"total": 2, "done": 2, "wanted": 2, "collected": 2}
