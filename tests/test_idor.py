@@ -35,6 +35,7 @@ NO_OBJECT_ROUTES = {
     "csrf_token",  # the asking browser's own token, nothing of anyone else's
     "healthz",
     "healthz_workers",
+    "favicon",
     "annotation:home",
     "annotation:project_create",
     "annotation:project_create_schema",  # the New-project page's builder: who may create projects
