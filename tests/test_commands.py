@@ -17,7 +17,7 @@ def test_create_project_from_yaml_and_json(tmp_path: Path, curator) -> None:
     call_command("create_project", str(yaml_spec), owner="carol")
     json_spec = tmp_path / "p.json"
     json_spec.write_text(json.dumps({"slug": "j1", "name": "J", "schema": {"pairwise": {"allow_tie": False}}}))
-    call_command("create_project", str(json_spec))
+    call_command("create_project", str(json_spec), owner="carol")
     assert Project.objects.get(slug="y1").judgment_schema.kinds == ["ranking", "spans"]
     assert Project.objects.get(slug="y1").memberships.get().user == curator
     assert Project.objects.get(slug="j1").schema == {
@@ -30,10 +30,22 @@ def test_create_project_refuses_bad_specs(tmp_path: Path, db) -> None:
     spec.write_text("slug: Bad Slug\nname: B\nschema: {pairwise: {}}\n")
     with pytest.raises(CommandError, match="slug"):
         call_command("create_project", str(spec))
-    spec.write_text("slug: ok\nname: B\nschema: {pairwise: {}}\nmembers: [{username: ghost, role: annotator}]\n")
+    spec.write_text("slug: ok\nname: B\nschema: {pairwise: {}}\nmembers: [{username: ghost, role: curator}]\n")
     with pytest.raises(CommandError, match="ghost"):
         call_command("create_project", str(spec))
     assert not Project.objects.exists()
+
+
+def test_create_project_without_an_owner_is_refused_and_creates_nothing(tmp_path: Path, curator) -> None:
+    spec = tmp_path / "p.yaml"
+    spec.write_text("slug: nobody\nname: N\nschema: {pairwise: {}}\n")
+    with pytest.raises(CommandError, match="--owner is required"):
+        call_command("create_project", str(spec))
+    assert not Project.objects.exists()
+    # A spec that names its curator needs no --owner.
+    spec.write_text("slug: named\nname: N\nschema: {pairwise: {}}\nmembers: [{username: carol, role: curator}]\n")
+    call_command("create_project", str(spec))
+    assert Project.objects.get(slug="named").memberships.get().user == curator
 
 
 def test_import_items_command(tmp_path: Path, project: Project, capsys) -> None:
