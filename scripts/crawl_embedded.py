@@ -135,7 +135,6 @@ def _seed_data() -> dict[str, Any]:
         created_by=curator,
     )
     services.import_job_run(job_id=job.id)
-    Item.objects.filter(project=chat, external_id__startswith="gold-").update(is_gold=True)
     chat.gold_rate = 0.3
     chat.save(update_fields=["gold_rate"])
 

@@ -86,6 +86,9 @@ def test_the_two_leaderboards_do_not_overlap(page, make_project, make_user) -> N
     ai = page.locator("[data-testid=leaderboard-ai]").bounding_box()
     apart = human["x"] + human["width"] <= ai["x"] or human["y"] + human["height"] <= ai["y"]
     assert apart, (human, ai)
+    # The agreement figures' names keep their Greek letters (upper case made alpha an A).
+    names = page.locator("[data-testid=agreement] th").first
+    assert names.evaluate("el => getComputedStyle(el).textTransform") == "none"
     lines = "el => { const r = document.createRange(); r.selectNodeContents(el); return r.getClientRects().length; }"
     for cell in page.locator("[data-testid=leaderboard-human] th, [data-testid=leaderboard-human] td").all():
         assert cell.evaluate(lines) <= 1, f"{cell.inner_text()!r} wraps"

@@ -66,6 +66,7 @@ def test_drift_headings_are_written_titles(client, project, curator) -> None:
     client.force_login(curator)
     page = client.get(reverse("curation:quality", args=[project.slug])).content.decode()
     assert "<h3>AI labelers</h3>" in page and "<h3>Annotators</h3>" in page
+    assert "From AI labels" in page and "From ai labels" not in page
     assert "_" not in "".join(re.findall(r"<h3>(.*?)</h3>", page))
 
 
