@@ -6,9 +6,14 @@ production set DATABASE_URL (PostgreSQL via psycopg 3) and CELERY_BROKER_URL (Re
 A malformed value (say DEBUG=maybe) stops start-up with an error naming the variable.
 """
 
+import math
+import re
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -19,21 +24,84 @@ VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-env = environ.Env()
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(raw)
+
+
+def _parse_float(raw: str) -> float:
+    value = float(raw.strip())
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return value
+
+
+def _redacted(url: str) -> str:
+    """A URL as an error message may show it: without its password."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+class StrictEnv(environ.Env):
+    """django-environ's reader, strict: a value that does not parse as its type stops start-up
+    with ImproperlyConfigured naming the variable and the value (a URL without its password),
+    instead of a bare ValueError traceback or a guess (environ's own float() drops any character
+    that is not a digit, its bool() reads an unknown word as false, an unknown database URL
+    scheme became an empty configuration)."""
+
+    def _typed(self, var: str, default: Any, parse: Callable[[str], Any], what: str) -> Any:
+        raw = self.get_value(var, cast=str, default=default)  # cast: no "smart" cast from the default
+        if not isinstance(raw, str):  # unset: the default, as given
+            return raw
+        try:
+            return parse(raw)
+        except (ValueError, TypeError):
+            raise ImproperlyConfigured(f"{var}={raw!r} is not {what}") from None
+
+    def int(self, var: str, default: Any = environ.Env.NOTSET) -> int:  # type: ignore[override]
+        return self._typed(var, default, lambda raw: int(raw.strip()), "an integer")
+
+    def float(self, var: str, default: Any = environ.Env.NOTSET) -> float:  # type: ignore[override]
+        return self._typed(var, default, _parse_float, "a number")
+
+    def bool(self, var: str, default: Any = environ.Env.NOTSET) -> bool:  # type: ignore[override]
+        return self._typed(var, default, _parse_bool, "a boolean (use 1/0, true/false, yes/no, on/off)")
+
+    def db_url(self, var: str = "DATABASE_URL", default: Any = environ.Env.NOTSET, engine: Any = None) -> dict:
+        raw = self.get_value(var, cast=str, default=default)
+        try:
+            if urlsplit(raw).scheme not in self.DB_SCHEMES:
+                raise ValueError("use e.g. postgres://user:password@host:5432/name or sqlite:///path")
+            return self.db_url_config(raw, engine=engine)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{var}={_redacted(raw)!r} is not a database URL: {exc}") from None
+
+    db = db_url
+
+    def cache_url(self, var: str = "CACHE_URL", default: Any = environ.Env.NOTSET, backend: Any = None) -> dict:
+        raw = self.get_value(var, cast=str, default=default)
+        try:
+            return self.cache_url_config(raw, backend=backend)
+        except (ValueError, ImproperlyConfigured) as exc:
+            raise ImproperlyConfigured(f"{var}={_redacted(raw)!r} is not a cache URL: {exc}") from None
+
+    cache = cache_url
+
+
+env = StrictEnv()
 if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env")
-
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 
 def env_bool(name: str, default: bool) -> bool:
     """A boolean variable; anything but a clear yes or no stops start-up."""
-    raw = env.str(name, default=str(default)).strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+    return env.bool(name, default=default)
 
 
 DEBUG = env_bool("DEBUG", default=False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -89,3 +91,71 @@ def test_sessions_use_the_cache_only_where_every_process_shares_it() -> None:
     shared = settings_probe(probe, DEBUG="1", CACHE_URL="redis://127.0.0.1:6379/9")
     assert shared.returncode == 0, shared.stderr
     assert shared.stdout.strip() == "django.contrib.sessions.backends.cached_db"
+
+
+# Every typed read of config/settings.py, found in its source so that a setting added later is
+# covered too: (reader, variable name).
+SETTINGS_SOURCE = (ROOT / "config" / "settings.py").read_text()
+TYPED_READS = re.findall(r"""\benv(?:\.(int|float|bool)|(_bool))\(\s*f?["']([A-Za-z0-9_{}]+)["']""", SETTINGS_SOURCE)
+BAD = {"int": "abc", "float": "abc", "bool": "maybe"}
+EACH_BAD_VALUE = """
+import json, os, sys
+from django.core.exceptions import ImproperlyConfigured
+source, out = open("config/settings.py").read(), {}
+for var, bad in json.loads(sys.argv[1]).items():
+    os.environ[var] = bad
+    # The background processes' database timeouts are read in a Celery worker (or a command).
+    sys.argv = ["/venv/bin/celery", "-A", "config", "worker"] if var.startswith("DB_BACKGROUND_") else ["-c"]
+    try:
+        # exec, not runpy.run_path, which puts the file's path in sys.argv[0] while it runs
+        exec(compile(source, "config/settings.py", "exec"), {"__file__": "config/settings.py"})
+        out[var] = "started"
+    except ImproperlyConfigured as exc:
+        out[var] = str(exc)
+    except Exception as exc:
+        out[var] = f"{type(exc).__name__}: {exc}"
+    del os.environ[var]
+print(json.dumps(out))
+"""
+
+
+def _typed_variables() -> dict[str, str]:
+    names: dict[str, str] = {}
+    for reader, bool_helper, name in TYPED_READS:
+        if "{" in name:  # f"{_prefix}LOCK_TIMEOUT": both spellings
+            for prefix in ("DB_", "DB_BACKGROUND_"):
+                names[name.replace("{_prefix}", prefix)] = BAD[reader or "bool"]
+        else:
+            names[name] = BAD[reader or ("bool" if bool_helper else "")]
+    return names
+
+
+def test_every_malformed_typed_setting_stops_start_up_naming_the_variable_and_value() -> None:
+    """SECURE_HSTS_SECONDS=abc, HEALTH_TIMEOUT_SECONDS=abc, DB_PREPARED_STATEMENTS=maybe, ...:
+    each stops start-up with ImproperlyConfigured that names the variable and the value, not a
+    bare ValueError traceback (nor a silent guess, as environ's bool() reading 'maybe' as false)."""
+    variables = _typed_variables()
+    assert {"SECURE_HSTS_SECONDS", "DB_CONN_MAX_AGE", "HEALTH_TIMEOUT_SECONDS", "DEBUG"} <= set(variables)
+    assert "DB_PREPARED_STATEMENTS" in variables
+    # PostgreSQL and Redis, so that the settings read only for them are read.
+    env = {"DEBUG": "1", "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x", "CELERY_BROKER_URL": "redis://h:1/0"}
+    result = settings_probe(
+        f"import sys; sys.argv[1:] = [{json.dumps(json.dumps(variables))}]\n" + EACH_BAD_VALUE,
+        drop=tuple(variables),
+        **env,
+    )
+    assert result.returncode == 0, result.stderr
+    messages = json.loads(result.stdout.strip().splitlines()[-1])
+    wrong = {var: msg for var, msg in messages.items() if f"{var}={variables[var]!r} is not" not in msg}
+    assert not wrong, wrong
+
+
+def test_malformed_urls_are_named_without_their_password() -> None:
+    result = _start(DEBUG="1", DATABASE_URL="postgres://u:hunter2@db:port/x")
+    assert result.returncode != 0
+    assert "DATABASE_URL='postgres://u:***@db:port/x' is not a database URL" in result.stderr
+    assert "hunter2" not in result.stderr
+    result = _start(DEBUG="1", DATABASE_URL="nonsense")  # was read as an empty configuration
+    assert "DATABASE_URL='nonsense' is not a database URL" in result.stderr
+    result = _start(DEBUG="1", CACHE_URL="bogus://x")
+    assert "CACHE_URL='bogus://x' is not a cache URL" in result.stderr
