@@ -7,6 +7,11 @@ to try again: the annotation page resubmits by itself (its submit is idempotent,
 assignment, so a retry never stores a second judgment), API scripts and load balancers read the
 status. The error is logged as a warning, without the traceback page.
 
+A request stuck behind a held lock, or a statement that runs away, ends the same way: the web
+processes' connections carry `lock_timeout` and `statement_timeout` (DB_LOCK_TIMEOUT,
+DB_STATEMENT_TIMEOUT in config/settings.py), and PostgreSQL's cancellation arrives as an
+OperationalError, so the client is told to retry instead of a web thread hanging for the wait.
+
 `DatabaseUnavailableMiddleware` catches what views raise; `server_error` (the `handler500`)
 catches what a middleware raised, for example a session saved while the database is down.
 """
@@ -25,7 +30,7 @@ from django.views import defaults
 log = logging.getLogger(__name__)
 
 DATABASE_ERRORS = (OperationalError, InterfaceError)
-MESSAGE = "The database is unavailable for a moment (restarting?). Please retry shortly."
+MESSAGE = "The database is unavailable for a moment (restarting, or busy). Please retry shortly."
 
 
 def unavailable_response(request: HttpRequest) -> HttpResponse:

@@ -196,6 +196,40 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
         # Django leaves prepare_threshold off unless it is given. DB_PREPARED_STATEMENTS=0 behind a
         # pooler in transaction mode that cannot keep prepared statements (PgBouncer before 1.21).
         DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 5
+    # Lock and statement timeouts, seconds (0: none). A web request that waits behind a held lock
+    # (a migration, a long transaction) or runs away fails fast and answers 503 with Retry-After
+    # (config/reliability.py), as when the database is away, instead of holding a web thread for
+    # the whole wait. Background processes (Celery workers and beat, management commands such as
+    # migrate and import_items) run long statements by design (an import's batches, an export's
+    # pages, a training run's reads, a migration's backfill) and are bounded by the tasks' time
+    # limits instead: their pair is off by default. Sent as the connection's startup options;
+    # behind a pooler that refuses those (PgBouncer), set both to 0 and ALTER ROLE ... SET them.
+    _background = (_command not in ("", "runserver")) or "celery" in (
+        Path(sys.argv[0]).name,
+        Path(sys.argv[0]).parent.name,  # python -m celery
+    )
+    _timeouts = (  # variable: seconds
+        {
+            "DB_BACKGROUND_LOCK_TIMEOUT": env.float("DB_BACKGROUND_LOCK_TIMEOUT", default=0),
+            "DB_BACKGROUND_STATEMENT_TIMEOUT": env.float("DB_BACKGROUND_STATEMENT_TIMEOUT", default=0),
+        }
+        if _background
+        else {
+            "DB_LOCK_TIMEOUT": env.float("DB_LOCK_TIMEOUT", default=5),
+            "DB_STATEMENT_TIMEOUT": env.float("DB_STATEMENT_TIMEOUT", default=30),
+        }
+    )
+    for _name, _seconds in _timeouts.items():
+        if _seconds < 0:
+            raise ImproperlyConfigured(f"{_name}={_seconds:g}: seconds, 0 (no limit) or more")
+    _pg_options = " ".join(  # lock_timeout, statement_timeout, in milliseconds
+        f"-c {_name.removeprefix('DB_').removeprefix('BACKGROUND_').lower()}={max(1, round(_seconds * 1000))}"
+        for _name, _seconds in _timeouts.items()
+        if _seconds
+    )
+    if _pg_options:  # before any options of DATABASE_URL's, which win
+        _given = DATABASES["default"]["OPTIONS"].get("options", "")
+        DATABASES["default"]["OPTIONS"]["options"] = f"{_pg_options} {_given}".strip()
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The embedded default: web and worker processes share one file; wait for locks, write eagerly.
     DATABASES["default"]["CONN_MAX_AGE"] = 0

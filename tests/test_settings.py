@@ -96,7 +96,7 @@ def test_sessions_use_the_cache_only_where_every_process_shares_it() -> None:
 # Every typed read of config/settings.py, found in its source so that a setting added later is
 # covered too: (reader, variable name).
 SETTINGS_SOURCE = (ROOT / "config" / "settings.py").read_text()
-TYPED_READS = re.findall(r"""\benv(?:\.(int|float|bool)|(_bool))\(\s*f?["']([A-Za-z0-9_{}]+)["']""", SETTINGS_SOURCE)
+TYPED_READS = re.findall(r"""\benv(?:\.(int|float|bool)|(_bool))\(\s*["']([A-Z0-9_]+)["']""", SETTINGS_SOURCE)
 BAD = {"int": "abc", "float": "abc", "bool": "maybe"}
 EACH_BAD_VALUE = """
 import json, os, sys
@@ -122,11 +122,7 @@ print(json.dumps(out))
 def _typed_variables() -> dict[str, str]:
     names: dict[str, str] = {}
     for reader, bool_helper, name in TYPED_READS:
-        if "{" in name:  # f"{_prefix}LOCK_TIMEOUT": both spellings
-            for prefix in ("DB_", "DB_BACKGROUND_"):
-                names[name.replace("{_prefix}", prefix)] = BAD[reader or "bool"]
-        else:
-            names[name] = BAD[reader or ("bool" if bool_helper else "")]
+        names[name] = BAD[reader or ("bool" if bool_helper else "")]
     return names
 
 
@@ -136,7 +132,7 @@ def test_every_malformed_typed_setting_stops_start_up_naming_the_variable_and_va
     bare ValueError traceback (nor a silent guess, as environ's bool() reading 'maybe' as false)."""
     variables = _typed_variables()
     assert {"SECURE_HSTS_SECONDS", "DB_CONN_MAX_AGE", "HEALTH_TIMEOUT_SECONDS", "DEBUG"} <= set(variables)
-    assert "DB_PREPARED_STATEMENTS" in variables
+    assert {"DB_PREPARED_STATEMENTS", "DB_LOCK_TIMEOUT", "DB_BACKGROUND_STATEMENT_TIMEOUT"} <= set(variables)
     # PostgreSQL and Redis, so that the settings read only for them are read.
     env = {"DEBUG": "1", "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x", "CELERY_BROKER_URL": "redis://h:1/0"}
     result = settings_probe(
