@@ -1,6 +1,6 @@
 """Health endpoints, for load balancers, docker health checks and people.
 
-- `GET /healthz` (web): the database (`SELECT 1`), the cache (a set and a get) and the Celery broker
+- `GET /healthz` (web): the database (`SELECT 1`), the cache (a set and a get of its own key) and the Celery broker
   (a Redis PING, or a kombu connection for other brokers) are each checked, the broker with a
   timeout (HEALTH_TIMEOUT_SECONDS; the database's is DB_CONNECT_TIMEOUT); the JSON has every check
   with its latency. 200 when all pass, 503 otherwise; `?checks=database` runs only the named ones.
@@ -60,10 +60,16 @@ def check_database() -> None:
 
 
 def check_cache() -> None:
-    token = secrets.token_hex(8)
-    cache.set("health:cache", token, 30)
-    if cache.get("health:cache") != token:
-        raise RuntimeError("the cache did not return what was just stored")
+    """A set and a get under a key of this check's own: checks that overlap (two load balancers,
+    several gunicorn threads) never read each other's value, as they did under one fixed key."""
+    token = secrets.token_hex(16)
+    key = f"health:cache:{token}"
+    cache.set(key, token, 30)
+    try:
+        if cache.get(key) != token:
+            raise RuntimeError("the cache did not return what was just stored")
+    finally:
+        cache.delete(key)
 
 
 def check_broker() -> None:

@@ -105,3 +105,36 @@ def test_health_probes_are_not_redirected_to_https(settings) -> None:
     settings.SECURE_SSL_REDIRECT = True
     assert Client().get("/accounts/login/").status_code == 301
     assert Client().get("/healthz?checks=database").status_code == 200
+
+
+def test_overlapping_cache_checks_do_not_read_each_others_value(rf: Any, monkeypatch: Any) -> None:
+    """Two /healthz requests at once: each stores its token, then each reads. The cache is the real
+    one; a wrapper holds both reads until both writes are done, which is the interleaving that gave
+    false 503s when every check used one key."""
+    import threading
+
+    from config import health
+
+    both_stored = threading.Barrier(2, timeout=30)
+
+    class Interleaved:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(cache, name)
+
+        def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
+            both_stored.wait()  # the other check has stored its token too
+            return cache.get(key, *args, **kwargs)
+
+    monkeypatch.setattr(health, "cache", Interleaved())
+    answers: list[int] = []
+
+    def check() -> None:
+        answers.append(health.healthz(rf.get("/healthz?checks=cache")).status_code)
+
+    threads = [threading.Thread(target=check) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [200, 200]
+    assert not [key for key in getattr(cache, "_cache", {}) if "health:cache" in str(key)]  # none left behind
