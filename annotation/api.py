@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from django.conf import settings
@@ -13,10 +13,11 @@ from ninja import Field, File, Form, Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from ninja.responses import Status
+from pydantic import WithJsonSchema
 
 from annotation import selectors, services
-from annotation.importing import FORMATS
 from annotation.models import ImportJob, Item, Judgment, Labeler, Project
+from config.api_errors import refusals
 from config.auth import scoped
 
 router = Router(tags=["annotation"])
@@ -61,7 +62,18 @@ def list_projects(request: HttpRequest) -> QuerySet[Project]:
     return selectors.project_list_for_user(request.user)
 
 
-@router.post("/projects", response={201: ProjectOut}, auth=scoped("write"))
+@router.post(
+    "/projects",
+    response={201: ProjectOut},
+    auth=scoped("write"),
+    openapi_extra=refusals(
+        {
+            403: "You may not create projects (the add-project permission), or the token lacks `write`.",
+            422: "The spec fails validation, or a rule beyond the schema: the slug is taken, a member is "
+            "not a user, names repeat, a scale's max is not above its min.",
+        }
+    ),
+)
 def create_project(request: HttpRequest, spec: ProjectIn) -> Status[Project]:
     """Create a project; you become its curator (needs the add-project permission)."""
     if not selectors.can_create_projects(request.user):
@@ -81,17 +93,25 @@ def get_project(request: HttpRequest, slug: str) -> Project:
     return project
 
 
-@router.post("/projects/{slug:slug}/imports", response={202: ImportJobOut}, auth=scoped("write"))
+# An empty file part arrives as no file at all: the schema says a file has a byte at least.
+ImportFile = Annotated[UploadedFile, WithJsonSchema({"type": "string", "format": "binary", "minLength": 1})]
+ImportFormat = Literal["", "jsonl", "csv", "parquet", "json"]  # annotation.importing.FORMATS, or "": by the name
+
+
+@router.post(
+    "/projects/{slug:slug}/imports",
+    response={202: ImportJobOut},
+    auth=scoped("write"),
+    openapi_extra=refusals({413: "The file is larger than the server's IMPORT_MAX_UPLOAD_BYTES."}),
+)
 def start_import(
     request: HttpRequest,
     slug: str,
-    file: File[UploadedFile],
-    format: Form[str] = "",  # noqa: A002
+    file: File[ImportFile],
+    format: Form[ImportFormat] = "",  # noqa: A002
 ) -> Status[ImportJob]:
     """Upload a file of items; the import runs in the background. Poll the returned job."""
     project = selectors.project_for_user(request.user, slug, curator=True)
-    if format and format not in FORMATS:
-        raise HttpError(422, f"format must be one of {', '.join(FORMATS)}")
     if file.size > settings.IMPORT_MAX_UPLOAD_BYTES:
         raise HttpError(413, f"the file is larger than {settings.IMPORT_MAX_UPLOAD_BYTES:,} bytes")
     job = services.import_job_create(

@@ -61,7 +61,9 @@ class RankingSpec(_Strict):
 class Scale(_Strict):
     min: int = 1
     max: int = 5
-    labels: dict[int, str] = Field(default_factory=dict)
+    labels: dict[int, str] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": r"^-?[0-9]+$"}}
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Scale:
@@ -76,7 +78,7 @@ class Scale(_Strict):
 
 
 class Aspect(_Strict):
-    name: str
+    name: str = Field(json_schema_extra={"pattern": _NAME_RE.pattern})  # the published schema says it
     description: str = ""
     scale: Scale = Field(default_factory=Scale)
 
@@ -153,7 +155,21 @@ class JudgmentPayload(_Strict):
     justification: str = Field(default="", max_length=20_000)
 
 
+def _given(*kinds: str) -> dict[str, Any]:
+    return {"required": list(kinds), "properties": {k: {"type": "object"} for k in kinds}}
+
+
 class JudgmentSchema(_Strict):
+    # The published JSON Schema states the rule below too: at least one kind, never pairwise with ranking.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "anyOf": [_given(k) for k in ("pairwise", "ranking", "rubric", "spans")],
+            "not": _given("pairwise", "ranking"),
+        },
+    )
+
     pairwise: PairwiseSpec | None = None
     ranking: RankingSpec | None = None
     rubric: RubricSpec | None = None

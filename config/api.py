@@ -18,6 +18,7 @@ from ninja.operation import Operation
 from ninja.parser import Parser
 
 from annotation.api import router as annotation_router
+from config.api_errors import ERROR_SCHEMA, common_refusals
 from config.auth import TokenAuth, scoped
 from config.throttle import TooManyBadTokensError
 from curation.api import router as curation_router
@@ -61,6 +62,10 @@ class ScopedOpenAPISchema(OpenAPISchema):
 
     def operation_details(self, operation: Operation) -> dict[str, Any]:
         result = super().operation_details(operation)
+        where = {p.get("in") for p in result.get("parameters", [])}
+        common = common_refusals(path_params="path" in where, body="requestBody" in result, params=bool(where))
+        for status, response in common.items():  # what the operation declares itself comes first
+            result["responses"].setdefault(status, response)
         token = next((a for a in operation.auth_callbacks if isinstance(a, TokenAuth)), None)
         if token is not None:
             scope = token.scope_for(operation.methods)
@@ -76,7 +81,9 @@ class PrefloopAPI(NinjaAPI):
     def get_openapi_schema(self, *, path_prefix: str | None = None, path_params: Any = None) -> OpenAPISchema:
         if path_prefix is None:
             path_prefix = self.get_root_path(path_params or {})
-        return ScopedOpenAPISchema(self, path_prefix)
+        schema = ScopedOpenAPISchema(self, path_prefix)
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+        return schema
 
 
 api = PrefloopAPI(
@@ -87,7 +94,8 @@ api = PrefloopAPI(
         "Authenticate with `Authorization: Bearer <token>` (create tokens at /account/tokens). "
         "Token scopes: `read` (every GET; always granted), `write` (create projects, import items), "
         "`train` (reward models, AI labelers), `export` (start and download exports); a token without "
-        "the scope an operation needs gets 403. Another project's ids answer 404."
+        "the scope an operation needs gets 403. Another project's ids answer 404. Every refusal is JSON "
+        "with a `detail`; each operation lists the status codes it answers."
     ),
     auth=scoped(),
     parser=StrictJSONParser(),

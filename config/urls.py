@@ -3,10 +3,11 @@ from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.templatetags.static import static
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from config import health
 from config.api import api
+from config.api_errors import not_found as api_not_found
 from config.auth_views import RateLimitedLoginView, csrf_token
 
 
@@ -22,6 +23,8 @@ urlpatterns = [
     path("accounts/csrf-token", csrf_token, name="csrf_token"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    # Any other URL under /api/ (a malformed id, an unknown path): a JSON 404, as the API's own.
+    re_path(r"^api/", api_not_found),
     path("healthz", health.healthz, name="healthz"),
     path("healthz/workers", health.healthz_workers, name="healthz_workers"),
     # The annotation pages first: the queue's two requests (next item, submit) are most of the

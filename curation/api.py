@@ -13,6 +13,7 @@ from ninja.errors import HttpError
 from ninja.responses import Status
 
 from annotation.selectors import project_for_user
+from config.api_errors import refusals
 from config.auth import scoped
 from curation import selectors, services
 from curation.exporting import ExportError, ExportFilters
@@ -88,7 +89,17 @@ class ExportList(Schema):
     limit: int = Field(20, ge=1, le=200)
 
 
-@router.post("/projects/{slug:slug}/exports", response={202: ExportOut}, auth=scoped("export"))
+@router.post(
+    "/projects/{slug:slug}/exports",
+    response={202: ExportOut},
+    auth=scoped("export"),
+    openapi_extra=refusals(
+        {
+            422: "The body fails validation, or asks for what the project lacks (a format without its question in "
+            "the schema, a labeler not in the project)."
+        }
+    ),
+)
 def start_export(request: HttpRequest, slug: str, body: ExportIn) -> Status[ExportSnapshot]:
     """Snapshot the project as it is now and build the export in the background; poll the result."""
     project = project_for_user(request.user, slug, curator=True)
@@ -124,8 +135,9 @@ def get_export(request: HttpRequest, export_id: UUID) -> ExportSnapshot:
     openapi_extra={
         "responses": {
             200: {"description": "The zip bundle.", "content": {"application/zip": {}}},
-            409: {"description": "The export is not done (pending, running or failed)."},
-            410: {"description": "The bundle is no longer on disk."},
+            **refusals(
+                {409: "The export is not done (pending, running or failed).", 410: "The bundle is no longer on disk."}
+            )["responses"],
         }
     },
 )

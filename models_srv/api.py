@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from django.db import transaction
@@ -14,6 +14,7 @@ from ninja.responses import Status
 from pydantic import ValidationError
 
 from annotation.selectors import project_for_user
+from config.api_errors import refusals
 from config.auth import scoped
 from models_srv import selectors, services
 from models_srv.engine import TrainConfig
@@ -55,7 +56,12 @@ class TrainConfigIn(TrainConfig):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
-@router.post("/projects/{slug:slug}/reward-models", response={202: VersionOut}, auth=scoped("train"))
+@router.post(
+    "/projects/{slug:slug}/reward-models",
+    response={202: VersionOut},
+    auth=scoped("train"),
+    openapi_extra=refusals({409: "Nothing to train on yet (no judgments of that source)."}),
+)
 def start_training(request: HttpRequest, slug: str, config: TrainConfigIn) -> Status[RewardModelVersion]:
     """Start a training run (every field is optional); poll the returned version."""
     project = project_for_user(request.user, slug, curator=True)
@@ -80,7 +86,12 @@ def cancel_version(request: HttpRequest, version_id: UUID) -> RewardModelVersion
     return services.version_cancel(version=selectors.version_for_curator(request.user, version_id))
 
 
-@router.post("/reward-models/{uuid:version_id}/make-current", response=VersionOut, auth=scoped("train"))
+@router.post(
+    "/reward-models/{uuid:version_id}/make-current",
+    response=VersionOut,
+    auth=scoped("train"),
+    openapi_extra=refusals({409: "Only a succeeded version can become current."}),
+)
 def make_current(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
     try:
         return services.version_make_current(
@@ -90,7 +101,12 @@ def make_current(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
         raise HttpError(409, str(exc)) from None
 
 
-@router.post("/reward-models/{uuid:version_id}/rescore", response={202: VersionOut}, auth=scoped("train"))
+@router.post(
+    "/reward-models/{uuid:version_id}/rescore",
+    response={202: VersionOut},
+    auth=scoped("train"),
+    openapi_extra=refusals({409: "Only a succeeded version can rescore items."}),
+)
 def rescore(request: HttpRequest, version_id: UUID) -> Status[RewardModelVersion]:
     version = selectors.version_for_curator(request.user, version_id)
     if version.status != RewardModelVersion.Status.SUCCEEDED:
@@ -101,7 +117,7 @@ def rescore(request: HttpRequest, version_id: UUID) -> Status[RewardModelVersion
 
 class LabelerIn(Schema):
     name: str
-    kind: str
+    kind: Literal["llm", "reward_model", "density_ratio"]  # models_srv.judges.CONFIGS
     config: dict[str, Any]
     api_key: str = ""
 
@@ -150,7 +166,12 @@ def list_labelers(request: HttpRequest, slug: str) -> list[Any]:
     return selectors.ai_labelers_of(project_for_user(request.user, slug, curator=True))
 
 
-@router.post("/projects/{slug:slug}/ai-labelers", response={201: LabelerOut}, auth=scoped("train"))
+@router.post(
+    "/projects/{slug:slug}/ai-labelers",
+    response={201: LabelerOut},
+    auth=scoped("train"),
+    openapi_extra=refusals({422: "The body fails validation, or the config is not valid for that kind."}),
+)
 def add_labeler(request: HttpRequest, slug: str, body: LabelerIn) -> Status[Any]:
     from models_srv.labeling import LabelerError, labeler_create
 
@@ -164,7 +185,12 @@ def add_labeler(request: HttpRequest, slug: str, body: LabelerIn) -> Status[Any]
     return Status(201, labeler)
 
 
-@router.post("/ai-labelers/{int:labeler_id}/runs", response={202: RunOut}, auth=scoped("train"))
+@router.post(
+    "/ai-labelers/{int:labeler_id}/runs",
+    response={202: RunOut},
+    auth=scoped("train"),
+    openapi_extra=refusals({409: "A run of this labeler is already in progress, or it cannot run now."}),
+)
 def start_run(request: HttpRequest, labeler_id: int) -> Status[Any]:
     """Label every item this labeler has not labeled yet (in the background)."""
     from models_srv.labeling import LabelerError, run_start
