@@ -48,6 +48,7 @@ def common_refusals(*, path_params: bool, body: bool, params: bool) -> dict[int,
     out = {
         401: "No valid bearer token (or browser session).",
         403: "The token lacks the operation's scope, the user may not do this, or a session's CSRF token is missing.",
+        429: "Too many bad bearer tokens from this address: retry after the Retry-After header's seconds.",
         503: "The database is unavailable or busy for a moment: retry after the Retry-After header's seconds.",
     }
     if path_params:
