@@ -9,7 +9,7 @@ from typing import IO, Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import File
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.http import HttpRequest
 from django.utils import timezone
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from annotation.importing import ImportRefused, ImportResult, RowError, import_items
 from annotation.models import GuidelinesVersion, ImportJob, Item, Membership, Project, SchemaVersion
 from annotation.schema import JudgmentSchema, format_validation_error
+from config.jobs import JobLost, liveness, stale_after
 
 log = logging.getLogger(__name__)
 
@@ -219,49 +220,109 @@ def import_job_create(
 def import_job_run(*, job_id: int, redelivered: bool = False) -> ImportJob | None:
     """Claim a pending job and run it. A second delivery of a finished job does nothing.
 
-    A job left `running` by a worker that died is claimed again only on a redelivery of its
-    message: its import transaction rolled back with the dead connection, so running it again
-    from the start is safe.
+    The rows and the job's final status commit in one transaction, under the attempt's claim
+    `(running, attempts)`: a worker killed mid-import leaves nothing behind, its heartbeat (written
+    by `config.jobs.liveness` throughout) goes stale and `recover_stale_imports` queues the job
+    again, to run from the start from its stored upload, kept until the job is over. An attempt
+    that lost its claim meanwhile rolls its rows back. A redelivered message takes over a running
+    job only once its heartbeat is stale.
     """
-    claimable = [ImportJob.Status.PENDING] + ([ImportJob.Status.RUNNING] if redelivered else [])
-    claimed = ImportJob.objects.filter(id=job_id, status__in=claimable).update(
-        status=ImportJob.Status.RUNNING, started_at=timezone.now()
-    )
-    if claimed != 1:
-        return None
+    now = timezone.now()
+    claimable = Q(status=ImportJob.Status.PENDING)
+    if redelivered:
+        claimable |= Q(status=ImportJob.Status.RUNNING) & _silent_since(now - stale_after())
+    with transaction.atomic():
+        job = ImportJob.objects.select_for_update().filter(claimable, id=job_id).first()
+        if job is None:
+            return None
+        if job.attempts >= IMPORT_MAX_ATTEMPTS:
+            _finish(job, ImportJob.objects.filter(id=job.id), ImportJob.Status.FAILED, ImportResult(), [_GAVE_UP])
+            return None
+        job.status = ImportJob.Status.RUNNING
+        job.attempts += 1
+        job.started_at = job.heartbeat_at = now
+        job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
+    mine = ImportJob.objects.filter(id=job.id, status=ImportJob.Status.RUNNING, attempts=job.attempts)
     job = ImportJob.objects.select_related("project").get(id=job_id)
     try:
-        with job.file.open("rb") as fh:
-            result = import_items(project=job.project, fileobj=fh, fmt=job.format or None, import_job_id=job.id)
+        with liveness(mine) as beat, transaction.atomic():
+            with job.file.open("rb") as fh:
+                result = import_items(project=job.project, fileobj=fh, fmt=job.format or None, import_job_id=job.id)
+            beat.finishing()
+            if not _finish(job, mine, ImportJob.Status.SUCCEEDED, result, []):
+                raise JobLost  # taken over: these rows roll back, the new attempt writes them
+    except JobLost:
+        log.warning("import job %s: attempt %s lost the job to a takeover; rolled back", job.uuid, job.attempts)
+        return None
     except ImportRefused as exc:
-        _finish(job, ImportJob.Status.FAILED, ImportResult(rows_read=exc.rows_read), [str(e) for e in exc.errors])
-        # The refused file is of no further use (the curator fixes it and uploads it again; the
-        # job keeps its name and the errors): delete it, once the refusal is recorded, rather
-        # than keep it on disk forever. A crash below keeps its file, for the retry and the bug.
-        try:
-            job.file.delete()
-        except OSError:
-            log.warning("import job %s: could not delete the refused file %s", job.uuid, job.file.name, exc_info=True)
+        if _finish(
+            job, mine, ImportJob.Status.FAILED, ImportResult(rows_read=exc.rows_read), [str(e) for e in exc.errors]
+        ):
+            # The refused file is of no further use (the curator fixes it and uploads it again;
+            # the job keeps its name and the errors): delete it, once the refusal is recorded,
+            # rather than keep it on disk forever. A crash below keeps its file, for the bug.
+            try:
+                job.file.delete(save=False)
+                ImportJob.objects.filter(id=job.id).update(file="")
+            except OSError:
+                log.warning(
+                    "import job %s: could not delete the refused file %s", job.uuid, job.file.name, exc_info=True
+                )
     except Exception as exc:
         log.exception("import job %s crashed", job.uuid)
-        _finish(job, ImportJob.Status.FAILED, ImportResult(), [f"internal error: {type(exc).__name__}"])
+        _finish(job, mine, ImportJob.Status.FAILED, ImportResult(), [f"internal error: {type(exc).__name__}"])
         raise
-    else:
-        _finish(job, ImportJob.Status.SUCCEEDED, result, [])
-    return job
+    return ImportJob.objects.get(id=job.id)
 
 
-def _finish(job: ImportJob, status: str, result: ImportResult, errors: list[str]) -> None:
-    job.status = status
-    job.rows_read = result.rows_read
-    job.items_created = result.items_created
-    job.items_existing = result.items_existing
-    job.judgments_created = result.judgments_created
-    job.errors = errors
-    job.finished_at = timezone.now()
-    if result.format and not job.format:
-        job.format = result.format
-    job.save()
+IMPORT_MAX_ATTEMPTS = 3
+_GAVE_UP = f"the worker stopped reporting (killed or lost) {IMPORT_MAX_ATTEMPTS} times: gave up"
+
+
+def _silent_since(cutoff: Any) -> Q:
+    """A running job whose last heartbeat (or, claimed before heartbeats, its start) is older."""
+    return Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+
+
+def _finish(job: ImportJob, rows: Any, status: str, result: ImportResult, errors: list[str]) -> bool:
+    """Record the outcome on `rows` (the attempt's claim); False when the claim is gone."""
+    return bool(
+        rows.update(
+            status=status,
+            rows_read=result.rows_read,
+            items_created=result.items_created,
+            items_existing=result.items_existing,
+            judgments_created=result.judgments_created,
+            errors=errors,
+            finished_at=timezone.now(),
+            format=job.format or result.format or "",
+        )
+    )
+
+
+def recover_stale_imports(now: Any = None) -> dict[str, int]:
+    """Periodic: imports whose worker stopped reporting (killed, lost) go back to the queue with
+    their task sent again, or, after `IMPORT_MAX_ATTEMPTS`, are marked failed. Their rows rolled
+    back with the dead connection; the stored upload is read again from the start."""
+    from annotation.tasks import run_import_job
+
+    now = now or timezone.now()
+    stale = ImportJob.objects.filter(_silent_since(now - stale_after()), status=ImportJob.Status.RUNNING)
+    counts = {"requeued": 0, "failed": 0}
+    for job_id, uuid, attempts in stale.values_list("id", "uuid", "attempts"):
+        row = stale.filter(id=job_id, attempts=attempts)  # still as read: not revived meanwhile
+        with transaction.atomic():
+            if attempts >= IMPORT_MAX_ATTEMPTS:
+                gone = row.update(status=ImportJob.Status.FAILED, errors=[_GAVE_UP], finished_at=now)
+                counts["failed"] += gone
+            else:
+                gone = row.update(status=ImportJob.Status.PENDING)
+                counts["requeued"] += gone
+                if gone:
+                    transaction.on_commit(lambda job_id=job_id: run_import_job.delay(job_id))
+        if gone:
+            log.warning("import job %s: its worker went silent (attempt %s)", uuid, attempts)
+    return counts
 
 
 def import_file(*, project: Project, path: Path, fmt: str | None = None) -> ImportResult:

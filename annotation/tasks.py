@@ -18,3 +18,9 @@ def reap_expired_leases() -> int:
     from annotation.queue import reap_expired_leases as reap
 
     return reap()
+
+
+@shared_task(acks_late=True, ignore_result=True, name="annotation.tasks.recover_stale_imports")
+def recover_stale_imports() -> dict[str, int]:
+    """Periodic: imports whose worker died go back to the queue (or, worn out, fail)."""
+    return services.recover_stale_imports()

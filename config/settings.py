@@ -378,6 +378,8 @@ CELERY_BEAT_SCHEDULE = {
     "recover-stale-runs": {"task": "models_srv.tasks.recover_stale_runs", "schedule": 60.0},
     "reroute-due": {"task": "models_srv.tasks.reroute_due", "schedule": 300.0},
     "recover-stale-exports": {"task": "curation.tasks.recover_stale_exports", "schedule": 60.0},
+    "recover-stale-imports": {"task": "annotation.tasks.recover_stale_imports", "schedule": 60.0},
+    "recover-stale-label-runs": {"task": "models_srv.tasks.recover_stale_label_runs", "schedule": 60.0},
 }
 # A learned router retrains once this many new items have been labeled by both humans and AI.
 ROUTER_RETRAIN_EVERY = env.int("ROUTER_RETRAIN_EVERY", default=20)
@@ -390,8 +392,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
 
-# A training run that has not reported progress for this long is taken over (or failed).
-RM_HEARTBEAT_STALE_SECONDS = env.int("RM_HEARTBEAT_STALE_SECONDS", default=300)
+# A running job's heartbeat is written every JOB_HEARTBEAT_SECONDS by a thread of its own (config/jobs.py),
+# whatever the job is doing; a job silent for *_HEARTBEAT_STALE_SECONDS is re-queued (or failed).
+JOB_HEARTBEAT_SECONDS = env.float("JOB_HEARTBEAT_SECONDS", default=15.0)
+JOB_HEARTBEAT_STALE_SECONDS = env.int("JOB_HEARTBEAT_STALE_SECONDS", default=90)
+RM_HEARTBEAT_STALE_SECONDS = env.int("RM_HEARTBEAT_STALE_SECONDS", default=JOB_HEARTBEAT_STALE_SECONDS)
 EXPORT_HEARTBEAT_STALE_SECONDS = env.int("EXPORT_HEARTBEAT_STALE_SECONDS", default=RM_HEARTBEAT_STALE_SECONDS)
 # Items an export reads per page: memory against round trips.
 EXPORT_CHUNK_ITEMS = env.int("EXPORT_CHUNK_ITEMS", default=1000)

@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from annotation import audit, queue
 from annotation.models import ImportJob, Item, Labeler, Project
+from config.jobs import JobLost, liveness
 from curation.exporting import (
     ExportError,
     ExportFilters,
@@ -295,60 +296,65 @@ def export_run(*, snapshot_id: int, redelivered: bool = False) -> ExportSnapshot
     last = [0.0]
 
     def heartbeat(info: dict[str, Any]) -> None:
+        beat.check()  # lost the snapshot: stop
         if time.monotonic() - last[0] >= HEARTBEAT_EVERY_SECONDS:
             last[0] = time.monotonic()
             if not mine.update(progress=info, heartbeat_at=timezone.now()):
                 raise ExportSupersededError
 
-    name = f"{snapshot.project.slug}-{str(snapshot.code)[:8]}"
-    try:
-        result = build_export(
-            project=snapshot.project,
-            filters=ExportFilters.parse(snapshot.filters),
-            formats=snapshot.formats,
-            cutoff=snapshot.cutoff,
-            out_dir=temp,
-            card={
-                "code": str(snapshot.code),
-                "license": snapshot.license,
-                "source": str(snapshot.source_snapshot.code) if snapshot.source_snapshot_id else "",
-            },
-            heartbeat=heartbeat,
-        )
-        heartbeat({"phase": "bundling"})
-        bundle, digest, size = bundle_export(temp, name, snapshot.cutoff)
-        remove_loose_files(temp)
-    except ExportSupersededError:
-        shutil.rmtree(temp, ignore_errors=True)
-        log.warning("export %s: attempt %s lost the snapshot to a takeover; stopped", snapshot.code, attempt)
-        return None
-    except Exception as exc:
-        shutil.rmtree(temp, ignore_errors=True)
-        log.exception("export %s failed", snapshot.code)
-        _fail(snapshot, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}", attempt=attempt)
-        raise
-    with transaction.atomic():
-        # The conditional update locks the row (and SQLite's database) and proves this attempt
-        # still owns the snapshot: the folder moves into place only then, under that lock.
-        done = mine.update(
-            status=ExportStatus.DONE,
-            counts=result.counts,
-            files=result.files,
-            bundle_path=f"{snapshot.code}/{bundle.name}",
-            bundle_sha256=digest,
-            bundle_bytes=size,
-            finished_at=timezone.now(),
-            heartbeat_at=timezone.now(),
-            progress={"phase": "done"},
-            error="",
-        )
-        if not done:
+    # The heartbeat goes on through phases that report nothing (a slow page, bundling).
+    with liveness(mine) as beat:
+        name = f"{snapshot.project.slug}-{str(snapshot.code)[:8]}"
+        try:
+            result = build_export(
+                project=snapshot.project,
+                filters=ExportFilters.parse(snapshot.filters),
+                formats=snapshot.formats,
+                cutoff=snapshot.cutoff,
+                out_dir=temp,
+                card={
+                    "code": str(snapshot.code),
+                    "license": snapshot.license,
+                    "source": str(snapshot.source_snapshot.code) if snapshot.source_snapshot_id else "",
+                },
+                heartbeat=heartbeat,
+            )
+            heartbeat({"phase": "bundling"})
+            bundle, digest, size = bundle_export(temp, name, snapshot.cutoff)
+            remove_loose_files(temp)
+            beat.check()
+        except (ExportSupersededError, JobLost):
             shutil.rmtree(temp, ignore_errors=True)
-            log.warning("export %s: attempt %s lost the snapshot to a takeover; discarded", snapshot.code, attempt)
+            log.warning("export %s: attempt %s lost the snapshot to a takeover; stopped", snapshot.code, attempt)
             return None
-        shutil.rmtree(final, ignore_errors=True)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        temp.rename(final)
+        except Exception as exc:
+            shutil.rmtree(temp, ignore_errors=True)
+            log.exception("export %s failed", snapshot.code)
+            _fail(snapshot, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}", attempt=attempt)
+            raise
+        beat.finishing()
+        with transaction.atomic():
+            # The conditional update locks the row (and SQLite's database) and proves this attempt
+            # still owns the snapshot: the folder moves into place only then, under that lock.
+            done = mine.update(
+                status=ExportStatus.DONE,
+                counts=result.counts,
+                files=result.files,
+                bundle_path=f"{snapshot.code}/{bundle.name}",
+                bundle_sha256=digest,
+                bundle_bytes=size,
+                finished_at=timezone.now(),
+                heartbeat_at=timezone.now(),
+                progress={"phase": "done"},
+                error="",
+            )
+            if not done:
+                shutil.rmtree(temp, ignore_errors=True)
+                log.warning("export %s: attempt %s lost the snapshot to a takeover; discarded", snapshot.code, attempt)
+                return None
+            shutil.rmtree(final, ignore_errors=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            temp.rename(final)
     return ExportSnapshot.objects.get(id=snapshot.id)
 
 

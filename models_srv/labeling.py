@@ -10,12 +10,13 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from pydantic import ValidationError
 
 from annotation.models import Item, Judgment, Labeler, Project
 from annotation.schema import format_validation_error
+from config.jobs import JobLost, liveness, stale_after
 from models_srv.judges import CONFIGS, JudgeError, LLMJudgeConfig, encrypt_api_key, endpoint_refusal, make_judge
 from models_srv.models import AILabelFailure, AILabelRun, RunStatus
 
@@ -88,42 +89,106 @@ def run_start(
 
 
 def run_execute(*, run_id: int) -> AILabelRun | None:
-    """Label every item of the run. A re-run (or a redelivered task) skips what is labeled already."""
-    claimed = AILabelRun.objects.filter(id=run_id, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).update(
-        status=RunStatus.RUNNING
-    )
-    if not claimed:
-        return None
+    """Label every item of the run. A re-run (a re-queued or redelivered task) skips what is
+    labeled already, so it continues where the last attempt stopped.
+
+    The run is claimed with a conditional update and owned while `(running, attempts)` is what
+    this attempt claimed; its heartbeat is written throughout by `config.jobs.liveness`, also
+    while a slow model answers. A worker killed mid-run goes silent: `recover_stale_label_runs`
+    queues the run again (or fails it after `MAX_ATTEMPTS`). A running run is taken over only once
+    silent, and an attempt that lost its run stops and writes nothing more: each batch's
+    judgments commit with its counters under the claim.
+    """
+    now = timezone.now()
+    claimable = Q(status=RunStatus.QUEUED) | Q(status=RunStatus.RUNNING, heartbeat_at__lt=now - stale_after())
+    with transaction.atomic():
+        run = AILabelRun.objects.select_for_update().filter(claimable, id=run_id).first()
+        if run is None:
+            return None
+        if run.attempts >= MAX_ATTEMPTS:
+            _end(AILabelRun.objects.filter(id=run.id), RunStatus.FAILED, _GAVE_UP)
+            return None
+        run.status = RunStatus.RUNNING
+        run.attempts += 1
+        run.heartbeat_at = now
+        run.save(update_fields=["status", "attempts", "heartbeat_at"])
+    mine = AILabelRun.objects.filter(id=run.id, status=RunStatus.RUNNING, attempts=run.attempts)
     run = AILabelRun.objects.select_related("labeler", "project").get(id=run_id)
     schema = run.project.judgment_schema
     try:
         judge = make_judge(run.labeler)
     except (JudgeError, OSError, ValueError) as exc:
-        AILabelRun.objects.filter(id=run.id).update(status=RunStatus.FAILED, error=str(exc), finished_at=timezone.now())
+        _end(mine, RunStatus.FAILED, str(exc))
         run.refresh_from_db()
         return run
     try:
-        for start in range(0, len(run.item_ids), BATCH):
-            if AILabelRun.objects.filter(id=run.id, cancel_requested=True).exists():
-                AILabelRun.objects.filter(id=run.id).update(status=RunStatus.CANCELLED, finished_at=timezone.now())
-                run.refresh_from_db()
-                return run
-            _batch(run, judge, schema, run.item_ids[start : start + BATCH])
+        with liveness(mine) as beat:
+            for start in range(0, len(run.item_ids), BATCH):
+                beat.check()
+                if AILabelRun.objects.filter(id=run.id, cancel_requested=True).exists():
+                    _end(mine, RunStatus.CANCELLED)
+                    run.refresh_from_db()
+                    return run
+                _batch(run, mine, judge, schema, run.item_ids[start : start + BATCH])
+            beat.finishing()
+            if not _end(mine, RunStatus.SUCCEEDED):
+                raise JobLost
+    except JobLost:
+        log.warning("AI run %s: attempt %s lost the run to a takeover; stopped", run.id, run.attempts)
+        return None
     except Exception as exc:
-        AILabelRun.objects.filter(id=run.id).update(
-            status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
-        )
+        _end(mine, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         raise
     finally:
         judge.close()
-    AILabelRun.objects.filter(id=run.id).update(status=RunStatus.SUCCEEDED, finished_at=timezone.now())
     run.refresh_from_db()
     run.peak_concurrency = judge.peak  # type: ignore[attr-defined]
     return run
 
 
-def _batch(run: AILabelRun, judge: Any, schema: Any, ids: list[int]) -> None:
-    already = set(Judgment.objects.filter(item_id__in=ids, labeler=run.labeler).values_list("item_id", flat=True))
+MAX_ATTEMPTS = 3
+_GAVE_UP = f"the worker stopped reporting (killed or lost) {MAX_ATTEMPTS} times: gave up"
+
+
+def _end(rows: Any, status: str, error: str = "") -> int:
+    return rows.update(status=status, error=error, finished_at=timezone.now())
+
+
+def recover_stale_label_runs(now: Any = None) -> dict[str, int]:
+    """Periodic: runs whose worker stopped reporting (killed, lost) go back to the queue with
+    their task sent again, or, after `MAX_ATTEMPTS`, are marked failed. What they labeled stays;
+    the next attempt labels the rest."""
+    from models_srv.tasks import ai_label_run, gpu_ai_label_run
+
+    now = now or timezone.now()
+    cutoff = now - stale_after()
+    stale = AILabelRun.objects.filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff), status=RunStatus.RUNNING
+    )
+    counts = {"requeued": 0, "failed": 0}
+    for run_id, kind, attempts in stale.values_list("id", "labeler__kind", "attempts"):
+        row = stale.filter(id=run_id, attempts=attempts)  # still as read: not revived meanwhile
+        with transaction.atomic():
+            if attempts >= MAX_ATTEMPTS:
+                gone = _end(row, RunStatus.FAILED, _GAVE_UP)
+                counts["failed"] += gone
+            else:
+                gone = row.update(status=RunStatus.QUEUED)
+                counts["requeued"] += gone
+                task = gpu_ai_label_run if kind == Labeler.Kind.DENSITY_RATIO else ai_label_run
+                if gone:
+                    transaction.on_commit(lambda task=task, run_id=run_id: task.delay(run_id))
+        if gone:
+            log.warning("AI run %s: its worker went silent (attempt %s)", run_id, attempts)
+    return counts
+
+
+def _batch(run: AILabelRun, mine: Any, judge: Any, schema: Any, ids: list[int]) -> None:
+    judged = Judgment.objects.filter(item_id__in=ids, labeler=run.labeler)
+    already = set(judged.values_list("item_id", flat=True))
+    # Only one run of a labeler goes at a time: what was judged after this run was created, an
+    # earlier attempt of it judged (and counted as done); what was judged before, it skips.
+    skipped = judged.filter(created_at__lt=run.created_at).count()
     items = list(Item.objects.filter(id__in=[i for i in ids if i not in already]).order_by("id"))
     if hasattr(judge, "label_many"):
         labels = judge.label_many(items, schema)
@@ -134,6 +199,20 @@ def _batch(run: AILabelRun, judge: Any, schema: Any, ids: list[int]) -> None:
     bad = [lb for lb in labels if lb.payload is None or lb.error]
     project = run.project
     with transaction.atomic():
+        cfg = getattr(judge, "cfg", None)
+        pt = sum(lb.prompt_tokens for lb in labels)
+        ct = sum(lb.completion_tokens for lb in labels)
+        cost = (pt * getattr(cfg, "prompt_cost_per_1k", 0) + ct * getattr(cfg, "completion_cost_per_1k", 0)) / 1000
+        # First, under the claim: an attempt that lost its run writes nothing.
+        if not mine.update(
+            done=F("done") + len(good),
+            failed=F("failed") + len(bad),
+            skipped=F("skipped") + skipped,
+            prompt_tokens=F("prompt_tokens") + pt,
+            completion_tokens=F("completion_tokens") + ct,
+            cost=F("cost") + cost,
+        ):
+            raise JobLost
         Judgment.objects.bulk_create(
             [
                 Judgment(
@@ -154,18 +233,6 @@ def _batch(run: AILabelRun, judge: Any, schema: Any, ids: list[int]) -> None:
                 for lb in bad
             ],
             ignore_conflicts=True,
-        )
-        cfg = getattr(judge, "cfg", None)
-        pt = sum(lb.prompt_tokens for lb in labels)
-        ct = sum(lb.completion_tokens for lb in labels)
-        cost = (pt * getattr(cfg, "prompt_cost_per_1k", 0) + ct * getattr(cfg, "completion_cost_per_1k", 0)) / 1000
-        AILabelRun.objects.filter(id=run.id).update(
-            done=F("done") + len(good),
-            failed=F("failed") + len(bad),
-            skipped=F("skipped") + len(already),
-            prompt_tokens=F("prompt_tokens") + pt,
-            completion_tokens=F("completion_tokens") + ct,
-            cost=F("cost") + cost,
         )
 
 

@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from annotation import audit
 from annotation.models import Item, Judgment, Project
+from config.jobs import JobLost, liveness
 from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create
 from models_srv.models import ResponseScore, RewardModelVersion, RunStatus
 
@@ -135,62 +136,71 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
             echo(info)
 
     def should_stop() -> bool:
+        beat.check()  # lost the run: stop training
         state["cancel"] = RewardModelVersion.objects.filter(id=version.id, cancel_requested=True).exists()
         return state["cancel"]
 
-    try:
-        data = load_snapshot(version.snapshot)
-        model = engine.train(data, config, progress, should_stop)
-        progress({"phase": "evaluating"})
-        metrics = evaluate_model(model, data.eval) if len(data.eval) else {}
-        metrics["train_examples"] = {
-            "pairs": len(data.train.pairs),
-            "lists": len(data.train.lists),
-            "ratings": len(data.train.ratings),
-        }
-        metrics["eval_examples"] = {
-            "pairs": len(data.eval.pairs),
-            "lists": len(data.eval.lists),
-            "ratings": len(data.eval.ratings),
-        }
-        model.save(temp)
-    except RunSupersededError:
-        shutil.rmtree(temp, ignore_errors=True)
-        log.warning("training of %s: attempt %s lost the run to a takeover; stopped", version, attempt)
-        return None
-    except engine.TrainingCancelled:
-        shutil.rmtree(temp, ignore_errors=True)
-        mine.update(status=RunStatus.CANCELLED, finished_at=timezone.now(), progress={"phase": "cancelled"})
-        return RewardModelVersion.objects.get(id=version.id)
-    except Exception as exc:
-        shutil.rmtree(temp, ignore_errors=True)
-        log.exception("training of %s failed", version)
-        _fail(version, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}", attempt=attempt)
-        raise
-    with transaction.atomic():
-        # The conditional update locks the row (and SQLite's database) and proves this attempt
-        # still owns the run: the artifacts move into place only then, under that lock.
-        if not mine.update(progress={"phase": "registering"}, heartbeat_at=timezone.now()):
+    # The heartbeat goes on through phases that report nothing (evaluating, saving).
+    with liveness(mine) as beat:
+        try:
+            data = load_snapshot(version.snapshot)
+            model = engine.train(data, config, progress, should_stop)
+            progress({"phase": "evaluating"})
+            metrics = evaluate_model(model, data.eval) if len(data.eval) else {}
+            metrics["train_examples"] = {
+                "pairs": len(data.train.pairs),
+                "lists": len(data.train.lists),
+                "ratings": len(data.train.ratings),
+            }
+            metrics["eval_examples"] = {
+                "pairs": len(data.eval.pairs),
+                "lists": len(data.eval.lists),
+                "ratings": len(data.eval.ratings),
+            }
+            model.save(temp)
+            beat.check()
+        except (RunSupersededError, JobLost):
             shutil.rmtree(temp, ignore_errors=True)
-            log.warning("training of %s: attempt %s lost the run to a takeover; discarded", version, attempt)
+            log.warning("training of %s: attempt %s lost the run to a takeover; stopped", version, attempt)
             return None
-        shutil.rmtree(final, ignore_errors=True)
-        temp.rename(final)
-        version = RewardModelVersion.objects.select_for_update().get(id=version.id)
-        version.status = RunStatus.SUCCEEDED
-        version.metrics = metrics
-        version.artifact_path = str(final)
-        version.finished_at = timezone.now()
-        version.device = model.encoder.device
-        version.progress = {"phase": "done"}
-        version.save()
-        current = RewardModelVersion.objects.filter(project=version.project, is_current=True).first()
-        new, old = headline(metrics), (headline(current.metrics) if current else None)
-        if current is None or (new is not None and (old is None or new >= old)):
-            _make_current(version)
-            audit.record(
-                None, "reward_model.make_current", project=version.project, target=version, details={"automatic": True}
-            )
+        except engine.TrainingCancelled:
+            shutil.rmtree(temp, ignore_errors=True)
+            mine.update(status=RunStatus.CANCELLED, finished_at=timezone.now(), progress={"phase": "cancelled"})
+            return RewardModelVersion.objects.get(id=version.id)
+        except Exception as exc:
+            shutil.rmtree(temp, ignore_errors=True)
+            log.exception("training of %s failed", version)
+            _fail(version, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}", attempt=attempt)
+            raise
+        beat.finishing()
+        with transaction.atomic():
+            # The conditional update locks the row (and SQLite's database) and proves this attempt
+            # still owns the run: the artifacts move into place only then, under that lock.
+            if not mine.update(progress={"phase": "registering"}, heartbeat_at=timezone.now()):
+                shutil.rmtree(temp, ignore_errors=True)
+                log.warning("training of %s: attempt %s lost the run to a takeover; discarded", version, attempt)
+                return None
+            shutil.rmtree(final, ignore_errors=True)
+            temp.rename(final)
+            version = RewardModelVersion.objects.select_for_update().get(id=version.id)
+            version.status = RunStatus.SUCCEEDED
+            version.metrics = metrics
+            version.artifact_path = str(final)
+            version.finished_at = timezone.now()
+            version.device = model.encoder.device
+            version.progress = {"phase": "done"}
+            version.save()
+            current = RewardModelVersion.objects.filter(project=version.project, is_current=True).first()
+            new, old = headline(metrics), (headline(current.metrics) if current else None)
+            if current is None or (new is not None and (old is None or new >= old)):
+                _make_current(version)
+                audit.record(
+                    None,
+                    "reward_model.make_current",
+                    project=version.project,
+                    target=version,
+                    details={"automatic": True},
+                )
     version.refresh_from_db()
     return version
 

@@ -30,6 +30,14 @@ def recover_stale_runs() -> dict[str, int]:
     return services.recover_stale_runs()
 
 
+@shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.recover_stale_label_runs")
+def recover_stale_label_runs() -> dict[str, int]:
+    """Periodic: AI labeling runs whose worker died go back to the queue (or, worn out, fail)."""
+    from models_srv.labeling import recover_stale_label_runs as recover
+
+    return recover()
+
+
 @shared_task(acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.ai_label_run")
 def ai_label_run(run_id: int) -> str | None:
     """LLM and reward-model judges, on the `ai` queue."""

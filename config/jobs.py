@@ -1,0 +1,112 @@
+"""Liveness of long-running jobs (training runs, exports, imports, AI labeling runs).
+
+A job's task claims its row with a conditional update (status and attempt number) and owns the
+job only while the row still says what it claimed. `liveness(owned)` keeps that row's
+`heartbeat_at` fresh from a thread of its own every `JOB_HEARTBEAT_SECONDS`, whatever the task is
+doing: phases that report no progress (evaluating, bundling, one slow LLM request, an import's
+single transaction) stay alive, so the sweeps may count a job silent for
+`*_HEARTBEAT_STALE_SECONDS` (90 s) as dead without re-queueing a long healthy one. A killed worker's
+thread dies with it: the heartbeat goes stale and the sweep re-queues or fails the job.
+
+Each beat is one conditional UPDATE of `owned` on the thread's own connection, in autocommit: it
+holds no lock between beats, and on SQLite (one writer at a time) it waits out the task's own short
+write transactions through the busy timeout; a beat that still cannot write is logged and retried
+at the next tick. An UPDATE that touches no row means the job was taken over (the sweep re-queued
+it while this worker was merely slow) or is over: the thread sets `lost` and stops; the task checks
+`lost` at its checkpoints and stops, and its final conditional update fails anyway.
+
+A job run inside a caller's transaction (a test, a management command within `atomic`) gets no
+thread: its claim is not committed, so another connection could neither see nor update the row
+and would only wait on the caller's locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, connections
+from django.db.models import QuerySet
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+
+class JobLost(Exception):  # noqa: N818 - a signal, not an error
+    """This attempt no longer owns its job (the sweep or a redelivery took it over)."""
+
+
+class Liveness:
+    """The running heartbeat of one attempt: `lost` is set once the row is no longer its own."""
+
+    def __init__(self, owned: QuerySet[Any], every: float, field: str = "heartbeat_at") -> None:
+        self.owned = owned
+        self.every = every
+        self.field = field
+        self.lost = threading.Event()
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> None:
+        """Raise JobLost when the heartbeat found the job taken over."""
+        if self.lost.is_set():
+            raise JobLost
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="job-heartbeat", daemon=True)
+        self._thread.start()
+
+    def finishing(self) -> None:
+        """Beat no more (call before the final conditional update: that row is no longer running).
+        The thread is joined when the block ends, after the task's transaction committed."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        db = self.owned.db
+        try:
+            while not self._stop.wait(self.every):
+                try:
+                    touched = self.owned.update(**{self.field: timezone.now()})
+                except DatabaseError as exc:  # locked (SQLite), restarting: try again next tick
+                    log.warning("job heartbeat not written (%s); retrying", exc)
+                    connections[db].close()
+                    continue
+                if not touched:
+                    if not self._stop.is_set():
+                        log.warning("job heartbeat: the job is no longer this attempt's; stopping it")
+                        self.lost.set()
+                    return
+                self.beats += 1
+        finally:
+            connections[db].close()
+
+
+def stale_after(seconds: int | None = None) -> timedelta:
+    """How long a running job may go without a heartbeat before the sweeps count it as dead."""
+    return timedelta(seconds=seconds or settings.JOB_HEARTBEAT_STALE_SECONDS)
+
+
+@contextmanager
+def liveness(owned: QuerySet[Any], *, every: float | None = None, field: str = "heartbeat_at") -> Iterator[Liveness]:
+    """Keep `owned.update(<field>=now)` going every `every` seconds while the block runs.
+
+    `owned` is the attempt's fenced queryset (id, status, attempts). Call this outside any
+    transaction of the task's own, so the thread is joined after it committed."""
+    beat = Liveness(owned, settings.JOB_HEARTBEAT_SECONDS if every is None else every, field)
+    if not connections[owned.db].in_atomic_block:
+        beat.start()
+    try:
+        yield beat
+    finally:
+        beat.stop()
