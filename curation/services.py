@@ -13,9 +13,10 @@ Exports: `export_create` validates and stores a pending snapshot (with its cutof
 queues the task on commit; the task claims it with a conditional update, writes into
 `VAR_DIR/exports/<code>.<attempt>.partial/`, renames the folder into place and marks the snapshot
 done in one step, while it still owns the snapshot. A worker killed mid-export leaves `running`
-behind with a heartbeat that goes stale (`EXPORT_HEARTBEAT_STALE_SECONDS`, default the reward
-models'): the periodic `recover_stale_exports` (every minute) queues it again or, after
-`MAX_ATTEMPTS`, marks it failed; a redelivered message takes it over the same way.
+behind with a heartbeat (written by `config.jobs.liveness` throughout) that goes stale
+(`EXPORT_HEARTBEAT_STALE_SECONDS`, default the reward models'): the periodic
+`recover_stale_exports` (every minute) queues it again or, after `MAX_ATTEMPTS`, marks it failed;
+a redelivered message takes it over the same way.
 """
 
 from __future__ import annotations

@@ -2,13 +2,15 @@
 
 Registry invariants: a version is `succeeded` only once its artifacts are on disk in their final
 folder and its metrics are stored (both in one transaction with the status change); a run that
-dies leaves `running` behind with a heartbeat that goes stale. The sweep (`recover_stale_runs`,
+dies leaves `running` behind with a heartbeat (written by `config.jobs.liveness` throughout the
+run) that goes stale. The sweep (`recover_stale_runs`,
 beat every minute) puts such a run back in the queue and sends its task again, or marks it failed
 after `MAX_ATTEMPTS`; a redelivered message takes a stale run over the same way. Each attempt
 writes into its own `<uuid>.<attempt>.partial` folder and owns the run only while
 `(status, attempts)` is still what it claimed: an attempt that lost the run (swept while merely
-slow) stops at its next progress report and never registers anything. One version per project
-is current; promoting one demotes the others in the same transaction.
+slow) stops once its heartbeat or a progress report finds that out, and never registers
+anything. One version per project is current; promoting one demotes the others in the same
+transaction.
 """
 
 from __future__ import annotations

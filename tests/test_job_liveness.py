@@ -82,8 +82,10 @@ class HoldingOpenAI(FakeOpenAI):
 @pytest.fixture
 def llm() -> Iterator[HoldingOpenAI]:
     with HoldingOpenAI() as server:
-        yield server
-        server.release.set()
+        try:
+            yield server
+        finally:
+            server.release.set()  # before the server waits for its handlers to end
 
 
 def _labeling_project(make_project: Any, markers: list[str]) -> Any:
