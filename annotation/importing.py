@@ -162,7 +162,7 @@ def open_rows(
     if stream.peek(2)[:2] == b"\x1f\x8b":
         gz = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[arg-type]
         capped = _CappedReader(gz, settings.IMPORT_MAX_DECOMPRESSED_BYTES)
-        stream = io.BufferedReader(capped, buffer_size=1 << 16)
+        stream = io.BufferedReader(capped, buffer_size=1 << 20)
     try:
         head = stream.peek(4096)[:4096]
     except (OSError, EOFError) as exc:
@@ -348,35 +348,143 @@ def _parquet_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | Row
 
     # A Parquet file is compressed, and its text columns are usually dictionary-encoded: a few
     # kilobytes can stand for gigabytes of text (one long value, referenced by a million rows).
-    # So the text columns are read as dictionaries (values once, plus an index per row), each
-    # batch's size as Python will hold it is worked out from those before any value is copied,
-    # and the file is refused once the total passes the cap.
+    # Reading such a column as an Arrow dictionary sizes it before any value is copied, but
+    # costs memory in the size of the row group when the writer fell back to plain pages (as
+    # pyarrow and pandas do once a column's unique texts pass 1 MB): Arrow then grows one
+    # dictionary over the whole row group (several GB for their default row group of up to
+    # 1Mi rows), and copies it into every batch. So text columns are read decoded, in batches
+    # small enough that even a batch of rows all referencing the longest value a dictionary
+    # page can hold stays within IMPORT_BATCH_CHARS bytes (see `_dictionary_bounds`). A column
+    # inside a list can hold any number of values in one row, so no row count bounds it: such a
+    # column with a dictionary page is still read as a dictionary, and sized before it decodes.
     try:
         meta = pq.read_metadata(stream)
-        columns = [meta.schema.column(k).path for k in range(len(meta.schema))]
-        pf = pq.ParquetFile(stream, metadata=meta, read_dictionary=columns)
     except (pa.ArrowException, OSError) as exc:
         raise unreadable(exc) from None
     limit = settings.IMPORT_MAX_DECOMPRESSED_BYTES
     if sum(meta.row_group(k).total_byte_size for k in range(meta.num_row_groups)) > limit:
         raise _too_large_decompressed()
     n = decoded = 0
-    # Row group by row group: a batch that spans two row groups comes out of Arrow as a chunked
-    # array, which it cannot build for a nested (struct or list) column read as a dictionary.
-    batches = (b for k in range(meta.num_row_groups) for b in pf.iter_batches(batch_size=256, row_groups=[k]))
-    while True:
+    for k in range(meta.num_row_groups):
+        # Row group by row group: a batch that spans two row groups comes out of Arrow as a
+        # chunked array, which it cannot build for a nested column read as a dictionary.
         try:
-            batch = next(batches, None)
+            per_row, as_dictionary = _dictionary_bounds(stream, meta, k)
+            group = meta.row_group(k)
+            row_bytes = per_row + group.total_byte_size // max(group.num_rows, 1)
+            batch_size = max(1, min(256, settings.IMPORT_BATCH_CHARS // max(row_bytes, 1)))
+            # buffer_size without pre_buffer: column chunks stream through a small buffer instead
+            # of being read whole (a row group's compressed text is hundreds of MB at 1Mi rows).
+            pf = pq.ParquetFile(
+                stream, metadata=meta, read_dictionary=as_dictionary, buffer_size=1 << 20, pre_buffer=False
+            )
+            batches = pf.iter_batches(batch_size=batch_size, row_groups=[k])
         except (pa.ArrowException, OSError) as exc:
             raise unreadable(exc) from None
-        if batch is None:
-            return
-        decoded += sum(_decoded_bytes(column) for column in batch.columns)
-        if decoded > limit:
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as exc:
+                raise unreadable(exc) from None
+            if batch is None:
+                break
+            decoded += sum(_decoded_bytes(column) for column in batch.columns)
+            if decoded > limit:
+                raise _too_large_decompressed()
+            for row in batch.to_pylist():
+                n += 1
+                yield n, {k: v for k, v in row.items() if v is not None}
+
+
+def _dictionary_bounds(stream: IO[bytes], meta: Any, k: int) -> tuple[int, list[str]]:
+    """For row group `k`: the most bytes one row's dictionary-encoded values can decode to, and the
+    columns to read as dictionaries instead (values in a list; dictionary pages we cannot size).
+
+    A dictionary-encoded value is at most as long as its dictionary page, whose uncompressed size
+    is in the page's own header (the size Arrow decompresses it to), so the bound holds even where
+    the footer's sizes understate it. That bound is about 1 MB for any column whose writer fell
+    back to plain pages, so the longest value in the dictionary itself is used where it is known:
+    the first row read as a dictionary brings the whole dictionary page with it, unless a crafted
+    file puts a plain page first; then what came is shorter than the page and the page's size
+    stands. A column without a dictionary page decodes to its pages' own bytes, which the cap on
+    the file's decompressed size already counts."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    group = meta.row_group(k)
+    page_bytes: dict[str, int] = {}
+    as_dictionary = []
+    for j in range(group.num_columns):
+        chunk = group.column(j)
+        if chunk.physical_type not in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY"):
+            continue  # numbers and booleans decode to a fixed width
+        start = chunk.data_page_offset
+        if chunk.has_dictionary_page and 0 < chunk.dictionary_page_offset < start:
+            start = chunk.dictionary_page_offset  # where Arrow starts reading the chunk
+        stream.seek(start)
+        header = _page_header_start(stream.read(16))
+        if header is not None and header[0] != _DICTIONARY_PAGE and not chunk.has_dictionary_page:
+            continue
+        if header is not None and header[1] > settings.IMPORT_MAX_DECOMPRESSED_BYTES:
             raise _too_large_decompressed()
-        for row in batch.to_pylist():
-            n += 1
-            yield n, {k: v for k, v in row.items() if v is not None}
+        if header is None or header[0] != _DICTIONARY_PAGE or meta.schema.column(j).max_repetition_level:
+            as_dictionary.append(chunk.path_in_schema)
+        else:
+            page_bytes[chunk.path_in_schema] = header[1]
+    if not page_bytes:
+        return 0, as_dictionary
+    paths = list(page_bytes)
+    tops = list(dict.fromkeys(path.split(".")[0] for path in paths))
+    probe = pq.ParquetFile(stream, metadata=meta, read_dictionary=paths, buffer_size=1 << 20, pre_buffer=False)
+    first = next(probe.iter_batches(batch_size=1, row_groups=[k], columns=tops), None)
+    per_row = sum(page_bytes.values())
+    if first is not None:
+        for path, array in _leaves(first):
+            if path in page_bytes and hasattr(array, "dictionary"):
+                lengths = pc.binary_length(array.dictionary)
+                held = int(pc.sum(lengths).as_py() or 0) + 4 * len(lengths)  # as PLAIN-encoded on the page
+                if held >= page_bytes[path]:
+                    per_row -= page_bytes[path] - int(pc.max(lengths).as_py() or 0)
+    return per_row, as_dictionary
+
+
+def _leaves(batch: Any) -> Iterator[tuple[str, Any]]:
+    """(dotted path, array) of each leaf column of a record batch, through structs."""
+    import pyarrow as pa
+
+    stack = [(name, batch.column(i)) for i, name in enumerate(batch.schema.names)]
+    while stack:
+        path, array = stack.pop()
+        if pa.types.is_struct(array.type):
+            stack.extend((f"{path}.{array.type.field(i).name}", array.field(i)) for i in range(array.type.num_fields))
+        else:
+            yield path, array
+
+
+_DICTIONARY_PAGE = 2  # parquet.thrift PageType
+
+
+def _page_header_start(head: bytes) -> tuple[int, int] | None:
+    """A Parquet page header's first two fields, (type, uncompressed_page_size), from Thrift's
+    compact encoding: for each, a byte 0x15 (field id delta 1, type i32), then a zigzag varint.
+    None if `head` does not start that way."""
+    fields, pos = [], 0
+    for _ in range(2):
+        if pos >= len(head) or head[pos] != 0x15:
+            return None
+        pos += 1
+        value = shift = 0
+        while True:
+            if pos >= len(head) or shift > 28:
+                return None
+            byte = head[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        fields.append((value >> 1) ^ -(value & 1))
+    return fields[0], fields[1]
 
 
 def _decoded_bytes(array: Any) -> int:

@@ -149,3 +149,71 @@ def test_a_batch_holds_at_most_the_configured_text(project: Project, settings, m
     assert sum(n for n, _ in written) == 40
     assert len(written) > 1 and all(chars <= 100_000 for _, chars in written), written
     assert Judgment.objects.filter(item__project=project).count() == 40
+
+
+_READ_PARQUET = """
+import os, sys
+import django
+django.setup()
+from annotation.importing import open_rows
+
+def peak_mb():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+
+before = peak_mb()
+with open(sys.argv[1], "rb") as fh:
+    fmt, rows = open_rows(fh)
+    n = sum(1 for _ in rows)
+print(fmt, n, round(peak_mb() - before))
+"""
+
+
+def _parquet_peak_growth_mb(path: Any) -> tuple[int, int]:
+    """Read every row of the file in a fresh interpreter; return (rows, growth of its peak RSS)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_PARQUET, str(path)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    fmt, rows, growth = done.stdout.split()
+    assert fmt == "parquet"
+    return int(rows), int(growth)
+
+
+def test_parquet_memory_is_flat_in_the_row_group_size(tmp_path: Any) -> None:
+    """pyarrow and pandas write one row group of up to 1Mi rows by default. Unique texts fill a
+    column's dictionary page and the writer falls back to plain pages; read as dictionaries, Arrow
+    grew one dictionary over the whole row group and copied it into every batch (about 950 MB for
+    these 60,000 rows). The reader's peak must not depend on how many rows a row group holds."""
+    import os
+
+    n = 60_000
+    text = os.urandom(n * 1200).hex()  # unique, poorly compressible text: 2,400 characters a row
+    rows = pa.table(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "prompt": [text[i * 2400 : i * 2400 + 600] for i in range(n)],
+            "response_a": [text[i * 2400 + 600 : i * 2400 + 1500] for i in range(n)],
+            "response_b": [text[i * 2400 + 1500 : (i + 1) * 2400] for i in range(n)],
+            "metadata": [{"category": ("chat", "code")[i % 2], "n": i} for i in range(n)],
+        }
+    )
+    del text
+    one, many = tmp_path / "one.parquet", tmp_path / "many.parquet"
+    pq.write_table(rows, one)  # the defaults: one row group for these rows
+    pq.write_table(rows, many, row_group_size=1000)
+    assert pq.read_metadata(one).num_row_groups == 1 and pq.read_metadata(many).num_row_groups == 60
+    del rows
+    many_rows, many_mb = _parquet_peak_growth_mb(many)
+    one_rows, one_mb = _parquet_peak_growth_mb(one)
+    assert (one_rows, many_rows) == (n, n)
+    # The row group holds 144 MB of text: reading it must not cost even that once over reading
+    # 60 small ones (the allocator keeps some freed page buffers: 55 to 75 MB more here).
+    assert one_mb <= many_mb + 120, (one_mb, many_mb)
