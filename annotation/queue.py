@@ -5,7 +5,11 @@ Invariants, kept under row locks inside one transaction per call:
   (`Item.human_count + Item.leased_count <= project.overlap + Item.extra_overlap`; a curator who
   sends an item back for another look raises `extra_overlap`);
 - an annotator is never handed the same item twice (and the database refuses a second
-  assignment row for the same item and annotator);
+  assignment row for the same item and annotator), with one exception: an annotator whose lease
+  on an item ran out gets that item back, on the same assignment row leased anew (same uuid and
+  display order, so a page still open on it answers it), when no item they never had is left for
+  them. Otherwise two annotators who each let one lease run out would both be told "nothing
+  left" while the item waits for an answer nobody can give;
 - a lease that runs out returns its slot to the queue (`reap_expired_leases`, run before every
   hand-out and by a periodic task);
 - submitting the same assignment twice stores one judgment.
@@ -285,7 +289,7 @@ def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) ->
         want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate
         item = (_pick(project, user, gold=True) if want_gold else None) or _pick(project, user, gold=False)
         if item is None:
-            return None
+            return _lease_again(project, user, now)
         order = list(range(item.num_responses))
         rng.shuffle(order)
         fields = {
@@ -306,13 +310,48 @@ def _lease_next(project: Project, user: AbstractBaseUser, rng: random.Random) ->
     return assignment
 
 
+def _lease_again(project: Project, user: AbstractBaseUser, now: Any) -> Assignment | None:
+    """The annotator's expired lease on the best open item with a free slot, leased anew (the
+    same row, uuid and display order), its lease counted on the item; or None. Only when no item
+    they never had is left (the caller's transaction holds the pick)."""
+    qs = _with_free_slot(Item.objects.filter(project=project, status=Item.Status.OPEN, is_gold=False), project)
+    again = (
+        Assignment.objects.filter(annotator=user, state=Assignment.State.EXPIRED, item__in=qs)
+        .select_related("item")
+        .order_by("-item__priority", "item_id")
+        .first()
+    )
+    if again is None:
+        return None
+    fields = {
+        "state": _LEASED,
+        "leased_at": now,
+        "expires_at": now + timedelta(seconds=project.lease_seconds),
+        "finished_at": None,
+        "schema_version": project.schema_version,
+        "guidelines_version": project.guidelines_version,
+    }
+    if not Assignment.objects.filter(id=again.id, state=Assignment.State.EXPIRED).update(**fields):
+        return None
+    Item.objects.filter(id=again.item_id).update(leased_count=F("leased_count") + 1)
+    for name, value in fields.items():
+        setattr(again, name, value)
+    again.item.leased_count += 1
+    return again
+
+
+def _with_free_slot(qs: Any, project: Project) -> Any:
+    """Items routed to humans with a free slot of their overlap (the rule `_HUMAN_SLOTS` says in SQL)."""
+    qs = qs.filter(route__in=[Item.Route.HUMAN, Item.Route.BOTH])
+    return qs.filter(human_count__lt=project.overlap + F("extra_overlap") - F("leased_count"))
+
+
 def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | None:
     """The best open item with a free slot this annotator has never had, its lease counted."""
     seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
     qs = Item.objects.filter(project=project, status=Item.Status.OPEN, is_gold=gold).exclude(Exists(seen))
     if not gold:
-        qs = qs.filter(route__in=[Item.Route.HUMAN, Item.Route.BOTH])
-        qs = qs.filter(human_count__lt=project.overlap + F("extra_overlap") - F("leased_count"))
+        qs = _with_free_slot(qs, project)
     item = qs.order_by("-priority", "id").first()
     if item is not None:
         Item.objects.filter(id=item.id).update(leased_count=F("leased_count") + 1)
@@ -351,14 +390,30 @@ _CANDIDATE = """
     FOR UPDATE OF i SKIP LOCKED"""
 # Routed to humans (the router sent the rest to AI), with a free slot of the item's overlap.
 _HUMAN_SLOTS = "AND i.route IN ('human', 'both') AND i.human_count < %(overlap)s + i.extra_overlap - i.leased_count"
+# The last resort: an item whose lease this annotator let run out, with a free slot, reached from
+# the annotator's expired assignments (the `assignment_annotator_state` index), so it costs a probe
+# per expired lease. The caller's `also` makes it run only when nothing fresh was found. Both rows
+# are locked with SKIP LOCKED, so the hand-out never waits on the assignment (a late submit of
+# that lease locks it, then the item: waiting here, item held, could deadlock with it).
+_EXPIRED = Assignment.State.EXPIRED.value
+_AGAIN = f"""
+    SELECT a.id AS relet_id FROM annotation_assignment a JOIN annotation_item i ON i.id = a.item_id
+    WHERE NOT EXISTS (SELECT 1 FROM live) {{also}}
+      AND a.annotator_id = %(annotator)s AND a.state = '{_EXPIRED}'
+      AND i.project_id = %(project)s AND i.status = 'open' AND i.is_gold = false {_HUMAN_SLOTS}
+    ORDER BY i.priority DESC, i.id
+    LIMIT 1
+    FOR UPDATE OF a, i SKIP LOCKED"""  # noqa: S608 - constants
 # Whether a hand-out could find anything now: a live lease of the annotator (another request of
 # theirs committed one since), or a candidate, locked or not. A hand-out that came back empty
 # while other hand-outs held the last candidates' rows (SKIP LOCKED passes them by) tries again.
 _UNLOCKED = _CANDIDATE.replace("FOR UPDATE OF i SKIP LOCKED", "")
 _ANY_LEFT_SQL = """WITH {live}
-SELECT EXISTS (SELECT 1 FROM live) OR EXISTS ({human}) OR (%(gold)s AND EXISTS ({gold}))""".format(  # noqa: S608
+SELECT EXISTS (SELECT 1 FROM live) OR EXISTS ({human}) OR EXISTS ({again})
+    OR (%(gold)s AND EXISTS ({gold}))""".format(  # noqa: S608
     live=_LIVE_CTE,
     human=_UNLOCKED.format(also="", gold="false", human_slots=_HUMAN_SLOTS),
+    again=_AGAIN.replace("FOR UPDATE OF a, i SKIP LOCKED", "").format(also=""),
     gold=_UNLOCKED.format(also="", gold="true", human_slots=""),
 )
 
@@ -374,11 +429,17 @@ def _anything_left(project: Project, user: AbstractBaseUser, gold: bool) -> bool
     return bool(rows.fetch_one(_ANY_LEFT_SQL, params)[0])
 
 
-_PICK_HUMAN = "picked AS (" + _CANDIDATE.format(also="", gold="false", human_slots=_HUMAN_SLOTS) + ")"
+_PICK_HUMAN = (
+    "human AS (" + _CANDIDATE.format(also="", gold="false", human_slots=_HUMAN_SLOTS) + "),\n"  # noqa: S608 - constants
+    "again AS (" + _AGAIN.format(also="AND NOT EXISTS (SELECT 1 FROM human)") + "),\n"
+    "picked AS (SELECT * FROM human)"
+)
 _PICK_GOLD_FIRST = (
     "gold AS (" + _CANDIDATE.format(also="", gold="true", human_slots="") + "),\n"  # noqa: S608 - constants
     "human AS ("
     + _CANDIDATE.format(also="AND NOT EXISTS (SELECT 1 FROM gold)", gold="false", human_slots=_HUMAN_SLOTS)
+    + "),\nagain AS ("
+    + _AGAIN.format(also="AND NOT EXISTS (SELECT 1 FROM gold) AND NOT EXISTS (SELECT 1 FROM human)")
     + "),\npicked AS (SELECT * FROM gold UNION ALL SELECT * FROM human)"
 )
 # The display order: a random permutation of 0..15 from Python's rng, of which the item's
@@ -394,11 +455,19 @@ _STATS_COLUMNS = ("day", "judged", "judged_today", "skipped_today", "time_today_
 _NEXT_SQL = """
 WITH {live},
 {picks},
-made AS (
+inserted AS (
     INSERT INTO annotation_assignment ({cols}) SELECT {values} FROM picked p
     ON CONFLICT DO NOTHING
     RETURNING {a_returned}
 ),
+relet AS (
+    UPDATE annotation_assignment SET state = %(f_state)s, leased_at = %(f_leased_at)s,
+        expires_at = %(f_expires_at)s, finished_at = NULL, schema_version = %(f_schema_version)s,
+        guidelines_version = %(f_guidelines_version)s
+    FROM again WHERE annotation_assignment.id = again.relet_id
+    RETURNING {a_returned}
+),
+made AS (SELECT * FROM inserted UNION ALL SELECT * FROM relet),
 bumped AS (
     UPDATE annotation_item SET leased_count = annotation_item.leased_count + 1
     FROM made WHERE annotation_item.id = made.item_id
