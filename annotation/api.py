@@ -16,7 +16,7 @@ from ninja.responses import Status
 from pydantic import WithJsonSchema
 
 from annotation import selectors, services
-from annotation.models import ImportJob, Item, Judgment, Labeler, Project
+from annotation.models import ImportJob, Item, Judgment, LabelSource, Project, source_q
 from config.api_errors import refusals
 from config.auth import scoped
 
@@ -140,7 +140,9 @@ class JudgmentOut(Schema):
     id: UUID
     item: str = Field(description="The item's external id.")
     labeler: str = Field(description="Pseudonymous labeler id: HMAC of the project and labeler, 16 hex digits.")
-    labeler_kind: Literal["human", "ai"]
+    labeler_kind: Literal["human", "imported", "ai"] = Field(
+        description="The source: human (annotators here), imported or ai."
+    )
     labeler_type: str = Field(description="human, imported, llm, reward_model or density_ratio.")
     labeler_name: str | None = Field(description="The AI labeler's name (null for people).")
     labeler_version: int | None
@@ -184,7 +186,9 @@ class ItemPage(Schema):
 
 
 class JudgmentFilters(Schema):
-    labeler_kind: Literal["human", "ai"] | None = Field(None, description="Only human or only AI judgments.")
+    labeler_kind: LabelSource | None = Field(
+        None, description="Only this source's judgments: human (annotators here), imported or ai."
+    )
     since: datetime | None = Field(None, description="Only judgments made at or after this time (UTC if naive).")
     item: str | None = Field(None, max_length=255, pattern=NO_NUL, description="Only this item's (external id).")
     after: int | None = Field(None, ge=0, le=MAX_ID, description="`next_after` of the previous page.")
@@ -217,12 +221,12 @@ def _judgment_out(project: Project, j: Judgment) -> dict[str, Any]:
 
     pairwise = j.payload.get("pairwise") if isinstance(j.payload, dict) else None
     pairwise = pairwise if isinstance(pairwise, dict) else {}
-    human = j.labeler.is_human
+    human = not j.labeler.is_ai
     return {
         "id": j.uuid,
         "item": j.item.external_id,
         "labeler": pseudonym(project.slug, j.labeler_id),
-        "labeler_kind": "human" if human else "ai",
+        "labeler_kind": j.labeler.source.value,
         "labeler_type": j.labeler.kind,
         "labeler_name": None if human else j.labeler.name,
         "labeler_version": None if human else j.labeler.version,
@@ -244,10 +248,8 @@ def list_judgments(request: HttpRequest, slug: str, filters: Query[JudgmentFilte
     """The project's judgments (human and AI) in the order they were made; curators only."""
     project = selectors.project_for_user(request.user, slug, curator=True)
     qs = Judgment.objects.filter(item__project=project).select_related("item", "labeler").order_by("id")
-    if filters.labeler_kind == "human":
-        qs = qs.filter(labeler__kind__in=list(Labeler.HUMAN_KINDS))
-    elif filters.labeler_kind == "ai":
-        qs = qs.exclude(labeler__kind__in=list(Labeler.HUMAN_KINDS))
+    if filters.labeler_kind is not None:
+        qs = qs.filter(source_q(filters.labeler_kind))
     if filters.since is not None:
         qs = qs.filter(created_at__gte=_utc(filters.since))
     if filters.item is not None:

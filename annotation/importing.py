@@ -34,10 +34,10 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.db import connections, models, router, transaction
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
 
-from annotation.models import Item, Judgment, Labeler, Project
+from annotation.models import Item, Judgment, Labeler, LabelSource, Project, source_q
 from annotation.schema import JudgmentSchema, PayloadError
 
 FORMATS = ("jsonl", "csv", "parquet", "json")
@@ -1033,8 +1033,8 @@ def _write_batch(
             "num_responses": len(row.responses),
             "metadata": row.metadata,
             "split": row.split,
-            "status": Item.Status.DONE if len(judgments) >= project.overlap else Item.Status.OPEN,
-            "human_count": len(judgments),
+            "status": Item.Status.OPEN,  # imported labels do not fill the overlap (LabelSource)
+            "human_count": 0,
             "leased_count": 0,
             "priority": 0.0,
             "route": Item.Route.HUMAN,
@@ -1073,8 +1073,9 @@ def _write_batch(
 
 
 def recount_human_judgments(project: Project, item_ids: list[int]) -> None:
-    """Set human_count (and done-ness) of these items from their judgments."""
-    human = Count("judgments", filter=Q(judgments__labeler__kind__in=list(Labeler.HUMAN_KINDS)))
+    """Set human_count (and done-ness) of these items from their annotators' judgments (imported
+    labels are not human work: they never fill the overlap)."""
+    human = Count("judgments", filter=source_q(LabelSource.HUMAN, labeler="judgments__labeler__"))
     for item in Item.objects.filter(id__in=item_ids).annotate(n=human):
         status = item.status
         if status == Item.Status.OPEN and item.n >= project.overlap:

@@ -65,10 +65,47 @@ class ItemSplit(models.TextChoices):
 
 class LabelerKind(models.TextChoices):
     HUMAN = "human", "Human annotator"
-    IMPORTED = "imported", "Human (imported)"
+    IMPORTED = "imported", "Imported labels"
     LLM = "llm", "LLM judge"
     REWARD_MODEL = "reward_model", "Reward-model judge"
     DENSITY_RATIO = "density_ratio", "Density-ratio judge"
+
+
+class LabelSource(models.TextChoices):
+    """Where a judgment comes from: the one definition of "human judgment" and its two neighbours.
+
+    Only `human` judgments, made by annotators through this app's queue, are human work: they fill
+    an item's overlap (`Item.human_count`), spend the human budget and calibrate the router.
+    `imported` labels came in a file: kept, exported and trainable, but a source of their own,
+    never counted as work done here. Every filter by source goes through `source_q`."""
+
+    HUMAN = "human", "Annotators"
+    IMPORTED = "imported", "Imported"
+    AI = "ai", "AI labelers"
+
+
+_SOURCE_KINDS: dict[str, tuple[str, ...]] = {
+    LabelSource.HUMAN: (LabelerKind.HUMAN,),
+    LabelSource.IMPORTED: (LabelerKind.IMPORTED,),
+    LabelSource.AI: (LabelerKind.LLM, LabelerKind.REWARD_MODEL, LabelerKind.DENSITY_RATIO),
+}
+assert sorted(k for kinds in _SOURCE_KINDS.values() for k in kinds) == sorted(LabelerKind.values)
+
+
+def source_of_kind(kind: str) -> LabelSource:
+    """The source of a labeler kind."""
+    for source, kinds in _SOURCE_KINDS.items():
+        if kind in kinds:
+            return LabelSource(source)
+    raise ValueError(f"unknown labeler kind {kind!r}")
+
+
+def source_q(*sources: str, labeler: str = "labeler__") -> Q:
+    """Judgments (or, with another `labeler` path, rows reaching a labeler) from these sources:
+    `source_q("human")` on Judgment, `source_q("human", labeler="judgments__labeler__")` on Item,
+    `source_q("ai", labeler="")` on Labeler."""
+    kinds = [k for s in sources for k in _SOURCE_KINDS[LabelSource(s)]]
+    return Q(**{f"{labeler}kind__in": kinds})
 
 
 class ItemRoute(models.TextChoices):
@@ -258,7 +295,9 @@ class Item(models.Model):
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
     is_gold = models.BooleanField(default=False)
     gold_answer = models.JSONField(null=True, blank=True)
-    human_count = models.PositiveIntegerField(default=0, help_text="Human judgments (annotators and imported).")
+    human_count = models.PositiveIntegerField(
+        default=0, help_text="Human judgments: annotators' answers through the queue (imported labels not counted)."
+    )
     leased_count = models.PositiveIntegerField(default=0, help_text="Live leases holding a slot of the overlap.")
     extra_overlap = models.PositiveSmallIntegerField(
         default=0,
@@ -307,8 +346,6 @@ class Labeler(models.Model):
 
     Kind = LabelerKind
 
-    HUMAN_KINDS = (Kind.HUMAN, Kind.IMPORTED)
-
     kind = models.CharField(max_length=16, choices=Kind.choices)
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="labeler"
@@ -346,8 +383,12 @@ class Labeler(models.Model):
         return f"{self.name} ({self.kind})"
 
     @property
-    def is_human(self) -> bool:
-        return self.kind in self.HUMAN_KINDS
+    def source(self) -> LabelSource:
+        return source_of_kind(self.kind)
+
+    @property
+    def is_ai(self) -> bool:
+        return self.source == LabelSource.AI
 
 
 class Assignment(models.Model):

@@ -11,7 +11,7 @@ from django.db.models import Case, Count, ExpressionWrapper, F, IntegerField, Q,
 from django.db.models.functions import Coalesce, Least
 from django.http import Http404
 
-from annotation.models import Assignment, ImportJob, Item, Judgment, Labeler, Membership, Project
+from annotation.models import Assignment, ImportJob, Item, Judgment, LabelSource, Membership, Project, source_q
 from annotation.queue import AnnotatorDay, read_stats
 from annotation.rows import Rows, fetch_one
 
@@ -72,11 +72,11 @@ def project_stats(project: Project) -> dict[str, object]:
     by_status = dict(items.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
     by_split = dict(items.values_list("split").annotate(n=Count("id")).values_list("split", "n"))
     judgments = Judgment.objects.filter(item__project=project)
-    human_kinds = list(Labeler.HUMAN_KINDS)
     counts = judgments.aggregate(
         total=Count("id"),
-        human=Count("id", filter=Q(labeler__kind__in=human_kinds)),
-        ai=Count("id", filter=~Q(labeler__kind__in=human_kinds)),
+        human=Count("id", filter=source_q(LabelSource.HUMAN)),
+        imported=Count("id", filter=source_q(LabelSource.IMPORTED)),
+        ai=Count("id", filter=source_q(LabelSource.AI)),
         items_judged=Count("item", distinct=True),
     )
     return {

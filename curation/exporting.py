@@ -42,7 +42,17 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from annotation.models import Assignment, GuidelinesVersion, Item, Judgment, Labeler, Project, SchemaVersion
+from annotation.models import (
+    Assignment,
+    GuidelinesVersion,
+    Item,
+    Judgment,
+    Labeler,
+    LabelSource,
+    Project,
+    SchemaVersion,
+    source_of_kind,
+)
 from annotation.schema import JudgmentSchema, format_validation_error
 from curation.consensus import Consensus, pairwise_consensus, ranking_consensus, rubric_consensus
 from curation.selectors import effective_action_kinds
@@ -73,9 +83,10 @@ class ExportError(ValueError):
 class ExportFilters(BaseModel):
     """Which items and judgments a snapshot takes. Stored on the snapshot as JSON.
 
-    - `label_source`: `human` (annotators and imported human labels), `ai` (AI labelers),
-      `consensus` (an item's human judgments when it has any, else its AI judgments) or `all`
-      (human and AI judgments pooled; AI votes weighted by their confidence).
+    - `label_source` (see `annotation.models.LabelSource`): `human` (annotators' judgments made
+      here), `imported` (labels imported with the items), `ai` (AI labelers), `consensus` (an
+      item's annotators' judgments when it has any, else its imported labels, else its AI
+      judgments) or `all` (every source pooled; AI votes weighted by their confidence).
     - `min_agreement`: the consensus's share of the top pairwise label, or Kendall's W for
       rankings; `min_strength`: the consensus's mean strength (pairwise only). Items below are
       left out of every format.
@@ -87,7 +98,7 @@ class ExportFilters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    label_source: Literal["human", "ai", "consensus", "all"] = "human"
+    label_source: Literal["human", "imported", "ai", "consensus", "all"] = "human"
     min_agreement: float | None = Field(default=None, ge=0, le=1)
     min_strength: float | None = Field(default=None, ge=0)
     exclude_flagged: bool = False
@@ -171,12 +182,12 @@ class _J:
     created_at: datetime
 
     @property
-    def is_human(self) -> bool:
-        return self.kind in Labeler.HUMAN_KINDS
+    def source(self) -> str:
+        return source_of_kind(self.kind).value
 
     @property
     def weight(self) -> float:
-        return 1.0 if self.is_human or self.confidence is None else float(self.confidence)
+        return 1.0 if self.source != LabelSource.AI or self.confidence is None else float(self.confidence)
 
 
 @dataclass
@@ -196,15 +207,14 @@ class _Item:
 
 
 def _select(judgments: list[_J], source: str) -> tuple[list[_J], str]:
-    human = [j for j in judgments if j.is_human]
-    ai = [j for j in judgments if not j.is_human]
-    if source == "human":
-        return human, "human"
-    if source == "ai":
-        return ai, "ai"
+    """The judgments the `label_source` filter keeps, and the source(s) they came from."""
+    by_source = {s: [j for j in judgments if j.source == s] for s in LabelSource.values}
+    if source in by_source:
+        return by_source[source], source
     if source == "consensus":
-        return (human, "human") if human else (ai, "ai")
-    return judgments, ("human+ai" if human and ai else "human" if human else "ai")
+        first = next((s for s in LabelSource.values if by_source[s]), LabelSource.AI.value)
+        return by_source[first], first
+    return judgments, "+".join(s for s in LabelSource.values if by_source[s])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,7 +496,7 @@ class _Raw(_Format):
                 "responses": item.texts,
                 "models": item.models,
                 "labeler": self.ctx.pseudonym(j.labeler_id),
-                "labeler_kind": "human" if j.is_human else "ai",
+                "labeler_kind": j.source,
                 "labeler_type": j.kind,
             }
             if schema.pairwise:
@@ -524,9 +534,10 @@ class _Raw(_Format):
             "One row per judgment of the exported items (the label source decides which), for "
             "pluralistic reward models: `labeler` is a pseudonymous id (HMAC of the labeler with the "
             "server's secret and the project slug: stable across exports of this project, not "
-            "reversible without the secret), `labeler_kind` human or ai, `labeler_type` the kind of "
-            "labeler (human, imported, llm, reward_model, density_ratio). Payload fields use the "
-            "stored response order; `response_order` is the order the responses were shown in."
+            "reversible without the secret), `labeler_kind` human (an annotator here), imported or "
+            "ai, `labeler_type` the kind of labeler (human, imported, llm, reward_model, "
+            "density_ratio). Payload fields use the stored response order; `response_order` is "
+            "the order the responses were shown in."
         )
 
 
@@ -860,6 +871,7 @@ def build_export(
     excluded: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     humans: set[int] = set()  # bounded by the number of labelers, not of judgments
+    imported: set[int] = set()
     ai_labelers: Counter[int] = Counter()
     row_labels: Counter[str] = Counter()
     items_seen = items_kept = judgments_kept = 0
@@ -880,8 +892,10 @@ def build_export(
                 judgments_kept += len(item.judgments)
                 for j in item.judgments:
                     sources[j.kind] += 1
-                    if j.is_human:
+                    if j.source == LabelSource.HUMAN:
                         humans.add(j.labeler_id)
+                    elif j.source == LabelSource.IMPORTED:
+                        imported.add(j.labeler_id)
                     else:
                         ai_labelers[j.labeler_id] += 1
                     for s in j.payload.get("spans") or []:
@@ -929,6 +943,7 @@ def build_export(
         "rows": rows,
         "judgments_by_labeler_type": dict(sorted(sources.items())),
         "human_annotators": len(humans),
+        "imported_annotators": len(imported),
         "ai_labelers": _ai_labelers(ai_labelers),
         "items_by_label_source": dict(sorted(row_labels.items())),
         "agreement": agreement,
@@ -1080,6 +1095,8 @@ def _write_card(
     lines += [f"- {k}: {v} judgments" for k, v in counts["judgments_by_labeler_type"].items()] or ["- none"]
     lines += [f"- items labeled by {k}: {v}" for k, v in counts["items_by_label_source"].items()]
     lines.append(f"- distinct human annotators: {counts['human_annotators']} (pseudonymous in the files)")
+    if counts.get("imported_annotators"):
+        lines.append(f"- distinct annotators named in imported labels: {counts['imported_annotators']} (pseudonymous)")
     lines += [
         f"- AI labeler `{a['name']}` ({a['type']}{', ' + a['model'] if a['model'] else ''}, "
         f"version {a['version']}): {a['judgments']} judgments"

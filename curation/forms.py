@@ -20,10 +20,11 @@ class ExportForm(forms.Form):
     formats = forms.MultipleChoiceField(choices=FORMAT_CHOICES, widget=forms.CheckboxSelectMultiple)
     label_source = forms.ChoiceField(
         choices=[
-            ("human", "Human judgments"),
+            ("human", "Annotators' judgments (made here)"),
+            ("imported", "Imported labels"),
             ("ai", "AI judgments"),
-            ("consensus", "Consensus (human where any, else AI)"),
-            ("all", "All, pooled"),
+            ("consensus", "Consensus (annotators where any, else imported, else AI)"),
+            ("all", "All sources, pooled"),
         ]
     )
     min_agreement = forms.FloatField(required=False, min_value=0, max_value=1, help_text="0..1, e.g. 0.67")

@@ -30,7 +30,7 @@ from typing import Any
 
 from django.db.models import Count, Q, Sum
 
-from annotation.models import Assignment, Item, Judgment, Labeler, Project
+from annotation.models import Assignment, Item, Judgment, Labeler, LabelSource, Project, source_of_kind
 from curation.consensus import Consensus, dawid_skene, pairwise_consensus, ranking_consensus
 from curation.metrics import (
     agreement_over_time,
@@ -43,7 +43,6 @@ from curation.metrics import (
     position_bias,
 )
 
-HUMAN = tuple(Labeler.HUMAN_KINDS)
 # Below this share of votes for the consensus label an item counts as low agreement (a 2-1 split does).
 LOW_AGREEMENT = 0.7
 
@@ -52,7 +51,7 @@ LOW_AGREEMENT = 0.7
 class _J:
     item_id: int
     labeler_id: int
-    human: bool
+    source: str  # LabelSource: annotators ("human"), imported labels, AI
     choice: str | None  # "A" | "B" | "tie" in stored order
     strength: int
     ranking: list[int] | None
@@ -62,6 +61,10 @@ class _J:
     created_at: datetime
     order_consistent: bool | None
 
+    @property
+    def human(self) -> bool:
+        return self.source == LabelSource.HUMAN
+
 
 @dataclass
 class ProjectData:
@@ -69,8 +72,17 @@ class ProjectData:
     items: dict[int, dict[str, Any]]  # the items with a judgment or a flag: the only ones a figure reads
     labelers: dict[int, dict[str, Any]]
     judgments: list[_J]
-    by_item_human: dict[int, list[_J]] = field(default_factory=dict)
+    by_item_human: dict[int, list[_J]] = field(default_factory=dict)  # annotators' judgments
+    by_item_imported: dict[int, list[_J]] = field(default_factory=dict)
     by_item_ai: dict[int, list[_J]] = field(default_factory=dict)
+
+    def by_item(self, source: str) -> dict[int, list[_J]]:
+        return {
+            LabelSource.HUMAN: self.by_item_human,
+            LabelSource.IMPORTED: self.by_item_imported,
+            LabelSource.AI: self.by_item_ai,
+        }[LabelSource(source)]
+
     item_count: int = 0  # all items (gold excluded), judged or not
     # Per labeler: (sum, count) of the scores of their answers to gold items. Gold items feed no
     # other figure, so only these two numbers are read of them.
@@ -133,12 +145,12 @@ def load(project: Project) -> ProjectData:
     )
     for item_id, labeler_id, payload, order, time_ms, created, raw in rows.iterator(chunk_size=5000):
         choice, strength = _choice(payload)
-        human = labelers[labeler_id]["kind"] in HUMAN
+        source = source_of_kind(labelers[labeler_id]["kind"])
         judgments.append(
             _J(
                 item_id,
                 labeler_id,
-                human,
+                source,
                 choice,
                 strength,
                 payload.get("ranking"),
@@ -146,7 +158,7 @@ def load(project: Project) -> ProjectData:
                 order[0] if order else None,
                 time_ms,
                 created,
-                None if human else _consistent(raw),
+                _consistent(raw) if source == LabelSource.AI else None,
             )
         )
     gold = {
@@ -158,7 +170,7 @@ def load(project: Project) -> ProjectData:
     }
     data = ProjectData(project, items, labelers, judgments, item_count=non_gold.count(), gold=gold)
     for j in judgments:
-        (data.by_item_human if j.human else data.by_item_ai).setdefault(j.item_id, []).append(j)
+        data.by_item(j.source).setdefault(j.item_id, []).append(j)
     return data
 
 
@@ -167,12 +179,19 @@ def labeler_name(data: ProjectData, labeler_id: int) -> str:
     return lab["user__username"] or lab["name"]
 
 
-def human_consensus(data: ProjectData) -> dict[int, Consensus]:
+def human_consensus(data: ProjectData, source: str = LabelSource.HUMAN) -> dict[int, Consensus]:
+    """Each item's pairwise consensus of one source: the annotators' by default (or the imported labels')."""
     return {
         item_id: pairwise_consensus([(j.choice, j.strength) for j in js if j.choice])
-        for item_id, js in data.by_item_human.items()
+        for item_id, js in data.by_item(source).items()
         if any(j.choice for j in js)
     }
+
+
+def reference_consensus(data: ProjectData) -> dict[int, Consensus]:
+    """The label a curator checks an item against: its annotators' consensus, or for an item no
+    annotator judged, its imported labels' consensus (what noisy-label detection reviews)."""
+    return {**human_consensus(data, LabelSource.IMPORTED), **human_consensus(data)}
 
 
 def _signed(j: _J) -> float | None:
@@ -181,8 +200,9 @@ def _signed(j: _J) -> float | None:
     return 0.0 if j.choice == "tie" else (-1 if j.choice == "A" else 1) * max(1, j.strength)
 
 
-def agreement(data: ProjectData) -> dict[str, Any]:
-    units = [js for js in data.by_item_human.values() if len(js) >= 2]
+def agreement(data: ProjectData, source: str = LabelSource.HUMAN) -> dict[str, Any]:
+    """Agreement within one source's judgments (annotators by default; imported labels apart)."""
+    units = [js for js in data.by_item(source).values() if len(js) >= 2]
     out: dict[str, Any] = {"items_with_overlap": len(units)}
     if any(j.choice for js in units for j in js):
         out["alpha_strength_ordinal"] = _r(krippendorff_alpha([[_signed(j) for j in js] for js in units], "ordinal"))
@@ -208,12 +228,18 @@ def agreement(data: ProjectData) -> dict[str, Any]:
 def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[str, Any]]:
     from curation.metrics import annotator_vs_consensus
 
-    loo = annotator_vs_consensus(
-        (j.item_id, j.labeler_id, j.choice) for js in data.by_item_human.values() for j in js if j.choice
-    )
+    # Each annotator against the others of the same source: imported labels are not held against
+    # the annotators' majority, nor the annotators against the imported labels'.
+    loo = {}
+    for source in (LabelSource.HUMAN, LabelSource.IMPORTED):
+        loo.update(
+            annotator_vs_consensus(
+                (j.item_id, j.labeler_id, j.choice) for js in data.by_item(source).values() for j in js if j.choice
+            )
+        )
     per: dict[int, list[_J]] = defaultdict(list)
     for j in data.judgments:
-        if j.human:
+        if j.source != LabelSource.AI:
             per[j.labeler_id].append(j)
     for lab_id in data.gold:  # an annotator who has answered only gold items so far
         if data.labelers.get(lab_id, {}).get("kind") in HUMAN:
@@ -240,6 +266,7 @@ def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[
             {
                 "annotator": labeler_name(data, lab_id),
                 "kind": data.labelers[lab_id]["kind"],
+                "source": js[0].source,
                 "judgments": len(js),
                 "agreement_with_consensus": _r(agreed / compared) if compared else None,
                 "compared": compared,
@@ -250,43 +277,57 @@ def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[
                 "flags": flags.get(lab_id, 0) if lab_id in users else None,
             }
         )
-    return sorted(rows, key=lambda r: (-r["judgments"], r["annotator"]))
+    return sorted(rows, key=lambda r: (r["source"] != LabelSource.HUMAN, -r["judgments"], r["annotator"]))
 
 
 def human_vs_ai(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[str, Any]]:
-    per: dict[int, list[tuple[str, bool]]] = defaultdict(list)
-    for item_id, js in data.by_item_ai.items():
-        c = consensus.get(item_id)
-        if c is None or c.label is None:
-            continue
-        category = str((data.items.get(item_id) or {}).get("metadata", {}).get("category", "")) or "(none)"
-        for j in js:
-            if j.choice:
-                per[j.labeler_id].append((category, j.choice == c.label))
+    """Agreement of other sources with a reference: AI labelers and imported labels against the
+    annotators' consensus (`consensus`), and AI labelers against the imported labels' consensus."""
+    imported = human_consensus(data, LabelSource.IMPORTED)
+    comparisons = (
+        (LabelSource.AI, LabelSource.HUMAN, consensus),
+        (LabelSource.IMPORTED, LabelSource.HUMAN, consensus),
+        (LabelSource.AI, LabelSource.IMPORTED, imported),
+    )
+    per: dict[tuple[int, str], list[tuple[str, bool]]] = defaultdict(list)
+    for source, reference, against in comparisons:
+        for item_id, js in data.by_item(source).items():
+            c = against.get(item_id)
+            if c is None or c.label is None:
+                continue
+            category = str((data.items.get(item_id) or {}).get("metadata", {}).get("category", "")) or "(none)"
+            for j in js:
+                if j.choice:
+                    per[(j.labeler_id, reference)].append((category, j.choice == c.label))
     rows = []
-    for lab_id, hits in per.items():
+    for (lab_id, reference), hits in per.items():
         by_cat: dict[str, list[bool]] = defaultdict(list)
         for cat, ok in hits:
             by_cat[cat].append(ok)
+        kind = data.labelers[lab_id]["kind"]
         rows.append(
             {
                 "labeler": labeler_name(data, lab_id),
-                "kind": data.labelers[lab_id]["kind"],
+                "kind": kind,
+                "source": source_of_kind(kind).value,
+                "reference": reference.value,
                 "items": len(hits),
                 "agreement": _r(sum(ok for _, ok in hits) / len(hits)),
                 "by_category": {c: {"n": len(v), "agreement": _r(sum(v) / len(v))} for c, v in sorted(by_cat.items())},
             }
         )
-    return sorted(rows, key=lambda r: r["labeler"])
+    return sorted(rows, key=lambda r: (r["reference"] != LabelSource.HUMAN, r["source"], r["labeler"]))
 
 
 def biases(data: ProjectData) -> list[dict[str, Any]]:
     groups: dict[str, list[_J]] = defaultdict(list)
     for j in data.judgments:
         if j.choice:
-            groups["humans" if j.human else labeler_name(data, j.labeler_id)].append(j)
+            group = {LabelSource.HUMAN: "annotators", LabelSource.IMPORTED: "imported"}.get(j.source)
+            groups[group or labeler_name(data, j.labeler_id)].append(j)
     rows = []
-    for name, js in sorted(groups.items(), key=lambda kv: (kv[0] != "humans", kv[0])):
+    first = {"annotators": 0, "imported": 1}
+    for name, js in sorted(groups.items(), key=lambda kv: (first.get(kv[0], 2), kv[0])):
         shown = []
         for j in js:
             if j.shown_first is None:
@@ -349,12 +390,15 @@ def drift(data: ProjectData, consensus: dict[int, Consensus], bucket: str = "wee
 
 
 def leaderboard(data: ProjectData, bootstrap: int = 200) -> dict[str, list[dict[str, Any]]]:
-    """Bradley-Terry over the responses' source models, from human and from AI labels."""
+    """Bradley-Terry over the responses' source models, from each source's labels (annotators,
+    imported, AI; imported only where there are any)."""
     out = {}
-    for source in ("human", "ai"):
+    for source in LabelSource.values:
+        if source == LabelSource.IMPORTED and not data.by_item_imported:
+            continue
         comparisons = []
         for j in data.judgments:
-            if j.human != (source == "human"):
+            if j.source != source:
                 continue
             models = [str(r.get("model") or "") for r in (data.items.get(j.item_id) or {}).get("responses", [])]
             if len(models) < 2 or not all(models):
@@ -439,8 +483,10 @@ def report(project: Project, *, bootstrap: int = 200) -> dict[str, Any]:
             "items": data.item_count,
             "judged_by_humans": len(data.by_item_human),
             "judged_by_ai": len(data.by_item_ai),
-            "human_judgments": sum(1 for j in data.judgments if j.human),
-            "ai_judgments": sum(1 for j in data.judgments if not j.human),
+            "judged_by_imported": len(data.by_item_imported),
+            "human_judgments": sum(1 for j in data.judgments if j.source == LabelSource.HUMAN),
+            "imported_judgments": sum(1 for j in data.judgments if j.source == LabelSource.IMPORTED),
+            "ai_judgments": sum(1 for j in data.judgments if j.source == LabelSource.AI),
             "tied_items": tied,
             "low_agreement_items": low,
             "majority_vs_dawid_skene_differ": sum(
@@ -448,6 +494,7 @@ def report(project: Project, *, bootstrap: int = 200) -> dict[str, Any]:
             ),
         },
         "agreement": agreement(data),
+        "agreement_imported": agreement(data, LabelSource.IMPORTED),
         "annotators": annotators(data, consensus),
         "human_vs_ai": human_vs_ai(data, consensus),
         "biases": biases(data),
@@ -467,7 +514,7 @@ def noisy_candidates(project: Project, limit: int = 200) -> list[dict[str, Any]]
     from models_srv.models import ResponseScore, RewardModelVersion
 
     data = load(project)
-    consensus = human_consensus(data)
+    consensus = reference_consensus(data)
     curated = set(curation_states(project=project))
     found: dict[int, dict[str, Any]] = {}
 
@@ -502,7 +549,9 @@ def noisy_candidates(project: Project, limit: int = 200) -> list[dict[str, Any]]
                 )
     for item_id, c in consensus.items():
         if c.n >= 2 and (c.tied or c.agreement < LOW_AGREEMENT):
-            votes = Counter(j.choice for j in data.by_item_human[item_id] if j.choice)
+            votes = Counter(
+                j.choice for j in data.by_item_human.get(item_id) or data.by_item_imported[item_id] if j.choice
+            )
             add(item_id, "low_agreement", 1.0 - c.agreement, {"votes": dict(votes), "agreement": _r(c.agreement)})
     for item_id, js in data.by_item_ai.items():
         flips = [labeler_name(data, j.labeler_id) for j in js if j.order_consistent is False]

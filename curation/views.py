@@ -23,6 +23,7 @@ CSV_TABLES = (
     "human_vs_ai",
     "biases",
     "leaderboard_human",
+    "leaderboard_imported",
     "leaderboard_ai",
     "reward_models",
     "drift",
@@ -68,8 +69,8 @@ def _table(rep: dict[str, Any], name: str) -> list[dict[str, Any]]:
         for aspect, v in (rep["agreement"].get("alpha_rubric_ordinal") or {}).items():
             flat[f"alpha_rubric_ordinal:{aspect}"] = v
         return [{"metric": k, "value": v} for k, v in flat.items()]
-    if name in ("leaderboard_human", "leaderboard_ai"):
-        return rep["leaderboard"][name.split("_")[1]]
+    if name in ("leaderboard_human", "leaderboard_imported", "leaderboard_ai"):
+        return rep["leaderboard"].get(name.split("_")[1], [])
     if name == "drift":
         return [
             {"group": group, "key": key, **p}
@@ -79,7 +80,14 @@ def _table(rep: dict[str, Any], name: str) -> list[dict[str, Any]]:
         ]
     if name == "human_vs_ai":
         return [
-            {"labeler": r["labeler"], "category": cat, "items": v["n"], "agreement": v["agreement"]}
+            {
+                "labeler": r["labeler"],
+                "source": r["source"],
+                "reference": r["reference"],
+                "category": cat,
+                "items": v["n"],
+                "agreement": v["agreement"],
+            }
             for r in rep["human_vs_ai"]
             for cat, v in [("(all)", {"n": r["items"], "agreement": r["agreement"]}), *r["by_category"].items()]
         ]

@@ -11,7 +11,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
-from annotation.models import Item, Judgment, Labeler, Project
+from annotation.models import Item, Judgment, Project, source_q
 from models_srv.models import DataSnapshot, LabelSource
 
 
@@ -82,18 +82,13 @@ def is_eval_item(external_id: str, seed: int, fraction: float) -> bool:
 
 
 def _source_filter(qs: QuerySet[Judgment], source: str) -> QuerySet[Judgment]:
-    human = list(Labeler.HUMAN_KINDS)
-    if source == LabelSource.HUMAN:
-        return qs.filter(labeler__kind__in=human)
-    if source == LabelSource.AI:
-        return qs.exclude(labeler__kind__in=human)
-    return qs
+    return qs.filter(source_q(*LabelSource(source).sources))
 
 
 def snapshot_create(
     *,
     project: Project,
-    label_source: str = LabelSource.HUMAN,
+    label_source: str = LabelSource.PEOPLE,
     seed: int = 0,
     eval_fraction: float = 0.2,
     created_by: AbstractBaseUser | None = None,
@@ -160,7 +155,7 @@ def load_snapshot(snapshot: DataSnapshot) -> SplitData:
     train, held = Examples(), Examples()
     for chunk in _chunks(snapshot.judgment_ids, 2000):
         for j in Judgment.objects.filter(id__in=chunk).select_related("item", "labeler").order_by("id"):
-            source = "human" if j.labeler.is_human else "ai"
+            source = j.labeler.source.value
             _extend(held if j.item_id in eval_items else train, examples_from_judgment(j.item, j.payload, source))
     return SplitData(train=train, eval=held, aspects=aspects)
 

@@ -65,7 +65,11 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"
     seed: int = 0
-    label_source: Literal["human", "ai", "both"] = "human"
+    label_source: Literal["people", "human", "imported", "ai", "both", "all"] = Field(
+        default="people",
+        description="people (human and imported), human (annotators' judgments made here), imported, ai, "
+        "both (human and ai) or all",
+    )
     eval_fraction: float = Field(default=0.2, ge=0, lt=1)
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
     dropout: bool = Field(default=False, description="keep the backbone's dropout when fine-tuning (off, as TRL does)")

@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 
 from models_srv.engine import TrainConfig
+from models_srv.models import LabelSource
 
 _defaults = TrainConfig()
 
@@ -20,9 +21,7 @@ class TrainForm(forms.Form):
         ],
         initial=_defaults.mode,
     )
-    label_source = forms.ChoiceField(
-        choices=[("human", "Human judgments"), ("ai", "AI judgments"), ("both", "Both")], initial="human"
-    )
+    label_source = forms.ChoiceField(choices=LabelSource.choices, initial=LabelSource.PEOPLE)
     ensemble = forms.IntegerField(
         min_value=1, max_value=16, initial=_defaults.ensemble, help_text="Heads whose spread is the uncertainty."
     )

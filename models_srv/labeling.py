@@ -64,7 +64,7 @@ def run_start(
     """Queue a run over the given items (default: every item the labeler has not judged yet)."""
     from models_srv.tasks import ai_label_run, gpu_ai_label_run
 
-    if labeler.project_id != project.id or labeler.is_human:
+    if labeler.project_id != project.id or not labeler.is_ai:
         raise LabelerError("not an AI labeler of this project")
     if AILabelRun.objects.filter(labeler=labeler, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists():
         # One run per labeler at a time, so its concurrency limit holds across workers.
@@ -255,7 +255,7 @@ def ai_consensus(item: Item, method: str = "weighted") -> dict[str, Any] | None:
     Pairwise: the signed preference (-strength for A, +strength for B) averaged with weights;
     rankings: weighted mean rank, re-ranked. Returns the payload part, the agreement (share of
     weight behind the winning choice) and how many AI judgments took part."""
-    judgments = [j for j in item.judgments.select_related("labeler") if not j.labeler.is_human]
+    judgments = [j for j in item.judgments.select_related("labeler") if j.labeler.is_ai]
     if not judgments:
         return None
     weight = (lambda j: 1.0) if method == "majority" else (lambda j: j.confidence if j.confidence is not None else 0.5)

@@ -12,9 +12,23 @@ from annotation.models import Item, Project
 
 
 class LabelSource(models.TextChoices):
-    HUMAN = "human", "Human judgments"
+    """Which judgments a reward model trains on: one of the sources of `annotation.models.LabelSource`
+    (`human` is only the annotators' judgments made here; imported labels are their own source), or
+    a union of them. The default, `people`, is every judgment a person made: the annotators' and the
+    imported labels (a reward model learns human preferences wherever they were collected)."""
+
+    PEOPLE = "people", "People: annotators' judgments and imported labels"
+    HUMAN = "human", "Annotators' judgments (made here)"
+    IMPORTED = "imported", "Imported labels"
     AI = "ai", "AI judgments"
-    BOTH = "both", "Human and AI judgments"
+    BOTH = "both", "Annotators' and AI judgments"
+    ALL = "all", "Every source: annotators, imported, AI"
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The judgment sources (`annotation.models.LabelSource` values) this choice takes."""
+        unions = {"people": ("human", "imported"), "both": ("human", "ai"), "all": ("human", "imported", "ai")}
+        return unions.get(self.value, (self.value,))
 
 
 class DataSnapshot(models.Model):
@@ -25,7 +39,7 @@ class DataSnapshot(models.Model):
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="snapshots")
-    label_source = models.CharField(max_length=8, choices=LabelSource.choices, default=LabelSource.HUMAN)
+    label_source = models.CharField(max_length=8, choices=LabelSource.choices, default=LabelSource.PEOPLE)
     seed = models.PositiveIntegerField(default=0)
     eval_fraction = models.FloatField(default=0.2)
     judgment_ids = models.JSONField(default=list)

@@ -5,6 +5,12 @@
   and order-swap consistency, and the current reward model's margin and ensemble spread.
 - The calibration slice: items labeled by both humans and AI. On it a scikit-learn model learns
   P(AI label disagrees with the human consensus | features).
+- Imported labels (`LabelSource.IMPORTED`) are a third source, neither human work nor AI: they
+  do not spend the human budget, and the router does not calibrate on them
+  (`CALIBRATION_SOURCES`; pass `calibrate_on_imported=True` to `route_project` to let an imported
+  label stand in for an item's annotators where it has none). They labeled the item elsewhere,
+  under other guidelines: what the router must predict is where AI disagrees with *our*
+  annotators.
 - Allocation: within the budget, the items with the highest predicted disagreement go to humans,
   the rest to AI; the human queue serves them in that order (Item.priority).
 """
@@ -20,7 +26,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Max
 
-from annotation.models import Item, Judgment, Project
+from annotation.models import Item, Judgment, LabelSource, Project, source_q
 from models_srv.models import ResponseScore, RewardModelVersion, RouterVersion
 
 _WORD = re.compile(r"\w+", re.U)
@@ -66,11 +72,7 @@ def item_features(project: Project, items: list[Item] | None = None) -> list[Ite
     items = items if items is not None else list(Item.objects.filter(project=project, is_gold=False).order_by("id"))
     ids = [it.id for it in items]
     ai: dict[int, list[Judgment]] = defaultdict(list)
-    for j in (
-        Judgment.objects.filter(item_id__in=ids)
-        .select_related("labeler")
-        .exclude(labeler__kind__in=["human", "imported"])
-    ):
+    for j in Judgment.objects.filter(item_id__in=ids).select_related("labeler").filter(source_q(LabelSource.AI)):
         ai[j.item_id].append(j)
     current = RewardModelVersion.objects.filter(project=project, is_current=True).first()
     scores: dict[int, dict[int, tuple[float, float]]] = defaultdict(dict)
@@ -152,12 +154,32 @@ def consensus_sign(judgments: list[Judgment]) -> int | None:
     return 0 if rest and rest[0][1] == n else best
 
 
-def calibration_targets(project: Project) -> dict[int, int]:
-    """For items judged by both humans and AI: 1 when the AI consensus disagrees with the humans'."""
+# Whose labels the router learns "the human answer" from: annotators' judgments only, by default.
+CALIBRATION_SOURCES = (LabelSource.HUMAN,)
+
+
+def _human_and_ai(
+    project: Project, *, calibrate_on_imported: bool = False
+) -> tuple[dict[int, list[Judgment]], dict[int, list[Judgment]]]:
+    """Each item's reference judgments (its annotators'; with `calibrate_on_imported`, its imported
+    labels where no annotator judged it) and its AI judgments."""
     human: dict[int, list[Judgment]] = defaultdict(list)
+    imported: dict[int, list[Judgment]] = defaultdict(list)
     ai: dict[int, list[Judgment]] = defaultdict(list)
-    for j in Judgment.objects.filter(item__project=project, item__is_gold=False).select_related("labeler"):
-        (human if j.labeler.is_human else ai)[j.item_id].append(j)
+    sources = (*CALIBRATION_SOURCES, LabelSource.AI) + ((LabelSource.IMPORTED,) if calibrate_on_imported else ())
+    judgments = Judgment.objects.filter(source_q(*sources), item__project=project, item__is_gold=False)
+    for j in judgments.select_related("labeler"):
+        source = j.labeler.source
+        {LabelSource.AI: ai, LabelSource.IMPORTED: imported}.get(source, human)[j.item_id].append(j)
+    for item_id, js in imported.items():
+        human.setdefault(item_id, js)
+    return human, ai
+
+
+def calibration_targets(project: Project, *, calibrate_on_imported: bool = False) -> dict[int, int]:
+    """For items judged by both annotators and AI: 1 when the AI consensus disagrees with the
+    annotators'. Imported labels count only with `calibrate_on_imported`."""
+    human, ai = _human_and_ai(project, calibrate_on_imported=calibrate_on_imported)
     out = {}
     for item_id in human.keys() & ai.keys():
         h, a = consensus_sign(human[item_id]), consensus_sign(ai[item_id])
@@ -251,11 +273,17 @@ def calibration_metrics(
 
 
 def route_project(
-    *, project: Project, calibration_fraction: float | None = None, seed: int = 0, created_by: Any = None
+    *,
+    project: Project,
+    calibration_fraction: float | None = None,
+    seed: int = 0,
+    created_by: Any = None,
+    calibrate_on_imported: bool = False,
 ) -> dict[str, int]:
     """(Re-)route every item within the human budget (`project.human_budget` x items).
 
-    Items humans already judged spend the budget first (route `both` when AI judged them too).
+    Items annotators already judged spend the budget first (route `both` when AI judged them too);
+    imported labels spend none of it, and calibrate the router only with `calibrate_on_imported`.
     Then a random calibration share of the rest goes to `both`, so the router keeps learning; the
     remaining budget goes to the items with the highest predicted disagreement (or, before a router
     can be trained, the least confident AI side); everything else to `ai`. Each item keeps its
@@ -266,12 +294,12 @@ def route_project(
         calibration_fraction = project.calibration_share
     items = list(Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED).order_by("id"))
     feats = item_features(project, items)
-    targets = calibration_targets(project)
+    targets = calibration_targets(project, calibrate_on_imported=calibrate_on_imported)
     policy = project.routing_policy
     router: Router | PerformanceRouter | None = None
     if policy == Project.RoutingPolicy.PERFORMANCE:
         try:
-            router = _performance_router(project, feats, seed)
+            router = _performance_router(project, feats, seed, calibrate_on_imported=calibrate_on_imported)
             scores = dict(zip([f.item_id for f in feats], router.gains(feats), strict=True))
         except ValueError:
             router = None
@@ -290,9 +318,7 @@ def route_project(
     else:
         budget = round(project.human_budget * len(items))
     labeled = set(
-        Judgment.objects.filter(item__in=items, labeler__kind__in=["human", "imported"]).values_list(
-            "item_id", flat=True
-        )
+        Judgment.objects.filter(source_q(LabelSource.HUMAN), item__in=items).values_list("item_id", flat=True)
     )
     # A curator's "send back to humans" stands until it is undone: those items stay with humans
     # (and keep their place at the front), ahead of the budget.
@@ -358,15 +384,14 @@ def route_project(
     return counts
 
 
-def _performance_router(project: Project, feats: list[ItemFeatures], seed: int) -> PerformanceRouter:
+def _performance_router(
+    project: Project, feats: list[ItemFeatures], seed: int, *, calibrate_on_imported: bool = False
+) -> PerformanceRouter:
     """The performance-prediction router on the project's calibration items (judged by both, with a
     non-tie human and AI preference), the cheap reward model working on frozen embeddings."""
     import numpy as np
 
-    human: dict[int, list[Judgment]] = defaultdict(list)
-    ai: dict[int, list[Judgment]] = defaultdict(list)
-    for j in Judgment.objects.filter(item__project=project, item__is_gold=False).select_related("labeler"):
-        (human if j.labeler.is_human else ai)[j.item_id].append(j)
+    human, ai = _human_and_ai(project, calibrate_on_imported=calibrate_on_imported)
     by_id = {f.item_id: f for f in feats}
     rows = []
     for item_id in sorted(human.keys() & ai.keys() & by_id.keys()):

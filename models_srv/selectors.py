@@ -21,10 +21,10 @@ def versions_of(project: object) -> list[RewardModelVersion]:
 
 
 def ai_labelers_of(project: object) -> list[object]:
-    from annotation.models import Labeler
+    from annotation.models import Labeler, LabelSource, source_q
 
     return list(
-        Labeler.objects.filter(project=project).exclude(kind__in=list(Labeler.HUMAN_KINDS)).order_by("name", "-version")
+        Labeler.objects.filter(source_q(LabelSource.AI, labeler=""), project=project).order_by("name", "-version")
     )
 
 
@@ -38,7 +38,7 @@ def labeler_for_curator(user: User, labeler_id: int) -> object:
     from annotation.models import Labeler
 
     labeler = Labeler.objects.select_related("project").filter(id=labeler_id, project__isnull=False).first()
-    if labeler is None or labeler.is_human:
+    if labeler is None or not labeler.is_ai:
         raise Http404("No such AI labeler.")
     project_for_user(user, labeler.project.slug, curator=True)
     return labeler

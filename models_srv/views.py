@@ -199,18 +199,13 @@ def routing_page(request: HttpRequest, slug: str) -> HttpResponse:
 def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None = None) -> HttpResponse:
     from django.db.models import Count
 
-    from annotation.models import Item, Judgment, Labeler
+    from annotation.models import Item, Judgment, LabelSource, source_q
     from models_srv.models import RouterVersion
 
     items = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
     total = items.count()
     budget = round(project.human_budget * total)
-    used = (
-        Judgment.objects.filter(item__in=items, labeler__kind__in=list(Labeler.HUMAN_KINDS))
-        .values("item_id")
-        .distinct()
-        .count()
-    )
+    used = Judgment.objects.filter(source_q(LabelSource.HUMAN), item__in=items).values("item_id").distinct().count()
     routes = dict(items.values_list("route").annotate(n=Count("id")).values_list("route", "n"))
     history = list(RouterVersion.objects.filter(project=project)[:10])
     router = history[0] if history else None

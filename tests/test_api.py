@@ -220,7 +220,11 @@ def test_curators_read_judgments_with_pseudonyms_filters_and_pages(project: Proj
     ai = c.get(f"/api/v1/projects/{project.slug}/judgments", {"labeler_kind": "ai"}).json()["results"]
     assert [(r["labeler_name"], r["labeler_version"], r["confidence"]) for r in ai] == [("judge", 1, 0.7)]
     human = c.get(f"/api/v1/projects/{project.slug}/judgments", {"labeler_kind": "human"}).json()["results"]
-    assert len(human) == 8 and {r["labeler_type"] for r in human} == {"human", "imported"}
+    assert len(human) == 4 and {(r["labeler_kind"], r["labeler_type"]) for r in human} == {("human", "human")}
+    imported = c.get(f"/api/v1/projects/{project.slug}/judgments", {"labeler_kind": "imported"}).json()["results"]
+    assert len(imported) == 4 and {(r["labeler_kind"], r["labeler_type"]) for r in imported} == {
+        ("imported", "imported")
+    }
     one = c.get(f"/api/v1/projects/{project.slug}/judgments", {"item": "item-2"}).json()["results"]
     assert {r["item"] for r in one} == {"item-2"} and len(one) == 2
     Judgment.objects.filter(item__external_id="item-3").update(created_at="2031-01-01T00:00:00Z")

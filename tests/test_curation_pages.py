@@ -17,7 +17,7 @@ from curation import quality
 from curation.models import CurationAction
 from tests.conftest import jsonl, login, pair_row
 
-# Three imported annotators on four items (stored order; responses from two named models), and
+# Three annotators on four items (stored order; responses from two named models), and
 # one AI labeler. Item q3 is a 2-1 split, q4 has only one human vote.
 VOTES = {
     "q1": {"ann1": ("A", 2), "ann2": ("A", 1), "ann3": ("A", 1)},
@@ -29,7 +29,7 @@ AI = {"q1": "A", "q2": "A", "q3": "A", "q4": "B"}
 
 
 @pytest.fixture
-def judged(make_project, curator):
+def judged(make_project, make_user, curator):
     project = make_project("qual", curator=curator, overlap=3)
     rows = [
         {
@@ -45,7 +45,7 @@ def judged(make_project, curator):
     ]
     import_items(project=project, fileobj=jsonl(rows))
     items = {i.external_id: i for i in Item.objects.filter(project=project)}
-    people = {n: Labeler.objects.create(project=project, kind="imported", name=n) for n in ("ann1", "ann2", "ann3")}
+    people = {n: Labeler.objects.create(kind="human", user=make_user(n), name=n) for n in ("ann1", "ann2", "ann3")}
     ai = Labeler.objects.create(project=project, kind="llm", name="judge", config={})
     for q, votes in VOTES.items():
         for name, (choice, strength) in votes.items():
@@ -90,7 +90,7 @@ def test_quality_figures_match_hand_computation_and_the_reference_package(judged
     assert judge["items"] == 4 and judge["agreement"] == 0.5
     assert judge["by_category"]["math"] == {"n": 2, "agreement": 0.5}
     humans = rep["biases"][0]
-    assert humans["labeler"] == "humans" and humans["distribution"] == {"A": 5, "B": 4, "tie": 1}
+    assert humans["labeler"] == "annotators" and humans["distribution"] == {"A": 5, "B": 4, "tie": 1}
     # The longer response is B: it wins 4 of the 9 non-tie human decisions.
     assert humans["longer_wins"] == pytest.approx(4 / 9, abs=1e-3)
     # Shown first: ann2 saw B first. Wins of the first-shown: ann1 A,B(no),A / ann2 A(no),B(yes),B(yes) / ann3 ...

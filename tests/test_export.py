@@ -15,11 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.http import Http404
 from django.utils import timezone
 
-from annotation.importing import import_items
+from annotation.importing import import_items, recount_human_judgments
 from annotation.models import Assignment, ImportJob, Item, Judgment, Labeler, Membership, Project
 from annotation.queue import next_assignment
 from annotation.services import membership_set
@@ -53,6 +54,17 @@ def _exports_in_tmp(settings: Any, tmp_path: Path, request: pytest.FixtureReques
     # The worker test shares VAR_DIR with its worker process through the environment instead.
     if "celery_worker_process" not in request.fixturenames:
         settings.VAR_DIR = tmp_path / "var"
+
+
+def import_as_annotators(*, project: Project, fileobj: Any) -> Any:
+    """Import rows whose labels stand for annotators' judgments made in the app (the `human`
+    source): the file's labelers become annotators, each with a user of their name."""
+    result = import_items(project=project, fileobj=fileobj)
+    for labeler in Labeler.objects.filter(project=project, kind=Labeler.Kind.IMPORTED):
+        user = get_user_model().objects.create(username=f"{project.slug}-{labeler.name}")
+        Labeler.objects.filter(id=labeler.id).update(kind=Labeler.Kind.HUMAN, user=user, project=None)
+    recount_human_judgments(project, list(Item.objects.filter(project=project).values_list("id", flat=True)))
+    return result
 
 
 def pw(annotator: str, choice: str, strength: int | None = None, **extra: Any) -> dict[str, Any]:
@@ -102,7 +114,7 @@ def pair_rows() -> list[dict[str, Any]]:
 @pytest.fixture
 def pairs_project(make_project: Any, curator: Any) -> Project:
     project = make_project("exp", schema=PAIRWISE, curator=curator)
-    import_items(project=project, fileobj=jsonl(pair_rows()))
+    import_as_annotators(project=project, fileobj=jsonl(pair_rows()))
     return project
 
 
@@ -177,7 +189,7 @@ def test_chat_prompts_are_conversational_lists_of_structs(make_project: Any, tmp
         {"id": "c0", "messages": messages, "response_a": "Paris.", "response_b": "Lyon.", "label": "A"},
         {"id": "c1", "prompt": "Plain text prompt", "response_a": "x", "response_b": "y", "label": "B"},
     ]
-    import_items(project=project, fileobj=jsonl(rows))
+    import_as_annotators(project=project, fileobj=jsonl(rows))
     _, out = build(project, "pairs,raw", tmp_path)
     rows_out = {r["item_id"]: r for r in read_jsonl(out / "pairs" / "train.jsonl")}
     assert rows_out["c0"]["prompt"] == messages
@@ -212,7 +224,7 @@ def test_rubric_spans_and_raw(make_project: Any, tmp_path: Path) -> None:
             pw("ann2", "A", 1, rubric=rubric_2, spans=spans_2),
         ],
     }
-    import_items(project=project, fileobj=jsonl([row]))
+    import_as_annotators(project=project, fileobj=jsonl([row]))
     snapshot, out = build(project, ["pairs", "rubric", "spans", "raw"], tmp_path)
 
     rubric = read_jsonl(out / "rubric" / "train.jsonl")
@@ -239,7 +251,7 @@ def test_rubric_spans_and_raw(make_project: Any, tmp_path: Path) -> None:
     assert (first["choice"], first["strength"], first["justification"]) == ("A", 2, "A is right")
     assert first["rubric"] == rubric_1 and first["spans"] == spans_1
     assert raw[1]["rubric"] == [{"helpfulness": 5, "correctness": 4}, {"helpfulness": 2, "correctness": None}]
-    assert (first["labeler_kind"], first["labeler_type"], first["schema_version"]) == ("human", "imported", 1)
+    assert (first["labeler_kind"], first["labeler_type"], first["schema_version"]) == ("human", "human", 1)
     assert first["responses"] == ["Good answer", "Wrong and off topic"]
     table = pq.read_table(out / "raw" / "train.parquet")
     assert table.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
@@ -262,7 +274,7 @@ def test_listwise_orders_responses_by_mean_rank(make_project: Any, tmp_path: Pat
             {"annotator": "c", "ranking": [2, 1, 3]},
         ],
     }
-    import_items(project=project, fileobj=jsonl([row]))
+    import_as_annotators(project=project, fileobj=jsonl([row]))
     snapshot, out = build(project, "listwise,raw", tmp_path)
     (r,) = read_jsonl(out / "listwise" / "train.jsonl")
     assert r["responses"] == ["two", "one", "three"] and r["models"] == ["m2", "m1", ""]
@@ -422,7 +434,7 @@ def test_splits_dates_and_labelers(pairs_project: Project, tmp_path: Path) -> No
     snapshot, _ = build(pairs_project, ["raw"], tmp_path, date_from=str(today), date_to=str(today))
     assert snapshot.counts["judgments"] == 8
 
-    ann3 = Labeler.objects.get(project=pairs_project, name="ann3")
+    ann3 = Labeler.objects.get(name="ann3")
     _, out = build(pairs_project, ["pairs"], tmp_path, labelers=[ann3.id])
     assert {k: r["chosen"] for k, r in pair_ids(out).items()} == {"r0": "Answer B0"}
     with pytest.raises(ExportError, match="no labeler"):
@@ -467,7 +479,7 @@ def test_a_reproduced_snapshot_has_identical_files(pairs_project: Project, curat
 
     # Everything after the cutoff: a new judgment, a new action, an undo of an older action.
     time.sleep(0.01)
-    ann4 = Labeler.objects.create(project=pairs_project, kind=Labeler.Kind.IMPORTED, name="ann4")
+    ann4 = Labeler.objects.create(kind="human", name="ann4", user=get_user_model().objects.create(username="ann4"))
     judge(item(pairs_project, "r3"), ann4, {"pairwise": {"choice": "B", "strength": 1}})
     curation_action_undo(action=flip, actor=curator)
     curation_action_apply(item=item(pairs_project, "r2"), actor=curator, action="drop")
@@ -537,7 +549,7 @@ def test_requeue_sends_an_ai_routed_item_back_to_human_annotators(
     membership_set(project=project, user=annotator, role=Membership.Role.ANNOTATOR)
     rows = [{"id": f"q{i}", "prompt": f"Q{i}", "response_a": "a", "response_b": "b"} for i in range(3)]
     rows[1]["label"] = "A"
-    import_items(project=project, fileobj=jsonl(rows))
+    import_as_annotators(project=project, fileobj=jsonl(rows))
     Item.objects.filter(project=project).update(route=Item.Route.AI)
     Item.objects.filter(project=project, external_id="q0").update(priority=5.0)
     assert next_assignment(project=project, user=annotator) is None  # everything went to the AI
@@ -562,7 +574,7 @@ def test_a_sent_back_item_stays_with_humans_when_the_project_is_routed_again(
     project = make_project("rq3", schema=PAIRWISE, curator=curator, human_budget=0.0, routing_policy="learned")
     membership_set(project=project, user=annotator, role=Membership.Role.ANNOTATOR)
     rows = [{"id": f"q{i}", "prompt": f"Q{i}", "response_a": "a" * (i + 1), "response_b": "b"} for i in range(6)]
-    import_items(project=project, fileobj=jsonl(rows))
+    import_as_annotators(project=project, fileobj=jsonl(rows))
     route_project(project=project)
     assert set(Item.objects.filter(project=project).values_list("route", flat=True)) == {"ai"}  # budget 0
     q2 = item(project, "q2")
@@ -723,7 +735,7 @@ def test_export_dataset_command(pairs_project: Project, tmp_path: Path, capsys: 
 @pytest.mark.worker
 def test_an_export_is_built_by_the_worker(celery_worker_process: Any, make_project: Any, curator: Any) -> None:
     project = make_project("exp-worker", schema=PAIRWISE, curator=curator)
-    import_items(project=project, fileobj=jsonl(pair_rows()))
+    import_as_annotators(project=project, fileobj=jsonl(pair_rows()))
     snapshot = export_create(project=project, user=curator, filters={}, formats=["pairs", "raw"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

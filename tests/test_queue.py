@@ -199,17 +199,18 @@ def test_judgments_record_schema_and_guidelines_versions(team, curator) -> None:
     assert j.time_spent_ms <= (timezone.now() - a.leased_at).total_seconds() * 1000  # capped by the lease
 
 
-def test_imported_human_labels_count_toward_overlap(make_user, make_project, curator) -> None:
+def test_imported_labels_do_not_count_toward_overlap(make_user, make_project, curator) -> None:
     project: Project = make_project("imp", curator=curator, overlap=2)
     import_items(project=project, fileobj=jsonl([pair_row(1, label="A"), pair_row(2)]))
-    assert Item.objects.get(external_id="r1").human_count == 1
+    assert Item.objects.get(external_id="r1").human_count == 0
     alice, bob = make_user("a6"), make_user("b6")
     got = []
     for u in (alice, bob):
         while (a := queue.next_assignment(project=project, user=u)) is not None:
             got.append((u.username, a.item.external_id))
             queue.submit(assignment_id=a.id, user=u, payload=PW)
-    assert sorted(got) == [("a6", "r1"), ("a6", "r2"), ("b6", "r2")]
+    assert sorted(got) == [("a6", "r1"), ("a6", "r2"), ("b6", "r1"), ("b6", "r2")]
+    assert {(i.human_count, i.status) for i in Item.objects.filter(project=project)} == {(2, "done")}
 
 
 def test_annotator_progress_is_kept_by_submit_and_skip_and_starts_again_each_day(project, annotator) -> None:

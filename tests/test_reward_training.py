@@ -74,7 +74,7 @@ def test_a_tiny_model_from_a_config_learns_a_separable_preference(synthetic_proj
     pairwise = version.metrics["pairwise"]
     assert pairwise["n"] >= 30
     assert pairwise["accuracy"] >= 0.9, pairwise
-    assert set(pairwise["by_category"]) == {"x", "y"} and set(pairwise["by_source"]) == {"human"}
+    assert set(pairwise["by_category"]) == {"x", "y"} and set(pairwise["by_source"]) == {"imported"}
     assert 0 <= pairwise["ece"] <= 1 and pairwise["mean_uncertainty"] >= 0
     assert any(p.get("phase") == "training" and "eta_s" in p and "loss" in p for p in seen)
     assert version.is_current and version.version == 1

@@ -14,7 +14,7 @@ from tests.conftest import jsonl
 
 
 @pytest.fixture
-def routed(make_project, curator):
+def routed(make_project, make_user, curator):
     project = make_project("route", curator=curator, human_budget=0.5, overlap=1, routing_policy="learned")
     rows = []
     for i in range(60):
@@ -30,7 +30,7 @@ def routed(make_project, curator):
         )
     import_items(project=project, fileobj=jsonl(rows))
     ai = Labeler.objects.create(project=project, kind="llm", name="ai", config={})
-    human = Labeler.objects.create(project=project, kind="imported", name="people", config={})
+    human = Labeler.objects.create(kind="human", user=make_user("people"), name="people")
     for it in Item.objects.filter(project=project):
         i = int(it.external_id[1:])
         hard = i % 3 == 0  # the AI gets "math" items wrong, with low confidence
@@ -183,7 +183,7 @@ def test_fixed_policies_route_everything_one_way(routed, policy, expected) -> No
     routed.routing_policy = policy
     routed.save()
     if policy == "all_ai":
-        Judgment.objects.filter(labeler__kind="imported").delete()
+        Judgment.objects.filter(labeler__kind="human").delete()
     assert route_project(project=routed) == expected
     assert RouterVersion.objects.get().strategy == policy
 
@@ -192,7 +192,7 @@ def test_the_performance_policy_routes_through_the_app(routed) -> None:
     """Enough calibration items for the simulation of mixes: humans judged 45 of the 60 items."""
     from models_srv.models import RouterVersion
 
-    people = Labeler.objects.get(project=routed, kind="imported")
+    people = Labeler.objects.get(kind="human", name="people")
     for it in Item.objects.filter(project=routed, external_id__in=[f"r{i}" for i in range(15, 45)]):
         Judgment.objects.create(
             item=it, labeler=people, payload={"pairwise": {"choice": "B", "strength": 1}}, schema_version=1
@@ -214,7 +214,7 @@ def test_the_router_retrains_as_human_labels_accumulate(routed, settings) -> Non
 
     assert reroute_due(min_new_calibration=10) == [routed.id]  # never routed: route now
     assert reroute_due(min_new_calibration=10) == []  # nothing new
-    people = Labeler.objects.get(project=routed, kind="imported")
+    people = Labeler.objects.get(kind="human", name="people")
     for it in Item.objects.filter(project=routed, external_id__in=[f"r{i}" for i in range(15, 25)]):
         Judgment.objects.create(
             item=it, labeler=people, payload={"pairwise": {"choice": "B", "strength": 1}}, schema_version=1

@@ -38,7 +38,7 @@ class Command(BaseCommand):
             help=f"Repeatable or a comma list of: {', '.join(FORMATS)}.",
         )
         parser.add_argument("--out", required=True, type=Path, help="A .zip path, or a folder (empty or new).")
-        parser.add_argument("--label-source", choices=["human", "ai", "consensus", "all"], default="human")
+        parser.add_argument("--label-source", choices=["human", "imported", "ai", "consensus", "all"], default="human")
         parser.add_argument("--min-agreement", type=float)
         parser.add_argument("--min-strength", type=float)
         parser.add_argument("--split", action="append", default=[], help="train or eval (repeatable; default all).")
