@@ -30,6 +30,7 @@ def _exports_in_tmp(settings: Any, tmp_path: Path) -> None:
 
 
 def build(project: Project, formats: list[str], out: Path, **filters: Any) -> Path:
+    filters.setdefault("label_source", "imported")  # the shared data sets' labels come in the file
     snapshot = export_create(project=project, user=None, filters=filters, formats=formats, enqueue=False)
     snapshot = export_run(snapshot_id=snapshot.id)
     assert snapshot is not None and snapshot.status == "done", snapshot and snapshot.error
