@@ -60,7 +60,7 @@ def test_the_migration_reopens_items_done_only_by_imported_labels(make_project, 
     # As the counts stood before: every imported label counted as a human judgment.
     Item.objects.filter(project=project).exclude(id=a.item_id).update(human_count=1, status="done")
     Item.objects.filter(id=a.item_id).update(human_count=2)
-    migration = importlib.import_module("annotation.migrations.0014_recount_human_count_without_imported")
+    migration = importlib.import_module("annotation.migrations.0016_recount_human_count_without_imported")
     for _ in range(2):  # re-runnable
         migration.recount(apps, None)
     got = {i.id: (i.status, i.human_count) for i in Item.objects.filter(project=project)}

@@ -7,8 +7,8 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotation', '0014_recount_human_count_without_imported'),
-        ('models_srv', '0003_router_versions'),
+        ('annotation', '0016_recount_human_count_without_imported'),
+        ('models_srv', '0004_ai_label_run_heartbeat_and_attempts'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

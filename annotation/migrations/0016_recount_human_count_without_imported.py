@@ -33,7 +33,7 @@ def recount(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotation", "0013_imported_labels_not_human_work"),
+        ("annotation", "0015_imported_labels_not_human_work"),
     ]
 
     operations = [

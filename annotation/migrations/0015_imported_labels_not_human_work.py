@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotation', '0012_assignment_versions'),
+        ('annotation', '0014_import_job_heartbeat_and_attempts'),
     ]
 
     operations = [
