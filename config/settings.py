@@ -342,6 +342,11 @@ AUTHENTICATION_BACKENDS = ["config.auth_views.RateLimitedModelBackend"]
 # ALLOWED_HOSTS; empty = any host, so local vLLM / Ollama servers work without setup).
 AI_LABELER_KEY_ENVS = env.list("AI_LABELER_KEY_ENVS", default=[])
 AI_LABELER_ALLOWED_HOSTS = env.list("AI_LABELER_ALLOWED_HOSTS", default=[])
+# Models a config may load (models_srv/model_sources.py): 'default', Hugging Face ids from the
+# workers' local cache, and folders under MODEL_DIRS (colon- or comma-separated; empty = no local
+# paths). ALLOW_MODEL_FROM_CONFIG lets configs build small untrained models (tests, smoke runs).
+MODEL_DIRS = [d.strip() for d in re.split(r"[:,]", env.str("MODEL_DIRS", default="")) if d.strip()]
+ALLOW_MODEL_FROM_CONFIG = env_bool("ALLOW_MODEL_FROM_CONFIG", default=False)
 
 # Celery. The embedded default is a filesystem broker: web and worker processes on one machine
 # share a folder, so `make run` needs neither Redis nor RabbitMQ. Job state lives in our own tables,

@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
-from pydantic import ValidationError
+from pydantic import ValidationError, model_validator
 
 from annotation.selectors import project_for_user
 from config.api_errors import refusals
@@ -54,6 +54,13 @@ class TrainConfigIn(TrainConfig):
     """The training options (models_srv.engine.TrainConfig), with a seed the data snapshot can store."""
 
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _allowed_models(self) -> TrainConfigIn:
+        from models_srv.engine import check_sources
+
+        check_sources(self)  # the backbone and from_config: models_srv.model_sources' rule
+        return self
 
 
 @router.post(

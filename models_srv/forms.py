@@ -12,7 +12,9 @@ _defaults = TrainConfig()
 
 class TrainForm(forms.Form):
     backbone = forms.CharField(
-        initial=_defaults.backbone, help_text="Hugging Face id or local path; 'default' is the packaged MiniLM."
+        initial=_defaults.backbone,
+        help_text="'default' (the packaged MiniLM), a Hugging Face id the operator has downloaded, or a folder "
+        "under the operator's MODEL_DIRS.",
     )
     mode = forms.ChoiceField(
         choices=[
@@ -33,6 +35,17 @@ class TrainForm(forms.Form):
         super().__init__(*args, **kwargs)
         for field in self.fields.values():
             field.required = False  # a bare "Train" button uses every default
+
+    def clean_backbone(self) -> str:
+        from models_srv.model_sources import ModelSourceError, check_model_source
+
+        name = self.cleaned_data.get("backbone") or ""
+        if not name:
+            return name
+        try:
+            return check_model_source(name)
+        except ModelSourceError as exc:
+            raise forms.ValidationError(str(exc)) from None
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}

@@ -13,6 +13,11 @@ names start with KEY_ENV_PREFIX or that the operator lists in AI_LABELER_KEY_ENV
 SECRET_KEY, DATABASE_URL, ...), and the host only one of AI_LABELER_ALLOWED_HOSTS when the operator
 sets it. The check runs when a config is saved and again when the worker connects, so a config
 stored earlier, or one the operator's settings no longer allow, sends nothing.
+
+A density-ratio judge loads the two models its config names, by the rule of
+models_srv.model_sources (the packaged default, Hugging Face ids from the workers' cache, folders
+under MODEL_DIRS; from_config only where ALLOW_MODEL_FROM_CONFIG is on), checked on saving and
+again when the worker loads them.
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http.request import validate_host
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from annotation.models import Item, Labeler
 from annotation.queue import to_stored_order
-from annotation.schema import JudgmentSchema, PayloadError
+from annotation.schema import JudgmentSchema, PayloadError, format_validation_error
 
 # ---------------------------------------------------------------------------------------------
 # Configurations (stored in Labeler.config; validated here)
@@ -74,14 +79,29 @@ class RewardModelJudgeConfig(BaseModel):
 
 class DensityRatioConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    strong: str = Field(description="Hugging Face id or path of the stronger causal LM")
-    weak: str = Field(description="Hugging Face id or path of the weaker causal LM")
+    strong: str = Field(description="the stronger causal LM: a Hugging Face id, or a folder under MODEL_DIRS")
+    weak: str = Field(description="the weaker causal LM: a Hugging Face id, or a folder under MODEL_DIRS")
     preamble: str = Field(default="", description="criteria text put before the prompt, as in CDR")
     max_length: int = Field(default=512, ge=16)
     strength_threshold: float = Field(default=0.5, ge=0)
     tie_margin: float = Field(default=0.0, ge=0)
     scale: float = Field(default=4.0, gt=0, description="sigmoid scale turning a reward gap into confidence")
-    from_config: dict[str, Any] | None = Field(default=None, description="tests: {'strong': cfg, 'weak': cfg}")
+    from_config: dict[str, Any] | None = Field(
+        default=None, description="tests, where ALLOW_MODEL_FROM_CONFIG is on: {'strong': cfg, 'weak': cfg}"
+    )
+
+    @model_validator(mode="after")
+    def _allowed_models(self) -> DensityRatioConfig:
+        from models_srv.model_sources import check_from_config, check_model_source
+
+        check_model_source(self.strong)
+        check_model_source(self.weak)
+        if self.from_config is not None:
+            if set(self.from_config) != {"strong", "weak"}:
+                raise ValueError("from_config takes exactly two configs, 'strong' and 'weak'")
+            for which in ("strong", "weak"):
+                check_from_config(self.from_config[which])
+        return self
 
 
 CONFIGS: dict[str, type[BaseModel]] = {
@@ -559,7 +579,10 @@ class DensityRatioJudge:
     kind = Labeler.Kind.DENSITY_RATIO
 
     def __init__(self, labeler: Labeler) -> None:
-        self.cfg = DensityRatioConfig.model_validate(labeler.config)
+        try:  # checked again here: the config may predate the rule, or the operator's settings changed
+            self.cfg = DensityRatioConfig.model_validate(labeler.config)
+        except ValidationError as exc:
+            raise JudgeError(format_validation_error(exc)) from None
         from models_srv.engine import pick_device
 
         self.device = pick_device("auto")
@@ -573,15 +596,17 @@ class DensityRatioJudge:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        from models_srv.engine import DEFAULT_BACKBONE, backbone_path
+        from models_srv.model_sources import DEFAULT, check_built_config, check_from_config, resolve_model_source
 
         if self.cfg.from_config:
-            spec = dict(self.cfg.from_config[which])
-            tok = AutoTokenizer.from_pretrained(spec.pop("tokenizer", backbone_path(DEFAULT_BACKBONE)))
+            spec = check_from_config(self.cfg.from_config[which])
+            tok = AutoTokenizer.from_pretrained(resolve_model_source(spec.pop("tokenizer", DEFAULT)))
             torch.manual_seed(int(spec.pop("seed", 0)))
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{"vocab_size": tok.vocab_size, **spec}))
+            model_config = AutoConfig.for_model(**{"vocab_size": tok.vocab_size, **spec})
+            check_built_config(model_config)
+            model = AutoModelForCausalLM.from_config(model_config)
         else:
-            path = getattr(self.cfg, which)
+            path = resolve_model_source(getattr(self.cfg, which))
             tok = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path)
         model.to(self.device).eval()

@@ -82,6 +82,9 @@ def seed(out: Path) -> None:
 
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # The seed (this process only) trains a tiny reward model built from a config; the server and
+    # worker keep the default, which loads the saved model as any operator's would.
+    os.environ["ALLOW_MODEL_FROM_CONFIG"] = "1"
     django.setup()
     from django.conf import settings
 

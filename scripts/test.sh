@@ -8,6 +8,8 @@ export SECRET_KEY="test-only-secret-key-not-for-production"
 export DEBUG=0 STATIC_MANIFEST=0 VAR_DIR="${VAR_DIR:-$PWD/var/test}"
 # Hundreds of test users: a fast password hash (the workers and servers the tests start inherit it).
 export TEST_FAST_PASSWORD_HASHING=1
+# Tests build tiny models from configs (off by default: models_srv/model_sources.py).
+export ALLOW_MODEL_FROM_CONFIG=1
 # The live server in browser tests speaks plain HTTP on 127.0.0.1.
 export SESSION_COOKIE_SECURE=0 CSRF_COOKIE_SECURE=0
 BIN=.venv/bin

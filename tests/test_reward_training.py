@@ -12,6 +12,7 @@ import pytest
 from annotation.importing import import_items
 from annotation.models import Item
 from models_srv import services
+from models_srv.model_sources import ModelSourceError
 from models_srv.models import ResponseScore, RewardModelVersion
 from tests.conftest import jsonl
 
@@ -127,10 +128,11 @@ def test_versions_roll_back_and_runs_can_be_cancelled(synthetic_project) -> None
     assert services.training_run(version_id=queued.id) is None
 
 
-def test_a_failing_run_is_marked_failed_and_leaves_no_artifacts(synthetic_project, tmp_path) -> None:
-    config = {"backbone": str(tmp_path / "no-such-model"), "mode": "frozen"}
+def test_a_failing_run_is_marked_failed_and_leaves_no_artifacts(synthetic_project, tmp_path, settings) -> None:
+    settings.MODEL_DIRS = [str(tmp_path / "models")]  # allowed, but there is no such model
+    config = {"backbone": str(tmp_path / "models" / "no-such-model"), "mode": "frozen"}
     version = services.training_start(project=synthetic_project, config=config, enqueue=False)
-    with pytest.raises(OSError):
+    with pytest.raises(ModelSourceError):
         services.training_run(version_id=version.id)
     version.refresh_from_db()
     assert version.status == "failed" and "no-such-model" in version.error

@@ -32,7 +32,9 @@ class Command(BaseCommand):
         parser.add_argument("--policies", default=",".join(POLICIES), help=f"Policies, of {POLICIES}.")
         parser.add_argument("--budgets", default="0,10,25,50,100", type=_floats, help="Human budgets in %%.")
         parser.add_argument("--seeds", type=int, default=5)
-        parser.add_argument("--backbone", default="default", help="Frozen backbone: HF id or path.")
+        parser.add_argument(
+            "--backbone", default="default", help="Frozen backbone: a Hugging Face id, or a folder under MODEL_DIRS."
+        )
         parser.add_argument("--max-length", type=int, default=128)
         parser.add_argument("--out", type=Path, required=True, help="Folder for results.json, results.csv, plot.png")
 

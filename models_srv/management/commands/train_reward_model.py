@@ -5,14 +5,15 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from annotation.models import Project
 from models_srv import services
-from models_srv.engine import TrainConfig
+from models_srv.engine import TrainConfig, check_sources
 
 
 class Command(BaseCommand):
     help = (
         "Train a reward model on a project's judgments: queued on the Celery gpu queue, or in this "
         "process with --foreground (printing progress). Multi-GPU: torchrun --nproc_per_node=N manage.py "
-        "train_reward_model --foreground --mode full ..."
+        "train_reward_model --foreground --mode full ... The backbone follows the rule of the web and the API "
+        "(the workers load it): 'default', a Hugging Face id in the local cache, or a folder under MODEL_DIRS."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -33,6 +34,7 @@ class Command(BaseCommand):
         config = json.loads(opts["config"]) if opts["config"] else {}
         config.update({k: opts[k] for k in TrainConfig.model_fields if opts.get(k) is not None})
         try:
+            check_sources(TrainConfig.model_validate(config))
             version = services.training_start(project=project, config=config, enqueue=not opts["foreground"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
