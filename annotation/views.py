@@ -151,7 +151,7 @@ def _schema_preview(schema: JudgmentSchema) -> str:
         "project": Project(overlap=1),
         "schema": schema,
         "assignment": True,
-        "progress": {"percent": 0, "done": 0, "total": 1, "mine": 0, "today": 0, "avg_seconds": 0, "skipped_today": 0},
+        "progress": {"percent": 0, "collected": 0, "wanted": 1, "done": 0, "total": 1, "mine": 0, "today": 0, "avg_seconds": 0, "skipped_today": 0},
         "item": item,
         "shown": shown,
         "submit_url": "",

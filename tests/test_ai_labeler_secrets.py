@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation.importing import import_items
-from annotation.models import Labeler, Project
+from annotation.models import Judgment, Labeler, Project
 from models_srv.labeling import run_execute, run_start
 from models_srv.models import AILabelRun
 from tests.conftest import jsonl, start_worker, stop_worker
@@ -145,7 +145,8 @@ def test_the_host_allow_list_refuses_other_hosts(llm_project: Project, curator: 
 
         # The operator narrows the list later: the saved labeler no longer connects.
         settings.AI_LABELER_ALLOWED_HOSTS = [".judges.example.org"]
-        again = run_start(project=llm_project, labeler=labeler, item_ids=[], enqueue=False)
+        Judgment.objects.filter(labeler=labeler).delete()  # something left to label
+        again = run_start(project=llm_project, labeler=labeler, enqueue=False)
         again = run_execute(run_id=again.id)
         assert again.status == "failed" and "AI_LABELER_ALLOWED_HOSTS" in again.error
         assert sum(server.calls.values()) == calls
