@@ -242,7 +242,8 @@ def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[
         if j.source != LabelSource.AI:
             per[j.labeler_id].append(j)
     for lab_id in data.gold:  # an annotator who has answered only gold items so far
-        if data.labelers.get(lab_id, {}).get("kind") in HUMAN:
+        kind = data.labelers.get(lab_id, {}).get("kind")
+        if kind and source_of_kind(kind) != LabelSource.AI:
             per.setdefault(lab_id, [])
     users = {lab_id: lab for lab_id, lab in data.labelers.items() if lab["kind"] == "human"}
     skips = dict(
