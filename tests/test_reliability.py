@@ -253,7 +253,7 @@ def test_an_export_whose_worker_is_killed_is_redelivered_and_verifies(
     time.sleep(3.5)  # past the visibility timeout: the unacknowledged task is handed out again
     second = start_worker(tmp_path / "w2.log", **SLOW_EXPORT)
     try:
-        snapshot = _wait_finished(snapshot, 45)
+        snapshot = _wait_finished(snapshot, 180)
     finally:
         stop_worker(second)
 
@@ -301,7 +301,7 @@ def test_an_export_whose_worker_is_killed_is_requeued_by_the_sweep(
     second = start_worker(tmp_path / "w2.log", **env)
     try:
         recover_stale_exports.delay()  # what beat sends every minute
-        snapshot = _wait_finished(snapshot, 60)
+        snapshot = _wait_finished(snapshot, 180)
     finally:
         stop_worker(second)
         with app.connection_for_write() as conn:  # forget the killed delivery: no later test gets it

@@ -118,6 +118,19 @@ def kill_at_first_training_report(worker, version) -> None:
         stop_worker(worker, kill=True)
 
 
+def wait_until_stale(version, seconds: float) -> None:
+    """Wait until the run's last heartbeat is more than `seconds` old (a dead worker beats no more)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    while True:
+        version.refresh_from_db()
+        if timezone.now() - version.heartbeat_at > timedelta(seconds=seconds + 0.5):
+            return
+        time.sleep(0.1)
+
+
 def assert_killed_mid_run(version) -> None:
     """Killed while training: still `running`, nothing registered, no folder in its final place."""
     from models_srv.services import artifacts_root
@@ -156,6 +169,10 @@ def test_a_worker_killed_mid_run_leaves_the_registry_consistent(worker_env, make
     version = training_start(project=project, config=KILLED_RUN)
     kill_at_first_training_report(first, version)
     assert_killed_mid_run(version)
+    # A redelivered message leaves a run whose heartbeat is still fresh to its owner (the sweep
+    # would take it later): start the next worker only once the dead run has gone stale, or the
+    # message can arrive first and be dropped, leaving the run to a sweep this test has no beat for.
+    wait_until_stale(version, seconds=float(env["RM_HEARTBEAT_STALE_SECONDS"]))
     second = start_worker(tmp_path / "w2.log", **env)  # the broker hands the unacked task out again
     try:
         version = wait_for_run(version, {"succeeded", "failed"})
