@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from annotation.importing import ImportRefused, ImportResult, RowError, import_items
 from annotation.models import GuidelinesVersion, ImportJob, Item, Membership, Project, SchemaVersion
 from annotation.schema import JudgmentSchema, format_validation_error
-from config.jobs import JobLost, liveness, stale_after
+from config.jobs import JobLost, liveness, stale_after, sweep_stale
 
 log = logging.getLogger(__name__)
 
@@ -307,22 +307,15 @@ def recover_stale_imports(now: Any = None) -> dict[str, int]:
     from annotation.tasks import run_import_job
 
     now = now or timezone.now()
-    stale = ImportJob.objects.filter(_silent_since(now - stale_after()), status=ImportJob.Status.RUNNING)
-    counts = {"requeued": 0, "failed": 0}
-    for job_id, uuid, attempts in stale.values_list("id", "uuid", "attempts"):
-        row = stale.filter(id=job_id, attempts=attempts)  # still as read: not revived meanwhile
-        with transaction.atomic():
-            if attempts >= IMPORT_MAX_ATTEMPTS:
-                gone = row.update(status=ImportJob.Status.FAILED, errors=[_GAVE_UP], finished_at=now)
-                counts["failed"] += gone
-            else:
-                gone = row.update(status=ImportJob.Status.PENDING)
-                counts["requeued"] += gone
-                if gone:
-                    transaction.on_commit(lambda job_id=job_id: run_import_job.delay(job_id))
-        if gone:
-            log.warning("import job %s: its worker went silent (attempt %s)", uuid, attempts)
-    return counts
+    return sweep_stale(
+        ImportJob.objects.filter(_silent_since(now - stale_after()), status=ImportJob.Status.RUNNING),
+        what="import job",
+        name="uuid",
+        max_attempts=IMPORT_MAX_ATTEMPTS,
+        give_up=lambda attempts: {"status": ImportJob.Status.FAILED, "errors": [_GAVE_UP], "finished_at": now},
+        requeue=lambda attempts: {"status": ImportJob.Status.PENDING},
+        send=lambda job: run_import_job.delay(job["id"]),
+    )
 
 
 def import_file(*, project: Project, path: Path, fmt: str | None = None) -> ImportResult:

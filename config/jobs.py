@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -110,3 +110,43 @@ def liveness(owned: QuerySet[Any], *, every: float | None = None, field: str = "
         yield beat
     finally:
         beat.stop()
+
+
+def sweep_stale(
+    stale: QuerySet[Any],
+    *,
+    what: str,
+    max_attempts: int,
+    give_up: Callable[[int], dict[str, Any]],
+    requeue: Callable[[int], dict[str, Any]],
+    send: Callable[[dict[str, Any]], None],
+    fields: tuple[str, ...] = (),
+    name: str = "id",
+    cleanup: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, int]:
+    """Re-queue or fail the running jobs in `stale` (those whose heartbeat went silent).
+
+    The periodic sweeps of every job kind share this shape; each kind supplies its specifics:
+    `give_up(attempts)` and `requeue(attempts)` give the fields to write, `send(job)` sends the
+    task again (on commit), `cleanup(job)` removes what a dead attempt half-wrote (before the task
+    goes out, so the next attempt's files are never touched). `job` is the row's `id`,
+    `attempts`, `name` and `fields` as a dict. Row by row, each update is conditional on the
+    attempt read: a job that reported or was revived in between is left alone."""
+    counts = {"requeued": 0, "failed": 0}
+    for job in stale.values(*dict.fromkeys(("id", "attempts", name, *fields))):
+        attempts = job["attempts"]
+        row = stale.filter(id=job["id"], attempts=attempts)
+        with transaction.atomic():
+            if attempts >= max_attempts:
+                gone = row.update(**give_up(attempts))
+                counts["failed"] += gone
+            else:
+                gone = row.update(**requeue(attempts))
+                counts["requeued"] += gone
+                if gone:
+                    transaction.on_commit(lambda job=job: send(job))
+            if gone:
+                log.warning("%s %s: its worker went silent (attempt %s)", what, job[name], attempts)
+                if cleanup is not None:
+                    cleanup(job)
+    return counts

@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from annotation import audit, queue
 from annotation.models import ImportJob, Item, Labeler, Project
-from config.jobs import JobLost, liveness
+from config.jobs import JobLost, liveness, stale_after, sweep_stale
 from curation.exporting import (
     ExportError,
     ExportFilters,
@@ -183,8 +183,7 @@ def curation_action_undo(*, action: CurationAction, actor: AbstractBaseUser | No
 
 
 def heartbeat_stale_after() -> timedelta:
-    seconds = getattr(settings, "EXPORT_HEARTBEAT_STALE_SECONDS", None) or settings.RM_HEARTBEAT_STALE_SECONDS
-    return timedelta(seconds=seconds)
+    return stale_after(settings.EXPORT_HEARTBEAT_STALE_SECONDS)
 
 
 def _check_labelers(project: Project, ids: list[int] | None) -> None:
@@ -384,30 +383,24 @@ def recover_stale_exports(now: Any = None) -> dict[str, int]:
     from curation.tasks import export_snapshot
 
     now = now or timezone.now()
-    stale = ExportSnapshot.objects.filter(status=ExportStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after())
-    counts = {"requeued": 0, "failed": 0}
-    for snapshot_id, code, attempts in stale.values_list("id", "code", "attempts"):
-        row = stale.filter(id=snapshot_id, attempts=attempts)  # still as read: not revived meanwhile
-        with transaction.atomic():
-            if attempts >= MAX_ATTEMPTS:
-                gone = row.update(
-                    status=ExportStatus.FAILED,
-                    error=f"the worker stopped reporting (killed or lost), {attempts} attempts: gave up",
-                    finished_at=now,
-                    progress={"phase": "failed"},
-                )
-                counts["failed"] += gone
-            else:
-                gone = row.update(
-                    status=ExportStatus.PENDING, progress={"phase": "queued", "after_lost_attempt": attempts}
-                )
-                counts["requeued"] += gone
-                if gone:
-                    transaction.on_commit(lambda snapshot_id=snapshot_id: export_snapshot.delay(snapshot_id))
-            if gone:  # before the task goes out: the next attempt's folder is never touched
-                log.warning("export %s: its worker went silent (attempt %s)", code, attempts)
-                _remove_partials(code)
-    return counts
+    return sweep_stale(
+        ExportSnapshot.objects.filter(status=ExportStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after()),
+        what="export",
+        name="code",
+        max_attempts=MAX_ATTEMPTS,
+        give_up=lambda attempts: {
+            "status": ExportStatus.FAILED,
+            "error": f"the worker stopped reporting (killed or lost), {attempts} attempts: gave up",
+            "finished_at": now,
+            "progress": {"phase": "failed"},
+        },
+        requeue=lambda attempts: {
+            "status": ExportStatus.PENDING,
+            "progress": {"phase": "queued", "after_lost_attempt": attempts},
+        },
+        send=lambda job: export_snapshot.delay(job["id"]),
+        cleanup=lambda job: _remove_partials(job["code"]),
+    )
 
 
 def export_copy_to(*, snapshot: ExportSnapshot, out: str | Path) -> list[str]:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from annotation.models import Item, Judgment, Labeler, Project
 from annotation.schema import format_validation_error
-from config.jobs import JobLost, liveness, stale_after
+from config.jobs import JobLost, liveness, stale_after, sweep_stale
 from models_srv.judges import CONFIGS, JudgeError, LLMJudgeConfig, encrypt_api_key, endpoint_refusal, make_judge
 from models_srv.models import AILabelFailure, AILabelRun, RunStatus
 
@@ -162,25 +162,22 @@ def recover_stale_label_runs(now: Any = None) -> dict[str, int]:
 
     now = now or timezone.now()
     cutoff = now - stale_after()
-    stale = AILabelRun.objects.filter(
-        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff), status=RunStatus.RUNNING
+
+    def send(job: dict[str, Any]) -> None:
+        task = gpu_ai_label_run if job["labeler__kind"] == Labeler.Kind.DENSITY_RATIO else ai_label_run
+        task.delay(job["id"])
+
+    return sweep_stale(
+        AILabelRun.objects.filter(
+            Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff), status=RunStatus.RUNNING
+        ),
+        what="AI run",
+        fields=("labeler__kind",),
+        max_attempts=MAX_ATTEMPTS,
+        give_up=lambda attempts: {"status": RunStatus.FAILED, "error": _GAVE_UP, "finished_at": timezone.now()},
+        requeue=lambda attempts: {"status": RunStatus.QUEUED},
+        send=send,
     )
-    counts = {"requeued": 0, "failed": 0}
-    for run_id, kind, attempts in stale.values_list("id", "labeler__kind", "attempts"):
-        row = stale.filter(id=run_id, attempts=attempts)  # still as read: not revived meanwhile
-        with transaction.atomic():
-            if attempts >= MAX_ATTEMPTS:
-                gone = _end(row, RunStatus.FAILED, _GAVE_UP)
-                counts["failed"] += gone
-            else:
-                gone = row.update(status=RunStatus.QUEUED)
-                counts["requeued"] += gone
-                task = gpu_ai_label_run if kind == Labeler.Kind.DENSITY_RATIO else ai_label_run
-                if gone:
-                    transaction.on_commit(lambda task=task, run_id=run_id: task.delay(run_id))
-        if gone:
-            log.warning("AI run %s: its worker went silent (attempt %s)", run_id, attempts)
-    return counts
 
 
 def _batch(run: AILabelRun, mine: Any, judge: Any, schema: Any, ids: list[int]) -> None:

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from annotation import audit
 from annotation.models import Item, Judgment, Project
-from config.jobs import JobLost, liveness
+from config.jobs import JobLost, liveness, stale_after, sweep_stale
 from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create
 from models_srv.models import ResponseScore, RewardModelVersion, RunStatus
 
@@ -40,7 +40,7 @@ MAX_ATTEMPTS = 3
 
 def heartbeat_stale_after() -> timedelta:
     """How long a running version may go without a progress report before it counts as dead."""
-    return timedelta(seconds=settings.RM_HEARTBEAT_STALE_SECONDS)
+    return stale_after(settings.RM_HEARTBEAT_STALE_SECONDS)
 
 
 def artifacts_root() -> Path:
@@ -258,29 +258,24 @@ def recover_stale_runs(now: Any = None) -> dict[str, int]:
     from models_srv.tasks import train_reward_model
 
     now = now or timezone.now()
-    stale = RewardModelVersion.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after())
-    counts = {"requeued": 0, "failed": 0}
-    for run_id, run_uuid, slug, attempts in stale.values_list("id", "uuid", "project__slug", "attempts"):
-        # Row by row, conditional on the state read: a run that reported in between is left alone.
-        row = stale.filter(id=run_id, attempts=attempts)
-        with transaction.atomic():
-            if attempts >= MAX_ATTEMPTS:
-                gone = row.update(
-                    status=RunStatus.FAILED,
-                    error=f"the worker stopped reporting (killed or lost), {attempts} attempts: gave up",
-                    finished_at=now,
-                    progress={"phase": "failed"},
-                )
-                counts["failed"] += gone
-            else:
-                gone = row.update(status=RunStatus.QUEUED, progress={"phase": "queued", "after_lost_attempt": attempts})
-                counts["requeued"] += gone
-                if gone:
-                    transaction.on_commit(lambda run_id=run_id: train_reward_model.delay(run_id))
-            if gone:  # before the task goes out: the next attempt's folder is never touched
-                log.warning("training run %s: its worker went silent (attempt %s)", run_id, attempts)
-                _remove_partials(slug, run_uuid)
-    return counts
+    return sweep_stale(
+        RewardModelVersion.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after()),
+        what="training run",
+        fields=("uuid", "project__slug"),
+        max_attempts=MAX_ATTEMPTS,
+        give_up=lambda attempts: {
+            "status": RunStatus.FAILED,
+            "error": f"the worker stopped reporting (killed or lost), {attempts} attempts: gave up",
+            "finished_at": now,
+            "progress": {"phase": "failed"},
+        },
+        requeue=lambda attempts: {
+            "status": RunStatus.QUEUED,
+            "progress": {"phase": "queued", "after_lost_attempt": attempts},
+        },
+        send=lambda job: train_reward_model.delay(job["id"]),
+        cleanup=lambda job: _remove_partials(job["project__slug"], job["uuid"]),
+    )
 
 
 def rescore(*, version_id: int, batch: int = 512) -> int:
