@@ -50,6 +50,21 @@ def wsgi_app() -> Iterator[Any]:
     request_finished.connect(close_old_connections)
 
 
+def real_path_parameters(operation: Any, project: Project, *, curator: Any, annotator: Any) -> dict[str, Any]:
+    """The operation's path parameters as the ids of real objects of `project` (built for it)."""
+    names = re.findall(r"{(\w+)}", operation.path)
+    world = build_world(project, curator=curator, annotator=annotator, export="export_id" in names)
+    real = {
+        "slug": project.slug,
+        "job_id": str(world["job"].uuid),
+        "version_id": str(world["version"].uuid),
+        "labeler_id": world["ai"].id,
+        "run_id": str(world["run"].uuid),
+        "export_id": str(world["export"].code) if "export" in world else None,
+    }
+    return {name: real[name] for name in names}
+
+
 def test_every_operation_is_covered() -> None:
     labels = {op.label for op in OPERATIONS}
     assert "POST /api/v1/projects/{slug}/exports" in labels
@@ -63,17 +78,7 @@ def test_no_input_makes_a_server_error(
 ) -> None:
     settings.VAR_DIR = tmp_path / "var"
     settings.MEDIA_ROOT = tmp_path / "media"
-    names = re.findall(r"{(\w+)}", operation.path)
-    world = build_world(project, curator=curator, annotator=annotator, export="export_id" in names)
-    real = {
-        "slug": project.slug,
-        "job_id": str(world["job"].uuid),
-        "version_id": str(world["version"].uuid),
-        "labeler_id": world["ai"].id,
-        "run_id": str(world["run"].uuid),
-        "export_id": str(world["export"].code) if "export" in world else None,
-    }
-    known = {name: real[name] for name in names}
+    known = real_path_parameters(operation, project, curator=curator, annotator=annotator)
     modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
     strategies = [operation.as_strategy(mode) for mode in modes]
     if known:

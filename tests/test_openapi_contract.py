@@ -31,8 +31,11 @@ from annotation.models import Project
 from config.api import api
 from models_srv.api import LabelerIn
 from models_srv.judges import CONFIGS
-from tests.test_api import build_world, token_for
-from tests.test_api_schemathesis import wsgi_app  # noqa: F401 - a fixture
+from tests.test_api import token_for
+from tests.test_api_schemathesis import (
+    real_path_parameters,
+    wsgi_app,  # noqa: F401 - a fixture
+)
 
 OPENAPI = api.get_openapi_schema()
 SCHEMA = schemathesis.openapi.from_dict(OPENAPI)
@@ -124,17 +127,7 @@ def test_the_api_answers_only_what_it_declares_and_accepts_schema_valid_input(
 ) -> None:
     settings.VAR_DIR = tmp_path / "var"
     settings.MEDIA_ROOT = tmp_path / "media"
-    names = re.findall(r"{(\w+)}", operation.path)
-    world = build_world(project, curator=curator, annotator=annotator, export="export_id" in names)
-    real = {
-        "slug": project.slug,
-        "job_id": str(world["job"].uuid),
-        "version_id": str(world["version"].uuid),
-        "labeler_id": world["ai"].id,
-        "run_id": str(world["run"].uuid),
-        "export_id": str(world["export"].code) if "export" in world else None,
-    }
-    known = {name: real[name] for name in names}
+    known = real_path_parameters(operation, project, curator=curator, annotator=annotator)
     checks = [not_a_server_error, status_code_conformance]
     headers = {"Authorization": f"Bearer {token_for(curator)}"}
 
