@@ -212,7 +212,9 @@ def _export_mid_run(project: Any, curator: Any, tmp_path: Path, env: dict[str, s
     import_items(project=project, fileobj=jsonl([pair_row(i, label="AB"[i % 2]) for i in range(EXPORT_ITEMS)]))
     worker = start_worker(tmp_path / "w1.log", **env)
     try:
-        snapshot = export_create(project=project, user=curator, filters={}, formats=["pairs", "raw"])
+        # The labels come in the file: the imported source (the default exports annotators' only).
+        filters = {"label_source": "imported"}
+        snapshot = export_create(project=project, user=curator, filters=filters, formats=["pairs", "raw"])
 
         def writing() -> bool:
             snapshot.refresh_from_db()
