@@ -11,7 +11,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,8 @@ from tests.test_worker import (
     import_items_rows,
     kill_at_first_training_report,
     wait_for_run,
+    wait_until_stale,
 )
-
-
-def _wait_stale(version: Any, seconds: float) -> None:
-    """Until the killed run's last heartbeat is `seconds` old (by the database's clock)."""
-    while True:
-        version.refresh_from_db()
-        if version.heartbeat_at < timezone.now() - timedelta(seconds=seconds):
-            return
-        time.sleep(0.2)
 
 
 @pytest.mark.worker
@@ -54,7 +45,7 @@ def test_a_killed_training_run_is_requeued_by_the_sweep_and_finishes(worker_env,
     version = training_start(project=project, config=KILLED_RUN)
     kill_at_first_training_report(first, version)
     assert_killed_mid_run(version)
-    _wait_stale(version, 2)
+    wait_until_stale(version, seconds=2)
     second = start_worker(tmp_path / "w2.log", **env)
     try:
         recover_stale_runs.delay()  # what beat sends every minute, run by the worker

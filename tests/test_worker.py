@@ -118,16 +118,19 @@ def kill_at_first_training_report(worker, version) -> None:
         stop_worker(worker, kill=True)
 
 
-def wait_until_stale(version, seconds: float) -> None:
-    """Wait until the run's last heartbeat is more than `seconds` old (a dead worker beats no more)."""
+def wait_until_stale(version, seconds: float, timeout: float = 120) -> None:
+    """Wait until the run's last heartbeat is more than `seconds` old (a dead worker beats no more).
+    Bounded: a heartbeat that never goes stale (something still beating) fails instead of hanging."""
     from datetime import timedelta
 
     from django.utils import timezone
 
+    deadline = time.monotonic() + timeout
     while True:
         version.refresh_from_db()
         if timezone.now() - version.heartbeat_at > timedelta(seconds=seconds + 0.5):
             return
+        assert time.monotonic() < deadline, f"heartbeat still fresh after {timeout} s: {version.heartbeat_at}"
         time.sleep(0.1)
 
 
