@@ -401,6 +401,9 @@ CELERY_TASK_EAGER_PROPAGATES = True
 # whatever the job is doing; a job silent for *_HEARTBEAT_STALE_SECONDS is re-queued (or failed).
 JOB_HEARTBEAT_SECONDS = env.float("JOB_HEARTBEAT_SECONDS", default=15.0)
 JOB_HEARTBEAT_STALE_SECONDS = env.int("JOB_HEARTBEAT_STALE_SECONDS", default=90)
+# Top-mode reward-model training keeps the frozen lower layers' output for every text in memory
+# (fp16) up to this many MB; beyond it each step runs the whole backbone (slower, same model).
+RM_ACTIVATION_CACHE_MB = env.int("RM_ACTIVATION_CACHE_MB", default=4096)
 RM_HEARTBEAT_STALE_SECONDS = env.int("RM_HEARTBEAT_STALE_SECONDS", default=JOB_HEARTBEAT_STALE_SECONDS)
 EXPORT_HEARTBEAT_STALE_SECONDS = env.int("EXPORT_HEARTBEAT_STALE_SECONDS", default=RM_HEARTBEAT_STALE_SECONDS)
 # Items an export reads per page: memory against round trips.

@@ -52,12 +52,18 @@ class TrainConfig(BaseModel):
         description="'default' (the packaged MiniLM), a Hugging Face id in the workers' cache, or a folder under "
         "the operator's MODEL_DIRS",
     )
-    mode: Literal["frozen", "full"] = "frozen"
+    mode: Literal["top", "frozen", "full"] = Field(
+        default="frozen",
+        description="top: the backbone's lower layers frozen and run once, its top layers fine-tuned with the "
+        "heads on the whole dialogue; frozen: heads only, on cached embeddings; full: every weight fine-tuned "
+        "(for GPUs)",
+    )
+    top_layers: int = Field(default=2, ge=1, le=64, description="layers fine-tuned in top mode")
     max_length: int = Field(default=256, ge=16, le=8192)
-    epochs: int = Field(default=0, ge=0, le=1000, description="0 = the mode's default (frozen 60, full 2)")
+    epochs: int = Field(default=0, ge=0, le=1000, description="0 = the mode's default (top 1, frozen 60, full 2)")
     batch_size: int = Field(default=16, ge=1, le=4096)
     grad_accum: int = Field(default=1, ge=1, le=1024)
-    lr: float = Field(default=0.0, ge=0, description="0 = the mode's default (frozen 3e-3, full 3e-5)")
+    lr: float = Field(default=0.0, ge=0, description="0 = the mode's default (top 1e-4, frozen 3e-3, full 3e-5)")
     weight_decay: float = Field(default=1e-3, ge=0)
     l2: float = Field(
         default=0.02, ge=0, description="L2 penalty on the heads' weights (a linear head overfits without it)"
@@ -82,10 +88,10 @@ class TrainConfig(BaseModel):
     from_config: dict[str, Any] | None = None
 
     def resolved_epochs(self) -> int:
-        return self.epochs or (60 if self.mode == "frozen" else 2)
+        return self.epochs or {"frozen": 60, "top": 1, "full": 2}[self.mode]
 
     def resolved_lr(self) -> float:
-        return self.lr or (3e-3 if self.mode == "frozen" else 3e-5)
+        return self.lr or {"frozen": 3e-3, "top": 1e-4, "full": 3e-5}[self.mode]
 
 
 def check_sources(config: TrainConfig) -> None:
@@ -180,6 +186,9 @@ class Encoder:
             or self.model.config.model_type in {"gpt2", "llama", "mistral", "qwen2", "gemma", "phi", "opt", "gpt_neox"}
         )
         self.dim = int(self.model.config.hidden_size)
+        # top mode reads the whole dialogue as one text, keeping its end; the others pair prompt and
+        # response and pool the response's tokens
+        self.dialogue = config.mode == "top"
         self.key = hashlib.sha256(
             json.dumps(
                 [
@@ -188,7 +197,7 @@ class Encoder:
                     config.seed if config.from_config else None,
                     config.max_length,
                     self.decoder,
-                    "response-pool",  # bump when pooling changes, so cached embeddings are not mixed
+                    "dialogue" if self.dialogue else "response-pool",  # bump when pooling changes
                 ],
                 sort_keys=True,
             ).encode()
@@ -202,6 +211,8 @@ class Encoder:
         token boundaries (offsets of a fast tokenizer), then the two parts are encoded as a pair so
         each backbone gets its own special tokens."""
         tok = self.tokenizer
+        if self.dialogue:
+            return self._encode_dialogue(prompt, response), None
         p = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
         r = tok(response, add_special_tokens=False, return_offsets_mapping=True)
         lp, lr = len(p["input_ids"]), len(r["input_ids"])
@@ -213,6 +224,25 @@ class Encoder:
         out = tok(p_text, r_text, truncation=True, max_length=self.config.max_length)
         types = out.get("token_type_ids")
         return out["input_ids"], (list(types) if types is not None and any(types) else None)
+
+    def _encode_dialogue(self, prompt: str, response: str) -> list[int]:
+        """The dialogue as one text ("<prompt>\n\nAssistant: <response>"), cut from the start: a
+        reward model reads the response in its context, and the latest turns matter most."""
+        tok = self.tokenizer
+        text = f"{prompt}\n\nAssistant: {response}" if prompt else response
+        ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
+        prefix, suffix = self._specials()
+        keep = max(1, self.config.max_length - len(prefix) - len(suffix))
+        return prefix + list(ids[-keep:]) + suffix
+
+    def _specials(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after one text ([CLS] / [SEP], <s>)."""
+        if not hasattr(self, "_special_ids"):
+            bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+            full = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+            at = next((i for i in range(len(full)) if full[i : i + len(bare)] == bare), 0)
+            self._special_ids = (list(full[:at]), list(full[at + len(bare) :]))
+        return self._special_ids
 
     def ids(self, prompt: str, response: str) -> list[int]:
         return self.encode(prompt, response)[0]
@@ -276,6 +306,126 @@ class Encoder:
                 if progress:
                     progress(min(len(order), start + bs))
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Top mode: the lower layers frozen and run once, the top layers trained over their cached output
+
+
+def layer_stack(model: Any) -> Any:
+    """The backbone's list of transformer blocks (BERT-like `encoder.layer`, Llama-like `layers`,
+    GPT-2-like `h`, ...), or ValueError naming the model type."""
+    from torch import nn
+
+    for path in ("encoder.layer", "layers", "h", "decoder.layers", "transformer.layer", "transformer.h"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.ModuleList) and len(obj):
+            return obj
+    raise ValueError(f"top mode: no list of layers found in a {model.config.model_type!r} model; use mode 'full'")
+
+
+def top_param_names(model: Any, n: int) -> list[str]:
+    """The parameters top mode trains: the last `n` blocks and what follows them (a final norm),
+    not the embeddings nor the blocks below."""
+    layers = layer_stack(model)
+    lower = {id(p) for layer in layers[: max(0, len(layers) - n)] for p in layer.parameters()}
+    return [
+        name
+        for name, param in model.named_parameters()
+        if id(param) not in lower and not any(e in name for e in ("embed", "wte", "wpe"))
+    ]
+
+
+class TopLayers:
+    """The top `n` blocks of a backbone as the only trainable part (with whatever follows them,
+    such as a final norm). For BERT-like encoders the input of the first trained block is computed
+    once per text, without gradients, and kept (fp16, each text at its own length) while it fits
+    in `cache_mb`; each step then runs only the trained blocks. Otherwise (decoders, or too many
+    tokens to keep) each step runs the whole backbone, gradients stopping at the trained blocks.
+    Both paths compute the same function; the first cached batch is checked against the whole
+    backbone and the cache is dropped if they differ."""
+
+    def __init__(self, encoder: Encoder, n: int, cache_mb: int) -> None:
+        self.encoder = encoder
+        model = encoder.model
+        self.layers = layer_stack(model)
+        self.n = min(n, len(self.layers))
+        self.top = self.layers[len(self.layers) - self.n :]
+        names = set(top_param_names(model, n))
+        self.params = []
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in names)
+            if name in names:
+                self.params.append(param)
+        self.cache_mb = cache_mb
+        self.cacheable = not encoder.decoder and hasattr(getattr(model, "encoder", None), "layer")
+        self.states: dict[tuple[str, str], Any] = {}
+
+    def fill(
+        self, texts: list[tuple[str, str]], token_ids: dict[tuple[str, str], Any], progress: Callable[[int], None]
+    ) -> bool:
+        """Compute and keep the trained blocks' input for every text; False when it would not fit."""
+        import torch
+
+        if not self.cacheable:
+            return False
+        tokens = sum(len(token_ids[t][0]) for t in texts)
+        if tokens * self.encoder.dim * 2 > self.cache_mb * 2**20:
+            return False
+        model = self.encoder.model
+        level = len(self.layers) - self.n
+        order = sorted(range(len(texts)), key=lambda i: len(token_ids[texts[i]][0]))
+        was_training = model.training
+        model.eval()
+        bs = self.encoder.config.embed_batch_size
+        with torch.inference_mode():
+            for start in range(0, len(order), bs):
+                keys = [texts[i] for i in order[start : start + bs]]
+                inputs = self.encoder.batch([token_ids[k] for k in keys])
+                hidden = model(**inputs, output_hidden_states=True).hidden_states[level]
+                lengths = inputs["attention_mask"].sum(1).tolist()
+                for k, h, n in zip(keys, hidden, lengths, strict=True):
+                    self.states[k] = h[:n].to(torch.float16).cpu().clone()
+                progress(min(len(order), start + bs))
+        model.train(was_training)
+        return True
+
+    def forward(self, keys: list[tuple[str, str]]) -> Any:
+        """Pooled embeddings of cached texts through the trained blocks (mean over all tokens)."""
+        import torch
+
+        device = self.encoder.device
+        width = max(self.states[k].shape[0] for k in keys)
+        hidden = torch.zeros((len(keys), width, self.encoder.dim), dtype=torch.float32)
+        mask = torch.zeros((len(keys), width), dtype=torch.float32)
+        for i, k in enumerate(keys):
+            n = self.states[k].shape[0]
+            hidden[i, :n] = self.states[k].float()
+            mask[i, :n] = 1
+        hidden, mask = hidden.to(device), mask.to(device)
+        h = hidden
+        additive = (1.0 - mask[:, None, None, :]) * torch.finfo(h.dtype).min
+        for layer in self.top:
+            out = layer(h, attention_mask=additive)
+            h = out[0] if isinstance(out, tuple) else out
+        weights = mask.unsqueeze(-1).to(h.dtype)
+        return (h * weights).sum(1) / weights.sum(1).clamp(min=1e-6)
+
+    def agrees(self, keys: list[tuple[str, str]], token_ids: dict[tuple[str, str], Any]) -> bool:
+        """The cached path gives what the whole backbone gives, on these texts (checked once)."""
+        import torch
+
+        model = self.encoder.model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            cached = self.forward(keys).float()
+            whole = self.encoder.pool(model, self.encoder.batch([token_ids[k] for k in keys])).float()
+        model.train(was_training)
+        scale = whole.abs().max().clamp(min=1.0)
+        return bool(((cached - whole).abs().max() / scale) < 1e-2)
 
 
 def text_sha(prompt: str, response: str) -> str:
@@ -422,6 +572,11 @@ class RewardModel:
             self.encoder.model.save_pretrained(path / "backbone", safe_serialization=True)
             self.encoder.tokenizer.save_pretrained(path / "backbone")
             meta["backbone_saved"] = True
+        elif self.config.mode == "top":  # only what was trained; the rest is the named backbone
+            state = self.encoder.model.state_dict()
+            names = top_param_names(self.encoder.model, self.config.top_layers)
+            save_file({k: state[k].detach().cpu().contiguous() for k in names}, path / "top_layers.safetensors")
+            meta["top_layers_saved"] = names
         (path / "reward_model.json").write_text(json.dumps(meta, indent=2))
 
 
@@ -436,6 +591,14 @@ def load_model(path: Path, device: str = "auto") -> RewardModel:
         encoder = Encoder(config_for_load, device, saved_backbone=path / "backbone")
     else:
         encoder = Encoder(config, device)
+        if meta.get("top_layers_saved"):
+            state = load_file(path / "top_layers.safetensors")
+            missing = set(meta["top_layers_saved"]) - set(state)
+            unknown = set(state) - set(dict(encoder.model.named_parameters()))
+            if missing or unknown:
+                raise ValueError(f"top_layers.safetensors does not fit the backbone: {sorted(missing | unknown)[:3]}")
+            encoder.model.load_state_dict(state, strict=False)
+            encoder.model.to(device)
     heads = make_heads(meta["dim"], config.ensemble, len(meta["aspects"]), config.head)
     heads.load_state_dict(load_file(path / "heads.safetensors"))
     heads.to(device)
@@ -503,6 +666,15 @@ def train(
         table = cached_embeddings(encoder, texts, embed_progress).to(device)
         params = list(heads.parameters())
         model = None
+    elif config.mode == "top":
+        table = None
+        model = encoder.model
+        model.train()
+        for module in model.modules():  # dropout off, as in full mode's default
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        top = TopLayers(encoder, config.top_layers, _activation_cache_mb())
+        params = top.params + list(heads.parameters())
     else:
         table = None
         model = encoder.model
@@ -518,7 +690,12 @@ def train(
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
-    optimizer = torch.optim.AdamW(params, lr=config.resolved_lr(), weight_decay=config.weight_decay)
+    lr = config.resolved_lr()
+    if config.mode == "top":  # the heads start from nothing; the blocks from pretrained weights
+        groups = [{"params": top.params, "lr": lr}, {"params": list(heads.parameters()), "lr": lr * 10}]
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     dtype = autocast_dtype(config.precision, device)
     gen = torch.Generator().manual_seed(config.seed)
     # Online bootstrap: each ensemble member weighs each example by its own Poisson(1) draw.
@@ -532,10 +709,26 @@ def train(
         )
     }
     token_ids = {} if table is not None else {pr: encoder.encode(*pr) for pr in texts}
+    cached_top = False
+    if config.mode == "top":
+        started = time.monotonic()
+
+        def lower_progress(done: int) -> None:
+            if stop():
+                raise TrainingCancelled
+            rate = done / max(1e-6, time.monotonic() - started)
+            report({"phase": "encoding", "step": done, "total": len(texts), "eta_s": round((len(texts) - done) / rate)})
+
+        cached_top = top.fill(texts, token_ids, lower_progress)
+        if cached_top:
+            probe = texts[: min(8, len(texts))]
+            cached_top = top.agrees(probe, token_ids)
 
     def embed(keys: list[tuple[str, str]]) -> Any:
         if table is not None:
             return table[torch.tensor([index[k] for k in keys], device=device)]
+        if cached_top:
+            return top.forward(keys).float()
         inputs = encoder.batch([token_ids[k] for k in keys])
         return encoder.pool(model, inputs).float()
 
@@ -544,6 +737,13 @@ def train(
     )
     epochs = config.resolved_epochs()
     total = epochs * len(batches)
+    scheduler = None
+    if config.mode == "top":  # warm up over the first tenth of the updates, then decay to zero
+        updates = max(1, math.ceil(total / max(1, world) / config.grad_accum))
+        warm = max(1, updates // 10)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: min(1.0, (k + 1) / warm) * max(0.0, 1.0 - k / updates)
+        )
     step, started, last_report = 0, time.monotonic(), 0.0
     ema = None
     lo_hi = [data.aspects[a] for a in aspects]
@@ -566,6 +766,8 @@ def train(
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if scheduler is not None:
+                    scheduler.step()
             value = float(loss.detach())
             ema = value if ema is None else 0.95 * ema + 0.05 * value
             now = time.monotonic()
@@ -588,6 +790,16 @@ def train(
     if model is not None and world > 1:
         encoder.model = model.module
     return RewardModel(config, encoder, heads, aspects, dict(data.aspects))
+
+
+def _activation_cache_mb() -> int:
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return int(getattr(settings, "RM_ACTIVATION_CACHE_MB", 4096))
+    except ImproperlyConfigured:  # outside Django (a script): the default
+        return 4096
 
 
 def _batches(

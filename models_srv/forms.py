@@ -18,7 +18,8 @@ class TrainForm(forms.Form):
     )
     mode = forms.ChoiceField(
         choices=[
-            ("frozen", "Frozen backbone: train heads on cached embeddings (fast on CPU)"),
+            ("top", "Top layers: fine-tune the backbone's top layers on the whole dialogue"),
+            ("frozen", "Frozen backbone: train heads on cached embeddings (fastest)"),
             ("full", "Full fine-tuning (for GPUs)"),
         ],
         initial=_defaults.mode,

@@ -214,3 +214,69 @@ def test_autotrain_starts_a_run_after_enough_new_judgments(make_project) -> None
     started = services.autotrain_all()
     assert len(started) == 1
     assert services.autotrain_all() == []  # one run at a time, and nothing new since it started
+
+
+TINY3 = {**TINY, "num_hidden_layers": 3}
+
+
+def _top_run(settings, cache_mb: int, backbone: dict | None = TINY3, **extra):
+    from models_srv.data import Examples, PairExample, SplitData
+    from models_srv.engine import TrainConfig, train
+
+    settings.RM_ACTIVATION_CACHE_MB = cache_mb
+    rows = synthetic_pairs(48, seed=3)
+    pairs = []
+    for i, r in enumerate(rows):
+        good, bad = (r["response_a"], r["response_b"]) if r["label"] == "A" else (r["response_b"], r["response_a"])
+        pairs.append(PairExample(i, r["prompt"], good, bad, 1))
+    config = TrainConfig(**{"mode": "top", "top_layers": 1, "epochs": 6, "lr": 2e-3, "max_length": 40, **extra})
+    config = config.model_copy(update={"from_config": backbone})
+    model = train(SplitData(train=Examples(pairs=pairs), eval=Examples(), aspects={}), config)
+    return model, pairs
+
+
+@pytest.mark.django_db
+def test_top_mode_trains_only_the_top_block_and_caches_the_rest(settings) -> None:
+    """Top mode changes the last block (and the heads) only; the cached path computes the same
+    model as running the whole backbone every step (the cache forced off)."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from models_srv.engine import top_param_names
+
+    cached, pairs = _top_run(settings, cache_mb=4096)
+    whole, _ = _top_run(settings, cache_mb=0)
+    texts = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    a, _, _ = cached.score(texts)
+    b, _, _ = whole.score(texts)
+    # the cache keeps fp16 activations, so the two runs drift apart by rounding only
+    margins_a, margins_b = a[:48] - a[48:], b[:48] - b[48:]
+    assert torch.allclose(margins_a, margins_b, atol=5e-3), float((margins_a - margins_b).abs().max())
+    assert float((a[:48] > a[48:]).float().mean()) >= 0.9
+
+    torch.manual_seed(0)  # the same initial weights the run built (seed 0)
+    fresh = AutoModel.from_config(AutoConfig.for_model(**{"vocab_size": cached.encoder.tokenizer.vocab_size, **TINY3}))
+    trained = dict(cached.encoder.model.named_parameters())
+    top = set(top_param_names(cached.encoder.model, 1))
+    assert top and all(".layer.2." in n or "pooler" in n for n in top)
+    for name, param in fresh.named_parameters():
+        changed = not torch.equal(param, trained[name].detach().cpu())
+        if ".layer.2." in name and "weight" in name and "LayerNorm" not in name:
+            assert changed, name
+        if name not in top:
+            assert not changed, name
+
+
+@pytest.mark.django_db
+def test_top_mode_saves_only_its_trained_layers(settings, tmp_path) -> None:
+    """With a real backbone, a version stores the trained block, not a copy of the backbone, and
+    loads back to the same scores."""
+    from models_srv.engine import load_model
+
+    model, pairs = _top_run(settings, cache_mb=4096, backbone=None, epochs=1)
+    model.save(tmp_path / "v")
+    assert (tmp_path / "v" / "top_layers.safetensors").exists() and not (tmp_path / "v" / "backbone").exists()
+    assert (tmp_path / "v" / "top_layers.safetensors").stat().st_size < 10 * 2**20
+    texts = [(p.prompt, p.chosen) for p in pairs[:8]]
+    again = load_model(tmp_path / "v")
+    assert (again.score(texts)[0] - model.score(texts)[0]).abs().max() < 1e-4

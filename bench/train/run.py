@@ -1,13 +1,15 @@
-"""Reward-model training and scoring throughput, side by side with TRL's RewardTrainer.
+"""Reward-model training throughput side by side with TRL's RewardTrainer, at the accuracy each
+reaches on the same held-out pairs.
 
     .venv/bin/pip install -r bench/requirements.txt   # TRL, for the comparison only
-    .venv/bin/python bench/train/run.py [--max-length 128] [--batch 8] [--steps 40] [--device auto]
+    .venv/bin/python bench/train/run.py [--max-length 128] [--batch 8] [--precisions fp32,bf16]
 
-Both trainers get the same backbone (the packaged MiniLM unless --backbone), the same pre-tokenized
-and truncated HH-RLHF pairs (prompt tail + response head, so no pair is dropped or cut differently),
-the same batch size, sequence length, precision, learning rate and number of optimizer steps, in
-the same process. Throughput is measured over the optimizer steps only (model loading excluded).
-Also measured: scoring (pairs/s) and the frozen-backbone path (embedding texts/s, head training).
+One process, the same backbone (the packaged MiniLM unless --backbone), the same 1,280 HH-RLHF
+training pairs (fold 0 of bench/train/cv.py) as the same whole-dialogue token ids (the dialogue's
+end kept, so TRL drops no pair for being longer than max_length), the same batch size, sequence
+length, precision and one epoch each. Throughput is training pairs over the wall time of the
+whole training call, model loading excluded (ours includes its pass of the frozen lower layers).
+Each trained model is then scored on the 320 held-out pairs (accuracy) and timed scoring them.
 """
 
 from __future__ import annotations
@@ -52,88 +54,107 @@ def load_pairs(limit: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def ours_full(pairs, args, device: str) -> dict[str, float]:
+def split(pairs):
+    """Fold 0 of bench/train/cv.py: (training pairs, held-out pairs)."""
+    from cv import folds_of
+
+    folds = folds_of(len(pairs), 5)
+    train_idx = [i for g in folds[1:] for i in g]
+    return [pairs[i] for i in train_idx], [pairs[i] for i in folds[0]]
+
+
+def held_out_accuracy(scores: list[float], n: int) -> float:
+    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(scores[:n], scores[n:], strict=True)) / n
+
+
+def ours(train_pairs, test_pairs, args, device: str, precision: str, mode: str) -> dict[str, float]:
     from models_srv.data import Examples, PairExample, SplitData
     from models_srv.engine import TrainConfig, train
 
     cfg = TrainConfig(
-        mode="full",
+        mode=mode,
         backbone=args.backbone,
         max_length=args.max_length,
         batch_size=args.batch,
         epochs=1,
-        lr=3e-5,
-        ensemble=1,
-        precision=args.precision,
+        precision=precision,
         device=device,
+        **({"lr": 3e-5, "ensemble": 1} if mode == "full" else {}),
     )
-    ex = Examples(pairs=[PairExample(i, p, c, r, 1) for i, (p, c, r) in enumerate(pairs[: args.steps * args.batch])])
-    marks: list[tuple[float, int]] = []
+    ex = Examples(pairs=[PairExample(i, p, c, r, 1) for i, (p, c, r) in enumerate(train_pairs)])
+    marks: list[float] = []
 
     def progress(info: dict) -> None:
-        if info.get("phase") == "training":
-            marks.append((time.perf_counter(), info["step"]))
+        if not marks:
+            marks.append(time.perf_counter())  # model loaded and texts tokenized: work starts
 
-    t0 = time.perf_counter()
     model = train(SplitData(train=ex, eval=Examples(), aspects={}), cfg, progress)
-    total = time.perf_counter() - t0
-    (t_a, s_a), (t_b, s_b) = marks[0], marks[-1]
-    rate = (s_b - s_a) * args.batch / (t_b - t_a) if t_b > t_a else float("nan")
-    return {"pairs_per_s": rate, "wall_s": total, "model": model}
+    seconds = time.perf_counter() - marks[0]
+    texts = [(p, c) for p, c, _ in test_pairs] + [(p, r) for p, _, r in test_pairs]
+    t = time.perf_counter()
+    scores = model.score(texts, use_cache=False)[0].tolist()
+    score_s = time.perf_counter() - t
+    return {
+        "pairs_per_s": len(train_pairs) / seconds,
+        "seconds": seconds,
+        "accuracy": held_out_accuracy(scores, len(test_pairs)),
+        "score_pairs_per_s": len(test_pairs) / score_s,
+    }
 
 
-def trl_full(pairs, args, device: str, encoder) -> dict[str, float]:
+def trl(train_pairs, test_pairs, args, device: str, precision: str) -> dict[str, float]:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, TrainerCallback
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from models_srv.engine import backbone_path
+    from models_srv.engine import Encoder, TrainConfig, backbone_path
 
-    n = args.steps * args.batch
-    chosen_ids = [encoder.ids(p, c) for p, c, _ in pairs[:n]]
-    rejected_ids = [encoder.ids(p, r) for p, _, r in pairs[:n]]
-    dataset = Dataset.from_dict({"chosen_ids": chosen_ids, "rejected_ids": rejected_ids})
+    enc = Encoder(TrainConfig(mode="top", backbone=args.backbone, max_length=args.max_length), "cpu")
+    dataset = Dataset.from_dict(
+        {
+            "chosen_ids": [enc.ids(p, c) for p, c, _ in train_pairs],
+            "rejected_ids": [enc.ids(p, r) for p, _, r in train_pairs],
+        }
+    )
+    torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(backbone_path(args.backbone), num_labels=1)
-    marks: list[tuple[float, int]] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, _args, state, control, **kw):
-            marks.append((time.perf_counter(), state.global_step))
-
     with tempfile.TemporaryDirectory() as out:
         config = RewardConfig(
             output_dir=out,
             per_device_train_batch_size=args.batch,
-            max_steps=args.steps,
-            learning_rate=3e-5,
+            num_train_epochs=1,
             logging_steps=10_000,
             report_to=[],
             save_strategy="no",
             max_length=args.max_length,
             use_cpu=device == "cpu",
-            bf16=args.precision == "bf16",
+            bf16=precision == "bf16",
             dataloader_num_workers=0,
             seed=0,
-            gradient_checkpointing=False,
         )
-        trainer = RewardTrainer(
-            model=model, args=config, train_dataset=dataset, processing_class=encoder.tokenizer, callbacks=[Clock()]
-        )
+        trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=enc.tokenizer)
+        if len(trainer.train_dataset) != len(train_pairs):
+            raise SystemExit(f"TRL dropped {len(train_pairs) - len(trainer.train_dataset)} pairs")
         t0 = time.perf_counter()
         trainer.train()
-        total = time.perf_counter() - t0
-    (t_a, s_a), (t_b, s_b) = marks[0], marks[-1]
-    # scoring with the TRL-style model: one forward per text
+        seconds = time.perf_counter() - t0
     model.eval()
-    texts = chosen_ids[: args.score_pairs] + rejected_ids[: args.score_pairs]
-    t1 = time.perf_counter()
-    with torch.inference_mode():
+    texts = [enc.ids(p, c) for p, c, _ in test_pairs] + [enc.ids(p, r) for p, _, r in test_pairs]
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    scores: list[float] = []
+    t = time.perf_counter()
+    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
         for i in range(0, len(texts), 32):
-            batch = encoder.batch(texts[i : i + 32])
-            model(**{k: v.to(model.device) for k, v in batch.items()})
-    score_rate = len(texts) / 2 / (time.perf_counter() - t1)
-    return {"pairs_per_s": (s_b - s_a) * args.batch / (t_b - t_a), "wall_s": total, "score_pairs_per_s": score_rate}
+            batch = enc.batch(texts[i : i + 32])
+            scores += model(**{k: v.to(model.device) for k, v in batch.items()}).logits[:, 0].float().tolist()
+    score_s = time.perf_counter() - t
+    return {
+        "pairs_per_s": len(train_pairs) / seconds,
+        "seconds": seconds,
+        "accuracy": held_out_accuracy(scores, len(test_pairs)),
+        "score_pairs_per_s": len(test_pairs) / score_s,
+    }
 
 
 def warm_up(args, device: str) -> None:
@@ -155,97 +176,56 @@ def main() -> None:
     parser.add_argument("--backbone", default="default")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--score-pairs", type=int, default=256)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--with-full", action="store_true", help="also our full fine-tuning, like for like")
+    parser.add_argument("--limit", type=int, default=1600)
     args = parser.parse_args()
     setup_django()
     import torch
 
-    from models_srv.engine import Encoder, TrainConfig, pick_device
+    from models_srv.engine import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    pairs = load_pairs(max(args.steps * args.batch, args.score_pairs, 1600))
+    train_pairs, test_pairs = split(load_pairs(args.limit))
     print(
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, backbone {args.backbone}, "
-        f"max_length {args.max_length}, batch {args.batch}, steps {args.steps}, {args.precision}",
+        f"max_length {args.max_length}, batch {args.batch}, {len(train_pairs)} training pairs, 1 epoch, "
+        f"{len(test_pairs)} held out",
         flush=True,
     )
-
     warm_up(args, device)
-    ours = ours_full(pairs, args, device)
-    print(f"ours  full fine-tune : {ours['pairs_per_s']:.2f} pairs/s", flush=True)
-    model = ours["model"]
-    sample = [(p, c) for p, c, _ in pairs[: args.score_pairs]] + [(p, r) for p, _, r in pairs[: args.score_pairs]]
-    t = time.perf_counter()
-    model.score(sample, use_cache=False)
-    score_rate = args.score_pairs / (time.perf_counter() - t)
-    print(f"ours  scoring        : {score_rate:.2f} pairs/s", flush=True)
-
-    frozen_cfg = TrainConfig(
-        mode="frozen",
-        backbone=args.backbone,
-        max_length=args.max_length,
-        embed_batch_size=64,
-        precision=args.precision,
-        device=device,
-    )
-    encoder = Encoder(frozen_cfg, device)
-    texts = [(p, c) for p, c, _ in pairs[:800]] + [(p, r) for p, _, r in pairs[:800]]
-    t = time.perf_counter()
-    emb = encoder.embed(texts)
-    embed_rate = len(texts) / (time.perf_counter() - t)
-    print(
-        f"ours  frozen: embed  : {embed_rate:.1f} texts/s ({embed_rate / 2:.1f} pairs/s), dim {emb.shape[1]}",
-        flush=True,
-    )
-    from models_srv.engine import bt_loss, make_heads
-
-    heads = make_heads(emb.shape[1], 5, 0, "linear")
-    opt = torch.optim.AdamW(heads.parameters(), lr=3e-3)
-    ec, er = emb[:800], emb[800:]
-    t = time.perf_counter()
-    for _ in range(200):
-        for i in range(0, 800, 16):
-            rc, _ = heads(ec[i : i + 16])
-            rr, _ = heads(er[i : i + 16])
-            n = rc.shape[0]
-            loss = bt_loss(rc, rr, torch.ones(n), torch.zeros(n), torch.ones((n, 5)), frozen_cfg)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    head_s = time.perf_counter() - t
-    print(
-        f"ours  frozen: heads  : 200 epochs x 800 pairs x 5 heads in {head_s:.1f} s ({200 * 800 / head_s:.0f} pairs/s)",
-        flush=True,
-    )
-
-    result = {
-        "device": device,
-        "ours_full_pairs_per_s": round(ours["pairs_per_s"], 2),
-        "ours_score_pairs_per_s": round(score_rate, 2),
-        "embed_texts_per_s": round(embed_rate, 1),
-        "frozen_heads_s": round(head_s, 1),
-    }
-    if not args.skip_trl:
-        trl = trl_full(pairs, args, device, Encoder(frozen_cfg, device))
-        print(f"TRL   RewardTrainer  : {trl['pairs_per_s']:.2f} pairs/s", flush=True)
-        print(f"TRL-style scoring    : {trl['score_pairs_per_s']:.2f} pairs/s", flush=True)
-        ratio = ours["pairs_per_s"] / trl["pairs_per_s"]
-        print(f"ratio ours / TRL (training): {ratio:.2f}", flush=True)
-        result.update(
-            trl_pairs_per_s=round(trl["pairs_per_s"], 2),
-            ratio=round(ratio, 2),
-            trl_score_pairs_per_s=round(trl["score_pairs_per_s"], 2),
-        )
+    results = {}
+    for precision in args.precisions.split(","):
+        runs = {"ours (default, top)": lambda p=precision: ours(train_pairs, test_pairs, args, device, p, "top")}
+        if args.with_full:
+            runs["ours (full)"] = lambda p=precision: ours(train_pairs, test_pairs, args, device, p, "full")
+        runs["TRL RewardTrainer"] = lambda p=precision: trl(train_pairs, test_pairs, args, device, p)
+        for name, run in runs.items():
+            r = run()
+            results[f"{precision} {name}"] = r
+            print(
+                f"{precision:>5} {name:<20} train {r['pairs_per_s']:7.2f} pairs/s ({r['seconds']:6.1f} s)  "
+                f"held-out accuracy {r['accuracy']:.4f}  scoring {r['score_pairs_per_s']:7.1f} pairs/s",
+                flush=True,
+            )
+        base = results[f"{precision} TRL RewardTrainer"]
+        for name in runs:
+            if name != "TRL RewardTrainer":
+                r = results[f"{precision} {name}"]
+                print(
+                    f"{precision:>5} {name} / TRL: {r['pairs_per_s'] / base['pairs_per_s']:.2f}x training, "
+                    f"accuracy {r['accuracy'] - base['accuracy']:+.4f}",
+                    flush=True,
+                )
     out = Path(__file__).resolve().parent / "out"
     out.mkdir(exist_ok=True)
-    (out / f"results-{device}-{args.max_length}.json").write_text(json.dumps({**result, "args": vars(args)}, indent=2))
+    (out / f"results-{device}-{args.max_length}-{int(time.time())}.json").write_text(
+        json.dumps({"results": results, "args": vars(args)}, indent=2)
+    )
 
 
 if __name__ == "__main__":
