@@ -73,3 +73,11 @@ def reroute_due() -> list[int]:
     from models_srv.routing import reroute_due as run
 
     return run(min_new_calibration=settings.ROUTER_RETRAIN_EVERY)
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.gpu_crossfit")
+def gpu_crossfit(self, run_id: int) -> str | None:
+    """Out-of-fold margins for the review queue: k reward-model fits, on the `gpu` queue."""
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    run = services.crossfit_run(run_id=run_id, redelivered=redelivered)
+    return run.status if run else None
