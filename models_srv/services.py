@@ -496,3 +496,25 @@ def crossfit_run(*, run_id: int, redelivered: bool = False) -> CrossFitRun | Non
             CrossFitRun.objects.filter(id=run.id).update(counts={"items": len(rows), "pairs": len(scored)})
     run.refresh_from_db()
     return run
+
+
+def recover_stale_crossfits(now: Any = None) -> dict[str, int]:
+    """Periodic: cross-fitting runs whose worker stopped reporting go back to the queue with their
+    task sent again, or, after `MAX_ATTEMPTS`, are marked failed (as `recover_stale_runs`)."""
+    from models_srv.tasks import gpu_crossfit
+
+    now = now or timezone.now()
+    return sweep_stale(
+        CrossFitRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after()),
+        what="cross-fitting run",
+        fields=("uuid",),
+        max_attempts=MAX_ATTEMPTS,
+        give_up=lambda attempts: {
+            "status": RunStatus.FAILED,
+            "error": f"the worker stopped reporting (killed or lost), {attempts} attempts: gave up",
+            "finished_at": now,
+            "progress": {"phase": "failed"},
+        },
+        requeue=lambda attempts: {"status": RunStatus.QUEUED, "progress": {"phase": "queued"}},
+        send=lambda job: gpu_crossfit.delay(job["id"]),
+    )

@@ -30,6 +30,12 @@ def recover_stale_runs() -> dict[str, int]:
     return services.recover_stale_runs()
 
 
+@shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.recover_stale_crossfits")
+def recover_stale_crossfits() -> dict[str, int]:
+    """Periodic: cross-fitting runs whose worker died go back to the queue (or, worn out, fail)."""
+    return services.recover_stale_crossfits()
+
+
 @shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.recover_stale_label_runs")
 def recover_stale_label_runs() -> dict[str, int]:
     """Periodic: AI labeling runs whose worker died go back to the queue (or, worn out, fail)."""

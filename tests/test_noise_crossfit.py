@@ -216,6 +216,27 @@ def test_the_curator_starts_it_from_the_review_page_through_the_worker(
     assert b"out_of_fold_disagrees" in page.content and b"Recompute out-of-fold margins" in page.content
 
 
+def test_a_run_whose_worker_died_is_queued_again_then_given_up(
+    make_project, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    from models_srv import tasks
+
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.gpu_crossfit, "delay", sent.append)
+    project = make_project("noise3", schema={"pairwise": {"strengths": ["better"]}})
+    import_items(project=project, fileobj=jsonl(rows(6, set())))
+    run = services.crossfit_start(project=project, config=FROZEN, enqueue=False)
+    silent = timezone.now() - timedelta(hours=1)
+    CrossFitRun.objects.filter(id=run.id).update(status=RunStatus.RUNNING, attempts=1, heartbeat_at=silent)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.recover_stale_crossfits() == {"requeued": 1, "failed": 0}
+    assert sent == [run.id] and CrossFitRun.objects.get(id=run.id).status == RunStatus.QUEUED
+    assert services.crossfit_run(run_id=run.id, redelivered=True).status == RunStatus.SUCCEEDED
+    CrossFitRun.objects.filter(id=run.id).update(status=RunStatus.RUNNING, attempts=3, heartbeat_at=silent)
+    assert services.recover_stale_crossfits() == {"requeued": 0, "failed": 1}
+    assert CrossFitRun.objects.get(id=run.id).status == RunStatus.FAILED
+
+
 def test_too_few_items_is_refused_with_a_reason(project, curator) -> None:
     import_items(project=project, fileobj=jsonl(rows(3, set())))
     c = Client()
