@@ -18,8 +18,9 @@ Noisy-label candidates: items whose consensus label a reward model that never tr
 finds less likely than the other (the project's latest out-of-fold margins, `models_srv.crossfit`;
 strongest evidence = lowest probability of the label), items with low or tied agreement, AI
 judgments that flip when the order is swapped, and flagged items. Out of fold, not in sample: the
-current reward model trained on these very labels, so it had learnt the wrong ones too (on HH with
-10 % planted flips its contradictions were 13 % flips; bench/noise/README.md).
+current reward model trained on these very labels, so a model able to fit them has learnt the
+wrong ones too; the old in-sample rule (margin against the label over twice the ensemble's spread)
+found 5 % of the flips planted in HH (bench/noise/README.md).
 """
 
 from __future__ import annotations
