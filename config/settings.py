@@ -385,6 +385,7 @@ CELERY_BEAT_SCHEDULE = {
     "recover-stale-exports": {"task": "curation.tasks.recover_stale_exports", "schedule": 60.0},
     "recover-stale-imports": {"task": "annotation.tasks.recover_stale_imports", "schedule": 60.0},
     "recover-stale-label-runs": {"task": "models_srv.tasks.recover_stale_label_runs", "schedule": 60.0},
+    "recover-stale-crossfits": {"task": "models_srv.tasks.recover_stale_crossfits", "schedule": 60.0},
 }
 # A learned router retrains once this many new items have been labeled by both humans and AI.
 ROUTER_RETRAIN_EVERY = env.int("ROUTER_RETRAIN_EVERY", default=20)

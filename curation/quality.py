@@ -14,9 +14,13 @@ One pass over the project's judgments (values only, no model instances) feeds ev
   separately from human and from AI labels;
 - reward-model metrics over versions.
 
-Noisy-label candidates: items whose human consensus the current reward-model ensemble confidently
-contradicts (most heads vote the other way: the margin exceeds twice its spread), items with low
-or tied agreement, and AI judgments that flip when the order is swapped.
+Noisy-label candidates: items whose consensus label a reward model that never trained on the item
+finds less likely than the other (the project's latest out-of-fold margins, `models_srv.crossfit`;
+strongest evidence = lowest probability of the label), items with low or tied agreement, AI
+judgments that flip when the order is swapped, and flagged items. Out of fold, not in sample: the
+current reward model trained on these very labels, so a model able to fit them has learnt the
+wrong ones too; the old in-sample rule (margin against the label over twice the ensemble's spread)
+found 5 % of the flips planted in HH (bench/noise/README.md).
 """
 
 from __future__ import annotations
@@ -512,7 +516,9 @@ def report(project: Project, *, bootstrap: int = 200) -> dict[str, Any]:
 def noisy_candidates(project: Project, limit: int = 200) -> list[dict[str, Any]]:
     """Items worth a curator's look, strongest evidence first, skipping items already curated."""
     from curation.selectors import curation_states
-    from models_srv.models import ResponseScore, RewardModelVersion
+    from models_srv.crossfit import sigmoid
+    from models_srv.models import OutOfFoldMargin
+    from models_srv.selectors import crossfit_done
 
     data = load(project)
     consensus = reference_consensus(data)
@@ -527,26 +533,32 @@ def noisy_candidates(project: Project, limit: int = 200) -> list[dict[str, Any]]
         entry["score"] += strength
         entry["evidence"][kind] = evidence
 
-    current = RewardModelVersion.objects.filter(project=project, is_current=True).first()
-    if current is not None:
-        scores: dict[int, dict[int, tuple[float, float]]] = defaultdict(dict)
-        for s in ResponseScore.objects.filter(version=current, item_id__in=list(consensus)).values_list(
-            "item_id", "response_index", "score", "uncertainty"
-        ):
-            scores[s[0]][s[1]] = (s[2], s[3])
+    run = crossfit_done(project)
+    if run is not None:
+        margins = {
+            m[0]: m[1:]
+            for m in OutOfFoldMargin.objects.filter(run=run, item_id__in=list(consensus)).values_list(
+                "item_id", "margin", "spread", "fold"
+            )
+        }
         for item_id, c in consensus.items():
-            sc = scores.get(item_id, {})
-            if c.label not in ("A", "B") or 0 not in sc or 1 not in sc:
+            if c.label not in ("A", "B") or item_id not in margins:
                 continue
-            margin = sc[1][0] - sc[0][0]  # > 0: the model prefers B
-            spread = (sc[0][1] ** 2 + sc[1][1] ** 2) ** 0.5
-            against = margin < 0 if c.label == "B" else margin > 0
-            if against and abs(margin) > 2 * max(spread, 1e-6):
+            margin_b, spread, fold = margins[item_id]
+            for_label = margin_b if c.label == "B" else -margin_b
+            p = sigmoid(for_label)
+            if p < 0.5:  # the model that never saw the item prefers the other response
                 add(
                     item_id,
-                    "reward_model_contradicts",
-                    min(3.0, abs(margin) / max(spread, 1e-3) / 2),
-                    {"label": c.label, "margin_b_minus_a": round(margin, 4), "ensemble_spread": round(spread, 4)},
+                    "out_of_fold_disagrees",
+                    min(3.0, -for_label),  # the logit against the label: lowest probability first
+                    {
+                        "label": c.label,
+                        "probability_of_label": round(p, 4),
+                        "margin_b_minus_a": round(margin_b, 4),
+                        "ensemble_spread": round(spread, 4),
+                        "fold": fold,
+                    },
                 )
     for item_id, c in consensus.items():
         if c.n >= 2 and (c.tied or c.agreement < LOW_AGREEMENT):

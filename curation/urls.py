@@ -8,6 +8,7 @@ urlpatterns = [
     path("p/<slug:slug>/quality/", views.quality_page, name="quality"),
     path("p/<slug:slug>/quality.csv", views.quality_csv, name="quality_csv"),
     path("p/<slug:slug>/review/", views.review_page, name="review"),
+    path("p/<slug:slug>/review/out-of-fold", views.review_crossfit, name="review_crossfit"),
     path("p/<slug:slug>/review/<int:item_id>", views.review_act, name="review_act"),
     path("p/<slug:slug>/review/actions/<int:action_id>/undo", views.review_undo, name="review_undo"),
     path("p/<slug:slug>/exports/", views.exports_page, name="exports"),

@@ -132,17 +132,49 @@ def quality_csv(request: HttpRequest, slug: str) -> HttpResponse:
 # Review queue
 
 
+def _crossfit_context(project: Any, error: str | None = None) -> dict[str, Any]:
+    from models_srv.selectors import crossfit_done, crossfit_latest
+
+    return {"project": project, "latest": crossfit_latest(project), "done": crossfit_done(project), "error": error}
+
+
 @login_required
 @require_GET
 def review_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """The review queue; an htmx GET (the out-of-fold run's status polling) gets that part only."""
     project = project_for_user(request.user, slug, curator=True)
+    if request.htmx:
+        return render(request, "curation/review.html#crossfit", _crossfit_context(project))
     candidates = quality.noisy_candidates(project)
     history = list(CurationAction.objects.filter(project=project).select_related("item", "actor", "undone_by")[:50])
-    return render(
-        request,
-        "curation/review.html",
-        {"project": project, "candidates": candidates, "history": history, "kinds": CurationAction.Kind.choices},
-    )
+    context = {
+        **_crossfit_context(project),
+        "candidates": candidates,
+        "history": history,
+        "kinds": CurationAction.Kind.choices,
+    }
+    return render(request, "curation/review.html", context)
+
+
+@login_required
+@require_POST
+def review_crossfit(request: HttpRequest, slug: str) -> HttpResponse:
+    """Start computing the out-of-fold margins the queue reads (k reward-model fits on the gpu queue)."""
+    from models_srv.services import crossfit_start
+
+    project = project_for_user(request.user, slug, curator=True)
+    error = None
+    try:
+        crossfit_start(project=project, created_by=request.user)
+    except ValueError as exc:
+        error = str(exc)
+    if request.htmx:
+        return render(
+            request, "curation/review.html#crossfit", _crossfit_context(project, error), status=409 if error else 200
+        )
+    if error:
+        return HttpResponse(error, status=409, content_type="text/plain")
+    return redirect("curation:review", slug=project.slug)
 
 
 def _item_in(project: Any, item_id: int) -> Item:

@@ -130,6 +130,61 @@ class ResponseScore(models.Model):
         return f"v{self.version_id} {self.item_id}[{self.response_index}] = {self.score:.3f}"
 
 
+class CrossFitRun(models.Model):
+    """One cross-fitting of a project's pairwise labels (`models_srv.crossfit`): every labeled item
+    scored by a reward model trained on the other folds, never on the item. The review queue reads
+    the margins of the project's latest succeeded run."""
+
+    Status = RunStatus
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="crossfit_runs")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    config = models.JSONField(help_text="The TrainConfig each fold's model was trained with.")
+    folds = models.PositiveSmallIntegerField(default=5)
+    snapshot = models.ForeignKey(DataSnapshot, on_delete=models.PROTECT, related_name="crossfit_runs")
+    progress = models.JSONField(default=dict, blank=True)
+    counts = models.JSONField(default=dict, blank=True, help_text="items and pairs scored")
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Written while it runs (config/jobs.py).")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=RunStatus.values), name="crossfit_status_valid"),
+            models.CheckConstraint(condition=Q(folds__gte=2), name="crossfit_folds_at_least_2"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} out-of-fold margins ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class OutOfFoldMargin(models.Model):
+    """An item's margin r(B) - r(A) (stored response order) from the model of its fold, which
+    never trained on the item, with the ensemble's spread of that margin."""
+
+    run = models.ForeignKey(CrossFitRun, on_delete=models.CASCADE, related_name="margins")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="out_of_fold_margins")
+    fold = models.PositiveSmallIntegerField()
+    margin = models.FloatField()
+    spread = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "item"], name="oof_margin_unique")]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} item {self.item_id}: {self.margin:+.3f}"
+
+
 class EmbeddingCache(models.Model):
     """Frozen-backbone embeddings, one per (backbone, input text), so retraining never re-embeds."""
 

@@ -52,3 +52,19 @@ def ai_run_for_curator(user: User, run_uuid: object) -> object:
         raise Http404("No such run.")
     project_for_user(user, run.project.slug, curator=True)
     return run
+
+
+def crossfit_latest(project: object) -> object | None:
+    """The project's latest cross-fitting run, whatever its status (what the review page shows)."""
+    from models_srv.models import CrossFitRun
+
+    return CrossFitRun.objects.filter(project=project).order_by("-created_at", "-id").first()
+
+
+def crossfit_done(project: object) -> object | None:
+    """The project's latest succeeded cross-fitting run: the out-of-fold margins the review queue reads."""
+    from models_srv.models import CrossFitRun, RunStatus
+
+    return (
+        CrossFitRun.objects.filter(project=project, status=RunStatus.SUCCEEDED).order_by("-finished_at", "-id").first()
+    )

@@ -32,7 +32,7 @@ from annotation import audit
 from annotation.models import Item, Judgment, Project
 from config.jobs import JobLost, liveness, stale_after, sweep_stale
 from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create
-from models_srv.models import ResponseScore, RewardModelVersion, RunStatus
+from models_srv.models import CrossFitRun, OutOfFoldMargin, ResponseScore, RewardModelVersion, RunStatus
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -378,3 +378,143 @@ def autotrain_all() -> list[int]:
                 continue
             started.append(v.id)
     return started
+
+
+# ---------------------------------------------------------------------------------------------
+# Out-of-fold margins (cross-fitting) for the review queue
+
+
+def crossfit_start(
+    *,
+    project: Project,
+    config: dict[str, Any] | None = None,
+    folds: int = 5,
+    created_by: AbstractBaseUser | None = None,
+    enqueue: bool = True,
+) -> CrossFitRun:
+    """Queue a cross-fitting of the project's labels on the gpu queue; a run already queued or
+    running is returned as it is. `config` defaults to the current reward model's, so the folds'
+    models are trained as the project's reward model is (else `TrainConfig`'s defaults)."""
+    from models_srv.engine import TrainConfig
+    from models_srv.tasks import gpu_crossfit
+
+    with transaction.atomic():
+        Project.objects.select_for_update().get(pk=project.pk)  # one active run per project
+        active = CrossFitRun.objects.filter(project=project, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).first()
+        if active is not None:
+            return active
+        if config is None:
+            current = RewardModelVersion.objects.filter(project=project, is_current=True).first()
+            config = current.config if current else {}
+        cfg = TrainConfig.model_validate(config)
+        snapshot = snapshot_create(
+            project=project, label_source=cfg.label_source, seed=cfg.seed, eval_fraction=0.0, created_by=created_by
+        )
+        if snapshot.counts["items"] < folds:
+            raise ValueError(f"cross-fitting needs labels on at least {folds} items")
+        run = CrossFitRun.objects.create(
+            project=project,
+            config=cfg.model_dump(),
+            folds=folds,
+            snapshot=snapshot,
+            created_by=created_by,
+            progress={"phase": "queued"},
+        )
+        audit.record(created_by, "crossfit.start", project=project, target=run, details={"folds": folds})
+        if enqueue:
+            transaction.on_commit(lambda: gpu_crossfit.delay(run.id))
+    return run
+
+
+def crossfit_run(*, run_id: int, redelivered: bool = False) -> CrossFitRun | None:
+    """Compute and store the out-of-fold margin of every pairwise item of the run's snapshot.
+    Returns None when another worker has the run or it is over (a second delivery changes nothing)."""
+    from models_srv import engine
+    from models_srv.crossfit import crossfit
+
+    now = timezone.now()
+    claimable = Q(status=RunStatus.QUEUED)
+    if redelivered:
+        claimable |= Q(status=RunStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after())
+    with transaction.atomic():
+        run = CrossFitRun.objects.select_for_update().filter(claimable, id=run_id).first()
+        if run is None:
+            return None
+        if run.attempts >= MAX_ATTEMPTS:
+            CrossFitRun.objects.filter(id=run.id).update(
+                status=RunStatus.FAILED, error="gave up: the worker died each time", finished_at=now
+            )
+            return None
+        run.status, run.attempts, run.started_at, run.heartbeat_at = RunStatus.RUNNING, run.attempts + 1, now, now
+        run.progress = {"phase": "loading data"}
+        run.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "progress"])
+    mine = CrossFitRun.objects.filter(id=run.id, status=RunStatus.RUNNING, attempts=run.attempts)
+
+    def progress(info: dict[str, Any]) -> None:
+        if not mine.update(progress=info, heartbeat_at=timezone.now()):
+            raise RunSupersededError
+
+    with liveness(mine) as beat:
+        try:
+            data = load_snapshot(run.snapshot)
+            examples = Examples()
+            for part in (data.train, data.eval):  # every labeled item gets a fold, eval items too
+                examples.pairs += part.pairs
+                examples.lists += part.lists
+                examples.ratings += part.ratings
+            config = engine.TrainConfig.model_validate(run.config)
+            scored = crossfit(examples, config, k=run.folds, seed=config.seed, aspects=data.aspects, progress=progress)
+            beat.check()
+        except (RunSupersededError, JobLost):
+            log.warning("cross-fitting %s: attempt %s lost the run to a takeover; stopped", run, run.attempts)
+            return None
+        except Exception as exc:
+            log.exception("cross-fitting %s failed", run)
+            mine.update(
+                status=RunStatus.FAILED,
+                error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}"[:20000],
+                finished_at=timezone.now(),
+                progress={"phase": "failed"},
+            )
+            raise
+        beat.finishing()
+        second = dict(Item.objects.filter(id__in={o.item_id for o in scored}).values_list("id", "responses"))
+        rows: dict[int, OutOfFoldMargin] = {}
+        for ex, o in zip(examples.pairs, scored, strict=True):
+            if o.item_id in rows:  # several judgments of one item: the same texts, the same model
+                continue
+            # o.margin is r(chosen) - r(rejected); stored as r(B) - r(A) so a label change keeps it
+            b_first = len(second[o.item_id]) > 1 and ex.chosen == second[o.item_id][1]["text"] and not ex.tie
+            rows[o.item_id] = OutOfFoldMargin(
+                run=run, item_id=o.item_id, fold=o.fold, margin=o.margin if b_first else -o.margin, spread=o.spread
+            )
+        with transaction.atomic():
+            if not mine.update(status=RunStatus.SUCCEEDED, finished_at=timezone.now(), progress={"phase": "done"}):
+                return None
+            OutOfFoldMargin.objects.filter(run=run).delete()
+            OutOfFoldMargin.objects.bulk_create(rows.values(), batch_size=2000)
+            CrossFitRun.objects.filter(id=run.id).update(counts={"items": len(rows), "pairs": len(scored)})
+    run.refresh_from_db()
+    return run
+
+
+def recover_stale_crossfits(now: Any = None) -> dict[str, int]:
+    """Periodic: cross-fitting runs whose worker stopped reporting go back to the queue with their
+    task sent again, or, after `MAX_ATTEMPTS`, are marked failed (as `recover_stale_runs`)."""
+    from models_srv.tasks import gpu_crossfit
+
+    now = now or timezone.now()
+    return sweep_stale(
+        CrossFitRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after()),
+        what="cross-fitting run",
+        fields=("uuid",),
+        max_attempts=MAX_ATTEMPTS,
+        give_up=lambda attempts: {
+            "status": RunStatus.FAILED,
+            "error": f"the worker stopped reporting (killed or lost), {attempts} attempts: gave up",
+            "finished_at": now,
+            "progress": {"phase": "failed"},
+        },
+        requeue=lambda attempts: {"status": RunStatus.QUEUED, "progress": {"phase": "queued"}},
+        send=lambda job: gpu_crossfit.delay(job["id"]),
+    )

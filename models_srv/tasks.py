@@ -30,6 +30,12 @@ def recover_stale_runs() -> dict[str, int]:
     return services.recover_stale_runs()
 
 
+@shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.recover_stale_crossfits")
+def recover_stale_crossfits() -> dict[str, int]:
+    """Periodic: cross-fitting runs whose worker died go back to the queue (or, worn out, fail)."""
+    return services.recover_stale_crossfits()
+
+
 @shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.recover_stale_label_runs")
 def recover_stale_label_runs() -> dict[str, int]:
     """Periodic: AI labeling runs whose worker died go back to the queue (or, worn out, fail)."""
@@ -73,3 +79,11 @@ def reroute_due() -> list[int]:
     from models_srv.routing import reroute_due as run
 
     return run(min_new_calibration=settings.ROUTER_RETRAIN_EVERY)
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.gpu_crossfit")
+def gpu_crossfit(self, run_id: int) -> str | None:
+    """Out-of-fold margins for the review queue: k reward-model fits, on the `gpu` queue."""
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    run = services.crossfit_run(run_id=run_id, redelivered=redelivered)
+    return run.status if run else None
