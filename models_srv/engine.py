@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models_srv.data import Examples, SplitData
 
@@ -53,15 +53,19 @@ class TrainConfig(BaseModel):
         "the operator's MODEL_DIRS",
     )
     mode: Literal["top", "frozen", "full"] = Field(
-        default="frozen",
-        description="top: the backbone's lower layers frozen and run once, its top layers fine-tuned with the "
-        "heads on the whole dialogue; frozen: heads only, on cached embeddings; full: every weight fine-tuned "
-        "(for GPUs)",
+        default="top",
+        description="top (the default): the backbone's lower layers frozen and run once, its top blocks "
+        "fine-tuned with the heads on the whole dialogue; frozen: heads only, on cached embeddings; full: every "
+        "weight fine-tuned (for GPUs)",
     )
-    top_layers: int = Field(default=2, ge=1, le=64, description="layers fine-tuned in top mode")
-    max_length: int = Field(default=256, ge=16, le=8192)
+    top_layers: int = Field(default=4, ge=1, le=64, description="blocks fine-tuned in top mode (the last ones)")
+    max_length: int = Field(
+        default=0, ge=0, le=8192, description="tokens per text; 0 = the mode's default (top 128, frozen and full 256)"
+    )
     epochs: int = Field(default=0, ge=0, le=1000, description="0 = the mode's default (top 1, frozen 60, full 2)")
-    batch_size: int = Field(default=16, ge=1, le=4096)
+    batch_size: int = Field(
+        default=0, ge=0, le=4096, description="pairs per step; 0 = the mode's default (top 8, else 16)"
+    )
     grad_accum: int = Field(default=1, ge=1, le=1024)
     lr: float = Field(default=0.0, ge=0, description="0 = the mode's default (top 1e-4, frozen 3e-3, full 3e-5)")
     weight_decay: float = Field(default=1e-3, ge=0)
@@ -86,6 +90,19 @@ class TrainConfig(BaseModel):
     # A tiny model built from a config instead of loading weights: for tests and smoke runs, only
     # where the operator allows it (ALLOW_MODEL_FROM_CONFIG; models_srv.model_sources).
     from_config: dict[str, Any] | None = None
+
+    @field_validator("max_length")
+    @classmethod
+    def _length_or_default(cls, value: int) -> int:
+        if 0 < value < 16:
+            raise ValueError("max_length is 0 (the mode's default) or at least 16")
+        return value
+
+    def resolved_max_length(self) -> int:
+        return self.max_length or (128 if self.mode == "top" else 256)
+
+    def resolved_batch_size(self) -> int:
+        return self.batch_size or (8 if self.mode == "top" else 16)
 
     def resolved_epochs(self) -> int:
         return self.epochs or {"frozen": 60, "top": 1, "full": 2}[self.mode]
@@ -195,7 +212,7 @@ class Encoder:
                     config.backbone,
                     config.from_config,
                     config.seed if config.from_config else None,
-                    config.max_length,
+                    config.resolved_max_length(),
                     self.decoder,
                     "dialogue" if self.dialogue else "response-pool",  # bump when pooling changes
                 ],
@@ -216,12 +233,13 @@ class Encoder:
         p = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
         r = tok(response, add_special_tokens=False, return_offsets_mapping=True)
         lp, lr = len(p["input_ids"]), len(r["input_ids"])
-        avail = self.config.max_length - tok.num_special_tokens_to_add(pair=True)
+        max_length = self.config.resolved_max_length()
+        avail = max_length - tok.num_special_tokens_to_add(pair=True)
         r_keep = min(lr, max(avail - lp, (avail * 3) // 4))
         p_keep = max(0, min(lp, avail - r_keep))
         p_text = prompt[p["offset_mapping"][lp - p_keep][0] :] if p_keep else ""
         r_text = response[: r["offset_mapping"][r_keep - 1][1]] if r_keep else ""
-        out = tok(p_text, r_text, truncation=True, max_length=self.config.max_length)
+        out = tok(p_text, r_text, truncation=True, max_length=max_length)
         types = out.get("token_type_ids")
         return out["input_ids"], (list(types) if types is not None and any(types) else None)
 
@@ -232,7 +250,7 @@ class Encoder:
         text = f"{prompt}\n\nAssistant: {response}" if prompt else response
         ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
         prefix, suffix = self._specials()
-        keep = max(1, self.config.max_length - len(prefix) - len(suffix))
+        keep = max(1, self.config.resolved_max_length() - len(prefix) - len(suffix))
         return prefix + list(ids[-keep:]) + suffix
 
     def _specials(self) -> tuple[list[int], list[int]]:
@@ -360,7 +378,9 @@ class TopLayers:
             if name in names:
                 self.params.append(param)
         self.cache_mb = cache_mb
-        self.cacheable = not encoder.decoder and hasattr(getattr(model, "encoder", None), "layer")
+        self.cacheable = (
+            not encoder.decoder and hasattr(getattr(model, "encoder", None), "layer") and hasattr(model, "embeddings")
+        )
         self.states: dict[tuple[str, str], Any] = {}
 
     def fill(
@@ -384,7 +404,8 @@ class TopLayers:
             for start in range(0, len(order), bs):
                 keys = [texts[i] for i in order[start : start + bs]]
                 inputs = self.encoder.batch([token_ids[k] for k in keys])
-                hidden = model(**inputs, output_hidden_states=True).hidden_states[level]
+                hidden = model.embeddings(input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"))
+                hidden = self._run(self.layers[:level], hidden, inputs["attention_mask"])
                 lengths = inputs["attention_mask"].sum(1).tolist()
                 for k, h, n in zip(keys, hidden, lengths, strict=True):
                     self.states[k] = h[:n].to(torch.float16).cpu().clone()
@@ -405,13 +426,20 @@ class TopLayers:
             hidden[i, :n] = self.states[k].float()
             mask[i, :n] = 1
         hidden, mask = hidden.to(device), mask.to(device)
-        h = hidden
-        additive = (1.0 - mask[:, None, None, :]) * torch.finfo(h.dtype).min
-        for layer in self.top:
-            out = layer(h, attention_mask=additive)
-            h = out[0] if isinstance(out, tuple) else out
+        h = self._run(self.top, hidden, mask)
         weights = mask.unsqueeze(-1).to(h.dtype)
         return (h * weights).sum(1) / weights.sum(1).clamp(min=1e-6)
+
+    @staticmethod
+    def _run(blocks: Any, hidden: Any, mask: Any) -> Any:
+        """BERT-like blocks over `hidden`, padding masked out (an additive mask, as BERT builds it)."""
+        import torch
+
+        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        for block in blocks:
+            out = block(hidden, attention_mask=additive)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
 
     def agrees(self, keys: list[tuple[str, str]], token_ids: dict[tuple[str, str], Any]) -> bool:
         """The cached path gives what the whole backbone gives, on these texts (checked once)."""
@@ -733,7 +761,10 @@ def train(
         return encoder.pool(model, inputs).float()
 
     batches = _batches(
-        data.train, config.batch_size, config.seed, lambda pr: len(token_ids[pr][0]) if pr in token_ids else 0
+        data.train,
+        config.resolved_batch_size(),
+        config.seed,
+        lambda pr: len(token_ids[pr][0]) if pr in token_ids else 0,
     )
     epochs = config.resolved_epochs()
     total = epochs * len(batches)

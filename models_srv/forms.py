@@ -18,7 +18,7 @@ class TrainForm(forms.Form):
     )
     mode = forms.ChoiceField(
         choices=[
-            ("top", "Top layers: fine-tune the backbone's top layers on the whole dialogue"),
+            ("top", "Top layers: fine-tune the backbone's top blocks on the whole dialogue (default)"),
             ("frozen", "Frozen backbone: train heads on cached embeddings (fastest)"),
             ("full", "Full fine-tuning (for GPUs)"),
         ],
@@ -29,7 +29,9 @@ class TrainForm(forms.Form):
         min_value=1, max_value=16, initial=_defaults.ensemble, help_text="Heads whose spread is the uncertainty."
     )
     epochs = forms.IntegerField(min_value=0, max_value=1000, initial=0, help_text="0 = the mode's default.")
-    max_length = forms.IntegerField(min_value=16, max_value=8192, initial=_defaults.max_length)
+    max_length = forms.IntegerField(
+        min_value=0, max_value=8192, initial=0, help_text="Tokens per text; 0 = the mode's default (top 128, else 256)."
+    )
     eval_fraction = forms.FloatField(min_value=0, max_value=0.9, initial=_defaults.eval_fraction)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

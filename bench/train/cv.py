@@ -164,6 +164,9 @@ def main() -> None:
     args = ap.parse_args()
     setup_django()
     import torch
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)  # frozen mode keeps its embeddings in the database
 
     torch.set_num_threads(args.threads)
     pairs = load_pairs(args.limit)
