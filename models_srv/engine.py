@@ -230,8 +230,8 @@ class Encoder:
         tok = self.tokenizer
         if self.dialogue:
             return self._encode_dialogue(prompt, response), None
-        p = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
-        r = tok(response, add_special_tokens=False, return_offsets_mapping=True)
+        p = tok(prompt, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        r = tok(response, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         lp, lr = len(p["input_ids"]), len(r["input_ids"])
         max_length = self.config.resolved_max_length()
         avail = max_length - tok.num_special_tokens_to_add(pair=True)

@@ -88,6 +88,7 @@ def trl(pairs, train_idx, test_idx, max_length: int = 128) -> tuple[float, float
             use_cpu=True,
             seed=0,
             dataloader_num_workers=0,
+            disable_tqdm=True,
         )
         trainer = RewardTrainer(model=model, args=config, train_dataset=data, processing_class=enc.tokenizer)
         t0 = time.perf_counter()

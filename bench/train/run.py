@@ -102,7 +102,7 @@ def ours(train_pairs, test_pairs, args, device: str, precision: str, mode: str) 
     }
 
 
-def trl(train_pairs, test_pairs, args, device: str, precision: str) -> dict[str, float]:
+def trl(train_pairs, test_pairs, args, device: str, precision: str, checkpointing: bool) -> dict[str, float]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
@@ -131,7 +131,9 @@ def trl(train_pairs, test_pairs, args, device: str, precision: str) -> dict[str,
             use_cpu=device == "cpu",
             bf16=precision == "bf16",
             dataloader_num_workers=0,
+            disable_tqdm=True,
             seed=0,
+            gradient_checkpointing=checkpointing,  # RewardConfig's default is True
         )
         trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=enc.tokenizer)
         if len(trainer.train_dataset) != len(train_pairs):
@@ -181,6 +183,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--with-full", action="store_true", help="also our full fine-tuning, like for like")
     parser.add_argument("--limit", type=int, default=1600)
+    parser.add_argument(
+        "--skip-trl-defaults", action="store_true", help="only TRL without gradient checkpointing (like for like)"
+    )
     args = parser.parse_args()
     setup_django()
     import torch
@@ -200,24 +205,27 @@ def main() -> None:
     warm_up(args, device)
     results = {}
     for precision in args.precisions.split(","):
-        runs = {"ours (default, top)": lambda p=precision: ours(train_pairs, test_pairs, args, device, p, "top")}
+        runs = {"ours (default)": lambda p=precision: ours(train_pairs, test_pairs, args, device, p, "top")}
         if args.with_full:
             runs["ours (full)"] = lambda p=precision: ours(train_pairs, test_pairs, args, device, p, "full")
-        runs["TRL RewardTrainer"] = lambda p=precision: trl(train_pairs, test_pairs, args, device, p)
+        runs["TRL, no checkpointing"] = lambda p=precision: trl(train_pairs, test_pairs, args, device, p, False)
+        if not args.skip_trl_defaults:
+            runs["TRL, its defaults"] = lambda p=precision: trl(train_pairs, test_pairs, args, device, p, True)
         for name, run in runs.items():
             r = run()
             results[f"{precision} {name}"] = r
             print(
-                f"{precision:>5} {name:<20} train {r['pairs_per_s']:7.2f} pairs/s ({r['seconds']:6.1f} s)  "
+                f"{precision:>5} {name:<22} train {r['pairs_per_s']:7.2f} pairs/s ({r['seconds']:6.1f} s)  "
                 f"held-out accuracy {r['accuracy']:.4f}  scoring {r['score_pairs_per_s']:7.1f} pairs/s",
                 flush=True,
             )
-        base = results[f"{precision} TRL RewardTrainer"]
-        for name in runs:
-            if name != "TRL RewardTrainer":
+        for trl_name in [n for n in runs if n.startswith("TRL")]:
+            base = results[f"{precision} {trl_name}"]
+            for name in [n for n in runs if not n.startswith("TRL")]:
                 r = results[f"{precision} {name}"]
                 print(
-                    f"{precision:>5} {name} / TRL: {r['pairs_per_s'] / base['pairs_per_s']:.2f}x training, "
+                    f"{precision:>5} {name} / {trl_name}: {r['pairs_per_s'] / base['pairs_per_s']:.2f}x training, "
+                    f"{r['score_pairs_per_s'] / base['score_pairs_per_s']:.2f}x scoring, "
                     f"accuracy {r['accuracy'] - base['accuracy']:+.4f}",
                     flush=True,
                 )
