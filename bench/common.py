@@ -1,10 +1,15 @@
-"""What the benchmark scripts share: a fresh PostgreSQL database and the environment for the app."""
+"""What the benchmark scripts share: a fresh PostgreSQL database, the environment for the app, and
+the shared HH-RLHF pairs."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import subprocess
 from pathlib import Path
+
+HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_pairs.jsonl.gz"
 
 # The vocabulary of generated prompts and responses.
 WORDS = [
@@ -33,3 +38,21 @@ def bench_env(db_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "config.settings",
         **extra,
     }
+
+
+def load_hh_pairs(limit: int) -> list[tuple[str, str, str]]:
+    """(prompt transcript, chosen, rejected) of the first `limit` shared HH-RLHF pairs, split the way
+    the importer splits them (needs Django set up: it uses annotation.importing)."""
+    from annotation.importing import hh_messages, split_hh_dialogue, transcript
+
+    if not HH.exists():
+        raise SystemExit(f"{HH} is absent: this benchmark reads the shared HH-RLHF pairs")
+    out = []
+    with gzip.open(HH, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            prompt, chosen, rejected = split_hh_dialogue(row["chosen"], row["rejected"])
+            out.append((transcript(hh_messages(prompt)), chosen, rejected))
+            if len(out) >= limit:
+                break
+    return out

@@ -29,7 +29,6 @@ so only the first run embeds (about a minute per 3,200 texts on 2 cores).
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import math
@@ -42,7 +41,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HH = ROOT.parent / "shared" / "data" / "hh_harmless_pairs.jsonl.gz"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import load_hh_pairs  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "out"
 GOOD = ["helpful", "correct", "clear", "kind", "accurate", "polite", "thorough", "honest"]
 BAD = ["wrong", "rude", "useless", "confusing", "false", "dismissive", "harmful", "lazy"]
@@ -61,22 +63,6 @@ def setup_django() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-
-
-def load_hh(limit: int) -> list[tuple[str, str, str]]:
-    from annotation.importing import hh_messages, split_hh_dialogue, transcript
-
-    if not HH.exists():
-        raise SystemExit(f"{HH} is absent: this benchmark reads the shared HH-RLHF pairs")
-    out = []
-    with gzip.open(HH, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            prompt, chosen, rejected = split_hh_dialogue(row["chosen"], row["rejected"])
-            out.append((transcript(hh_messages(prompt)), chosen, rejected))
-            if len(out) >= limit:
-                break
-    return out
 
 
 def synthetic(n: int) -> list[tuple[str, str, str]]:
@@ -237,7 +223,7 @@ def main() -> None:
     ]
     table: list[str] = []
     results: dict[str, list] = {}
-    hh = load_hh(args.pairs)
+    hh = load_hh_pairs(args.pairs)
     for rate in rates:
         runs = []
         for seed in range(args.seeds):

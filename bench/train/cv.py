@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ROOT, load_pairs, setup_django
+from run import ROOT, load_hh_pairs, setup_django
 
 
 def folds_of(n: int, k: int) -> list[list[int]]:
@@ -170,7 +170,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)  # frozen mode keeps its embeddings in the database
 
     torch.set_num_threads(args.threads)
-    pairs = load_pairs(args.limit)
+    pairs = load_hh_pairs(args.limit)
     which = args.only.split(",")
     folds = folds_of(len(pairs), args.folds)
     results: dict[str, list[float]] = {}

@@ -15,7 +15,6 @@ Each trained model is then scored on the 320 held-out pairs (accuracy) and timed
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -24,7 +23,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HH = ROOT.parent / "shared" / "data" / "hh_harmless_pairs.jsonl.gz"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import load_hh_pairs  # noqa: E402
 
 
 def setup_django() -> None:
@@ -38,22 +39,6 @@ def setup_django() -> None:
     django.setup()
 
 
-def load_pairs(limit: int) -> list[tuple[str, str, str]]:
-    from annotation.importing import hh_messages, split_hh_dialogue, transcript
-
-    if not HH.exists():
-        raise SystemExit(f"{HH} is absent: this benchmark reads the shared HH-RLHF pairs")
-    out = []
-    with gzip.open(HH, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            prompt, chosen, rejected = split_hh_dialogue(row["chosen"], row["rejected"])
-            out.append((transcript(hh_messages(prompt)), chosen, rejected))
-            if len(out) >= limit:
-                break
-    return out
-
-
 def split(pairs):
     """Fold 0 of bench/train/cv.py: (training pairs, held-out pairs)."""
     from cv import folds_of
@@ -63,8 +48,17 @@ def split(pairs):
     return [pairs[i] for i in train_idx], [pairs[i] for i in folds[0]]
 
 
-def held_out_accuracy(scores: list[float], n: int) -> float:
-    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(scores[:n], scores[n:], strict=True)) / n
+def figures(n_train: int, seconds: float, scores: list[float], score_s: float) -> dict[str, float]:
+    """Training pairs/s, held-out accuracy (scores: every chosen, then every rejected; a tie counts
+    half) and scoring pairs/s."""
+    n = len(scores) // 2
+    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(scores[:n], scores[n:], strict=True))
+    return {
+        "pairs_per_s": n_train / seconds,
+        "seconds": seconds,
+        "accuracy": wins / n,
+        "score_pairs_per_s": n / score_s,
+    }
 
 
 def ours(train_pairs, test_pairs, args, device: str, precision: str, mode: str) -> dict[str, float]:
@@ -94,12 +88,7 @@ def ours(train_pairs, test_pairs, args, device: str, precision: str, mode: str) 
     t = time.perf_counter()
     scores = model.score(texts, use_cache=False)[0].tolist()
     score_s = time.perf_counter() - t
-    return {
-        "pairs_per_s": len(train_pairs) / seconds,
-        "seconds": seconds,
-        "accuracy": held_out_accuracy(scores, len(test_pairs)),
-        "score_pairs_per_s": len(test_pairs) / score_s,
-    }
+    return figures(len(train_pairs), seconds, scores, score_s)
 
 
 def trl(train_pairs, test_pairs, args, device: str, precision: str, checkpointing: bool) -> dict[str, float]:
@@ -151,12 +140,7 @@ def trl(train_pairs, test_pairs, args, device: str, precision: str, checkpointin
             batch = enc.batch(texts[i : i + 32])
             scores += model(**{k: v.to(model.device) for k, v in batch.items()}).logits[:, 0].float().tolist()
     score_s = time.perf_counter() - t
-    return {
-        "pairs_per_s": len(train_pairs) / seconds,
-        "seconds": seconds,
-        "accuracy": held_out_accuracy(scores, len(test_pairs)),
-        "score_pairs_per_s": len(test_pairs) / score_s,
-    }
+    return figures(len(train_pairs), seconds, scores, score_s)
 
 
 def warm_up(args, device: str) -> None:
@@ -195,7 +179,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    train_pairs, test_pairs = split(load_pairs(args.limit))
+    train_pairs, test_pairs = split(load_hh_pairs(args.limit))
     print(
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, backbone {args.backbone}, "
         f"max_length {args.max_length}, batch {args.batch}, {len(train_pairs)} training pairs, 1 epoch, "
