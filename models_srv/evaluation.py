@@ -40,7 +40,7 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return cov / (vx * vy) if vx and vy else None
 
 
-def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = 10) -> float | None:
+def expected_calibration_error(confidences: list[float], correct: list[float], bins: int = 10) -> float | None:
     if not confidences:
         return None
     total = 0.0
@@ -54,8 +54,14 @@ def expected_calibration_error(confidences: list[float], correct: list[bool], bi
     return total
 
 
-def _acc(hits: list[bool]) -> float | None:
+def _acc(hits: list[float]) -> float | None:
     return round(sum(hits) / len(hits), 4) if hits else None
+
+
+def _win(better: float, worse: float) -> float:
+    """1 when the chosen side scores higher, 0 when lower, 0.5 on equal scores (a coin flip, not a
+    miss: identical responses score alike)."""
+    return 1.0 if better > worse else 0.5 if better == worse else 0.0
 
 
 def evaluate(
@@ -71,14 +77,14 @@ def evaluate(
         hits, conf, by_cat, by_src, shorter, longer = [], [], defaultdict(list), defaultdict(list), [], []
         for p in pairs:
             diff = score[(p.prompt, p.chosen)] - score[(p.prompt, p.rejected)]
-            hit = diff > 0
+            hit = _win(diff, 0.0)
             hits.append(hit)
             conf.append(max(_sigmoid(diff), 1 - _sigmoid(diff)))
             by_cat[p.category or "(none)"].append(hit)
             by_src[p.source].append(hit)
-            if len(p.chosen) != len(p.rejected):
-                shorter.append(len(p.chosen) < len(p.rejected))
-                longer.append(len(p.chosen) > len(p.rejected))
+            # the baselines on the same pairs as the model, equal lengths counting half
+            shorter.append(_win(len(p.rejected), len(p.chosen)))
+            longer.append(_win(len(p.chosen), len(p.rejected)))
         metrics["pairwise"] = {
             "n": len(pairs),
             "accuracy": _acc(hits),
