@@ -405,6 +405,9 @@ JOB_HEARTBEAT_STALE_SECONDS = env.int("JOB_HEARTBEAT_STALE_SECONDS", default=90)
 # Top-mode reward-model training keeps the frozen lower layers' output for every text in memory
 # (fp16) up to this many MB; beyond it each step runs the whole backbone (slower, same model).
 RM_ACTIVATION_CACHE_MB = env.int("RM_ACTIVATION_CACHE_MB", default=4096)
+# A new reward-model version becomes current by itself only when a one-sided paired sign test on
+# the held-out items both were never trained on gives p below this (0 = never by itself).
+RM_PROMOTION_ALPHA = env.float("RM_PROMOTION_ALPHA", default=0.05)
 RM_HEARTBEAT_STALE_SECONDS = env.int("RM_HEARTBEAT_STALE_SECONDS", default=JOB_HEARTBEAT_STALE_SECONDS)
 EXPORT_HEARTBEAT_STALE_SECONDS = env.int("EXPORT_HEARTBEAT_STALE_SECONDS", default=RM_HEARTBEAT_STALE_SECONDS)
 # Items an export reads per page: memory against round trips.

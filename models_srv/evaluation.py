@@ -72,8 +72,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics for `examples`, given the model's score (and aspect predictions) per (prompt, response)."""
     metrics: dict[str, Any] = {}
-    pairs = [p for p in examples.pairs if not p.tie]
-    if pairs:
+    untied = [p for p in examples.pairs if not p.tie]
+    pairs = [p for p in untied if p.chosen != p.rejected]
+    if untied:
         hits, conf, by_cat, by_src, shorter, longer = [], [], defaultdict(list), defaultdict(list), [], []
         for p in pairs:
             diff = score[(p.prompt, p.chosen)] - score[(p.prompt, p.rejected)]
@@ -93,7 +94,9 @@ def evaluate(
             "by_source": {k: {"n": len(v), "accuracy": _acc(v)} for k, v in sorted(by_src.items())},
             "baseline_prefer_shorter": _acc(shorter),
             "baseline_prefer_longer": _acc(longer),
-            "ties_excluded": len(examples.pairs) - len(pairs),
+            "ties_excluded": len(examples.pairs) - len(untied),
+            # a preference between two identical texts says nothing a model could get right
+            "identical_excluded": len(untied) - len(pairs),
         }
         if uncertainty:
             spread = [uncertainty[(p.prompt, p.chosen)] + uncertainty[(p.prompt, p.rejected)] for p in pairs]
@@ -107,10 +110,11 @@ def evaluate(
                 for j in range(i + 1, len(s)):
                     if x.ranks[i] == x.ranks[j]:
                         continue
-                    ok = (s[i] > s[j]) == (x.ranks[i] < x.ranks[j])
-                    pair_hits.append(ok)
-                    concordant += ok
-                    discordant += not ok
+                    better, worse = (i, j) if x.ranks[i] < x.ranks[j] else (j, i)
+                    hit = _win(s[better], s[worse])
+                    pair_hits.append(hit)
+                    concordant += hit == 1.0
+                    discordant += hit == 0.0
             best = min(x.ranks)
             top1.append(x.ranks[max(range(len(s)), key=lambda i: s[i])] == best)
             if concordant + discordant:
@@ -141,25 +145,67 @@ def evaluate(
     return metrics
 
 
-def evaluate_model(model: Any, examples: Examples) -> dict[str, Any]:
-    """Score every text of `examples` with a RewardModel and compute the metrics."""
+Scores = tuple[dict[tuple[str, str], float], dict[tuple[str, str], dict[str, float]], dict[tuple[str, str], float]]
+
+
+def score_examples(model: Any, examples: Examples, progress: Any = None, batch: int = 256) -> Scores:
+    """(score, aspect predictions, ensemble spread) per text of `examples`, scored in batches so a
+    long evaluation reports `progress(done, total)` as it goes."""
     texts = list(dict.fromkeys(examples.texts()))
-    if not texts:
+    score: dict[tuple[str, str], float] = {}
+    unc: dict[tuple[str, str], float] = {}
+    aspect_pred: dict[tuple[str, str], dict[str, float]] = {}
+    for start in range(0, len(texts), batch):
+        chunk = texts[start : start + batch]
+        mean, std, aspects = model.score(chunk)
+        for i, t in enumerate(chunk):
+            score[t], unc[t] = float(mean[i]), float(std[i])
+            if aspects is not None:
+                aspect_pred[t] = {a: float(aspects[i, k]) for k, a in enumerate(model.aspects)}
+        if progress:
+            progress(start + len(chunk), len(texts))
+    return score, aspect_pred, unc
+
+
+def evaluate_model(model: Any, examples: Examples, progress: Any = None) -> dict[str, Any]:
+    """Score every text of `examples` with a RewardModel and compute the metrics."""
+    if not len(examples):
         return {}
-    mean, std, aspects = model.score(texts)
-    score = {t: float(mean[i]) for i, t in enumerate(texts)}
-    unc = {t: float(std[i]) for i, t in enumerate(texts)}
-    aspect_pred = {}
-    if aspects is not None:
-        aspect_pred = {t: {a: float(aspects[i, k]) for k, a in enumerate(model.aspects)} for i, t in enumerate(texts)}
+    score, aspect_pred, unc = score_examples(model, examples, progress)
     return evaluate(examples, score, aspect_pred, unc)
 
 
-def headline(metrics: dict[str, Any]) -> float | None:
-    """The one number that decides whether a new version beats the current one."""
-    if metrics.get("pairwise", {}).get("accuracy") is not None:
-        return metrics["pairwise"]["accuracy"]
-    if metrics.get("ranking", {}).get("pairwise_accuracy") is not None:
-        return metrics["ranking"]["pairwise_accuracy"]
-    rhos = [a["spearman"] for a in metrics.get("aspects", {}).values() if a.get("spearman") is not None]
-    return sum(rhos) / len(rhos) if rhos else None
+def outcomes(
+    examples: Examples, score: dict[tuple[str, str], float], aspect_pred: dict[tuple[str, str], dict[str, float]]
+) -> list[float]:
+    """One number per judged unit, higher is better, in a fixed order: what two models are paired
+    on. A preference between different texts scores 1 / 0.5 / 0 (as `_win`); each ordered pair of
+    a ranking the same; each rubric rating minus its absolute error. Ties and identical texts say
+    nothing about which model is better and are left out."""
+    out: list[float] = []
+    for p in examples.pairs:
+        if not p.tie and p.chosen != p.rejected:
+            out.append(_win(score[(p.prompt, p.chosen)], score[(p.prompt, p.rejected)]))
+    for x in examples.lists:
+        s = [score[(x.prompt, r)] for r in x.responses]
+        for i in range(len(s)):
+            for j in range(i + 1, len(s)):
+                if x.ranks[i] != x.ranks[j] and x.responses[i] != x.responses[j]:
+                    better, worse = (i, j) if x.ranks[i] < x.ranks[j] else (j, i)
+                    out.append(_win(s[better], s[worse]))
+    for r in examples.ratings:
+        pred = aspect_pred.get((r.prompt, r.response), {})
+        for aspect, value in sorted(r.ratings.items()):
+            if aspect in pred:
+                out.append(-abs(float(value) - pred[aspect]))
+    return out
+
+
+def sign_test(new: list[float], old: list[float]) -> dict[str, Any]:
+    """Paired sign test of `new` against `old` on the same units: wins, losses, units alike, and the
+    one-sided exact binomial p-value of at least this many wins if neither model were better."""
+    wins = sum(a > b for a, b in zip(new, old, strict=True))
+    losses = sum(a < b for a, b in zip(new, old, strict=True))
+    n = wins + losses
+    p = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
+    return {"units": len(new), "wins": wins, "losses": losses, "same": len(new) - n, "p_value": round(p, 6)}

@@ -617,8 +617,9 @@ class DensityRatioJudge:
 
         tok, model = self.models[which]
         context = (self.cfg.preamble + "\n\n" if self.cfg.preamble else "") + prompt + "\n\n"
-        c = tok(context, add_special_tokens=False)["input_ids"]
-        r = tok(response, add_special_tokens=False)["input_ids"] or [tok.eos_token_id or tok.sep_token_id or 0]
+        c = tok(context, add_special_tokens=False, verbose=False)["input_ids"]
+        r = tok(response, add_special_tokens=False, verbose=False)["input_ids"]
+        r = r or [tok.eos_token_id or tok.sep_token_id or 0]
         r = r[: self.cfg.max_length // 2]
         c = c[-(self.cfg.max_length - len(r)) :] if len(c) + len(r) > self.cfg.max_length else c
         ids = torch.tensor([c + r], device=self.device)

@@ -94,7 +94,7 @@ def training_start(
 def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None) -> RewardModelVersion | None:
     """Run a queued version to the end. Returns None when another worker has it or it is over."""
     from models_srv import engine
-    from models_srv.evaluation import evaluate_model, headline
+    from models_srv.evaluation import evaluate_model
 
     now = timezone.now()
     claimable = Q(status=RunStatus.QUEUED)
@@ -148,7 +148,7 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
             data = load_snapshot(version.snapshot)
             model = engine.train(data, config, progress, should_stop)
             progress({"phase": "evaluating"})
-            metrics = evaluate_model(model, data.eval) if len(data.eval) else {}
+            metrics = evaluate_model(model, data.eval, _phase_progress(progress, "evaluating"))
             metrics["train_examples"] = {
                 "pairs": len(data.train.pairs),
                 "lists": len(data.train.lists),
@@ -159,6 +159,7 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
                 "lists": len(data.eval.lists),
                 "ratings": len(data.eval.ratings),
             }
+            metrics["promotion"] = _promotion_check(version, model, data, progress)
             model.save(temp)
             beat.check()
         except (RunSupersededError, JobLost):
@@ -193,18 +194,90 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
             version.progress = {"phase": "done"}
             version.save()
             current = RewardModelVersion.objects.filter(project=version.project, is_current=True).first()
-            new, old = headline(metrics), (headline(current.metrics) if current else None)
-            if current is None or (new is not None and (old is None or new >= old)):
+            promotion = metrics["promotion"]
+            if promotion["promoted"] and (current.id if current else None) != promotion.get("against_id"):
+                promotion["promoted"] = False
+                promotion["reason"] = (
+                    f"the current version changed to v{current.version if current else '-'} while this one "
+                    "was evaluated; compare them by training again or promote one by hand"
+                )
+                version.metrics = metrics
+                version.save(update_fields=["metrics"])
+            if promotion["promoted"]:
                 _make_current(version)
                 audit.record(
                     None,
                     "reward_model.make_current",
                     project=version.project,
                     target=version,
-                    details={"automatic": True},
+                    details={"automatic": True, "reason": promotion["reason"]},
                 )
     version.refresh_from_db()
     return version
+
+
+def _phase_progress(progress: Any, phase: str) -> Any:
+    """A `(done, total)` callback that reports as training does: phase, step, total."""
+    return lambda done, total: progress({"phase": phase, "step": done, "total": total})
+
+
+def _promotion_check(version: RewardModelVersion, model: Any, data: Any, progress: Any) -> dict[str, Any]:
+    """Whether the new version may replace the current one, and why: it must beat it on the same
+    held-out items, none of which either model trained on, by a one-sided paired sign test at
+    `RM_PROMOTION_ALPHA`. A higher accuracy on a few hundred pairs is often noise; the test asks
+    whether the items the two models rank differently favour the new one more than chance would."""
+    from models_srv import engine
+    from models_srv.evaluation import outcomes, score_examples, sign_test
+
+    current = (
+        RewardModelVersion.objects.filter(project=version.project, is_current=True, status=RunStatus.SUCCEEDED)
+        .exclude(id=version.id)
+        .select_related("snapshot")
+        .first()
+    )
+    if current is None:
+        return {"promoted": True, "against_id": None, "reason": "the project had no current version"}
+    decision: dict[str, Any] = {"promoted": False, "against_id": current.id, "against": f"v{current.version}"}
+    alpha = float(settings.RM_PROMOTION_ALPHA)
+    if alpha <= 0:
+        return {**decision, "reason": "automatic promotion is off (RM_PROMOTION_ALPHA=0): promote by hand"}
+    if not len(data.eval):
+        return {
+            **decision,
+            "reason": "no held-out items: nothing to compare with the current version on. Keep an eval "
+            "fraction above 0 (or mark items `split: eval`), or promote this version by hand",
+        }
+    # items the current version trained on would flatter it: compare on the rest only
+    seen = set(Judgment.objects.filter(id__in=current.snapshot.judgment_ids).values_list("item_id", flat=True))
+    seen -= set(current.snapshot.eval_item_ids)
+    fresh = Examples(
+        pairs=[x for x in data.eval.pairs if x.item_id not in seen],
+        lists=[x for x in data.eval.lists if x.item_id not in seen],
+        ratings=[x for x in data.eval.ratings if x.item_id not in seen],
+    )
+    if not len(fresh):
+        return {**decision, "reason": f"every held-out item was in v{current.version}'s training data"}
+    try:
+        old_model = engine.load_model(Path(current.artifact_path), device=model.encoder.device)
+    except Exception as exc:  # a missing or broken artifact is a reason, not a crash
+        return {**decision, "reason": f"v{current.version} could not be loaded to compare: {exc}"}
+    report = _phase_progress(progress, f"comparing with v{current.version}")
+    new_scores = score_examples(model, fresh)
+    old_scores = score_examples(old_model, fresh, report)
+    del old_model
+    new, old = outcomes(fresh, new_scores[0], new_scores[1]), outcomes(fresh, old_scores[0], old_scores[1])
+    if not new:
+        return {**decision, "reason": "the held-out items hold no preference between different texts"}
+    test = sign_test(new, old)
+    means = {"mean_new": round(sum(new) / len(new), 4), "mean_current": round(sum(old) / len(old), 4)}
+    decision.update(test, alpha=alpha, **means)
+    summary = (
+        f"on {test['units']} held-out units neither trained on, better on {test['wins']}, worse on "
+        f"{test['losses']} (sign test p = {test['p_value']:.3g}, needed < {alpha:g})"
+    )
+    if test["wins"] > test["losses"] and test["p_value"] < alpha:
+        return {**decision, "promoted": True, "reason": f"beats v{current.version} {summary}"}
+    return {**decision, "reason": f"not shown better than v{current.version}: {summary}"}
 
 
 def _fail(version: RewardModelVersion, error: str, attempt: int | None = None) -> None:
