@@ -371,7 +371,8 @@ class _PairsPlain(_Pairs):
             "The rows of `pairs` as plain text, for a model without a chat template: `prompt` is the "
             "prompt (a chat prompt as its transcript, `User: ...` and `Assistant: ...` turns) followed "
             "by a blank line and `Assistant: `, so `prompt + chosen` (how TRL joins them) is the text "
-            "Prefloop's default reward model reads. " + _pairs_common(self.ctx)
+            "Prefloop's default reward model reads. The other columns, the splits and `margin` are as "
+            "in `pairs`."
         )
 
 
@@ -1234,8 +1235,8 @@ def _write_card(
         lines += [
             "## Training a reward model with TRL",
             "",
-            "`pairs_plain` suits any model; `pairs` one whose tokenizer has a chat template when the prompts "
-            "are chat messages. TRL appends the tokenizer's end-of-sequence token to plain text: a "
+            "`pairs_plain` suits any model; `pairs`, when the prompts are chat messages, one whose tokenizer "
+            "has a chat template. TRL appends the tokenizer's end-of-sequence token to plain text: a "
             'BERT-like tokenizer has none, so give it one (`eos_token="[SEP]"`).',
             "",
             "```python",
