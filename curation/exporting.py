@@ -13,7 +13,10 @@ byte-identical JSONL and equal Parquet tables.
 
 Formats (one folder each, one file per split and file type, e.g. `pairs/train.parquet`):
 - `pairs`: TRL's preference format `prompt`, `chosen`, `rejected` (conversational message lists
-  when the project has chat prompts), plus `margin`, `strength`, `agreement`, ...
+  when the project has chat prompts), plus `margin`, `strength`, `agreement`, ...; written twice,
+  as `pairs` and as `pairs_plain` (plain text, the dialogue as the app's default reward model reads
+  it, for models without a chat template), both split `train` / `test` as the app splits training
+  runs, `margin` as the app's objective has it (`_Pairs`)
 - `listwise`: the responses of a ranking item in consensus order, with their mean ranks
 - `rubric`: one row per response, one column per rubric aspect (mean score)
 - `spans`: one row per response, its text and the span marks `{start, end, category, labeler}`
@@ -56,6 +59,8 @@ from annotation.models import (
 from annotation.schema import JudgmentSchema, format_validation_error
 from curation.consensus import Consensus, pairwise_consensus, ranking_consensus, rubric_consensus
 from curation.selectors import effective_action_kinds
+from models_srv.data import held_out
+from models_srv.engine import TrainConfig, dialogue_prompt, strength_margin
 
 __all__ = [
     "FORMATS",
@@ -195,6 +200,7 @@ class _Item:
     id: int
     external_id: str
     prompt: Any  # str, or a list of {role, content} in chat mode
+    prompt_text: str  # the stored text prompt (a chat prompt's transcript)
     texts: list[str]
     models: list[str]
     split: str
@@ -241,10 +247,14 @@ class _Format:
     def describe(self) -> str:
         return ""
 
+    def split_of(self, item: _Item) -> str:
+        """The split (file) the item's rows go to: the project's own split."""
+        return item.split
+
     def common(self, item: _Item) -> dict[str, Any]:
         return {
             "item_id": item.external_id,
-            "split": item.split,
+            "split": self.split_of(item),
             "label_source": item.label_source,
             "curation": item.curation,
         }
@@ -260,7 +270,23 @@ _COMMON = [("item_id", pa.string()), ("split", pa.string()), ("label_source", pa
 
 
 class _Pairs(_Format):
+    """TRL's preference format, for its RewardTrainer (and DPO-style trainers) as written.
+
+    - Split: `test` holds the items the app keeps out of training (`models_srv.data.held_out` with
+      a training run's default seed and eval fraction), `train` the rest, so a model trained on
+      `train` is measured on the same items as the app's reward models.
+    - `margin`: what the app's Bradley-Terry objective asks of a pair of this strength
+      (`models_srv.engine.strength_margin` with the default `margin_scale`): none at the first
+      level. TRL subtracts a `margin` column from the reward difference whenever there is one.
+    """
+
     name = "pairs"
+
+    def split_of(self, item: _Item) -> str:
+        return "test" if self.ctx.held_out(item) else "train"
+
+    def prompt_value(self, item: _Item) -> Any:
+        return item.prompt
 
     def fields(self) -> list[tuple[str, pa.DataType]]:
         t = self.prompt_type()
@@ -280,18 +306,18 @@ class _Pairs(_Format):
     def rows(self, item: _Item) -> Iterator[dict[str, Any]]:
         c = item.consensus
         if c is None or c.label not in ("A", "B") or len(item.texts) != 2:
-            self.ctx.skipped["pairs:" + ("tie" if c is not None and c.label == "tie" else "undecided")] += 1
+            if self.name == "pairs":  # pairs_plain leaves out the same items: counted once
+                self.ctx.skipped["pairs:" + ("tie" if c is not None and c.label == "tie" else "undecided")] += 1
             return
         win = 0 if c.label == "A" else 1
         if item.curation == "flip":
             win = 1 - win
         lose = 1 - win
-        levels = self.ctx.strength_levels or 1
         yield {
-            "prompt": item.prompt,
+            "prompt": self.prompt_value(item),
             "chosen": self.response_value(item.texts[win]),
             "rejected": self.response_value(item.texts[lose]),
-            "margin": c.strength / levels,
+            "margin": strength_margin(c.strength, self.ctx.margin_scale),
             "strength": c.strength,
             "agreement": c.agreement,
             "n_judgments": c.n,
@@ -304,11 +330,49 @@ class _Pairs(_Format):
         return (
             "One row per pairwise item whose consensus prefers one response (ties and undecided items "
             "are left out). `prompt`/`chosen`/`rejected` follow TRL's preference format "
-            "(conversational message lists when the project has chat prompts). `strength` is the "
-            "consensus's mean strength level of the winning votes (1 = the schema's first level); "
-            "`margin` is `strength` divided by the number of levels (0..1), for TRL's margin loss; "
-            "`agreement` is the weighted share of the winning label. Items with curation state "
-            "`flip` have chosen and rejected swapped."
+            "(conversational message lists when the project has chat prompts: a model with a chat "
+            "template; `pairs_plain` has the same rows as plain text). " + _pairs_common(self.ctx)
+        )
+
+
+def _pairs_common(ctx: _Context) -> str:
+    return (
+        "`split` is `test` for the items Prefloop holds out of reward-model training (the project's "
+        "eval split, and each item whose sha256 of `seed:item_id` falls under the eval fraction; "
+        f"seed {ctx.eval_seed}, fraction {ctx.eval_fraction}, a training run's defaults), `train` for "
+        "the rest. `strength` is the consensus's mean strength level of the winning votes (1 = the "
+        "schema's first level); `margin` is the margin Prefloop's Bradley-Terry objective asks of a "
+        f"pair of that strength, {ctx.margin_scale} per level above the first (so 0 at the first "
+        "level); TRL's RewardTrainer subtracts it from the reward difference (remove the column for "
+        "its plain loss). `agreement` is the weighted share of the winning label. Items with curation "
+        "state `flip` have chosen and rejected swapped."
+    )
+
+
+class _PairsPlain(_Pairs):
+    """The pairs as plain text, for a model without a chat template (TRL refuses message lists
+    then): TRL joins `prompt + chosen` with nothing between, so `prompt` is
+    `models_srv.engine.dialogue_prompt` and the joined text is what the app's default (top) mode
+    reads."""
+
+    name = "pairs_plain"
+
+    def prompt_type(self) -> pa.DataType:
+        return pa.string()
+
+    def prompt_value(self, item: _Item) -> Any:
+        return dialogue_prompt(item.prompt_text)
+
+    def response_value(self, text: str) -> Any:
+        return text
+
+    def describe(self) -> str:
+        return (
+            "The rows of `pairs` as plain text, for a model without a chat template: `prompt` is the "
+            "prompt (a chat prompt as its transcript, `User: ...` and `Assistant: ...` turns) followed "
+            "by a blank line and `Assistant: `, so `prompt + chosen` (how TRL joins them) is the text "
+            "Prefloop's default reward model reads. The other columns, the splits and `margin` are as "
+            "in `pairs`."
         )
 
 
@@ -541,12 +605,12 @@ class _Raw(_Format):
         )
 
 
-_WRITERS: dict[str, type[_Format]] = {
-    "pairs": _Pairs,
-    "listwise": _Listwise,
-    "rubric": _Rubric,
-    "spans": _Spans,
-    "raw": _Raw,
+_WRITERS: dict[str, tuple[type[_Format], ...]] = {  # format -> its configurations
+    "pairs": (_Pairs, _PairsPlain),
+    "listwise": (_Listwise,),
+    "rubric": (_Rubric,),
+    "spans": (_Spans,),
+    "raw": (_Raw,),
 }
 
 
@@ -715,6 +779,10 @@ class _Context:
     chat: bool
     guidelines_version: int | None
     schema_version: int | None
+    # The app's training defaults: which items a run holds out, and the margin per strength level.
+    eval_seed: int
+    eval_fraction: float
+    margin_scale: float
     skipped: Counter[str] = field(default_factory=Counter)
     _pseudonyms: dict[int, str] = field(default_factory=dict)
 
@@ -726,9 +794,10 @@ class _Context:
     def categories(self) -> list[str]:
         return [c.name for c in self.schema.spans.categories] if self.schema.spans else []
 
-    @property
-    def strength_levels(self) -> int:
-        return len(self.schema.pairwise.strengths) if self.schema.pairwise else 0
+    def held_out(self, item: _Item) -> bool:
+        return held_out(
+            split=item.split, external_id=item.external_id, seed=self.eval_seed, fraction=self.eval_fraction
+        )
 
     def pseudonym(self, labeler_id: int) -> str:
         if labeler_id not in self._pseudonyms:
@@ -828,6 +897,7 @@ def _chunks(project: Project, ctx: _Context, chunk_items: int) -> Iterator[list[
                     id=item_id,
                     external_id=ext,
                     prompt=prompt_value,
+                    prompt_text=prompt,
                     texts=[r["text"] for r in responses],
                     models=[r.get("model") or "" for r in responses],
                     split=split,
@@ -857,6 +927,7 @@ def build_export(
     schema, schema_version, guidelines_version = _schema_at(project, cutoff)
     formats = parse_formats(formats, schema)
     chat = Item.objects.filter(project=project, created_at__lte=cutoff, prompt_messages__isnull=False).exists()
+    training = TrainConfig()
     ctx = _Context(
         project=project,
         schema=schema,
@@ -865,8 +936,11 @@ def build_export(
         chat=chat,
         guidelines_version=guidelines_version,
         schema_version=schema_version,
+        eval_seed=training.seed,
+        eval_fraction=training.eval_fraction,
+        margin_scale=training.margin_scale,
     )
-    writers = {f: _WRITERS[f](ctx) for f in formats}
+    writers = {w.name: w for f in formats for w in (cls(ctx) for cls in _WRITERS[f])}  # one per configuration
     files: dict[tuple[str, str], _SplitFiles] = {}
     excluded: Counter[str] = Counter()
     sources: Counter[str] = Counter()
@@ -909,10 +983,11 @@ def build_export(
                     kendall[0] += item.ranking[1]
                     kendall[1] += 1
                 for name, writer in writers.items():
+                    split = writer.split_of(item)
                     for row in writer.rows(item):
-                        key = (name, item.split)
+                        key = (name, split)
                         if key not in files:
-                            files[key] = _SplitFiles(out_dir, name, item.split, writer.schema)
+                            files[key] = _SplitFiles(out_dir, name, split, writer.schema)
                         files[key].write(row)
             if heartbeat:
                 heartbeat({"phase": "writing", "items": items_seen, "exported": items_kept})
@@ -921,7 +996,7 @@ def build_export(
             f.abort()
         raise
     file_infos = [info for key in sorted(files) for info in files[key].close(out_dir)]
-    rows: dict[str, dict[str, int]] = {f: {} for f in formats}
+    rows: dict[str, dict[str, int]] = {name: {} for name in writers}
     for (name, split), f in sorted(files.items()):
         rows[name][split] = f.rows
     agreement: dict[str, Any] = {}
@@ -952,7 +1027,7 @@ def build_export(
         "schema_version": schema_version,
         "guidelines_version": guidelines_version,
     }
-    _write_card(out_dir, ctx, formats, writers, file_infos, counts, dict(card or {}))
+    _write_card(out_dir, ctx, writers, file_infos, counts, dict(card or {}))
     return ExportResult(files=file_infos, counts=counts)
 
 
@@ -1027,15 +1102,16 @@ def _add_rubric(item: _Item, acc: dict[str, _Agreement]) -> None:
 def _write_card(
     out_dir: Path,
     ctx: _Context,
-    formats: list[str],
     writers: Mapping[str, _Format],
     files: list[dict[str, Any]],
     counts: dict[str, Any],
     card: dict[str, Any],
 ) -> None:
+    """README.md, a Hugging Face dataset card: one `configs` entry per configuration (a format, or
+    `pairs_plain`) with its files per split, so `load_dataset(folder, name)` reads it as written."""
     project = ctx.project
     configs = []
-    for fmt in formats:
+    for fmt in writers:
         parquet = [f for f in files if f["format"] == fmt and f["kind"] == "parquet"]
         if parquet:
             configs.append(
@@ -1084,7 +1160,7 @@ def _write_card(
     ]
     splits = sorted({s for r in counts["rows"].values() for s in r})
     lines.append("|---|" + "---|" * max(1, len(splits)))
-    for fmt in formats:
+    for fmt in writers:
         lines.append(f"| {fmt} | " + " | ".join(str(counts["rows"][fmt].get(s, 0)) for s in splits or ["-"]) + " |")
     lines.append("")
     if counts["excluded"]:
@@ -1131,8 +1207,7 @@ def _write_card(
             + ".",
             "",
         ]
-    for fmt in formats:
-        writer = writers[fmt]
+    for fmt, writer in writers.items():
         lines += [f"### {fmt}", "", writer.describe(), "", "| column | type |", "|---|---|"]
         lines += [f"| `{f.name}` | `{f.type}` |" for f in writer.schema]
         lines.append("")
@@ -1147,9 +1222,39 @@ def _write_card(
         "",
     ]
     for c in configs:
+        lines.append(f'{c["config_name"]} = load_dataset("path/to/this/folder", "{c["config_name"]}")')
+    if configs:
+        lines += ["", "# or file by file"]
+    for c in configs:
         data_files = {d["split"]: d["path"] for d in c["data_files"]}
         lines.append(f'{c["config_name"]} = load_dataset("parquet", data_files={data_files!r})')
-    lines += ["```", "", "`SHA256SUMS` lists the checksum of every file (`sha256sum -c SHA256SUMS`).", ""]
+    lines += ["```", ""]
+    pairs = next((c for c in configs if c["config_name"] == "pairs_plain"), None)
+    if pairs:
+        test = any(d["split"] == "test" for d in pairs["data_files"])
+        lines += [
+            "## Training a reward model with TRL",
+            "",
+            "`pairs_plain` suits any model; `pairs`, when the prompts are chat messages, one whose tokenizer "
+            "has a chat template. TRL appends the tokenizer's end-of-sequence token to plain text: a "
+            'BERT-like tokenizer has none, so give it one (`eos_token="[SEP]"`).',
+            "",
+            "```python",
+            "from datasets import load_dataset",
+            "from trl import RewardConfig, RewardTrainer",
+            "",
+            'data = load_dataset("path/to/this/folder", "pairs_plain")',
+            "trainer = RewardTrainer(",
+            '    model="sentence-transformers/all-MiniLM-L6-v2",',
+            '    args=RewardConfig(output_dir="reward-model", eos_token="[SEP]"),',
+            '    train_dataset=data["train"],',
+            *(['    eval_dataset=data["test"],  # the items Prefloop holds out'] if test else []),
+            ")",
+            "trainer.train()",
+            "```",
+            "",
+        ]
+    lines += ["`SHA256SUMS` lists the checksum of every file (`sha256sum -c SHA256SUMS`).", ""]
     (out_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
     sums = [(f["sha256"], f["name"]) for f in files] + [(sha256_file(out_dir / "README.md"), "README.md")]
     (out_dir / "SHA256SUMS").write_text("".join(f"{s}  {n}\n" for s, n in sorted(sums, key=lambda x: x[1])))

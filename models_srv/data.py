@@ -81,6 +81,12 @@ def is_eval_item(external_id: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def held_out(*, split: str, external_id: str, seed: int, fraction: float) -> bool:
+    """The app's rule for an item kept out of training: the project put it in its eval split, or
+    `is_eval_item` draws it. Training snapshots and the dataset export's `test` split both use it."""
+    return split == Item.Split.EVAL or is_eval_item(external_id, seed, fraction)
+
+
 def _source_filter(qs: QuerySet[Judgment], source: str) -> QuerySet[Judgment]:
     return qs.filter(source_q(*LabelSource(source).sources))
 
@@ -101,7 +107,7 @@ def snapshot_create(
         {
             item_id
             for _, item_id, external_id, split in rows
-            if split == Item.Split.EVAL or is_eval_item(external_id, seed, eval_fraction)
+            if held_out(split=split, external_id=external_id, seed=seed, fraction=eval_fraction)
         }
     )
     return DataSnapshot.objects.create(

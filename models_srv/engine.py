@@ -8,8 +8,9 @@ decoders) with small heads on its pooled embedding of "prompt [SEP] response":
 - `aspects`: one regression output per rubric aspect, on the shared embedding.
 
 Objectives, mixed in one run as the data has them:
-- Bradley-Terry with margin on pairwise judgments: -log sigmoid(r_chosen - r_rejected - m * strength);
-  ties pull the two rewards together (binary cross-entropy towards 0.5);
+- Bradley-Terry with margin on pairwise judgments: -log sigmoid(r_chosen - r_rejected - margin), the
+  margin `margin_scale` per strength level above the first (`strength_margin`); ties pull the two
+  rewards together (binary cross-entropy towards 0.5);
 - Plackett-Luce on rankings (tied groups share their step);
 - mean squared error on rubric ratings, each aspect scaled to 0..1.
 
@@ -244,10 +245,10 @@ class Encoder:
         return out["input_ids"], (list(types) if types is not None and any(types) else None)
 
     def _encode_dialogue(self, prompt: str, response: str) -> list[int]:
-        """The dialogue as one text ("<prompt>\n\nAssistant: <response>"), cut from the start: a
+        """The dialogue as one text (`dialogue_prompt(prompt) + response`), cut from the start: a
         reward model reads the response in its context, and the latest turns matter most."""
         tok = self.tokenizer
-        text = f"{prompt}\n\nAssistant: {response}" if prompt else response
+        text = dialogue_prompt(prompt) + response
         ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
         prefix, suffix = self._specials()
         keep = max(1, self.config.resolved_max_length() - len(prefix) - len(suffix))
@@ -521,12 +522,25 @@ def make_heads(dim: int, ensemble: int, n_aspects: int, kind: str) -> Any:
     return heads
 
 
+def dialogue_prompt(prompt: str) -> str:
+    """What precedes the response in the one text top mode reads: "<prompt>\n\nAssistant: " (the
+    dataset export's `pairs_plain` prompts are this, so TRL's prompt + response is the same text)."""
+    return f"{prompt}\n\nAssistant: " if prompt else ""
+
+
+def strength_margin(strength: float, margin_scale: float) -> float:
+    """The margin Bradley-Terry asks of a preference of this strength: `margin_scale` per level
+    above the first, so none at the first level (every HH pair, every one-level schema). `bt_loss`
+    applies the same on tensors; the dataset export writes it as TRL's `margin`."""
+    return margin_scale * max(float(strength), 1.0) - margin_scale
+
+
 def bt_loss(r_chosen: Any, r_rejected: Any, strength: Any, tie: Any, weights: Any, cfg: TrainConfig) -> Any:
     """Bradley-Terry with margin per ensemble member; ties towards equal rewards. Shapes [B, N]."""
     import torch.nn.functional as F  # noqa: N812
 
     diff = r_chosen - r_rejected
-    margin = (cfg.margin_scale * strength.clamp(min=1) - cfg.margin_scale).unsqueeze(1)
+    margin = (cfg.margin_scale * strength.clamp(min=1) - cfg.margin_scale).unsqueeze(1)  # strength_margin
     pref = F.softplus(-(diff - margin))  # -log sigmoid(diff - margin)
     tie_l = F.binary_cross_entropy_with_logits(diff, diff.new_full(diff.shape, 0.5), reduction="none")
     tie = tie.unsqueeze(1)

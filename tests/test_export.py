@@ -150,17 +150,18 @@ def item(project: Project, ext: str) -> Item:
 def test_pairs_follow_trl_and_carry_consensus_split_and_models(pairs_project: Project, tmp_path: Path) -> None:
     snapshot, out = build(pairs_project, ["pairs"], tmp_path)
     train = read_jsonl(out / "pairs" / "train.jsonl")
-    evals = read_jsonl(out / "pairs" / "eval.jsonl")
+    evals = read_jsonl(out / "pairs" / "test.jsonl")  # r2 is in the project's eval split: held out
     assert [r["item_id"] for r in train] == ["r0"] and [r["item_id"] for r in evals] == ["r2"]
     r0 = train[0]
     assert (r0["prompt"], r0["chosen"], r0["rejected"]) == ("Question 0?", "Answer A0", "Answer B0")
     assert (r0["chosen_model"], r0["rejected_model"]) == ("m-large", "m-small")
-    assert r0["strength"] == 1.5 and r0["margin"] == 0.75 and r0["n_judgments"] == 3
+    assert r0["strength"] == 1.5 and r0["margin"] == 0.25 and r0["n_judgments"] == 3  # 0.5 a level above 1
     assert r0["agreement"] == pytest.approx(2 / 3)
     assert (r0["split"], r0["label_source"], r0["curation"]) == ("train", "human", None)
     r2 = evals[0]
-    assert (r2["chosen"], r2["rejected"], r2["strength"], r2["margin"]) == ("Answer B2 — ünïcode", "Answer A2", 2, 1)
-    assert "ünïcode" in (out / "pairs" / "eval.jsonl").read_text(encoding="utf-8")  # UTF-8, not \u escapes
+    assert (r2["chosen"], r2["rejected"], r2["strength"], r2["margin"]) == ("Answer B2 — ünïcode", "Answer A2", 2, 0.5)
+    assert r2["split"] == "test"
+    assert "ünïcode" in (out / "pairs" / "test.jsonl").read_text(encoding="utf-8")  # UTF-8, not \u escapes
 
     table = pq.read_table(out / "pairs" / "train.parquet")
     assert table.column_names == [
@@ -171,7 +172,7 @@ def test_pairs_follow_trl_and_carry_consensus_split_and_models(pairs_project: Pr
     assert table.to_pylist() == train
 
     counts = snapshot.counts
-    assert counts["rows"]["pairs"] == {"train": 1, "eval": 1}
+    assert counts["rows"]["pairs"] == counts["rows"]["pairs_plain"] == {"train": 1, "test": 1}
     assert counts["skipped_rows"] == {"pairs:tie": 1, "pairs:undecided": 1}
     assert counts["items_considered"] == 4 and counts["items_exported"] == 4  # r4 has no judgment at all
     assert counts["judgments"] == 8
@@ -294,10 +295,14 @@ def test_card_checksums_and_bundle(pairs_project: Project, tmp_path: Path) -> No
     assert front["license"] == "unknown"
     configs = {c["config_name"]: c for c in front["configs"]}
     assert configs["pairs"]["data_files"] == [
-        {"split": "eval", "path": "pairs/eval.parquet"},
+        {"split": "test", "path": "pairs/test.parquet"},
         {"split": "train", "path": "pairs/train.parquet"},
     ]
-    assert configs["pairs"].get("default") is True
+    assert configs["pairs_plain"]["data_files"] == [
+        {"split": "test", "path": "pairs_plain/test.parquet"},
+        {"split": "train", "path": "pairs_plain/train.parquet"},
+    ]
+    assert configs["pairs"].get("default") is True and list(configs) == ["pairs", "pairs_plain", "raw"]
     assert str(snapshot.cutoff.year) in text and '"min_agreement": 0.5' in text
     assert "Krippendorff's alpha" in text and "percent agreement" in text
     for line in (out / "SHA256SUMS").read_text().splitlines():
@@ -336,7 +341,7 @@ def test_agreement_figures_match_the_metrics_module() -> None:
 
 def pair_ids(out: Path) -> dict[str, dict[str, Any]]:
     rows = []
-    for name in ("train.jsonl", "eval.jsonl"):
+    for name in ("train.jsonl", "test.jsonl"):
         path = out / "pairs" / name
         if path.exists():
             rows += read_jsonl(path)
@@ -425,7 +430,7 @@ def test_dropped_flipped_and_flagged_items(pairs_project: Project, curator: Any,
 
 def test_splits_dates_and_labelers(pairs_project: Project, tmp_path: Path) -> None:
     _, out = build(pairs_project, ["pairs", "raw"], tmp_path, splits=["eval"])
-    assert sorted(p.name for p in (out / "pairs").iterdir()) == ["eval.jsonl", "eval.parquet"]
+    assert sorted(p.name for p in (out / "pairs").iterdir()) == ["test.jsonl", "test.parquet"]
     assert sorted(p.name for p in (out / "raw").iterdir()) == ["eval.jsonl", "eval.parquet"]
 
     today = timezone.now().date()
@@ -488,7 +493,7 @@ def test_a_reproduced_snapshot_has_identical_files(pairs_project: Project, curat
     assert again is not None and again.status == "done"
     assert (again.source_snapshot_id, again.cutoff, again.filters) == (first.id, first.cutoff, first.filters)
     jsonl_sums = lambda s: {f["name"]: f["sha256"] for f in s.files if f["kind"] == "jsonl"}  # noqa: E731
-    assert jsonl_sums(again) == jsonl_sums(first) and len(jsonl_sums(first)) == 4
+    assert jsonl_sums(again) == jsonl_sums(first) and len(jsonl_sums(first)) == 6  # pairs, pairs_plain, raw
     assert again.counts == first.counts
     out2 = tmp_path / "again"
     export_copy_to(snapshot=again, out=out2)
@@ -707,9 +712,11 @@ def test_export_dataset_command(pairs_project: Project, tmp_path: Path, capsys: 
         "--split", "train", "--min-agreement", "0.6", "--license", "cc-by-4.0",
     )  # fmt: skip
     printed = capsys.readouterr().out
-    assert "pairs: train 1" in printed and "raw: train 5" in printed and "low_agreement 1" in printed
+    assert "pairs: train 1" in printed and "pairs_plain: train 1" in printed and "raw: train 5" in printed
+    assert "low_agreement 1" in printed
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "README.md", "SHA256SUMS", "pairs/train.jsonl", "pairs/train.parquet", "raw/train.jsonl", "raw/train.parquet",
+        "README.md", "SHA256SUMS", "pairs/train.jsonl", "pairs/train.parquet",
+        "pairs_plain/train.jsonl", "pairs_plain/train.parquet", "raw/train.jsonl", "raw/train.parquet",
     ]  # fmt: skip
     assert "license: cc-by-4.0" in (out / "README.md").read_text()
     snapshot = ExportSnapshot.objects.get()
@@ -744,6 +751,6 @@ def test_an_export_is_built_by_the_worker(celery_worker_process: Any, make_proje
             break
         time.sleep(0.2)
     assert snapshot.status == "done", snapshot.error or snapshot.status
-    assert snapshot.attempts == 1 and snapshot.counts["rows"]["pairs"] == {"eval": 1, "train": 1}
+    assert snapshot.attempts == 1 and snapshot.counts["rows"]["pairs"] == {"test": 1, "train": 1}
     assert snapshot.bundle_file.exists()
     assert hashlib.sha256(snapshot.bundle_file.read_bytes()).hexdigest() == snapshot.bundle_sha256

@@ -128,7 +128,7 @@ def test_qa_feedback_pairwise_preferences_round_trip(make_project: Any, tmp_path
         e = entries[int(n)]
         return e, i, j, e["preference"][PAIRS.index((i, j))]
 
-    pairs = read_jsonl(out / "pairs" / "train.jsonl")
+    pairs = read_jsonl(out / "pairs" / "train.jsonl") + read_jsonl(out / "pairs" / "test.jsonl")
     decided = sum(1 for e in entries for p in e["preference"] if p != 0)
     assert len(pairs) == decided and decided > 1000
     for row in pairs:
@@ -156,8 +156,9 @@ def test_hh_pairs_round_trip_exactly(make_project: Any, tmp_path: Path) -> None:
 
     with gzip.open(HH_FILE, "rt", encoding="utf-8") as fh:
         source = [json.loads(line) for line in fh]
-    pairs = read_jsonl(out / "pairs" / "train.jsonl")
+    pairs = read_jsonl(out / "pairs" / "train.jsonl") + read_jsonl(out / "pairs" / "test.jsonl")
     assert len(pairs) == len(source) == 1600
+    assert {r["margin"] for r in pairs} == {0.0}  # one strength level: the app trains HH with no margin
 
     def dialogue(prompt: list[dict[str, str]], final: list[dict[str, str]]) -> str:
         turns = prompt + final

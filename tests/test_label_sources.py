@@ -132,8 +132,8 @@ def test_exports_filter_by_source(mixed, tmp_path: Path) -> None:
         snapshot = export_run(snapshot_id=snapshot.id)
         out = tmp_path / str(snapshot.code)
         export_copy_to(snapshot=snapshot, out=out)
-        path = out / "pairs" / "train.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        paths = [out / "pairs" / "train.jsonl", out / "pairs" / "test.jsonl"]  # test: items the app holds out
+        rows = [json.loads(line) for path in paths if path.exists() for line in path.read_text().splitlines()]
         return {r["item_id"]: r["label_source"] for r in rows}
 
     assert pairs("human") == {"r0": "human", "r1": "human"}

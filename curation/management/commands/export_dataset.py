@@ -72,10 +72,9 @@ class Command(BaseCommand):
             f"export {built.code}: {counts['items_exported']} of {counts['items_considered']} items, "
             f"{counts['judgments']} judgments, cutoff {built.cutoff.isoformat()}"
         )
-        for fmt in built.formats:
-            splits = counts["rows"].get(fmt, {})
+        for name, splits in sorted(counts["rows"].items()):  # each format's configurations (pairs_plain too)
             per = ", ".join(f"{split} {n}" for split, n in splits.items()) or "no rows"
-            self.stdout.write(f"  {fmt}: {per}")
+            self.stdout.write(f"  {name}: {per}")
         if counts["excluded"]:
             self.stdout.write("  left out: " + ", ".join(f"{k} {v}" for k, v in counts["excluded"].items()))
         self.stdout.write(f"bundle sha256 {built.bundle_sha256} ({built.bundle_bytes} bytes)")
