@@ -176,25 +176,30 @@ def test_train_and_evaluate_commands(synthetic_project, tmp_path, capsys) -> Non
 
 
 def test_gpu_code_paths_run_on_the_cpu(synthetic_project) -> None:
-    """bf16 autocast, gradient accumulation and length-bucketed batches, as a GPU run uses them."""
+    """bf16 autocast, gradient accumulation and length-bucketed batches, as a GPU run uses them.
+    What the run did is read from its record (set inside the training loop), not from its config:
+    the forward ran under bf16 autocast, and accumulating 2 micro-batches halved the optimizer steps."""
     from models_srv.engine import _batches, autocast_dtype, pick_device
 
     assert pick_device("auto") in ("cpu", "cuda", "mps")
-    config = {
-        "from_config": TINY,
-        "mode": "full",
-        "epochs": 2,
-        "lr": 2e-3,
-        "max_length": 32,
-        "precision": "bf16",
-        "grad_accum": 2,
-        "device": "cpu",
-    }
-    version = services.training_run(
-        version_id=services.training_start(project=synthetic_project, config=config, enqueue=False).id
-    )
-    assert version.status == "succeeded", version.error
-    assert version.device == "cpu"
+    base = {"from_config": TINY, "mode": "full", "epochs": 2, "lr": 2e-3, "max_length": 32, "device": "cpu"}
+
+    def run(**extra):
+        version = services.training_run(
+            version_id=services.training_start(project=synthetic_project, config={**base, **extra}, enqueue=False).id
+        )
+        assert version.status == "succeeded", version.error
+        assert version.device == "cpu"
+        return version.metrics["training"]
+
+    plain = run(precision="fp32", grad_accum=1)
+    bf16 = run(precision="bf16", grad_accum=2)
+    print("fp32, grad_accum=1:", plain, "\nbf16, grad_accum=2:", bf16)
+    # the same data and batches: 12 pair batches (192 training pairs by 16) in each of 2 epochs
+    assert plain["micro_batches"] == bf16["micro_batches"] == 24
+    assert plain["optimizer_steps"] == 24 and bf16["optimizer_steps"] == 12
+    assert plain["autocast"] is None and plain["output_dtypes"] == {"heads": "float32", "backbone": "float32"}
+    assert bf16["autocast"] == "bfloat16" and bf16["output_dtypes"] == {"heads": "bfloat16", "backbone": "bfloat16"}
     import torch
 
     assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("auto", "cpu") is None
