@@ -26,6 +26,16 @@ def projects_for_user(user: User) -> QuerySet[Project]:
     return Project.objects.filter(memberships__user=user)
 
 
+def projects_curated_by(user: User) -> QuerySet[Project]:
+    """The projects `user` curates (every project for a superuser): those whose curator pages,
+    versions and runs `project_for_user(..., curator=True)` lets them open."""
+    if not user.is_authenticated:
+        return Project.objects.none()
+    if user.is_superuser:
+        return Project.objects.all()
+    return Project.objects.filter(memberships__user=user, memberships__role=Membership.Role.CURATOR)
+
+
 _PROJECT = Rows(Project, "p")
 _PROJECT_SQL = f"SELECT {_PROJECT.columns} FROM annotation_project p WHERE p.slug = %s"  # noqa: S608
 _MEMBER_SQL = " AND EXISTS (SELECT 1 FROM annotation_membership m WHERE m.project_id = p.id AND m.user_id = %s{role})"

@@ -185,7 +185,7 @@ def add_labeler(request: HttpRequest, slug: str, body: LabelerIn) -> Status[Any]
     project = project_for_user(request.user, slug, curator=True)
     try:
         labeler = labeler_create(
-            project=project, kind=body.kind, name=body.name, config=body.config, api_key=body.api_key
+            project=project, kind=body.kind, name=body.name, config=body.config, api_key=body.api_key, by=request.user
         )
     except LabelerError as exc:
         raise HttpError(422, str(exc)) from None

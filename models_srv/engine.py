@@ -29,7 +29,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -575,6 +575,9 @@ class RewardModel:
     heads: Any
     aspects: list[str]
     aspect_scales: dict[str, tuple[int, int]]
+    # What training did, as observed while it ran (not what the config asked for): set by `train`,
+    # stored with the version's metrics.
+    training: dict[str, Any] = field(default_factory=dict)
 
     def score(self, pairs: list[tuple[str, str]], use_cache: bool = True) -> tuple[Any, Any, Any]:
         """(mean reward, ensemble std, aspect predictions on their scales) per (prompt, response)."""
@@ -792,6 +795,9 @@ def train(
     step, started, last_report = 0, time.monotonic(), 0.0
     ema = None
     lo_hi = [data.aspects[a] for a in aspects]
+    record: dict[str, Any] = {"grad_accum": config.grad_accum, "optimizer_steps": 0}
+    hooks = _watch_output_dtypes(heads, model, top if config.mode == "top" else None, record)
+    device_type = device.split(":")[0]
     for epoch in range(epochs):
         order = list(range(len(batches)))
         random.Random(config.seed + epoch).shuffle(order)
@@ -799,7 +805,10 @@ def train(
             if bi % world != rank:
                 continue
             kind, members = batches[bi]
-            with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+                if "autocast" not in record:  # read inside the context: what the forward runs under
+                    on = torch.is_autocast_enabled(device_type)
+                    record["autocast"] = _dtype_name(torch.get_autocast_dtype(device_type)) if on else None
                 loss = _batch_loss(kind, members, data.train, embed, heads, boot, config, aspects, lo_hi, device)
             if config.l2:
                 loss = loss + config.l2 * (heads.reward.weight.float() ** 2).sum() / n_heads
@@ -810,6 +819,7 @@ def train(
             if step % config.grad_accum == 0 or step == total:
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
+                record["optimizer_steps"] += 1
                 optimizer.zero_grad(set_to_none=True)
                 if scheduler is not None:
                     scheduler.step()
@@ -832,9 +842,39 @@ def train(
                         "eta_s": round((total - step) / max(rate, 1e-6)),
                     }
                 )
+    for hook in hooks:
+        hook.remove()
+    record["micro_batches"] = step
     if model is not None and world > 1:
         encoder.model = model.module
-    return RewardModel(config, encoder, heads, aspects, dict(data.aspects))
+    return RewardModel(config, encoder, heads, aspects, dict(data.aspects), training=record)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _watch_output_dtypes(heads: Any, model: Any, top: TopLayers | None, record: dict[str, Any]) -> list[Any]:
+    """Forward hooks that note, in `record["output_dtypes"]`, the dtype of the first output of the
+    reward heads and of a trained linear layer of the backbone (none in frozen mode): bfloat16 where
+    the matrix products ran under bf16 autocast, float32 where they did not."""
+    from torch import nn
+
+    seen: dict[str, str] = {}
+    record["output_dtypes"] = seen
+
+    def watch(module: Any, key: str) -> Any:
+        def note(_module: Any, _inputs: Any, out: Any) -> None:  # None: the output stays as it is
+            seen.setdefault(key, _dtype_name(out.dtype))
+
+        return module.register_forward_hook(note)
+
+    hooks = [watch(heads.reward, "heads")]
+    trained = top.top if top is not None else model
+    linear = next((m for m in trained.modules() if isinstance(m, nn.Linear)), None) if trained is not None else None
+    if linear is not None:
+        hooks.append(watch(linear, "backbone"))
+    return hooks
 
 
 def _activation_cache_mb() -> int:

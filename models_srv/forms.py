@@ -89,6 +89,30 @@ class LabelerForm(forms.Form):
             "with PREFLOOP_LLM_KEY_ in api_key_env)."
         ),
     )
+    version = forms.ChoiceField(
+        required=False,
+        label="Reward model",
+        help_text="Reward-model judges: a version of this project or of another project you curate; empty: the "
+        "config's version (by default this project's current one).",
+    )
+
+    def __init__(self, *args: Any, user: Any, project: Any, **kwargs: Any) -> None:
+        from models_srv.selectors import judge_versions_for
+
+        super().__init__(*args, **kwargs)
+        versions = judge_versions_for(user, project).order_by("project__name", "-version")
+        self.fields["version"].choices = [("", "as in the config")] + [
+            (str(v.uuid), f"{v.project.name} v{v.version}{' (current)' if v.is_current else ''}") for v in versions
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        version, config = data.get("version"), data.get("config")
+        if version and data.get("kind") != "reward_model":
+            self.add_error("version", "Only reward-model judges use a version.")
+        elif version and isinstance(config, dict):
+            data["config"] = {**config, "version": version}
+        return data
 
     def clean_config(self) -> dict[str, Any]:
         import yaml

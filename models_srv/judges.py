@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http.request import validate_host
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from annotation.models import Item, Labeler
 from annotation.queue import to_stored_order
@@ -72,9 +72,31 @@ class LLMJudgeConfig(BaseModel):
 
 class RewardModelJudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: str = Field(default="current", description="a version uuid, or 'current'")
+    version: str = Field(
+        default="current",
+        description="'current' (this project's current version), or the uuid of a succeeded version of this "
+        "project or of any project its curator curates",
+    )
     strength_threshold: float = Field(default=1.0, ge=0, description="reward gap above which the preference is strong")
     tie_margin: float = Field(default=0.0, ge=0, description="reward gap under which it is a tie (0 = never)")
+
+    @field_validator("version")
+    @classmethod
+    def _current_or_uuid(cls, value: str) -> str:
+        from uuid import UUID
+
+        if value == "current":
+            return value
+        try:
+            return str(UUID(value))
+        except ValueError:
+            raise ValueError("version is 'current' or a version's uuid") from None
+
+
+def version_refusal(version: str) -> str:
+    """The one answer for a reward-model version a judge may not use: missing, not succeeded, or
+    in a project the user does not curate, alike (so a uuid leaks nothing)."""
+    return f"no succeeded reward-model version {version!r} in this project or in one you curate"
 
 
 class DensityRatioConfig(BaseModel):
@@ -531,21 +553,21 @@ def payload_from_rewards(
 class RewardModelJudge:
     kind = Labeler.Kind.REWARD_MODEL
 
-    def __init__(self, labeler: Labeler) -> None:
+    def __init__(self, labeler: Labeler, user: Any = None) -> None:
+        """`user`: who started the run. A version of another project is used only while they
+        curate it (checked here again: access may have changed since the labeler was saved)."""
         from pathlib import Path
 
         from models_srv import engine
-        from models_srv.models import RewardModelVersion
+        from models_srv.selectors import judge_version
 
-        self.cfg = RewardModelJudgeConfig.model_validate(labeler.config)
-        versions = RewardModelVersion.objects.filter(project=labeler.project, status="succeeded")
-        version = (
-            versions.filter(is_current=True).first()
-            if self.cfg.version == "current"
-            else versions.filter(uuid=self.cfg.version).first()
-        )
+        try:
+            self.cfg = RewardModelJudgeConfig.model_validate(labeler.config)
+        except ValidationError as exc:
+            raise JudgeError(format_validation_error(exc)) from None
+        version = judge_version(user, labeler.project, self.cfg.version)
         if version is None:
-            raise JudgeError(f"no succeeded reward-model version {self.cfg.version!r} in this project")
+            raise JudgeError(version_refusal(self.cfg.version))
         self.version = version
         self.model = engine.load_model(Path(version.artifact_path))
         self.peak = 1
@@ -653,9 +675,8 @@ class DensityRatioJudge:
         return out
 
 
-def make_judge(labeler: Labeler) -> LLMJudge | RewardModelJudge | DensityRatioJudge:
-    return {
-        Labeler.Kind.LLM: LLMJudge,
-        Labeler.Kind.REWARD_MODEL: RewardModelJudge,
-        Labeler.Kind.DENSITY_RATIO: DensityRatioJudge,
-    }[labeler.kind](labeler)
+def make_judge(labeler: Labeler, user: Any = None) -> LLMJudge | RewardModelJudge | DensityRatioJudge:
+    """The judge of `labeler` for a run started by `user` (None: from the shell)."""
+    if labeler.kind == Labeler.Kind.REWARD_MODEL:
+        return RewardModelJudge(labeler, user)
+    return {Labeler.Kind.LLM: LLMJudge, Labeler.Kind.DENSITY_RATIO: DensityRatioJudge}[labeler.kind](labeler)

@@ -17,8 +17,18 @@ from pydantic import ValidationError
 from annotation.models import Item, Judgment, Labeler, Project
 from annotation.schema import format_validation_error
 from config.jobs import JobLost, liveness, stale_after, sweep_stale
-from models_srv.judges import CONFIGS, JudgeError, LLMJudgeConfig, encrypt_api_key, endpoint_refusal, make_judge
+from models_srv.judges import (
+    CONFIGS,
+    JudgeError,
+    LLMJudgeConfig,
+    RewardModelJudgeConfig,
+    encrypt_api_key,
+    endpoint_refusal,
+    make_judge,
+    version_refusal,
+)
 from models_srv.models import AILabelFailure, AILabelRun, RunStatus
+from models_srv.selectors import judge_version
 
 log = logging.getLogger(__name__)
 BATCH = 32
@@ -28,8 +38,17 @@ class LabelerError(ValueError):
     pass
 
 
-def labeler_create(*, project: Project, kind: str, name: str, config: dict[str, Any], api_key: str = "") -> Labeler:
-    """Validate the config of an AI labeler and store it (an API key only encrypted)."""
+def labeler_create(
+    *,
+    project: Project,
+    kind: str,
+    name: str,
+    config: dict[str, Any],
+    api_key: str = "",
+    by: AbstractBaseUser | None = None,
+) -> Labeler:
+    """Validate the config of an AI labeler and store it (an API key only encrypted). A
+    reward-model judge may name a version of `project` or of any project `by` curates."""
     if kind not in CONFIGS:
         raise LabelerError(f"kind must be one of {', '.join(CONFIGS)}")
     config = dict(config)
@@ -43,6 +62,12 @@ def labeler_create(*, project: Project, kind: str, name: str, config: dict[str, 
         raise LabelerError(format_validation_error(exc)) from None
     if isinstance(parsed, LLMJudgeConfig) and (refusal := endpoint_refusal(parsed)):
         raise LabelerError(refusal)
+    if (
+        isinstance(parsed, RewardModelJudgeConfig)
+        and parsed.version != "current"
+        and judge_version(by, project, parsed.version) is None
+    ):
+        raise LabelerError(version_refusal(parsed.version))
     version = (
         Labeler.objects.filter(project=project, kind=kind, name=name)
         .order_by("-version")
@@ -113,10 +138,10 @@ def run_execute(*, run_id: int) -> AILabelRun | None:
         run.heartbeat_at = now
         run.save(update_fields=["status", "attempts", "heartbeat_at"])
     mine = AILabelRun.objects.filter(id=run.id, status=RunStatus.RUNNING, attempts=run.attempts)
-    run = AILabelRun.objects.select_related("labeler", "project").get(id=run_id)
+    run = AILabelRun.objects.select_related("labeler", "project", "created_by").get(id=run_id)
     schema = run.project.judgment_schema
     try:
-        judge = make_judge(run.labeler)
+        judge = make_judge(run.labeler, run.created_by)
     except (JudgeError, OSError, ValueError) as exc:
         _end(mine, RunStatus.FAILED, str(exc))
         run.refresh_from_db()

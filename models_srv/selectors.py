@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from annotation.selectors import User, project_for_user
-from models_srv.models import RewardModelVersion
+from annotation.models import Project
+from annotation.selectors import User, project_for_user, projects_curated_by
+from models_srv.models import RewardModelVersion, RunStatus
 
 
 def version_for_curator(user: User, version_uuid: object) -> RewardModelVersion:
@@ -14,6 +16,26 @@ def version_for_curator(user: User, version_uuid: object) -> RewardModelVersion:
         raise Http404("No such model version.")
     project_for_user(user, version.project.slug, curator=True)  # 404 unless the user curates it
     return version
+
+
+def judge_versions_for(user: User | None, project: Project) -> QuerySet[RewardModelVersion]:
+    """The versions a reward-model judge of `project` may use on behalf of `user`: the succeeded
+    versions of `project` itself, and of every project `user` curates (whose versions they may
+    read: `version_for_curator`). Without a user (a run started from the shell), its own only."""
+    allowed = Q(project=project)
+    if user is not None:
+        allowed |= Q(project__in=projects_curated_by(user))
+    return RewardModelVersion.objects.filter(allowed, status=RunStatus.SUCCEEDED).select_related("project")
+
+
+def judge_version(user: User | None, project: Project, version: str) -> RewardModelVersion | None:
+    """The version a judge's `version` names ("current": its own project's current version, else
+    a uuid) if `user` may use it there, else None: a version they may not use and one that does
+    not exist answer alike."""
+    versions = judge_versions_for(user, project)
+    if version == "current":
+        return versions.filter(project=project, is_current=True).first()
+    return versions.filter(uuid=version).first()
 
 
 def versions_of(project: object) -> list[RewardModelVersion]:

@@ -159,6 +159,7 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
                 "lists": len(data.eval.lists),
                 "ratings": len(data.eval.ratings),
             }
+            metrics["training"] = model.training  # optimizer steps, autocast: as observed
             metrics["promotion"] = _promotion_check(version, model, data, progress)
             model.save(temp)
             beat.check()

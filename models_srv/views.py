@@ -112,7 +112,7 @@ def _ai_panel(request: HttpRequest, project: object, form: object = None, error:
         "project": project,
         "labelers": labelers,
         "runs": runs,
-        "form": form or LabelerForm(),
+        "form": form or LabelerForm(user=request.user, project=project),
         "error": error,
         "active": any(r.status in ("queued", "running") for r in runs),
         "examples": LABELER_EXAMPLES,
@@ -135,7 +135,7 @@ def labeler_add(request: HttpRequest, slug: str) -> HttpResponse:
     from models_srv.labeling import LabelerError, labeler_create
 
     project = project_for_user(request.user, slug, curator=True)
-    form = LabelerForm(request.POST)
+    form = LabelerForm(request.POST, user=request.user, project=project)
     if form.is_valid():
         try:
             labeler_create(
@@ -144,6 +144,7 @@ def labeler_add(request: HttpRequest, slug: str) -> HttpResponse:
                 name=form.cleaned_data["name"],
                 config=form.cleaned_data["config"],
                 api_key=form.cleaned_data["api_key"],
+                by=request.user,
             )
             return redirect("models_srv:ai", slug=project.slug)
         except LabelerError as exc:

@@ -11,6 +11,7 @@ import pytest
 
 from annotation.importing import import_items
 from models_srv import services
+from tests.chance import above_chance, best_constant_mae
 from tests.conftest import HH_FILE, QA_FILE, jsonl, needs_shared
 
 pytestmark = pytest.mark.shared_data
@@ -40,7 +41,7 @@ def test_default_minilm_on_hh_beats_the_length_baselines(make_project, settings,
     assert m["n"] >= 300
     assert m["accuracy"] > m["baseline_prefer_shorter"]
     assert m["accuracy"] > m["baseline_prefer_longer"]
-    assert m["accuracy"] > 0.55
+    assert above_chance(m["accuracy"], m["n"])  # by 2.33 standard errors of a coin: 0.558 on 400 pairs
 
 
 def _qa_rows() -> list[dict]:
@@ -80,6 +81,13 @@ def _qa_rows() -> list[dict]:
 
 @needs_shared(QA_FILE)
 def test_listwise_and_rubric_heads_train_on_qa_feedback(make_project, settings, tmp_path) -> None:
+    """The ranking and rubric heads train and are evaluated on real data. What they learn is not
+    asserted here: on 350 questions, their passages unseen, a frozen MiniLM at 64 tokens ranks
+    the answers at about chance (pairwise 0.54) and rates them no better than a constant (MAE 1.13
+    against 1.13 and 0.93 against 0.82). That heads learn a signal that is there, beating chance
+    and the best constant, is asserted on synthetic data in test_reward_training.py."""
+    from models_srv.data import load_snapshot
+
     settings.MEDIA_ROOT = tmp_path
     schema = {
         "ranking": {"k": 4, "allow_ties": True},
@@ -113,7 +121,12 @@ def test_listwise_and_rubric_heads_train_on_qa_feedback(make_project, settings, 
     assert ranking["pairwise_accuracy"] is not None and ranking["top1_accuracy"] is not None
     aspects = version.metrics["aspects"]
     assert set(aspects) == {"relevance", "factuality"}
-    for a in aspects.values():
-        assert a["n"] >= 80 and a["mae"] < 2.0
+    data = load_snapshot(version.snapshot)
+    for name, a in aspects.items():
+        constant = best_constant_mae(
+            [r.ratings[name] for r in data.train.ratings], [r.ratings[name] for r in data.eval.ratings]
+        )
+        print(f"{name}: MAE {a['mae']}, best constant {constant:.4f}")
+        assert a["n"] == len(data.eval.ratings) >= 80 and a["mae"] is not None
     assert version.metrics["train_examples"]["lists"] >= 200
     assert version.metrics["train_examples"]["ratings"] >= 200

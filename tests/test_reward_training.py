@@ -179,25 +179,30 @@ def test_train_and_evaluate_commands(synthetic_project, tmp_path, capsys) -> Non
 
 
 def test_gpu_code_paths_run_on_the_cpu(synthetic_project) -> None:
-    """bf16 autocast, gradient accumulation and length-bucketed batches, as a GPU run uses them."""
+    """bf16 autocast, gradient accumulation and length-bucketed batches, as a GPU run uses them.
+    What the run did is read from its record (set inside the training loop), not from its config:
+    the forward ran under bf16 autocast, and accumulating 2 micro-batches halved the optimizer steps."""
     from models_srv.engine import _batches, autocast_dtype, pick_device
 
     assert pick_device("auto") in ("cpu", "cuda", "mps")
-    config = {
-        "from_config": TINY,
-        "mode": "full",
-        "epochs": 2,
-        "lr": 2e-3,
-        "max_length": 32,
-        "precision": "bf16",
-        "grad_accum": 2,
-        "device": "cpu",
-    }
-    version = services.training_run(
-        version_id=services.training_start(project=synthetic_project, config=config, enqueue=False).id
-    )
-    assert version.status == "succeeded", version.error
-    assert version.device == "cpu"
+    base = {"from_config": TINY, "mode": "full", "epochs": 2, "lr": 2e-3, "max_length": 32, "device": "cpu"}
+
+    def run(**extra):
+        version = services.training_run(
+            version_id=services.training_start(project=synthetic_project, config={**base, **extra}, enqueue=False).id
+        )
+        assert version.status == "succeeded", version.error
+        assert version.device == "cpu"
+        return version.metrics["training"]
+
+    plain = run(precision="fp32", grad_accum=1)
+    bf16 = run(precision="bf16", grad_accum=2)
+    print("fp32, grad_accum=1:", plain, "\nbf16, grad_accum=2:", bf16)
+    # the same data and batches: 12 pair batches (192 training pairs by 16) in each of 2 epochs
+    assert plain["micro_batches"] == bf16["micro_batches"] == 24
+    assert plain["optimizer_steps"] == 24 and bf16["optimizer_steps"] == 12
+    assert plain["autocast"] is None and plain["output_dtypes"] == {"heads": "float32", "backbone": "float32"}
+    assert bf16["autocast"] == "bfloat16" and bf16["output_dtypes"] == {"heads": "bfloat16", "backbone": "bfloat16"}
     import torch
 
     assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("auto", "cpu") is None
@@ -283,3 +288,58 @@ def test_top_mode_saves_only_its_trained_layers(settings, tmp_path) -> None:
     texts = [(p.prompt, p.chosen) for p in pairs[:8]]
     again = load_model(tmp_path / "v")
     assert (again.score(texts)[0] - model.score(texts)[0]).abs().max() < 1e-4
+
+
+def graded_lists(n: int, seed: int = 0) -> list[dict]:
+    """Items of 4 responses whose quality is how many of their 3 verdict words are good (0..3):
+    ranked by it, and each rated 2 + quality on a 1..5 helpfulness scale."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        quality = rng.sample(range(4), 4)
+        responses = []
+        for q in quality:
+            words = [rng.choice(GOOD) for _ in range(q)] + [rng.choice(BAD) for _ in range(3 - q)]
+            rng.shuffle(words)
+            filler = " ".join(rng.choices(["the", "answer", "is", "a", "very", "some", "text"], k=rng.randint(2, 8)))
+            responses.append(f"{filler} {' '.join(words)}")
+        rows.append(
+            {
+                "id": f"g{i}",
+                "prompt": f"question {i}",
+                "responses": responses,
+                "ranking": [4 - q for q in quality],
+                "rubric": [{"helpfulness": 2 + q} for q in quality],
+            }
+        )
+    return rows
+
+
+def test_listwise_and_rubric_heads_learn_a_known_signal(make_project, settings, tmp_path) -> None:
+    """Rankings and ratings that follow a feature of the text: on held-out items the ranking beats
+    chance by a significant margin and the rubric head beats the best constant rating."""
+    from models_srv.data import load_snapshot
+    from tests.chance import above_chance, best_constant_mae
+
+    settings.MEDIA_ROOT = tmp_path
+    schema = {"ranking": {"k": 4}, "rubric": {"aspects": [{"name": "helpfulness"}], "required": False}}
+    project = make_project("graded", schema=schema)
+    import_items(project=project, fileobj=jsonl(graded_lists(120)))
+    config = {"from_config": TINY, "mode": "full", "epochs": 2, "lr": 2e-3, "max_length": 32, "ensemble": 1}
+    version = services.training_run(
+        version_id=services.training_start(project=project, config=config, enqueue=False).id
+    )
+    assert version.status == "succeeded", version.error
+    data = load_snapshot(version.snapshot)
+    ranking, rubric = version.metrics["ranking"], version.metrics["aspects"]["helpfulness"]
+    constant = best_constant_mae(
+        [r.ratings["helpfulness"] for r in data.train.ratings], [r.ratings["helpfulness"] for r in data.eval.ratings]
+    )
+    print("ranking:", ranking, "\nhelpfulness:", rubric, "best constant MAE:", round(constant, 4))
+    # each held-out list counts once (its 6 pairs are not independent); no ties, so the pooled
+    # pairwise accuracy is the mean of the lists' accuracies
+    assert ranking["n"] == len(data.eval.lists) >= 20
+    assert above_chance(ranking["pairwise_accuracy"], ranking["n"])
+    assert above_chance(ranking["top1_accuracy"], ranking["n"], chance=0.25)
+    assert rubric["n"] == len(data.eval.ratings) == 4 * ranking["n"]
+    assert rubric["mae"] < 0.75 * constant
