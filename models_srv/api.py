@@ -156,16 +156,24 @@ class RunOut(Schema):
     total: int
     done: int
     failed: int
+    abstained: int = Field(
+        description="Items whose two response orders disagreed where the schema has no tie: no label"
+    )
     skipped: int
     prompt_tokens: int
     completion_tokens: int
     cost: float
     error: str
     failures: list[FailureOut] = []
+    abstentions: list[FailureOut] = Field(default=[], description="The abstentions, with both answers")
 
     @staticmethod
     def resolve_failures(obj: Any) -> list[Any]:
-        return list(obj.failures.select_related("item")[:100])
+        return list(obj.failures.select_related("item").filter(abstained=False)[:100])
+
+    @staticmethod
+    def resolve_abstentions(obj: Any) -> list[Any]:
+        return list(obj.failures.select_related("item").filter(abstained=True)[:100])
 
 
 @router.get("/projects/{slug:slug}/ai-labelers", response=list[LabelerOut])

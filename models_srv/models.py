@@ -212,6 +212,9 @@ class AILabelRun(models.Model):
     done = models.PositiveIntegerField(default=0)
     skipped = models.PositiveIntegerField(default=0, help_text="Already labeled by this labeler: left as they were.")
     failed = models.PositiveIntegerField(default=0)
+    abstained = models.PositiveIntegerField(
+        default=0, help_text="Answered, but the two response orders disagreed where the schema has no tie: no label."
+    )
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cost = models.FloatField(default=0.0)
@@ -236,12 +239,15 @@ class AILabelRun(models.Model):
 
 
 class AILabelFailure(models.Model):
-    """An item an AI labeler could not label, with the reason and what the model answered."""
+    """An item an AI labeler did not label, with the reason and what the model answered: a failure
+    (no usable answer), or an abstention (`abstained`: its answers for the two response orders
+    disagreed and the schema has no tie)."""
 
     run = models.ForeignKey(AILabelRun, on_delete=models.CASCADE, related_name="failures")
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="ai_failures")
     reason = models.TextField()
     raw_output = models.TextField(blank=True)
+    abstained = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -182,8 +182,10 @@ def ai_run_cancel(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
 @require_GET
 def ai_run_detail(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
     run = selectors.ai_run_for_curator(request.user, run_uuid)
-    failures = run.failures.select_related("item").order_by("id")[:500]
-    return render(request, "models_srv/ai_run.html", {"run": run, "project": run.project, "failures": failures})
+    failures = run.failures.select_related("item").filter(abstained=False).order_by("id")[:500]
+    abstentions = run.failures.select_related("item").filter(abstained=True).order_by("id")[:500]
+    context = {"run": run, "project": run.project, "failures": failures, "abstentions": abstentions}
+    return render(request, "models_srv/ai_run.html", context)
 
 
 # ---------------------------------------------------------------------------------------------
