@@ -453,6 +453,19 @@ class LLMJudge:
             label.raw["abstained"] = True
         return label
 
+    def ask_shown(self, prompt: str, shown: list[str], schema: JudgmentSchema) -> tuple[Label, dict[str, Any] | None]:
+        """One answer to responses shown in this order (the judge audit's probes): the label
+        (tokens, or the failure with its raw text) and the verdict in shown order."""
+        probe = Item(prompt=prompt, responses=[{"text": t, "model": ""} for t in shown], num_responses=len(shown))
+        label = Label(0)
+        try:
+            answer = self._one_order(probe, schema, list(range(len(shown))), label)
+        except JudgeError as exc:
+            label.error, label.raw = str(exc), {"text": exc.raw}
+            return label, None
+        label.payload, label.confidence, label.raw = answer.stored, answer.confidence, {"text": answer.text}
+        return label, answer.verdict
+
 
 @dataclass
 class OrderAnswer:

@@ -273,13 +273,18 @@ def run_cancel(*, run: AILabelRun) -> None:
     )
 
 
-def ai_consensus(item: Item, method: str = "weighted") -> dict[str, Any] | None:
+def ai_consensus(item: Item, method: str = "weighted", require_audit: bool | None = None) -> dict[str, Any] | None:
     """The AI labelers' combined answer on an item: majority vote or confidence-weighted.
 
     Pairwise: the signed preference (-strength for A, +strength for B) averaged with weights;
     rankings: weighted mean rank, re-ranked. Returns the payload part, the agreement (share of
-    weight behind the winning choice) and how many AI judgments took part."""
-    judgments = [j for j in item.judgments.select_related("labeler") if j.labeler.is_ai]
+    weight behind the winning choice) and how many AI judgments took part. With `require_audit`
+    (default: the project's `require_ai_audit`) only labelers whose current config passed its
+    audit take part."""
+    from models_srv.judge_audit import audit_gate
+
+    gate = audit_gate(item.project, require_audit)
+    judgments = [j for j in item.judgments.select_related("labeler") if j.labeler.is_ai and gate.allows(j.labeler_id)]
     if not judgments:
         return None
     weight = (lambda j: 1.0) if method == "majority" else (lambda j: j.confidence if j.confidence is not None else 0.5)
