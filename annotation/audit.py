@@ -36,6 +36,7 @@ ACTIONS = {
     "export.create": "Created an export",
     "reward_model.train": "Started reward-model training",
     "reward_model.make_current": "Made a reward model current",
+    "ai_labeler.audit": "Started a judge audit of an AI labeler",
     "token.create": "Created an API token",
     "token.revoke": "Revoked an API token",
     "token.delete": "Deleted an API token",

@@ -144,6 +144,10 @@ class Project(models.Model):
     lease_seconds = models.PositiveIntegerField(default=900)
     show_model_names = models.BooleanField(default=False)
     routing_policy = models.CharField(max_length=16, choices=RoutingPolicy.choices, default=RoutingPolicy.ALL_HUMAN)
+    require_ai_audit = models.BooleanField(
+        default=False,
+        help_text="The router and the AI consensus use only AI labelers with a passing audit of their current config.",
+    )
     autotrain_after = models.PositiveIntegerField(
         default=0, help_text="Retrain the reward model after this many new judgments (0 = never)."
     )

@@ -48,6 +48,7 @@ class ProjectSpec(BaseModel):
     lease_seconds: int = Field(default=900, ge=10, le=7 * 24 * 3600)
     show_model_names: bool = False
     routing_policy: Project.RoutingPolicy = Project.RoutingPolicy.ALL_HUMAN
+    require_ai_audit: bool = False
     autotrain_after: int = Field(default=0, ge=0)
     members: list[MemberSpec] = Field(default_factory=list)
 
@@ -88,6 +89,7 @@ def project_create(*, spec: ProjectSpec, created_by: AbstractBaseUser | None) ->
             lease_seconds=spec.lease_seconds,
             show_model_names=spec.show_model_names,
             routing_policy=spec.routing_policy,
+            require_ai_audit=spec.require_ai_audit,
             autotrain_after=spec.autotrain_after,
             created_by=created_by,
         )

@@ -342,6 +342,19 @@ AUTHENTICATION_BACKENDS = ["config.auth_views.RateLimitedModelBackend"]
 # ALLOWED_HOSTS; empty = any host, so local vLLM / Ollama servers work without setup).
 AI_LABELER_KEY_ENVS = env.list("AI_LABELER_KEY_ENVS", default=[])
 AI_LABELER_ALLOWED_HOSTS = env.list("AI_LABELER_ALLOWED_HOSTS", default=[])
+# A judge audit (models_srv/judge_audit.py) builds its probes from up to AI_AUDIT_ITEMS items and
+# passes when the judge prefers a content-free answer (or ties it) at most AI_AUDIT_MAX_FALSE_ACCEPT
+# of the time, a truncated copy at most AI_AUDIT_MAX_TRUNCATED_ACCEPT, and gives the same verdict
+# for a pair and the pair swapped at least AI_AUDIT_MIN_CONSISTENCY of the time.
+AI_AUDIT_ITEMS = env.int("AI_AUDIT_ITEMS", default=20)
+AI_AUDIT_MAX_FALSE_ACCEPT = env.float("AI_AUDIT_MAX_FALSE_ACCEPT", default=0.1)
+AI_AUDIT_MAX_TRUNCATED_ACCEPT = env.float("AI_AUDIT_MAX_TRUNCATED_ACCEPT", default=0.2)
+AI_AUDIT_MIN_CONSISTENCY = env.float("AI_AUDIT_MIN_CONSISTENCY", default=0.8)
+if not 1 <= AI_AUDIT_ITEMS <= 500:
+    raise ImproperlyConfigured(f"AI_AUDIT_ITEMS={AI_AUDIT_ITEMS}: items per audit, 1 to 500")
+for _name in ("AI_AUDIT_MAX_FALSE_ACCEPT", "AI_AUDIT_MAX_TRUNCATED_ACCEPT", "AI_AUDIT_MIN_CONSISTENCY"):
+    if not 0 <= globals()[_name] <= 1:
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]:g}: a share, 0 to 1")
 # Models a config may load (models_srv/model_sources.py): 'default', Hugging Face ids from the
 # workers' local cache, and folders under MODEL_DIRS (colon- or comma-separated; empty = no local
 # paths). ALLOW_MODEL_FROM_CONFIG lets configs build small untrained models (tests, smoke runs).
@@ -386,6 +399,7 @@ CELERY_BEAT_SCHEDULE = {
     "recover-stale-imports": {"task": "annotation.tasks.recover_stale_imports", "schedule": 60.0},
     "recover-stale-label-runs": {"task": "models_srv.tasks.recover_stale_label_runs", "schedule": 60.0},
     "recover-stale-crossfits": {"task": "models_srv.tasks.recover_stale_crossfits", "schedule": 60.0},
+    "recover-stale-audits": {"task": "models_srv.tasks.recover_stale_audits", "schedule": 60.0},
 }
 # A learned router retrains once this many new items have been labeled by both humans and AI.
 ROUTER_RETRAIN_EVERY = env.int("ROUTER_RETRAIN_EVERY", default=20)

@@ -8,7 +8,12 @@ One pass over the project's judgments (values only, no model instances) feeds ev
   median time per item, skips and flags;
 - human vs AI: each AI labeler's agreement with the human consensus, overall and per category;
 - biases for humans and each AI labeler: label distribution, position bias (the response shown
-  first wins) and length bias (the longer response wins), with exact binomial p-values;
+  first wins) and length bias (the longer response wins), with exact binomial p-values. People's
+  come from the order each was shown. An AI labeler's come from its raw answers, one per order it
+  was asked (models_srv.verdicts), abstentions included: the reconciled label of a judge that
+  always picks the first shown is a tie, or no label at all, and would hide the very bias. Where
+  nothing was measured (imported labels, reward-model judges, which score each response alone)
+  the figures are None, shown "n/a", never a p-value of 1;
 - drift: weekly agreement with consensus per annotator, per AI labeler and per category;
 - model leaderboard: Bradley-Terry ratings of the responses' source models with bootstrap CIs,
   separately from human and from AI labels;
@@ -46,6 +51,7 @@ from curation.metrics import (
     pairwise_agreement,
     position_bias,
 )
+from models_srv.verdicts import ShownAnswer, shown_answers
 
 # Below this share of votes for the consensus label an item counts as low agreement (a 2-1 split does).
 LOW_AGREEMENT = 0.7
@@ -64,6 +70,7 @@ class _J:
     time_ms: int | None
     created_at: datetime
     order_consistent: bool | None
+    answers: tuple[ShownAnswer, ...] = ()  # an AI judgment's answer per order asked, in shown order
 
     @property
     def human(self) -> bool:
@@ -79,6 +86,9 @@ class ProjectData:
     by_item_human: dict[int, list[_J]] = field(default_factory=dict)  # annotators' judgments
     by_item_imported: dict[int, list[_J]] = field(default_factory=dict)
     by_item_ai: dict[int, list[_J]] = field(default_factory=dict)
+    # AI labelers' abstentions (no judgment: the orders disagreed where ties are not allowed):
+    # (labeler id, item id, its answers), for the biases.
+    abstentions: list[tuple[int, int, tuple[ShownAnswer, ...]]] = field(default_factory=list)
 
     def by_item(self, source: str) -> dict[int, list[_J]]:
         return {
@@ -150,6 +160,7 @@ def load(project: Project) -> ProjectData:
     for item_id, labeler_id, payload, order, time_ms, created, raw in rows.iterator(chunk_size=5000):
         choice, strength = _choice(payload)
         source = source_of_kind(labelers[labeler_id]["kind"])
+        ai = source == LabelSource.AI
         judgments.append(
             _J(
                 item_id,
@@ -162,7 +173,8 @@ def load(project: Project) -> ProjectData:
                 order[0] if order else None,
                 time_ms,
                 created,
-                _consistent(raw) if source == LabelSource.AI else None,
+                _consistent(raw) if ai else None,
+                tuple(shown_answers(raw)) if ai else (),
             )
         )
     gold = {
@@ -173,9 +185,35 @@ def load(project: Project) -> ProjectData:
         .annotate(total=Sum("gold_score"), n=Count("id"))
     }
     data = ProjectData(project, items, labelers, judgments, item_count=non_gold.count(), gold=gold)
+    data.abstentions = _abstentions(project, items, labelers)
     for j in judgments:
         data.by_item(j.source).setdefault(j.item_id, []).append(j)
     return data
+
+
+def _abstentions(
+    project: Project, items: dict[int, dict[str, Any]], labelers: dict[int, dict[str, Any]]
+) -> list[tuple[int, int, tuple[ShownAnswer, ...]]]:
+    """Each AI labeler's abstentions on the project's items (once per labeler and item), with
+    their answers; the items are added to `items` (their texts feed the length bias)."""
+    from models_srv.models import AILabelFailure
+
+    rows = (
+        AILabelFailure.objects.filter(run__project=project, abstained=True, item__is_gold=False)
+        .order_by("id")
+        .values_list("run__labeler_id", "item_id", "raw_output")
+    )
+    out, seen = [], set()
+    for labeler_id, item_id, raw in rows.iterator(chunk_size=5000):
+        if (labeler_id, item_id) not in seen and labeler_id in labelers:
+            seen.add((labeler_id, item_id))
+            out.append((labeler_id, item_id, tuple(shown_answers(raw))))
+    missing = {item_id for _, item_id, _ in out} - items.keys()
+    for row in Item.objects.filter(id__in=missing).values(
+        "id", "external_id", "responses", "metadata", "status", "split", "prompt"
+    ):
+        items[row["id"]] = row
+    return out
 
 
 def labeler_name(data: ProjectData, labeler_id: int) -> str:
@@ -325,35 +363,53 @@ def human_vs_ai(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict
 
 
 def biases(data: ProjectData) -> list[dict[str, Any]]:
+    """Per group (annotators, imported labels, each AI labeler by name): label distribution,
+    position and length bias. A figure with nothing behind it is None (shown "n/a")."""
     groups: dict[str, list[_J]] = defaultdict(list)
+    # (item id, answer) for each AI group: every answer its labelers gave, abstentions included.
+    answers: dict[str, list[tuple[int, ShownAnswer]]] = defaultdict(list)
+    abstained: Counter[str] = Counter()
     for j in data.judgments:
         if j.choice:
             group = {LabelSource.HUMAN: "annotators", LabelSource.IMPORTED: "imported"}.get(j.source)
             groups[group or labeler_name(data, j.labeler_id)].append(j)
+            answers[group or labeler_name(data, j.labeler_id)] += [(j.item_id, a) for a in j.answers]
+    for labeler_id, item_id, shown in data.abstentions:
+        name = labeler_name(data, labeler_id)
+        groups.setdefault(name, [])
+        abstained[name] += 1
+        answers[name] += [(item_id, a) for a in shown]
     rows = []
     first = {"annotators": 0, "imported": 1}
     for name, js in sorted(groups.items(), key=lambda kv: (first.get(kv[0], 2), kv[0])):
-        shown = []
-        for j in js:
-            if j.shown_first is None:
-                continue
-            first = "A" if j.shown_first == 0 else "B"
-            shown.append("tie" if j.choice == "tie" else "A" if j.choice == first else "B")
-        lengths = []
-        for j in js:
-            responses = (data.items.get(j.item_id) or {}).get("responses") or []
-            if len(responses) >= 2:
-                lengths.append((len(responses[0]["text"]), len(responses[1]["text"]), j.choice))
+        texts = {i: (data.items.get(i) or {}).get("responses") or [] for i in {j.item_id for j in js}}
+        texts.update({i: (data.items.get(i) or {}).get("responses") or [] for i, _ in answers[name]})
+        if answers[name]:  # an AI labeler: each answer in the order it was asked
+            shown = [a.choice for _, a in answers[name]]
+            stored = [(i, a.stored_choice) for i, a in answers[name]]
+        else:
+            shown = []
+            for j in js:
+                if j.shown_first is not None:
+                    first_shown = "A" if j.shown_first == 0 else "B"
+                    shown.append("tie" if j.choice == "tie" else "A" if j.choice == first_shown else "B")
+            stored = [(j.item_id, j.choice) for j in js]
+        lengths = [
+            (len(texts[i][0]["text"]), len(texts[i][1]["text"]), choice) for i, choice in stored if len(texts[i]) >= 2
+        ]
         pos, length = position_bias(shown), length_bias(lengths)
         rows.append(
             {
                 "labeler": name,
                 "judgments": len(js),
+                "abstained": abstained[name],
                 "distribution": label_distribution([j.choice for j in js], ["A", "B", "tie"]),
                 "first_shown_wins": _r(pos.share),
-                "first_shown_p": _r(pos.p_value, 4),
+                "first_shown_p": _r(pos.p_value, 4) if pos.n else None,
+                "first_shown_n": pos.n,
                 "longer_wins": _r(length.share),
-                "longer_p": _r(length.p_value, 4),
+                "longer_p": _r(length.p_value, 4) if length.n else None,
+                "longer_n": length.n,
             }
         )
     return rows

@@ -136,17 +136,53 @@ class LabelerOut(Schema):
     version: int
     config: dict[str, Any]
 
+    audit: Literal["passed", "failed", "running", "stale", "none"] = Field(
+        description="Its judge audit: the latest of its current config passed or failed, one is running, "
+        "its audits ran with another config (stale), or none"
+    )
+
     @staticmethod
     def resolve_config(obj: Any) -> dict[str, Any]:
         from models_srv.judges import public_config
 
         return public_config(obj.config)
 
+    @staticmethod
+    def resolve_audit(obj: Any) -> str:
+        from models_srv.judge_audit import standings
+
+        return standings([obj])[obj.id].state
+
 
 class FailureOut(Schema):
     item: str = Field(alias="item.external_id")
     reason: str
     raw_output: str
+
+
+class AuditOut(Schema):
+    id: UUID = Field(alias="uuid")
+    labeler: str = Field(alias="labeler.name")
+    labeler_version: int
+    config_sha: str = Field(description="sha256 of the config audited: the audit holds for this config only")
+    status: str
+    passed: bool | None
+    metrics: dict[str, Any] = Field(
+        description="false_accept, truncated_accept, self_consistency, failed: {rate, hits, n}; first_shown: "
+        "{rate, hits, n, p, by_order}; reasons: why it failed"
+    )
+    thresholds: dict[str, Any]
+    items: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    error: str
+    created_at: datetime
+    finished_at: datetime | None
+
+    @staticmethod
+    def resolve_items(obj: Any) -> int:
+        return len(obj.item_ids)
 
 
 class RunOut(Schema):
@@ -156,16 +192,24 @@ class RunOut(Schema):
     total: int
     done: int
     failed: int
+    abstained: int = Field(
+        description="Items whose two response orders disagreed where the schema has no tie: no label"
+    )
     skipped: int
     prompt_tokens: int
     completion_tokens: int
     cost: float
     error: str
     failures: list[FailureOut] = []
+    abstentions: list[FailureOut] = Field(default=[], description="The abstentions, with both answers")
 
     @staticmethod
     def resolve_failures(obj: Any) -> list[Any]:
-        return list(obj.failures.select_related("item")[:100])
+        return list(obj.failures.select_related("item").filter(abstained=False)[:100])
+
+    @staticmethod
+    def resolve_abstentions(obj: Any) -> list[Any]:
+        return list(obj.failures.select_related("item").filter(abstained=True)[:100])
 
 
 @router.get("/projects/{slug:slug}/ai-labelers", response=list[LabelerOut])
@@ -212,3 +256,26 @@ def start_run(request: HttpRequest, labeler_id: int) -> Status[Any]:
 @router.get("/ai-runs/{uuid:run_id}", response=RunOut)
 def get_run(request: HttpRequest, run_id: UUID) -> Any:
     return selectors.ai_run_for_curator(request.user, run_id)
+
+
+@router.get("/ai-labelers/{int:labeler_id}/audits", response=list[AuditOut])
+def list_audits(request: HttpRequest, labeler_id: int) -> list[Any]:
+    """The labeler's latest judge audits, newest first (the probes and answers are on its page)."""
+    return selectors.audits_of(selectors.labeler_for_curator(request.user, labeler_id))
+
+
+@router.post(
+    "/ai-labelers/{int:labeler_id}/audits",
+    response={202: AuditOut},
+    auth=scoped("train"),
+    openapi_extra=refusals({409: "An audit of this labeler is in progress, or the project has nothing to audit."}),
+)
+def start_audit(request: HttpRequest, labeler_id: int) -> Status[Any]:
+    """Audit the labeler's current config on probes built from the project's items (in the background)."""
+    from models_srv.judge_audit import AuditError, audit_start
+
+    labeler = selectors.labeler_for_curator(request.user, labeler_id)
+    try:
+        return Status(202, audit_start(labeler=labeler, created_by=request.user, request=request))
+    except AuditError as exc:
+        raise HttpError(409, str(exc)) from None

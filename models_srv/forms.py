@@ -140,6 +140,11 @@ class RoutingForm(forms.Form):
         initial=10,
         help_text="Items labeled by both humans and AI, so the router can learn; counts against the budget.",
     )
+    require_ai_audit = forms.BooleanField(
+        label="Use only audited AI labelers",
+        required=False,
+        help_text="The router and the AI consensus skip AI labelers without a passing audit of their current config.",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from annotation.models import Project

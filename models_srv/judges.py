@@ -4,8 +4,11 @@ project's schema (validated like a human's), with a confidence and its raw outpu
 
 The LLM judge asks for a JSON answer, re-asks when it does not parse (then records the failure
 with the raw text), retries 429/5xx/timeouts with exponential backoff (honouring Retry-After),
-judges both response orders and reconciles them: when the two orders disagree the confidence
-drops, which is how position bias shows up in the data.
+judges both response orders and reconciles them. Orders that disagree (the preferred response
+differs once mapped back) give no preference: a tie where the schema allows ties, else an
+abstention (no judgment; counted on the run, with both answers kept). Following either order
+would turn position bias into labels. Each order's verdict is kept in shown order in the raw
+output (models_srv.verdicts), which is what position bias is measured from.
 
 An LLM judge sends its key to its `base_url`, and both come from a curator's config, so the server
 decides what they may name (`endpoint_refusal`): the key only from environment variables whose
@@ -206,6 +209,7 @@ class Label:
     confidence: float | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    abstained: bool = False  # the judge answered, but its answers carry no label (see reconcile)
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -404,9 +408,8 @@ class LLMJudge:
     def close(self) -> None:
         self.client.close()
 
-    def _one_order(
-        self, item: Item, schema: JudgmentSchema, order: list[int], label: Label
-    ) -> tuple[dict[str, Any], float | None, str]:
+    def _one_order(self, item: Item, schema: JudgmentSchema, order: list[int], label: Label) -> OrderAnswer:
+        """Ask for one order of the responses (re-asking while the answer does not parse)."""
         shown = [item.responses[i]["text"] for i in order]
         messages = build_prompt(self.cfg, schema, item.prompt, shown)
         last_text, problem = "", ""
@@ -426,7 +429,7 @@ class LLMJudge:
                 payload, confidence = answer_to_payload(extract_json(text), schema, shown)
                 stored = to_stored_order(payload, order)
                 schema.validate_payload(stored, item.response_texts)
-                return stored, confidence, text
+                return OrderAnswer(stored, preference_verdict(payload), confidence, text)
             except (ValueError, TypeError, KeyError, PayloadError) as exc:
                 problem = str(exc)
                 messages = [
@@ -451,53 +454,103 @@ class LLMJudge:
 
     def _label(self, item: Item, schema: JudgmentSchema, label: Label) -> Label:
         n = item.num_responses
-        first = self._one_order(item, schema, list(range(n)), label)
-        if not self.cfg.swap_positions:
-            label.payload, label.confidence = first[0], first[1] if first[1] is not None else 0.7
-            label.raw = {"answers": [first[2]]}
-            return label
-        second = self._one_order(item, schema, list(reversed(range(n))), label)
-        label.payload, label.confidence, consistent = reconcile(schema, first[:2], second[:2])
+        orders = [list(range(n))] + ([list(reversed(range(n)))] if self.cfg.swap_positions else [])
+        answers = [self._one_order(item, schema, order, label) for order in orders]
         label.raw = {
-            "answers": [first[2], second[2]],
-            "orders": [list(range(n)), list(reversed(range(n)))],
-            "order_consistent": consistent,
+            "answers": [a.text for a in answers],
+            "orders": orders,
+            "verdicts": [a.verdict for a in answers],
         }
+        if len(answers) == 1:
+            label.payload = answers[0].stored
+            label.confidence = answers[0].confidence if answers[0].confidence is not None else 0.7
+            return label
+        first, second = answers
+        label.payload, label.confidence, consistent = reconcile(
+            schema, (first.stored, first.confidence), (second.stored, second.confidence)
+        )
+        label.raw["order_consistent"] = consistent
+        if label.payload is None:
+            label.abstained = True
+            label.raw["abstained"] = True
         return label
+
+    def ask_shown(self, prompt: str, shown: list[str], schema: JudgmentSchema) -> tuple[Label, dict[str, Any] | None]:
+        """One answer to responses shown in this order (the judge audit's probes): the label
+        (tokens, or the failure with its raw text) and the verdict in shown order."""
+        probe = Item(prompt=prompt, responses=[{"text": t, "model": ""} for t in shown], num_responses=len(shown))
+        label = Label(0)
+        try:
+            answer = self._one_order(probe, schema, list(range(len(shown))), label)
+        except JudgeError as exc:
+            label.error, label.raw = str(exc), {"text": exc.raw}
+            return label, None
+        label.payload, label.confidence, label.raw = answer.stored, answer.confidence, {"text": answer.text}
+        return label, answer.verdict
+
+
+@dataclass
+class OrderAnswer:
+    """The answer for one order of the responses: payload in stored order, verdict in shown order."""
+
+    stored: dict[str, Any]
+    verdict: dict[str, Any]
+    confidence: float | None
+    text: str
+
+
+def preference_verdict(shown_payload: dict[str, Any]) -> dict[str, Any]:
+    """The preference part of a shown-order payload, as models_srv.verdicts reads it."""
+    if "pairwise" in shown_payload:
+        return dict(shown_payload["pairwise"])
+    if "ranking" in shown_payload:
+        return {"ranking": list(shown_payload["ranking"])}
+    return {}
 
 
 def reconcile(
     schema: JudgmentSchema, a: tuple[dict[str, Any], float | None], b: tuple[dict[str, Any], float | None]
-) -> tuple[dict[str, Any], float, bool]:
-    """Combine the answers given for both response orders (both already in stored order)."""
+) -> tuple[dict[str, Any] | None, float, bool]:
+    """Combine the answers given for both response orders (both already in stored order).
+
+    Orders that agree keep today's answer: the mean signed strength (rankings: the mean ranks).
+    Orders that disagree carry no preference, whatever the strengths and confidences: a pairwise
+    answer whose preferred response differs between the orders becomes a tie where the schema
+    allows ties and an abstention (payload None) where it does not; a ranking without ties whose
+    mean ranks tie abstains too. Picking one order's answer instead would make the judge's
+    position bias a label: an always-"A" judge would label every item "A" in stored order."""
     pa, pb = a[0], b[0]
     ca, cb = (a[1] if a[1] is not None else 0.7), (b[1] if b[1] is not None else 0.7)
     out = dict(pa)
     consistent = True
+    abstain = False
     if schema.pairwise:
         sign = {"A": -1, "B": 1, "tie": 0}
-        sa = sign[pa["pairwise"]["choice"]] * pa["pairwise"]["strength"]
-        sb = sign[pb["pairwise"]["choice"]] * pb["pairwise"]["strength"]
-        consistent = pa["pairwise"]["choice"] == pb["pairwise"]["choice"]
-        mean = (sa + sb) / 2
-        if abs(mean) < 0.5:
+        choice_a, choice_b = pa["pairwise"]["choice"], pb["pairwise"]["choice"]
+        consistent = choice_a == choice_b
+        if not consistent:
             if schema.pairwise.allow_tie:
                 out["pairwise"] = {"choice": "tie", "strength": 0}
-            else:  # no tie allowed: follow the more confident order
-                out["pairwise"] = dict(pa["pairwise"] if ca >= cb else pb["pairwise"])
+            else:
+                abstain = True
+        elif choice_a == "tie":
+            out["pairwise"] = {"choice": "tie", "strength": 0}
         else:
+            mean = (sign[choice_a] * pa["pairwise"]["strength"] + sign[choice_b] * pb["pairwise"]["strength"]) / 2
             out["pairwise"] = {
-                "choice": "B" if mean > 0 else "A",
+                "choice": choice_a,
                 "strength": max(1, min(len(schema.pairwise.strengths), round(abs(mean)))),
             }
     if schema.ranking:
         avg = [(x + y) / 2 for x, y in zip(pa["ranking"], pb["ranking"], strict=True)]
         consistent = consistent and pa["ranking"] == pb["ranking"]
-        levels = sorted(set(avg)) if schema.ranking.allow_ties else None
-        if levels is not None:
+        if schema.ranking.allow_ties:
+            levels = sorted(set(avg))
             out["ranking"] = [levels.index(v) + 1 for v in avg]
+        elif len(set(avg)) < len(avg):
+            abstain = True  # the orders leave responses level, and the schema has no ties
         else:
-            order = sorted(range(len(avg)), key=lambda i: (avg[i], pa["ranking"][i]))
+            order = sorted(range(len(avg)), key=lambda i: avg[i])
             ranks = [0] * len(avg)
             for r, i in enumerate(order, start=1):
                 ranks[i] = r
@@ -508,7 +561,7 @@ def reconcile(
             for ra, rb in zip(pa["rubric"], pb["rubric"], strict=True)
         ]
     confidence = (ca + cb) / 2 * (1.0 if consistent else 0.3)
-    return out, round(confidence, 4), consistent
+    return (None if abstain else out), round(confidence, 4), consistent
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,11 @@
 """AI labeling runs: create labelers, start runs, run them in batches (idempotent), and compute the
-AI consensus of an item."""
+AI consensus of an item.
+
+An item comes out of a run as a judgment, a failure (no usable answer: retried by the next run),
+or an abstention (the judge answered, but its two orders disagreed where the schema has no tie:
+no label, counted on the run as `abstained`, both answers kept in an `AILabelFailure` row marked
+`abstained`). An abstention is the labeler's answer to that item: later runs of the same labeler
+(the same config version) do not ask again."""
 
 from __future__ import annotations
 
@@ -97,14 +103,22 @@ def run_start(
     qs = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
     if item_ids is not None:
         qs = qs.filter(id__in=item_ids)
-    ids = list(qs.exclude(judgments__labeler=labeler).order_by("id").values_list("id", flat=True))
+    abstained = AILabelFailure.objects.filter(run__labeler=labeler, abstained=True).values("item_id")
+    ids = list(
+        qs.exclude(judgments__labeler=labeler).exclude(id__in=abstained).order_by("id").values_list("id", flat=True)
+    )
     if not ids:
         # An empty run would only report "0 already labeled, of 0 items".
         total = qs.count()
+        held = qs.filter(id__in=abstained).count()
+        items = f"{total} item{'s' if total != 1 else ''}"
         raise LabelerError(
-            f"nothing to label: {labeler.name} has labeled all {total} item{'s' if total != 1 else ''} already"
-            if total
-            else "nothing to label: the project has no items for AI labelers"
+            "nothing to label: the project has no items for AI labelers"
+            if not total
+            else f"nothing to label: {labeler.name} has labeled all {items} already"
+            if not held
+            else f"nothing to label: {labeler.name} has answered all {items} already "
+            f"({held} abstained: its two response orders disagreed)"
         )
     run = AILabelRun.objects.create(project=project, labeler=labeler, item_ids=ids, created_by=created_by)
     if enqueue:
@@ -208,6 +222,10 @@ def recover_stale_label_runs(now: Any = None) -> dict[str, int]:
 def _batch(run: AILabelRun, mine: Any, judge: Any, schema: Any, ids: list[int]) -> None:
     judged = Judgment.objects.filter(item_id__in=ids, labeler=run.labeler)
     already = set(judged.values_list("item_id", flat=True))
+    # Abstentions an earlier attempt of this run recorded are counted already: not asked again.
+    already |= set(
+        AILabelFailure.objects.filter(run=run, abstained=True, item_id__in=ids).values_list("item_id", flat=True)
+    )
     # Only one run of a labeler goes at a time: what was judged after this run was created, an
     # earlier attempt of it judged (and counted as done); what was judged before, it skips.
     skipped = judged.filter(created_at__lt=run.created_at).count()
@@ -218,7 +236,8 @@ def _batch(run: AILabelRun, mine: Any, judge: Any, schema: Any, ids: list[int]) 
         with ThreadPoolExecutor(max_workers=judge.cfg.concurrency) as pool:
             labels = list(pool.map(lambda item: judge.label(item, schema), items))
     good = [lb for lb in labels if lb.payload is not None and not lb.error]
-    bad = [lb for lb in labels if lb.payload is None or lb.error]
+    held = [lb for lb in labels if lb.abstained and not lb.error]
+    bad = [lb for lb in labels if lb.error or (lb.payload is None and not lb.abstained)]
     project = run.project
     with transaction.atomic():
         cfg = getattr(judge, "cfg", None)
@@ -229,6 +248,7 @@ def _batch(run: AILabelRun, mine: Any, judge: Any, schema: Any, ids: list[int]) 
         if not mine.update(
             done=F("done") + len(good),
             failed=F("failed") + len(bad),
+            abstained=F("abstained") + len(held),
             skipped=F("skipped") + skipped,
             prompt_tokens=F("prompt_tokens") + pt,
             completion_tokens=F("completion_tokens") + ct,
@@ -253,9 +273,16 @@ def _batch(run: AILabelRun, mine: Any, judge: Any, schema: Any, ids: list[int]) 
             [
                 AILabelFailure(run=run, item_id=lb.item_id, reason=lb.error or "no answer", raw_output=_raw(lb.raw))
                 for lb in bad
+            ]
+            + [
+                AILabelFailure(run=run, item_id=lb.item_id, reason=ABSTAINED, raw_output=_raw(lb.raw), abstained=True)
+                for lb in held
             ],
             ignore_conflicts=True,
         )
+
+
+ABSTAINED = "abstained: the two response orders disagreed and the schema has no tie"
 
 
 def _raw(raw: dict[str, Any]) -> str:
@@ -271,13 +298,18 @@ def run_cancel(*, run: AILabelRun) -> None:
     )
 
 
-def ai_consensus(item: Item, method: str = "weighted") -> dict[str, Any] | None:
+def ai_consensus(item: Item, method: str = "weighted", require_audit: bool | None = None) -> dict[str, Any] | None:
     """The AI labelers' combined answer on an item: majority vote or confidence-weighted.
 
     Pairwise: the signed preference (-strength for A, +strength for B) averaged with weights;
     rankings: weighted mean rank, re-ranked. Returns the payload part, the agreement (share of
-    weight behind the winning choice) and how many AI judgments took part."""
-    judgments = [j for j in item.judgments.select_related("labeler") if j.labeler.is_ai]
+    weight behind the winning choice) and how many AI judgments took part. With `require_audit`
+    (default: the project's `require_ai_audit`) only labelers whose current config passed its
+    audit take part."""
+    from models_srv.judge_audit import audit_gate
+
+    gate = audit_gate(item.project, require_audit)
+    judgments = [j for j in item.judgments.select_related("labeler") if j.labeler.is_ai and gate.allows(j.labeler_id)]
     if not judgments:
         return None
     weight = (lambda j: 1.0) if method == "majority" else (lambda j: j.confidence if j.confidence is not None else 0.5)

@@ -212,6 +212,9 @@ class AILabelRun(models.Model):
     done = models.PositiveIntegerField(default=0)
     skipped = models.PositiveIntegerField(default=0, help_text="Already labeled by this labeler: left as they were.")
     failed = models.PositiveIntegerField(default=0)
+    abstained = models.PositiveIntegerField(
+        default=0, help_text="Answered, but the two response orders disagreed where the schema has no tie: no label."
+    )
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cost = models.FloatField(default=0.0)
@@ -236,12 +239,15 @@ class AILabelRun(models.Model):
 
 
 class AILabelFailure(models.Model):
-    """An item an AI labeler could not label, with the reason and what the model answered."""
+    """An item an AI labeler did not label, with the reason and what the model answered: a failure
+    (no usable answer), or an abstention (`abstained`: its answers for the two response orders
+    disagreed and the schema has no tie)."""
 
     run = models.ForeignKey(AILabelRun, on_delete=models.CASCADE, related_name="failures")
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="ai_failures")
     reason = models.TextField()
     raw_output = models.TextField(blank=True)
+    abstained = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -249,6 +255,54 @@ class AILabelFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.item} failed: {self.reason[:60]}"
+
+
+class AILabelerAudit(models.Model):
+    """One audit of an AI labeler (models_srv.judge_audit): probes built from the project's items,
+    the judge's false-accept rate, self-consistency and position bias on them, and whether it
+    passed. An audit holds for the config it ran with (`config_sha`): a labeler is trusted only
+    while its config is the one a passing audit measured."""
+
+    Status = RunStatus
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="ai_audits")
+    labeler = models.ForeignKey("annotation.Labeler", on_delete=models.CASCADE, related_name="audits")
+    labeler_version = models.PositiveIntegerField()
+    config_sha = models.CharField(max_length=64, help_text="sha256 of the labeler's config the audit ran with.")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    item_ids = models.JSONField(default=list, help_text="The items the probes were built from.")
+    thresholds = models.JSONField(default=dict, help_text="What passing meant when it ran.")
+    metrics = models.JSONField(default=dict, blank=True)
+    records = models.JSONField(default=list, blank=True, help_text="Each probe with the judge's answers.")
+    passed = models.BooleanField(null=True, blank=True)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.FloatField(default=0.0)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Written while it runs (config/jobs.py).")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=RunStatus.values), name="ai_audit_status_valid"),
+            models.CheckConstraint(
+                condition=Q(passed__isnull=True) | Q(status="succeeded"), name="ai_audit_passed_when_done"
+            ),
+        ]
+        indexes = [models.Index(fields=["labeler", "-created_at"], name="ai_audit_labeler_recent")]
+
+    def __str__(self) -> str:
+        return f"audit of {self.labeler} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 class RouterVersion(models.Model):

@@ -13,6 +13,9 @@
   annotators.
 - Allocation: within the budget, the items with the highest predicted disagreement go to humans,
   the rest to AI; the human queue serves them in that order (Item.priority).
+- A project with `require_ai_audit` routes on the judgments of trusted AI labelers only (a passing
+  audit of their current config, `models_srv.judge_audit.audit_gate`): the others' judgments
+  neither feed the features nor the calibration targets.
 """
 
 from __future__ import annotations
@@ -70,9 +73,12 @@ def _pref_sign(payload: dict[str, Any]) -> int | None:
 def item_features(project: Project, items: list[Item] | None = None) -> list[ItemFeatures]:
     """Features of every (or the given) item of a pairwise or ranking project, in a few queries."""
     items = items if items is not None else list(Item.objects.filter(project=project, is_gold=False).order_by("id"))
+    from models_srv.judge_audit import audit_gate
+
     ids = [it.id for it in items]
     ai: dict[int, list[Judgment]] = defaultdict(list)
-    for j in Judgment.objects.filter(item_id__in=ids).select_related("labeler").filter(source_q(LabelSource.AI)):
+    judgments = Judgment.objects.filter(source_q(LabelSource.AI), audit_gate(project).judgment_q(), item_id__in=ids)
+    for j in judgments.select_related("labeler"):
         ai[j.item_id].append(j)
     current = RewardModelVersion.objects.filter(project=project, is_current=True).first()
     scores: dict[int, dict[int, tuple[float, float]]] = defaultdict(dict)
@@ -166,8 +172,12 @@ def _human_and_ai(
     human: dict[int, list[Judgment]] = defaultdict(list)
     imported: dict[int, list[Judgment]] = defaultdict(list)
     ai: dict[int, list[Judgment]] = defaultdict(list)
+    from models_srv.judge_audit import audit_gate
+
     sources = (*CALIBRATION_SOURCES, LabelSource.AI) + ((LabelSource.IMPORTED,) if calibrate_on_imported else ())
-    judgments = Judgment.objects.filter(source_q(*sources), item__project=project, item__is_gold=False)
+    judgments = Judgment.objects.filter(
+        source_q(*sources), audit_gate(project).judgment_q(), item__project=project, item__is_gold=False
+    )
     for j in judgments.select_related("labeler"):
         source = j.labeler.source
         {LabelSource.AI: ai, LabelSource.IMPORTED: imported}.get(source, human)[j.item_id].append(j)

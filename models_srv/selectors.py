@@ -90,3 +90,10 @@ def crossfit_done(project: object) -> object | None:
     return (
         CrossFitRun.objects.filter(project=project, status=RunStatus.SUCCEEDED).order_by("-finished_at", "-id").first()
     )
+
+
+def audits_of(labeler: object, limit: int = 10) -> list[object]:
+    """A labeler's latest judge audits, newest first."""
+    from models_srv.models import AILabelerAudit
+
+    return list(AILabelerAudit.objects.filter(labeler=labeler).select_related("created_by")[:limit])

@@ -87,3 +87,29 @@ def gpu_crossfit(self, run_id: int) -> str | None:
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     run = services.crossfit_run(run_id=run_id, redelivered=redelivered)
     return run.status if run else None
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.ai_audit_run")
+def ai_audit_run(audit_id: int) -> str | None:
+    """A judge audit of an LLM or reward-model judge, on the `ai` queue."""
+    from models_srv.judge_audit import audit_execute
+
+    audit = audit_execute(audit_id=audit_id)
+    return audit.status if audit else None
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.gpu_audit_run")
+def gpu_audit_run(audit_id: int) -> str | None:
+    """A judge audit of a density-ratio judge (two causal LMs), on the `gpu` queue."""
+    from models_srv.judge_audit import audit_execute
+
+    audit = audit_execute(audit_id=audit_id)
+    return audit.status if audit else None
+
+
+@shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.recover_stale_audits")
+def recover_stale_audits() -> dict[str, int]:
+    """Periodic: judge audits whose worker died go back to the queue (or, worn out, fail)."""
+    from models_srv.judge_audit import recover_stale_audits as recover
+
+    return recover()

@@ -15,7 +15,9 @@ urlpatterns = [
     path("p/<slug:slug>/routing/", views.routing_page, name="routing"),
     path("p/<slug:slug>/routing/run", views.routing_run, name="routing_run"),
     path("p/<slug:slug>/ai/labelers", views.labeler_add, name="labeler_add"),
+    path("ai/labelers/<int:labeler_id>/", views.labeler_detail, name="labeler"),
     path("ai/labelers/<int:labeler_id>/run", views.labeler_run, name="labeler_run"),
+    path("ai/labelers/<int:labeler_id>/audit", views.labeler_audit, name="labeler_audit"),
     path("ai/runs/<uuid:run_uuid>/", views.ai_run_detail, name="ai_run"),
     path("ai/runs/<uuid:run_uuid>/cancel", views.ai_run_cancel, name="ai_run_cancel"),
 ]

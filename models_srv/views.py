@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -102,11 +103,14 @@ def version_detail(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
 
 def _ai_panel(request: HttpRequest, project: object, form: object = None, error: str = "") -> HttpResponse:
     from models_srv.forms import LABELER_EXAMPLES, LabelerForm
+    from models_srv.judge_audit import standings
     from models_srv.judges import DEFAULT_TEMPLATES, public_config
 
     labelers = selectors.ai_labelers_of(project)
+    standing = standings(labelers)
     for labeler in labelers:
         labeler.shown_config = public_config(labeler.config)
+        labeler.standing = standing[labeler.id]
     runs = selectors.ai_runs_of(project)
     context = {
         "project": project,
@@ -169,6 +173,49 @@ def labeler_run(request: HttpRequest, labeler_id: int) -> HttpResponse:
     return _ai_panel(request, labeler.project, error=error)
 
 
+def _labeler_page(request: HttpRequest, labeler: Any, error: str = "") -> HttpResponse:
+    from models_srv.judge_audit import audit_gate, standings
+    from models_srv.judges import public_config
+
+    audits = selectors.audits_of(labeler)
+    context = {
+        "project": labeler.project,
+        "labeler": labeler,
+        "config": public_config(labeler.config),
+        "standing": standings([labeler])[labeler.id],
+        "gate": audit_gate(labeler.project, required=True),
+        "audits": audits,
+        "latest": next((a for a in audits if a.status == "succeeded"), None),
+        "active": any(a.is_active for a in audits),
+        "audit_items": settings.AI_AUDIT_ITEMS,
+        "error": error,
+    }
+    template = "models_srv/labeler.html" + ("#audits" if request.htmx else "")
+    return render(request, template, context)
+
+
+@login_required
+@require_GET
+def labeler_detail(request: HttpRequest, labeler_id: int) -> HttpResponse:
+    return _labeler_page(request, selectors.labeler_for_curator(request.user, labeler_id))
+
+
+@login_required
+@require_POST
+def labeler_audit(request: HttpRequest, labeler_id: int) -> HttpResponse:
+    from models_srv.judge_audit import AuditError, audit_start
+
+    labeler = selectors.labeler_for_curator(request.user, labeler_id)
+    error = ""
+    try:
+        audit_start(labeler=labeler, created_by=request.user, request=request)
+    except AuditError as exc:
+        error = str(exc)
+    if not request.htmx and not error:
+        return redirect("models_srv:labeler", labeler_id=labeler.id)
+    return _labeler_page(request, labeler, error)
+
+
 @login_required
 @require_POST
 def ai_run_cancel(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
@@ -183,8 +230,10 @@ def ai_run_cancel(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
 @require_GET
 def ai_run_detail(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
     run = selectors.ai_run_for_curator(request.user, run_uuid)
-    failures = run.failures.select_related("item").order_by("id")[:500]
-    return render(request, "models_srv/ai_run.html", {"run": run, "project": run.project, "failures": failures})
+    failures = run.failures.select_related("item").filter(abstained=False).order_by("id")[:500]
+    abstentions = run.failures.select_related("item").filter(abstained=True).order_by("id")[:500]
+    context = {"run": run, "project": run.project, "failures": failures, "abstentions": abstentions}
+    return render(request, "models_srv/ai_run.html", context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +250,7 @@ def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None
     from django.db.models import Count
 
     from annotation.models import Item, Judgment, LabelSource, source_q
+    from models_srv.judge_audit import audit_gate
     from models_srv.models import RouterVersion
 
     items = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
@@ -215,9 +265,11 @@ def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None
             "routing_policy": project.routing_policy,
             "budget_percent": round(100 * project.human_budget, 2),
             "calibration_percent": round(100 * project.calibration_share, 2),
+            "require_ai_audit": project.require_ai_audit,
         }
     )
     context = {
+        "gate": audit_gate(project, required=True),
         "form": form,
         "history": history,
         "project": project,
@@ -245,15 +297,18 @@ def routing_run(request: HttpRequest, slug: str) -> HttpResponse:
     data.setdefault("routing_policy", project.routing_policy)
     data.setdefault("budget_percent", str(project.human_budget * 100))
     data.setdefault("calibration_percent", str(min(project.calibration_share, project.human_budget) * 100))
+    if "routing_policy" not in request.POST and project.require_ai_audit:
+        data["require_ai_audit"] = "on"  # a bare re-route keeps it; the form's unticked box clears it
     form = RoutingForm(data)
     if not form.is_valid():
         return _routing_render(request, project, form)
-    fields = ["routing_policy", "human_budget", "calibration_share"]
+    fields = ["routing_policy", "human_budget", "calibration_share", "require_ai_audit"]
     before = {f: getattr(project, f) for f in fields}
     project.routing_policy = form.cleaned_data["routing_policy"]
     project.human_budget = form.cleaned_data["budget_percent"] / 100
     project.calibration_share = form.cleaned_data["calibration_percent"] / 100
-    project.save(update_fields=["routing_policy", "human_budget", "calibration_share", "updated_at"])
+    project.require_ai_audit = form.cleaned_data["require_ai_audit"]
+    project.save(update_fields=[*fields, "updated_at"])
     changes = {f: [before[f], getattr(project, f)] for f in fields if before[f] != getattr(project, f)}
     audit.record(request.user, "project.settings", project=project, target=project, details=changes, request=request)
     transaction.on_commit(lambda: route_items.delay(project.id))

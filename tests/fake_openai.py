@@ -7,6 +7,11 @@ prompt, so each test item exercises one behaviour:
 - rate-limited: the first request gets 429 (Retry-After: 0), then good answers;
 - flaky: the first two requests get 500, then good answers;
 - biased: always "A" whatever the order (a position-biased judge);
+- always-a-shorter: always "A", strength 2 when the response shown first is the shorter one and
+  1 otherwise (position bias whose strength varies with length);
+- longer: prefers the longer response, strength 2, a tie for equal lengths (a judge no
+  content-free answer or truncated copy fools);
+- fooled: prefers a response that is one of FOOLED_BY (content-free answers), otherwise the longer;
 - never: never a JSON answer.
 """
 
@@ -19,6 +24,20 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+# The content-free answers the "fooled" judge prefers to any real response.
+FOOLED_BY = {":", "Solution", "Thought process:"}
+
+
+def shown_responses(prompt: str) -> list[tuple[str, str]]:
+    """(letter, text) of each response, in the order the prompt shows them."""
+    return re.findall(r"# Response ([A-Z])\n(.*?)(?=\n\n# Response |\n\nDecide|\Z)", prompt, re.S)
+
+
+def verdict(choice: str, strength: int, confidence: float = 0.8) -> dict[str, Any]:
+    return completion(
+        json.dumps({"choice": choice, "strength": strength if choice != "tie" else 0, "confidence": confidence})
+    )
 
 
 class FakeOpenAI:
@@ -86,7 +105,14 @@ class FakeOpenAI:
             return 200, completion("I think the first one is better, honestly."), {}
         if case == "biased":
             return 200, completion(json.dumps({"choice": "A", "strength": 1, "confidence": 0.8})), {}
-        sections = re.findall(r"# Response ([A-Z])\n(.*?)(?=\n\n# Response |\n\nDecide|\Z)", prompt, re.S)
+        sections = shown_responses(prompt)
+        (first, a), (_, b) = sections[0], sections[1]
+        if case == "always-a-shorter":
+            return 200, verdict(first, 2 if len(a) < len(b) else 1), {}
+        if case == "fooled" and (a.strip() in FOOLED_BY) != (b.strip() in FOOLED_BY):
+            return 200, verdict("A" if a.strip() in FOOLED_BY else "B", 2), {}
+        if case in ("longer", "fooled"):
+            return 200, verdict("tie" if len(a) == len(b) else "A" if len(a) > len(b) else "B", 2), {}
         winner = next(letter for letter, text in sections if "GOOD" in text)
         answer = {"choice": winner, "strength": 2, "confidence": 0.9, "explanation": "it is correct"}
         return 200, completion("Here is my verdict:\n```json\n" + json.dumps(answer) + "\n```"), {}
