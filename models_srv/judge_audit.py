@@ -46,8 +46,9 @@ from django.utils import timezone
 
 from annotation.models import Item, Labeler, LabelSource, Project, source_q
 from annotation.schema import JudgmentSchema, PairwiseSpec
-from config.jobs import JobLost, liveness, stale_after, sweep_stale
+from config.jobs import JobLost, liveness, stale_after
 from models_srv.judges import JudgeError, make_judge, preference_verdict
+from models_srv.labeling import GAVE_UP, MAX_ATTEMPTS, sweep_ai_jobs
 from models_srv.models import AILabelerAudit, RunStatus
 from models_srv.verdicts import ShownAnswer, Verdict
 
@@ -68,7 +69,6 @@ CONTENT_FREE = [
 TRUNCATE_SHARE = 0.3
 MIN_WORDS_TO_TRUNCATE = 4
 MAX_FAILED = 0.1  # an audit with more failed answers than this measured too little to pass
-MAX_ATTEMPTS = 3
 CHUNK = 16  # answers asked between two looks at the heartbeat
 KINDS = ("content_free", "swap", "truncated")
 ORDERS = ((0, 1), (1, 0))
@@ -395,7 +395,7 @@ def audit_execute(*, audit_id: int) -> AILabelerAudit | None:
         if audit is None:
             return None
         if audit.attempts >= MAX_ATTEMPTS:
-            _end(AILabelerAudit.objects.filter(id=audit.id), RunStatus.FAILED, error=_GAVE_UP)
+            _end(AILabelerAudit.objects.filter(id=audit.id), RunStatus.FAILED, error=GAVE_UP)
             return None
         audit.attempts += 1
         AILabelerAudit.objects.filter(id=audit.id).update(
@@ -456,9 +456,6 @@ def audit_execute(*, audit_id: int) -> AILabelerAudit | None:
     return audit
 
 
-_GAVE_UP = f"the worker stopped reporting (killed or lost) {MAX_ATTEMPTS} times: gave up"
-
-
 def _end(rows: Any, status: str, **fields: Any) -> int:
     return rows.update(status=status, finished_at=timezone.now(), **fields)
 
@@ -467,21 +464,4 @@ def recover_stale_audits(now: Any = None) -> dict[str, int]:
     """Periodic: audits whose worker stopped reporting go back to the queue (or, worn out, fail)."""
     from models_srv.tasks import ai_audit_run, gpu_audit_run
 
-    now = now or timezone.now()
-    cutoff = now - stale_after()
-
-    def send(job: dict[str, Any]) -> None:
-        task = gpu_audit_run if job["labeler__kind"] == Labeler.Kind.DENSITY_RATIO else ai_audit_run
-        task.delay(job["id"])
-
-    return sweep_stale(
-        AILabelerAudit.objects.filter(
-            Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff), status=RunStatus.RUNNING
-        ),
-        what="judge audit",
-        fields=("labeler__kind",),
-        max_attempts=MAX_ATTEMPTS,
-        give_up=lambda attempts: {"status": RunStatus.FAILED, "error": _GAVE_UP, "finished_at": timezone.now()},
-        requeue=lambda attempts: {"status": RunStatus.QUEUED},
-        send=send,
-    )
+    return sweep_ai_jobs(AILabelerAudit.objects.all(), "judge audit", ai_audit_run, gpu_audit_run, now)

@@ -145,7 +145,7 @@ def run_execute(*, run_id: int) -> AILabelRun | None:
         if run is None:
             return None
         if run.attempts >= MAX_ATTEMPTS:
-            _end(AILabelRun.objects.filter(id=run.id), RunStatus.FAILED, _GAVE_UP)
+            _end(AILabelRun.objects.filter(id=run.id), RunStatus.FAILED, GAVE_UP)
             return None
         run.status = RunStatus.RUNNING
         run.attempts += 1
@@ -186,11 +186,34 @@ def run_execute(*, run_id: int) -> AILabelRun | None:
 
 
 MAX_ATTEMPTS = 3
-_GAVE_UP = f"the worker stopped reporting (killed or lost) {MAX_ATTEMPTS} times: gave up"
+GAVE_UP = f"the worker stopped reporting (killed or lost) {MAX_ATTEMPTS} times: gave up"
 
 
 def _end(rows: Any, status: str, error: str = "") -> int:
     return rows.update(status=status, error=error, finished_at=timezone.now())
+
+
+def sweep_ai_jobs(rows: Any, what: str, cpu_task: Any, gpu_task: Any, now: Any = None) -> dict[str, int]:
+    """Jobs of AI labelers (`rows`: a model with status, heartbeat, attempts and a labeler) whose
+    worker stopped reporting go back to the queue with their task sent again (on the `gpu` queue
+    for density-ratio judges), or, after `MAX_ATTEMPTS`, are marked failed."""
+    cutoff = (now or timezone.now()) - stale_after()
+
+    def send(job: dict[str, Any]) -> None:
+        task = gpu_task if job["labeler__kind"] == Labeler.Kind.DENSITY_RATIO else cpu_task
+        task.delay(job["id"])
+
+    return sweep_stale(
+        rows.filter(
+            Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff), status=RunStatus.RUNNING
+        ),
+        what=what,
+        fields=("labeler__kind",),
+        max_attempts=MAX_ATTEMPTS,
+        give_up=lambda attempts: {"status": RunStatus.FAILED, "error": GAVE_UP, "finished_at": timezone.now()},
+        requeue=lambda attempts: {"status": RunStatus.QUEUED},
+        send=send,
+    )
 
 
 def recover_stale_label_runs(now: Any = None) -> dict[str, int]:
@@ -199,24 +222,7 @@ def recover_stale_label_runs(now: Any = None) -> dict[str, int]:
     the next attempt labels the rest."""
     from models_srv.tasks import ai_label_run, gpu_ai_label_run
 
-    now = now or timezone.now()
-    cutoff = now - stale_after()
-
-    def send(job: dict[str, Any]) -> None:
-        task = gpu_ai_label_run if job["labeler__kind"] == Labeler.Kind.DENSITY_RATIO else ai_label_run
-        task.delay(job["id"])
-
-    return sweep_stale(
-        AILabelRun.objects.filter(
-            Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff), status=RunStatus.RUNNING
-        ),
-        what="AI run",
-        fields=("labeler__kind",),
-        max_attempts=MAX_ATTEMPTS,
-        give_up=lambda attempts: {"status": RunStatus.FAILED, "error": _GAVE_UP, "finished_at": timezone.now()},
-        requeue=lambda attempts: {"status": RunStatus.QUEUED},
-        send=send,
-    )
+    return sweep_ai_jobs(AILabelRun.objects.all(), "AI run", ai_label_run, gpu_ai_label_run, now)
 
 
 def _batch(run: AILabelRun, mine: Any, judge: Any, schema: Any, ids: list[int]) -> None:
