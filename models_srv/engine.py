@@ -67,30 +67,34 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(
         default=0, ge=0, le=4096, description="pairs per step; 0 = the mode's default (top 8, else 16)"
     )
-    grad_accum: int = Field(default=1, ge=1, le=1024)
+    grad_accum: int = Field(default=1, ge=1, le=1024, description="steps whose gradients add up before one update")
     lr: float = Field(default=0.0, ge=0, description="0 = the mode's default (top 1e-4, frozen 3e-3, full 3e-5)")
-    weight_decay: float = Field(default=1e-3, ge=0)
+    weight_decay: float = Field(default=1e-3, ge=0, description="AdamW weight decay of the fine-tuned blocks")
     l2: float = Field(
         default=0.02, ge=0, description="L2 penalty on the heads' weights (a linear head overfits without it)"
     )
-    ensemble: int = Field(default=3, ge=1, le=16)
-    head: Literal["linear", "mlp"] = "linear"
+    ensemble: int = Field(
+        default=3, ge=1, le=16, description="heads, each on its own bootstrap weights; their spread is the uncertainty"
+    )
+    head: Literal["linear", "mlp"] = Field(default="linear", description="linear or a small MLP per head")
     margin_scale: float = Field(default=0.5, ge=0, description="margin per level of annotated strength")
-    tie_weight: float = Field(default=0.5, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    device: str = "auto"
-    seed: int = 0
+    tie_weight: float = Field(default=0.5, ge=0, description="weight of the loss pulling tied responses together")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 autocast on GPUs, fp32 on CPUs"
+    )
+    device: str = Field(default="auto", description="auto (a GPU when there is one), cpu or cuda")
+    seed: int = Field(default=0, description="seeds the held-out split, the bootstrap and the training")
     label_source: Literal["people", "human", "imported", "ai", "both", "all"] = Field(
         default="people",
         description="people (human and imported), human (annotators' judgments made here), imported, ai, "
         "both (human and ai) or all",
     )
-    eval_fraction: float = Field(default=0.2, ge=0, lt=1)
-    embed_batch_size: int = Field(default=32, ge=1, le=1024)
+    eval_fraction: float = Field(default=0.2, ge=0, lt=1, description="share of items held out (by a hash of their id)")
+    embed_batch_size: int = Field(default=32, ge=1, le=1024, description="texts per batch when embedding or scoring")
     dropout: bool = Field(default=False, description="keep the backbone's dropout when fine-tuning (off, as TRL does)")
     # A tiny model built from a config instead of loading weights: for tests and smoke runs, only
     # where the operator allows it (ALLOW_MODEL_FROM_CONFIG; models_srv.model_sources).
-    from_config: dict[str, Any] | None = None
+    from_config: dict[str, Any] | None = Field(default=None, description="a tiny model built from a config (tests)")
 
     @field_validator("max_length")
     @classmethod

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.db.models import Q, QuerySet
 from django.http import Http404
+from pydantic import BaseModel
 
 from annotation.models import Project
 from annotation.selectors import User, project_for_user, projects_curated_by
@@ -97,3 +101,45 @@ def audits_of(labeler: object, limit: int = 10) -> list[object]:
     from models_srv.models import AILabelerAudit
 
     return list(AILabelerAudit.objects.filter(labeler=labeler).select_related("created_by")[:limit])
+
+
+def config_rows(model: type[BaseModel], values: dict[str, Any], hidden: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """A stored configuration as people read it: one row per setting of `model`, in its order, with
+    the value shown, the default, whether it was changed from that default, and the setting's help.
+    `hidden` settings show "(set)" or "not set" in place of their value (a key, say)."""
+    rows = []
+    for name, spec in model.model_fields.items():
+        default = spec.get_default(call_default_factory=True)
+        value = values.get(name, default)
+        if name in hidden:
+            shown = "(set)" if value else "not set"
+        else:
+            shown = _show(value)
+        rows.append(
+            {
+                "name": name,
+                "value": shown,
+                "multiline": "\n" in shown,
+                "default": "required" if spec.is_required() else _show(default),
+                "changed": not spec.is_required() and value != default,
+                "help": spec.description or "",
+            }
+        )
+    return rows
+
+
+def labeler_config_rows(labeler: Any) -> list[dict[str, Any]]:
+    """An AI labeler's settings as people read them; its API key never appears, only whether one is set."""
+    from models_srv.judges import CONFIGS
+
+    return config_rows(CONFIGS[labeler.kind], labeler.config, hidden=("api_key_encrypted",))
+
+
+def _show(value: Any) -> str:
+    if value is None or value == "" or value == {} or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict | list):
+        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    return str(value)

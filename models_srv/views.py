@@ -93,8 +93,15 @@ def rescore(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
 @login_required
 @require_GET
 def version_detail(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
+    from models_srv.engine import TrainConfig
+
     version = selectors.version_for_curator(request.user, version_uuid)
-    return render(request, "models_srv/version.html", {"version": version, "project": version.project})
+    context = {
+        "version": version,
+        "project": version.project,
+        "config_rows": selectors.config_rows(TrainConfig, version.config),
+    }
+    return render(request, "models_srv/version.html", context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,12 +111,12 @@ def version_detail(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
 def _ai_panel(request: HttpRequest, project: object, form: object = None, error: str = "") -> HttpResponse:
     from models_srv.forms import LABELER_EXAMPLES, LabelerForm
     from models_srv.judge_audit import standings
-    from models_srv.judges import DEFAULT_TEMPLATES, public_config
+    from models_srv.judges import DEFAULT_TEMPLATES
 
     labelers = selectors.ai_labelers_of(project)
     standing = standings(labelers)
     for labeler in labelers:
-        labeler.shown_config = public_config(labeler.config)
+        labeler.config_rows = selectors.labeler_config_rows(labeler)
         labeler.standing = standing[labeler.id]
     runs = selectors.ai_runs_of(project)
     context = {
@@ -175,13 +182,12 @@ def labeler_run(request: HttpRequest, labeler_id: int) -> HttpResponse:
 
 def _labeler_page(request: HttpRequest, labeler: Any, error: str = "") -> HttpResponse:
     from models_srv.judge_audit import audit_gate, standings
-    from models_srv.judges import public_config
 
     audits = selectors.audits_of(labeler)
     context = {
         "project": labeler.project,
         "labeler": labeler,
-        "config": public_config(labeler.config),
+        "config_rows": selectors.labeler_config_rows(labeler),
         "standing": standings([labeler])[labeler.id],
         "gate": audit_gate(labeler.project, required=True),
         "audits": audits,
