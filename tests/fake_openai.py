@@ -13,6 +13,9 @@ prompt, so each test item exercises one behaviour:
   content-free answer or truncated copy fools);
 - fooled: prefers a response that is one of FOOLED_BY (content-free answers), otherwise the longer;
 - never: never a JSON answer.
+
+Only `POST /v1/chat/completions` (the path under `url`) is answered; any other path gets 404, as a
+real server would, so a client that builds a wrong URL fails its test.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+CHAT_PATH = "/v1/chat/completions"
 
 # The content-free answers the "fooled" judge prefers to any real response.
 FOOLED_BY = {":", "Solution", "Thought process:"}
@@ -56,7 +61,16 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(length))
+                raw = self.rfile.read(length)
+                if self.path != CHAT_PATH:
+                    data = json.dumps({"error": {"message": f"no route {self.path}"}}).encode()
+                    self.send_response(404)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                body = json.loads(raw)
                 server.auth.add(self.headers.get("Authorization", ""))
                 with server.lock:
                     server.in_flight += 1
