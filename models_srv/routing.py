@@ -70,14 +70,23 @@ def _pref_sign(payload: dict[str, Any]) -> int | None:
     return None
 
 
-def item_features(project: Project, items: list[Item] | None = None) -> list[ItemFeatures]:
-    """Features of every (or the given) item of a pairwise or ranking project, in a few queries."""
+def item_features(
+    project: Project, items: list[Item] | None = None, *, ai_labeler_ids: list[int] | None = None
+) -> list[ItemFeatures]:
+    """Features of every (or the given) item of a pairwise or ranking project, in a few queries.
+    The AI signals come from every AI labeler the project trusts (`audit_gate`), or only from
+    `ai_labeler_ids`, trusted or not (the simulation on stored labels routes one labeler's
+    judgments at a time, also to see whether it is worth trusting)."""
     items = items if items is not None else list(Item.objects.filter(project=project, is_gold=False).order_by("id"))
     from models_srv.judge_audit import audit_gate
 
     ids = [it.id for it in items]
     ai: dict[int, list[Judgment]] = defaultdict(list)
-    judgments = Judgment.objects.filter(source_q(LabelSource.AI), audit_gate(project).judgment_q(), item_id__in=ids)
+    judgments = Judgment.objects.filter(source_q(LabelSource.AI), item_id__in=ids)
+    if ai_labeler_ids is not None:  # named by the caller: the audit gate does not choose for it
+        judgments = judgments.filter(labeler_id__in=ai_labeler_ids)
+    else:
+        judgments = judgments.filter(audit_gate(project).judgment_q())
     for j in judgments.select_related("labeler"):
         ai[j.item_id].append(j)
     current = RewardModelVersion.objects.filter(project=project, is_current=True).first()
@@ -416,11 +425,12 @@ def _performance_router(
     )
 
 
-def pair_representations(item_ids: list[int], max_length: int = 128) -> Any:
-    """repr(B) - repr(A) for the first two responses, from the default frozen backbone (cached)."""
+def pair_representations(item_ids: list[int], max_length: int = 128, config: Any = None) -> Any:
+    """repr(B) - repr(A) for the first two responses, from the default frozen backbone (or the
+    given `TrainConfig`'s), cached per backbone and text."""
     from models_srv.engine import Encoder, TrainConfig, cached_embeddings, pick_device
 
-    config = TrainConfig(max_length=max_length)
+    config = config or TrainConfig(max_length=max_length)
     items = Item.objects.in_bulk(item_ids)
     texts = [(items[i].prompt, items[i].responses[k]["text"]) for i in item_ids for k in (0, 1)]
     vectors = cached_embeddings(Encoder(config, pick_device(config.device)), texts).numpy()

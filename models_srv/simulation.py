@@ -13,16 +13,25 @@ Per seed the pairs are shuffled (and their A/B order randomized) and split into 
 - `pool`: the items being routed; the budget is a share of it;
 - `test`: held-out human labels for the accuracy figure.
 
-Policies: `all_ai`, `all_human`, `random`, `disagreement` (the app's logistic router: predicted
+Policies: `all_ai`, `all_human`, `random`, `learned` (the app's logistic router: predicted
 probability that the AI label disagrees with the humans) and `performance` (the paper's
-performance-prediction regressor over binned features).
+performance-prediction regressor over binned features; experimental, see the README).
+
+Two figures per policy and budget: `rm_accuracy`, the cheap reward model's accuracy on the `test`
+part's human labels (what the paper measures), and `label_accuracy`, the share of the `pool`'s
+final labels (human where routed, AI elsewhere) that agree with the human label (an AI tie counts
+half): the router's own aim, without a reward model's noise on top.
 
 AI labelers available offline:
 - `rm`: a reward model of the app's frozen kind trained on the `ai_train` part. Real, but on these
   data its errors are nearly unpredictable and its labels are almost as useful as human ones;
 - `biased_judge`: a simulated LLM judge with the failure modes reported for LLM judges (verbosity
   bias when the lengths differ a lot, position bias when they are close, weaker on long dialogues),
-  asked in both orders so order-swap consistency is observable. Its errors depend on the item.
+  asked in both orders so order-swap consistency is observable. Its errors depend on the length
+  ratio and the turn count, which are router features: part of the router's gain on it is built in.
+
+Real AI labelers' stored judgments are simulated the same way by `models_srv.simulation_stored`,
+which builds a `SeedSplit` from a project and runs `run_seed` on it.
 """
 
 from __future__ import annotations
@@ -46,7 +55,8 @@ from models_srv.routing import (
     train_router,
 )
 
-POLICIES = ["all_ai", "random", "disagreement", "performance", "all_human"]
+POLICIES = ["all_ai", "random", "learned", "performance", "all_human"]
+METRICS = ["rm_accuracy", "label_accuracy"]
 JUDGES = ["rm", "biased_judge"]
 
 
@@ -121,7 +131,8 @@ def embed_pairs(pairs: Pairs, config: Any, cache_dir: Path | None = None) -> tup
 
 @dataclass
 class SeedSplit:
-    """One seed's view: A/B order, labels (1 = B preferred) and the four parts."""
+    """One seed's view: A/B order, labels (1 = B preferred; an AI tie is 0.5), pair
+    representations `x` (None: no reward model is trained) and the four parts, as index arrays."""
 
     flip: Any
     x: Any
@@ -133,8 +144,8 @@ class SeedSplit:
     calibration: Any
     pool: Any
     test: Any
-    texts_a: list[str]
-    texts_b: list[str]
+    texts_a: list[str] = field(default_factory=list)
+    texts_b: list[str] = field(default_factory=list)
 
 
 def _biased_judge(a: str, b: str, truth: int, turns: int, rng: random.Random) -> int:
@@ -209,19 +220,28 @@ def split_features(pairs: Pairs, s: SeedSplit, ids: Sequence[int]) -> list[ItemF
     ]
 
 
-def policy_scores(policy: str, pairs: Pairs, s: SeedSplit, seed: int) -> list[float] | None:
-    """A learned policy's score per pool item (higher = send to a human first); None for the others."""
+Features = Callable[[Sequence[int]], list[ItemFeatures]]
+
+
+def policy_scores(policy: str, s: SeedSplit, features: Features, seed: int) -> list[float] | None:
+    """A learned policy's score per pool item (higher = send to a human first); None for the others.
+    `features(ids)` gives the router's features of those rows, in order."""
     import numpy as np
 
-    if policy not in ("disagreement", "performance"):
+    if policy not in ("learned", "performance"):
         return None
-    cal = split_features(pairs, s, s.calibration)
-    feats = split_features(pairs, s, s.pool)
-    if policy == "disagreement":
-        targets = {int(i): int(s.ai[i] != s.human[i]) for i in s.calibration}
+    cal = features(s.calibration)
+    feats = features(s.pool)
+    if policy == "learned":
+        targets = {int(i): int(s.ai[i] != s.human[i]) for i in s.calibration}  # an AI tie disagrees
         return train_router(cal, targets, seed).predict(feats)
-    ids = np.asarray(s.calibration)
-    return train_performance_router(cal, s.x[ids], s.human[ids], s.ai[ids], seed=seed).gains(feats)
+    if s.x is None:
+        raise ValueError("the performance policy needs pair representations")
+    # As in the app (`routing._performance_router`): only calibration items with an AI preference.
+    keep = [k for k, i in enumerate(s.calibration) if s.ai[i] != 0.5]
+    ids = np.asarray(s.calibration)[keep]
+    ai = np.asarray(s.ai[ids]).astype(int)
+    return train_performance_router([cal[k] for k in keep], s.x[ids], s.human[ids], ai, seed=seed).gains(feats)
 
 
 def choose_humans(policy: str, s: SeedSplit, budget: int, seed: int, scores: list[float] | None) -> set[int]:
@@ -241,39 +261,56 @@ def choose_humans(policy: str, s: SeedSplit, budget: int, seed: int, scores: lis
 
 @dataclass
 class SimulationResult:
+    """Per metric, policy and budget, one figure per seed (in seed order, so policies pair up)."""
+
     judge: str
     budgets: list[float]
     seeds: list[int]
-    accuracy: dict[str, dict[float, list[float]]] = field(default_factory=dict)
+    accuracy: dict[str, dict[float, list[float]]] = field(default_factory=dict)  # rm_accuracy
+    label_accuracy: dict[str, dict[float, list[float]]] = field(default_factory=dict)
     ai_accuracy: list[float] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
 
+    def metric(self, name: str) -> dict[str, dict[float, list[float]]]:
+        return {"rm_accuracy": self.accuracy, "label_accuracy": self.label_accuracy}[name]
+
     def summary(self) -> list[dict[str, Any]]:
+        """One row per metric, policy and budget: mean and std over seeds, and the paired
+        difference from `random` (mean and its standard error over seeds)."""
         import numpy as np
 
         rows = []
-        for policy, by_budget in self.accuracy.items():
-            for budget, values in by_budget.items():
-                v = np.array(values)
-                rows.append(
-                    {
-                        "judge": self.judge,
-                        "policy": policy,
-                        "budget": budget,
-                        "mean": round(float(v.mean()), 4),
-                        "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
-                        "n": len(v),
-                    }
-                )
+        for metric in METRICS:
+            for policy, by_budget in self.metric(metric).items():
+                gains = self.paired_gain(policy, metric=metric) if "random" in self.metric(metric) else {}
+                for budget, values in by_budget.items():
+                    v = np.array(values)
+                    gain, se = gains.get(budget, (None, None))
+                    rows.append(
+                        {
+                            "judge": self.judge,
+                            "metric": metric,
+                            "policy": policy,
+                            "budget": budget,
+                            "mean": round(float(v.mean()), 4),
+                            "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
+                            "n": len(v),
+                            "minus_random": gain,
+                            "minus_random_se": se,
+                        }
+                    )
         return rows
 
-    def paired_gain(self, policy: str, baseline: str = "random") -> dict[float, tuple[float, float]]:
+    def paired_gain(
+        self, policy: str, baseline: str = "random", metric: str = "rm_accuracy"
+    ) -> dict[float, tuple[float, float]]:
         """Mean and standard error over seeds of (policy - baseline) at each budget."""
         import numpy as np
 
+        figures = self.metric(metric)
         out = {}
         for budget in self.budgets:
-            d = np.array(self.accuracy[policy][budget]) - np.array(self.accuracy[baseline][budget])
+            d = np.array(figures[policy][budget]) - np.array(figures[baseline][budget])
             se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
             out[budget] = (round(float(d.mean()), 4), round(se, 4))
         return out
@@ -290,52 +327,72 @@ def simulate(
     policies: Sequence[str] = POLICIES,
     progress: Callable[[str], None] | None = None,
 ) -> SimulationResult:
-    import numpy as np
-
     result = SimulationResult(judge, list(budgets), list(seeds))
     for seed in seeds:
         s = make_split(pairs, chosen_emb, rejected_emb, seed=seed, judge=judge)
-        result.sizes = {k: len(getattr(s, k)) for k in ("ai_train", "calibration", "pool", "test")}
-        result.ai_accuracy.append(float((s.ai[s.test] == s.human[s.test]).mean()))
-        pool = np.asarray(s.pool)
-        for policy in policies:
-            scores = policy_scores(policy, pairs, s, seed)
-            for budget in budgets:
-                humans = choose_humans(policy, s, round(budget * len(pool)), seed, scores)
-                labels = np.array([s.human[i] if int(i) in humans else s.ai[i] for i in pool])
-                coef = fit_cheap_rm(s.x[pool], labels)
-                acc = cheap_rm_accuracy(coef, s.x[s.test], s.human[s.test])
-                result.accuracy.setdefault(policy, {}).setdefault(budget, []).append(acc)
+        run_seed(result, s, lambda ids, s=s: split_features(pairs, s, ids), seed=seed, policies=policies)
         if progress:
             progress(f"seed {seed} done")
     return result
 
 
+def run_seed(result: SimulationResult, s: SeedSplit, features: Features, *, seed: int, policies: Sequence[str]) -> None:
+    """Every policy at every budget of `result` on one seed's split; appends one figure per
+    metric (the reward-model one only where `s.x` is given)."""
+    import numpy as np
+
+    result.sizes = {k: len(getattr(s, k)) for k in ("ai_train", "calibration", "pool", "test")}
+    where = s.test if len(s.test) else s.pool
+    result.ai_accuracy.append(float(1 - np.abs(s.ai[where] - s.human[where]).mean()))
+    pool = np.asarray(s.pool)
+    for policy in policies:
+        scores = policy_scores(policy, s, features, seed)
+        for budget in result.budgets:
+            humans = choose_humans(policy, s, round(budget * len(pool)), seed, scores)
+            labels = np.array([s.human[i] if int(i) in humans else s.ai[i] for i in pool], dtype=float)
+            right = float(1 - np.abs(labels - s.human[pool]).mean())  # an AI tie is half right
+            result.label_accuracy.setdefault(policy, {}).setdefault(budget, []).append(right)
+            if s.x is None:
+                continue
+            known = labels != 0.5  # a tie says nothing about which response is better
+            coef = fit_cheap_rm(s.x[pool[known]], labels[known].astype(int))
+            acc = cheap_rm_accuracy(coef, s.x[s.test], s.human[s.test])
+            result.accuracy.setdefault(policy, {}).setdefault(budget, []).append(acc)
+
+
 def plot(results: Sequence[SimulationResult], path: Path) -> None:
-    """Held-out accuracy against the human budget, one panel per AI labeler, mean ± std over seeds."""
+    """Both figures against the human budget: one column per AI labeler, one row per metric (the
+    reward-model row only where some result has it); mean over seeds, shaded ± std."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2), squeeze=False)
-    for ax, res in zip(axes[0], results, strict=True):
-        for policy, by_budget in res.accuracy.items():
-            xs = [100 * b for b in res.budgets]
-            means = np.array([np.mean(by_budget[b]) for b in res.budgets])
-            stds = np.array([np.std(by_budget[b], ddof=1) if len(by_budget[b]) > 1 else 0 for b in res.budgets])
-            if policy in ("all_ai", "all_human"):  # references: they ignore the budget
-                ax.plot(xs, means, linestyle="--", linewidth=1, label=f"{policy} (reference)")
-                continue
-            (line,) = ax.plot(xs, means, marker="o", label=policy)
-            ax.fill_between(xs, means - stds, means + stds, alpha=0.06, color=line.get_color())
-        ax.set_title(f"AI labeler: {res.judge} (its accuracy {np.mean(res.ai_accuracy):.3f}); {len(res.seeds)} seeds")
-        ax.set_xlabel("human budget (% of the routed pool)")
-        ax.set_ylabel("held-out reward-model accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    titles = {"rm_accuracy": "held-out reward-model accuracy", "label_accuracy": "pool labels right (vs human)"}
+    metrics = [m for m in METRICS if any(res.metric(m) for res in results)]
+    fig, axes = plt.subplots(
+        len(metrics), len(results), figsize=(5.5 * len(results), 3.8 * len(metrics)), squeeze=False
+    )
+    for row, metric in enumerate(metrics):
+        for ax, res in zip(axes[row], results, strict=True):
+            for policy, by_budget in res.metric(metric).items():
+                xs = [100 * b for b in res.budgets]
+                means = np.array([np.mean(by_budget[b]) for b in res.budgets])
+                stds = np.array([np.std(by_budget[b], ddof=1) if len(by_budget[b]) > 1 else 0 for b in res.budgets])
+                if policy in ("all_ai", "all_human"):  # references: they ignore the budget
+                    ax.plot(xs, means, linestyle="--", linewidth=1, label=f"{policy} (reference)")
+                    continue
+                (line,) = ax.plot(xs, means, marker="o", label=policy)
+                ax.fill_between(xs, means - stds, means + stds, alpha=0.06, color=line.get_color())
+            ax.set_title(
+                f"{res.judge} (AI accuracy {np.mean(res.ai_accuracy):.3f}); {len(res.seeds)} seeds", fontsize=9
+            )
+            ax.set_xlabel("human budget (% of the routed pool)")
+            ax.set_ylabel(titles[metric])
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -262,12 +262,16 @@ def test_the_simulation_compares_policies_at_exact_budgets(tmp_path) -> None:
     split = simulation.make_split(pairs, chosen, rejected, seed=1, judge="biased_judge")
     assert len(split.pool) + len(split.test) + len(split.calibration) == n
     for budget in (0, 7, 30):
-        for policy in ("random", "disagreement", "performance"):
-            scores = simulation.policy_scores(policy, pairs, split, 1)
+        for policy in ("random", "learned", "performance"):
+            scores = simulation.policy_scores(
+                policy, split, lambda ids: simulation.split_features(pairs, split, ids), 1
+            )
             assert len(simulation.choose_humans(policy, split, budget, 1, scores)) == budget
     result = simulation.simulate(pairs, chosen, rejected, judge="biased_judge", budgets=(0, 0.25, 1.0), seeds=(0, 1))
     assert set(result.accuracy) == set(simulation.POLICIES)
+    assert set(result.label_accuracy) == set(simulation.POLICIES)
     assert all(len(v) == 2 for by in result.accuracy.values() for v in by.values())
+    assert result.label_accuracy["all_human"][0.25] == [1.0, 1.0]  # the pool's labels are the humans' own
     # The ends agree whatever the policy: no humans, or all of them.
     assert result.accuracy["random"][0] == result.accuracy["all_ai"][0]
     assert result.accuracy["random"][1.0] == result.accuracy["all_human"][1.0]
@@ -292,12 +296,13 @@ def test_simulate_routing_command_on_the_shared_hh_pairs(tmp_path) -> None:
     )
     report = json.loads((out / "results.json").read_text())
     (res,) = report["results"]
-    assert report["pairs"] == 300 and set(res["accuracy"]) == {
+    assert report["pairs"] == 300 and set(res["rm_accuracy"]) == set(res["label_accuracy"]) == {
         "all_ai",
         "random",
-        "disagreement",
+        "learned",
         "performance",
         "all_human",
     }
     assert all(0.3 < a < 0.8 for a in res["ai_accuracy_on_test"])
-    assert (out / "plot.png").exists() and (out / "results.csv").read_text().startswith("judge,policy,budget")
+    assert set(res["minus_random"]["label_accuracy"]["learned"]) == {"0", "0.25", "1.0"}
+    assert (out / "plot.png").exists() and (out / "results.csv").read_text().startswith("judge,metric,policy,budget")

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from models_srv.simulation import JUDGES, POLICIES, embed_pairs, load_pairs, plot, simulate
+from models_srv.simulation import JUDGES, METRICS, POLICIES, SimulationResult, embed_pairs, load_pairs, plot, simulate
 
 
 def _floats(value: str) -> list[float]:
@@ -19,19 +19,45 @@ def _floats(value: str) -> list[float]:
 
 class Command(BaseCommand):
     help = (
-        "Simulate routing policies on pairs with human labels: train a cheap reward model on the mix each "
-        "policy picks at each human budget and report held-out accuracy, as JSON, CSV and a PNG plot."
+        "Simulate routing policies: on pairs with human labels and a simulated AI labeler (--data), or on a "
+        "project's stored human and AI judgments (--project, --ai-labeler). Each policy picks the items humans "
+        "label at each budget; reports the pool labels' accuracy and a cheap reward model's held-out accuracy, "
+        "as JSON, CSV and a PNG plot."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--data", required=True, type=Path, help="HH-RLHF style JSONL(.gz): {chosen, rejected} or {prompt, ...}"
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument(
+            "--data", type=Path, help="HH-RLHF style JSONL(.gz): {chosen, rejected} or {prompt, ...}; simulated judges"
         )
-        parser.add_argument("--limit", type=int, help="Use the first N pairs.")
-        parser.add_argument("--judges", default=",".join(JUDGES), help=f"AI labelers, of {JUDGES}.")
+        source.add_argument("--project", help="A project's slug: its stored AI and human judgments")
+        parser.add_argument(
+            "--ai-labeler",
+            action="append",
+            default=[],
+            dest="ai_labelers",
+            help="With --project: an AI labeler's name (its latest version). Repeat it to simulate several, each "
+            "alone; 'A+B' takes the majority of A and B as one AI label.",
+        )
+        parser.add_argument(
+            "--truth",
+            choices=["human", "imported", "people"],
+            default="human",
+            help="With --project: the human label is the annotators' majority (human), the imported labels' "
+            "(imported), or the annotators' where any, else the imported ones (people).",
+        )
+        parser.add_argument("--limit", type=int, help="With --data: use the first N pairs.")
+        parser.add_argument(
+            "--judges", default=",".join(JUDGES), help=f"With --data: simulated AI labelers, of {JUDGES}."
+        )
         parser.add_argument("--policies", default=",".join(POLICIES), help=f"Policies, of {POLICIES}.")
         parser.add_argument("--budgets", default="0,10,25,50,100", type=_floats, help="Human budgets in %%.")
         parser.add_argument("--seeds", type=int, default=5)
+        parser.add_argument(
+            "--no-reward-model",
+            action="store_true",
+            help="With --project: only the pool labels' accuracy (no embeddings, no performance policy).",
+        )
         parser.add_argument(
             "--backbone", default="default", help="Frozen backbone: a Hugging Face id, or a folder under MODEL_DIRS."
         )
@@ -41,40 +67,22 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         from models_srv.engine import TrainConfig
 
-        judges = [j for j in opts["judges"].split(",") if j]
         policies = [p for p in opts["policies"].split(",") if p]
-        for name, given, known in (("judge", judges, JUDGES), ("policy", policies, POLICIES)):
-            stray = [g for g in given if g not in known]
-            if stray:
-                raise CommandError(f"unknown {name} {stray}; choose from {known}")
-        if not opts["data"].exists():
-            raise CommandError(f"no such file: {opts['data']}")
-        pairs = load_pairs(opts["data"], opts["limit"])
-        if len(pairs) < 100:
-            raise CommandError(f"{len(pairs)} usable pairs: the simulation needs at least 100")
-        started = time.monotonic()
+        stray = [p for p in policies if p not in POLICIES]
+        if stray:
+            raise CommandError(f"unknown policy {stray}; choose from {POLICIES}")
         config = TrainConfig(backbone=opts["backbone"], max_length=opts["max_length"])
-        chosen, rejected = embed_pairs(pairs, config, Path(settings.VAR_DIR) / "cache")
-        self.stdout.write(f"{len(pairs)} pairs embedded in {time.monotonic() - started:.1f}s")
-        results = []
-        for judge in judges:
-            res = simulate(
-                pairs,
-                chosen,
-                rejected,
-                judge=judge,
-                budgets=opts["budgets"],
-                seeds=range(opts["seeds"]),
-                policies=policies,
-                progress=lambda msg, judge=judge: self.stdout.write(f"  {judge}: {msg}"),
-            )
-            results.append(res)
+        seeds = range(opts["seeds"])
+        started = time.monotonic()
+        if opts["project"]:
+            results, described = self._stored(opts, config, policies, seeds)
+        else:
+            results, described = self._simulated(opts, config, policies, seeds)
+        self.stdout.write(f"simulated in {time.monotonic() - started:.1f}s")
         out: Path = opts["out"]
         out.mkdir(parents=True, exist_ok=True)
-        rows = [row for res in results for row in res.summary()]
         report = {
-            "data": str(opts["data"]),
-            "pairs": len(pairs),
+            **described,
             "seeds": opts["seeds"],
             "backbone": opts["backbone"],
             "results": [
@@ -82,37 +90,127 @@ class Command(BaseCommand):
                     "judge": res.judge,
                     "sizes": res.sizes,
                     "ai_accuracy_on_test": [round(a, 4) for a in res.ai_accuracy],
-                    "accuracy": {p: {str(b): v for b, v in by.items()} for p, by in res.accuracy.items()},
-                    "gain_over_random": {
-                        p: {str(b): g for b, g in res.paired_gain(p).items()}
-                        for p in ("disagreement", "performance")
-                        if p in res.accuracy and "random" in res.accuracy
+                    **{
+                        metric: {p: {str(b): v for b, v in by.items()} for p, by in res.metric(metric).items()}
+                        for metric in METRICS
+                    },
+                    "minus_random": {
+                        metric: {
+                            p: {str(b): g for b, g in res.paired_gain(p, metric=metric).items()}
+                            for p in res.metric(metric)
+                            if p != "random" and "random" in res.metric(metric)
+                        }
+                        for metric in METRICS
                     },
                 }
                 for res in results
             ],
         }
         (out / "results.json").write_text(json.dumps(report, indent=2))
-        with (out / "results.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["judge", "policy", "budget", "mean", "std", "n"])
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(results, out / "results.csv")
         plot(results, out / "plot.png")
         for res in results:
-            self.stdout.write(
-                f"\nAI labeler {res.judge} (its own test accuracy {sum(res.ai_accuracy) / len(res.ai_accuracy):.3f})"
-            )
-            self.stdout.write(f"{'policy':<14}" + "".join(f"{100 * b:>16.0f}%" for b in res.budgets))
-            for policy, by in res.accuracy.items():
-                cells = []
-                for b in res.budgets:
-                    v = by[b]
-                    mean = sum(v) / len(v)
-                    std = (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
-                    cells.append(f"{mean:>10.4f}±{std:.4f}")
-                self.stdout.write(f"{policy:<14}" + "".join(cells))
-            for p in ("disagreement", "performance"):
-                if p in res.accuracy and "random" in res.accuracy:
-                    gains = ", ".join(f"{100 * b:.0f}%: {m:+.4f}±{se:.4f}" for b, (m, se) in res.paired_gain(p).items())
-                    self.stdout.write(f"  {p} - random (mean ± s.e. over seeds): {gains}")
+            self.stdout.write(table(res))
         self.stdout.write(f"\nwrote {out / 'results.json'}, {out / 'results.csv'} and {out / 'plot.png'}")
+
+    def _simulated(
+        self, opts: dict[str, Any], config: Any, policies: list[str], seeds: range
+    ) -> tuple[list[SimulationResult], dict[str, Any]]:
+        judges = [j for j in opts["judges"].split(",") if j]
+        stray = [j for j in judges if j not in JUDGES]
+        if stray:
+            raise CommandError(f"unknown judge {stray}; choose from {JUDGES}")
+        if not opts["data"].exists():
+            raise CommandError(f"no such file: {opts['data']}")
+        pairs = load_pairs(opts["data"], opts["limit"])
+        if len(pairs) < 100:
+            raise CommandError(f"{len(pairs)} usable pairs: the simulation needs at least 100")
+        started = time.monotonic()
+        chosen, rejected = embed_pairs(pairs, config, Path(settings.VAR_DIR) / "cache")
+        self.stdout.write(f"{len(pairs)} pairs embedded in {time.monotonic() - started:.1f}s")
+        results = [
+            simulate(
+                pairs,
+                chosen,
+                rejected,
+                judge=judge,
+                budgets=opts["budgets"],
+                seeds=seeds,
+                policies=policies,
+                progress=lambda msg, judge=judge: self.stdout.write(f"  {judge}: {msg}"),
+            )
+            for judge in judges
+        ]
+        return results, {"data": str(opts["data"]), "pairs": len(pairs)}
+
+    def _stored(
+        self, opts: dict[str, Any], config: Any, policies: list[str], seeds: range
+    ) -> tuple[list[SimulationResult], dict[str, Any]]:
+        from annotation.models import Project
+        from models_srv.simulation_stored import StoredLabelsError, load_stored_labels, simulate_stored
+
+        project = Project.objects.filter(slug=opts["project"]).first()
+        if project is None:
+            raise CommandError(f"no project {opts['project']!r}")
+        if not opts["ai_labelers"]:
+            raise CommandError("--project needs at least one --ai-labeler NAME")
+        results, rows = [], {}
+        for spec in opts["ai_labelers"]:
+            try:
+                data = load_stored_labels(
+                    project=project,
+                    ai_labelers=[n for n in spec.split("+") if n],
+                    truth=opts["truth"],
+                    config=config,
+                    embed=not opts["no_reward_model"],
+                )
+            except StoredLabelsError as exc:
+                raise CommandError(str(exc)) from None
+            rows[spec] = len(data)
+            self.stdout.write(f"{data.name}: {len(data)} items with a human ({opts['truth']}) and an AI label")
+            results.append(
+                simulate_stored(
+                    data,
+                    budgets=opts["budgets"],
+                    seeds=seeds,
+                    policies=policies,
+                    progress=lambda msg, spec=spec: self.stdout.write(f"  {spec}: {msg}"),
+                )
+            )
+        return results, {"project": project.slug, "truth": opts["truth"], "items": rows}
+
+
+def write_csv(results: list[SimulationResult], path: Path) -> None:
+    rows = [row for res in results for row in res.summary()]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(
+            fh,
+            fieldnames=["judge", "metric", "policy", "budget", "mean", "std", "n", "minus_random", "minus_random_se"],
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def table(res: SimulationResult) -> str:
+    """The figures as text: mean ± std over seeds, then each policy minus random (mean ± paired s.e.)."""
+    lines = [f"\nAI labeler {res.judge} (its own accuracy {sum(res.ai_accuracy) / len(res.ai_accuracy):.3f})"]
+    for metric in METRICS:
+        figures = res.metric(metric)
+        if not figures:
+            continue
+        lines.append(f"{metric:<14}" + "".join(f"{100 * b:>16.0f}%" for b in res.budgets))
+        for policy, by in figures.items():
+            cells = []
+            for b in res.budgets:
+                v = by[b]
+                mean = sum(v) / len(v)
+                std = (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+                cells.append(f"{mean:>10.4f}±{std:.4f}")
+            lines.append(f"{policy:<14}" + "".join(cells))
+        for p in ("learned", "performance"):
+            if p in figures and "random" in figures:
+                gains = ", ".join(
+                    f"{100 * b:.0f}%: {m:+.4f}±{se:.4f}" for b, (m, se) in res.paired_gain(p, metric=metric).items()
+                )
+                lines.append(f"  {p} - random (mean ± paired s.e.): {gains}")
+    return "\n".join(lines)
