@@ -17,7 +17,9 @@ One pass over the project's judgments (values only, no model instances) feeds ev
 - drift: weekly agreement with consensus per annotator, per AI labeler and per category;
 - model leaderboard: Bradley-Terry ratings of the responses' source models with bootstrap CIs,
   separately from human and from AI labels;
-- reward-model metrics over versions.
+- reward-model metrics over versions;
+- the AI labelers' consensus per item (majority and confidence-weighted) against the annotators',
+  and Cohen's kappa for every pair of labelers (`curation.agreement_tables`).
 
 Noisy-label candidates: items whose consensus label a reward model that never trained on the item
 finds less likely than the other (the project's latest out-of-fold margins, `models_srv.crossfit`;
@@ -40,6 +42,7 @@ from typing import Any
 from django.db.models import Count, Q, Sum
 
 from annotation.models import Assignment, Item, Judgment, Labeler, LabelSource, Project, source_of_kind
+from curation.agreement_tables import ai_consensus_table, kappa_pairs
 from curation.consensus import Consensus, dawid_skene, pairwise_consensus, ranking_consensus
 from curation.metrics import (
     agreement_over_time,
@@ -71,6 +74,7 @@ class _J:
     created_at: datetime
     order_consistent: bool | None
     answers: tuple[ShownAnswer, ...] = ()  # an AI judgment's answer per order asked, in shown order
+    confidence: float | None = None  # an AI labeler's, as stored
 
     @property
     def human(self) -> bool:
@@ -154,10 +158,11 @@ def load(project: Project) -> ProjectData:
             "time_spent_ms",
             "created_at",
             "raw_output",
+            "confidence",
         )
         .order_by("id")
     )
-    for item_id, labeler_id, payload, order, time_ms, created, raw in rows.iterator(chunk_size=5000):
+    for item_id, labeler_id, payload, order, time_ms, created, raw, confidence in rows.iterator(chunk_size=5000):
         choice, strength = _choice(payload)
         source = source_of_kind(labelers[labeler_id]["kind"])
         ai = source == LabelSource.AI
@@ -175,6 +180,7 @@ def load(project: Project) -> ProjectData:
                 created,
                 _consistent(raw) if ai else None,
                 tuple(shown_answers(raw)) if ai else (),
+                confidence,
             )
         )
     gold = {
@@ -562,6 +568,8 @@ def report(project: Project, *, bootstrap: int = 200) -> dict[str, Any]:
         "drift": drift(data, consensus),
         "leaderboard": leaderboard(data, bootstrap),
         "reward_models": reward_models(project),
+        "ai_consensus": ai_consensus_table(data, consensus),
+        "kappa_pairs": kappa_pairs(data),
     }
 
 

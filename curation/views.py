@@ -27,7 +27,11 @@ CSV_TABLES = (
     "leaderboard_ai",
     "reward_models",
     "drift",
+    "ai_consensus",
+    "ai_consensus_differ",
+    "kappa_pairs",
 )
+KAPPA_SHOWN = 100  # labeler pairs on the page; the CSV has them all
 
 
 def _sparkline(points: list[dict[str, Any]], width: int = 160, height: int = 28) -> str:
@@ -59,7 +63,7 @@ def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "curation/quality.html",
-        {"project": project, "r": rep, "drift": drift, "tables": CSV_TABLES},
+        {"project": project, "r": rep, "drift": drift, "tables": CSV_TABLES, "kappa_shown": KAPPA_SHOWN},
     )
 
 
@@ -71,6 +75,10 @@ def _table(rep: dict[str, Any], name: str) -> list[dict[str, Any]]:
         return [{"metric": k, "value": v} for k, v in flat.items()]
     if name in ("leaderboard_human", "leaderboard_imported", "leaderboard_ai"):
         return rep["leaderboard"].get(name.split("_")[1], [])
+    if name == "ai_consensus":
+        return rep["ai_consensus"]["methods"]
+    if name == "ai_consensus_differ":
+        return rep["ai_consensus"]["differ"]
     if name == "drift":
         return [
             {"group": group, "key": key, **p}
