@@ -1,4 +1,3 @@
-import csv
 import json
 import time
 from pathlib import Path
@@ -7,7 +6,18 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from models_srv.simulation import JUDGES, METRICS, POLICIES, SimulationResult, embed_pairs, load_pairs, plot, simulate
+from models_srv.simulation import (
+    JUDGES,
+    POLICIES,
+    SimulationResult,
+    embed_pairs,
+    format_table,
+    load_pairs,
+    plot,
+    result_to_dict,
+    simulate,
+    write_csv,
+)
 
 
 def _floats(value: str) -> list[float]:
@@ -85,32 +95,13 @@ class Command(BaseCommand):
             **described,
             "seeds": opts["seeds"],
             "backbone": opts["backbone"],
-            "results": [
-                {
-                    "judge": res.judge,
-                    "sizes": res.sizes,
-                    "ai_accuracy_on_test": [round(a, 4) for a in res.ai_accuracy],
-                    **{
-                        metric: {p: {str(b): v for b, v in by.items()} for p, by in res.metric(metric).items()}
-                        for metric in METRICS
-                    },
-                    "minus_random": {
-                        metric: {
-                            p: {str(b): g for b, g in res.paired_gain(p, metric=metric).items()}
-                            for p in res.metric(metric)
-                            if p != "random" and "random" in res.metric(metric)
-                        }
-                        for metric in METRICS
-                    },
-                }
-                for res in results
-            ],
+            "results": [result_to_dict(res) for res in results],
         }
         (out / "results.json").write_text(json.dumps(report, indent=2))
         write_csv(results, out / "results.csv")
         plot(results, out / "plot.png")
         for res in results:
-            self.stdout.write(table(res))
+            self.stdout.write(format_table(res))
         self.stdout.write(f"\nwrote {out / 'results.json'}, {out / 'results.csv'} and {out / 'plot.png'}")
 
     def _simulated(
@@ -178,39 +169,3 @@ class Command(BaseCommand):
                 )
             )
         return results, {"project": project.slug, "truth": opts["truth"], "items": rows}
-
-
-def write_csv(results: list[SimulationResult], path: Path) -> None:
-    rows = [row for res in results for row in res.summary()]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(
-            fh,
-            fieldnames=["judge", "metric", "policy", "budget", "mean", "std", "n", "minus_random", "minus_random_se"],
-        )
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def table(res: SimulationResult) -> str:
-    """The figures as text: mean ± std over seeds, then each policy minus random (mean ± paired s.e.)."""
-    lines = [f"\nAI labeler {res.judge} (its own accuracy {sum(res.ai_accuracy) / len(res.ai_accuracy):.3f})"]
-    for metric in METRICS:
-        figures = res.metric(metric)
-        if not figures:
-            continue
-        lines.append(f"{metric:<14}" + "".join(f"{100 * b:>16.0f}%" for b in res.budgets))
-        for policy, by in figures.items():
-            cells = []
-            for b in res.budgets:
-                v = by[b]
-                mean = sum(v) / len(v)
-                std = (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
-                cells.append(f"{mean:>10.4f}±{std:.4f}")
-            lines.append(f"{policy:<14}" + "".join(cells))
-        for p in ("learned", "performance"):
-            if p in figures and "random" in figures:
-                gains = ", ".join(
-                    f"{100 * b:.0f}%: {m:+.4f}±{se:.4f}" for b, (m, se) in res.paired_gain(p, metric=metric).items()
-                )
-                lines.append(f"  {p} - random (mean ± paired s.e.): {gains}")
-    return "\n".join(lines)
