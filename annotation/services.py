@@ -47,7 +47,11 @@ class ProjectSpec(BaseModel):
     gold_rate: float = Field(default=0.0, ge=0, le=1)
     lease_seconds: int = Field(default=900, ge=10, le=7 * 24 * 3600)
     show_model_names: bool = False
-    routing_policy: Project.RoutingPolicy = Project.RoutingPolicy.ALL_HUMAN
+    routing_policy: Project.RoutingPolicy = Field(
+        default=Project.RoutingPolicy.ALL_HUMAN,
+        description="all_human (the default), all_ai, learned, or performance (experimental: no better than "
+        "random routing in the simulations of bench/route)",
+    )
     require_ai_audit: bool = False
     autotrain_after: int = Field(default=0, ge=0)
     members: list[MemberSpec] = Field(default_factory=list)

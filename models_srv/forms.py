@@ -126,10 +126,19 @@ class LabelerForm(forms.Form):
         return value
 
 
+# Policies offered but not recommended: `performance` did no better than random routing in any
+# setting simulated (README, "Routing"; bench/route/README.md). New projects never start on it.
+EXPERIMENTAL_POLICIES = ("performance",)
+
+
 class RoutingForm(forms.Form):
     """A project's routing settings; saving re-routes its items."""
 
-    routing_policy = forms.ChoiceField(label="Policy")
+    routing_policy = forms.ChoiceField(
+        label="Policy",
+        help_text="The experimental performance-prediction policy did no better than random routing in our "
+        "simulations; prefer the learned router.",
+    )
     budget_percent = forms.FloatField(
         label="Human budget (% of items)", min_value=0, max_value=100, help_text="Items humans may label."
     )
@@ -150,7 +159,10 @@ class RoutingForm(forms.Form):
         from annotation.models import Project
 
         super().__init__(*args, **kwargs)
-        self.fields["routing_policy"].choices = Project.RoutingPolicy.choices
+        self.fields["routing_policy"].choices = [
+            (value, f"Experimental: {label}" if value in EXPERIMENTAL_POLICIES else label)
+            for value, label in Project.RoutingPolicy.choices
+        ]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

@@ -306,3 +306,18 @@ def test_simulate_routing_command_on_the_shared_hh_pairs(tmp_path) -> None:
     assert all(0.3 < a < 0.8 for a in res["ai_accuracy_on_test"])
     assert set(res["minus_random"]["label_accuracy"]["learned"]) == {"0", "0.25", "1.0"}
     assert (out / "plot.png").exists() and (out / "results.csv").read_text().startswith("judge,metric,policy,budget")
+
+
+def test_the_performance_policy_is_offered_as_experimental_and_is_no_default(routed, curator) -> None:
+    from django.test import Client
+    from django.urls import reverse
+
+    from annotation.services import ProjectSpec
+
+    c = Client()
+    c.force_login(curator)
+    page = c.get(reverse("models_srv:routing", args=[routed.slug])).content.decode()
+    assert "Experimental: Learned router: predicted reward-model gain" in page
+    assert "Experimental: Learned router: predicted AI-vs-human" not in page
+    spec = ProjectSpec.parse({"slug": "fresh", "name": "Fresh", "schema": {"pairwise": {}}})
+    assert spec.routing_policy == "all_human"
