@@ -275,7 +275,9 @@ def test_the_simulation_compares_policies_at_exact_budgets(tmp_path) -> None:
     # The ends agree whatever the policy: no humans, or all of them.
     assert result.accuracy["random"][0] == result.accuracy["all_ai"][0]
     assert result.accuracy["random"][1.0] == result.accuracy["all_human"][1.0]
-    simulation.plot([result], tmp_path / "plot.png")
+    from models_srv.simulation_report import plot
+
+    plot([result], tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -125,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.replot:
         sys.path.insert(0, str(ROOT))
-        from models_srv.simulation import result_from_dict
+        from models_srv.simulation_report import result_from_dict
 
         report(list(map(result_from_dict, json.loads((OUT / "results.json").read_text()))))
         return
@@ -136,7 +136,8 @@ def main() -> None:
     from django.conf import settings
 
     from models_srv.engine import TrainConfig
-    from models_srv.simulation import JUDGES, embed_pairs, load_pairs, result_to_dict, simulate
+    from models_srv.simulation import JUDGES, embed_pairs, load_pairs, simulate
+    from models_srv.simulation_report import result_to_dict
     from models_srv.simulation_stored import load_stored_labels, simulate_stored
 
     budgets = [float(b) / 100 for b in args.budgets.split(",")]
@@ -162,7 +163,7 @@ def main() -> None:
 
 
 def report(results: list) -> None:
-    from models_srv.simulation import format_table, plot, write_csv
+    from models_srv.simulation_report import format_table, plot, write_csv
 
     write_csv(results, HERE / "results.csv")
     plot(results, HERE / "plot.png")

@@ -6,18 +6,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from models_srv.simulation import (
-    JUDGES,
-    POLICIES,
-    SimulationResult,
-    embed_pairs,
-    format_table,
-    load_pairs,
-    plot,
-    result_to_dict,
-    simulate,
-    write_csv,
-)
+from models_srv.simulation import JUDGES, POLICIES, SimulationResult, embed_pairs, load_pairs, simulate
+from models_srv.simulation_report import format_table, plot, result_to_dict, write_csv
 
 
 def _floats(value: str) -> list[float]:
