@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--replot", action="store_true", help="redraw from out/results.json, simulate nothing")
     args = parser.parse_args()
     if args.replot:
-        sys.path.insert(0, str(ROOT))
+        setup_django(fresh=False)  # the simulation modules import the app's models
         from models_srv.simulation_report import result_from_dict
 
         report(list(map(result_from_dict, json.loads((OUT / "results.json").read_text()))))
