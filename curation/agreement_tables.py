@@ -2,7 +2,8 @@
 
 - the AI labelers' consensus per item, by majority and weighted by each judgment's stored
   confidence (0.5 where none is stored): the rule of `models_srv.labeling.ai_consensus`, here for
-  every item at once and without a query per item. An A/B split counts as a tie, as there. Each
+  every item at once and without a query per item, skipping the same labelers where the project
+  requires audited ones. An A/B split counts as a tie, as there. Each
   method's answers are counted and set against the annotators' consensus and the imported labels';
   the items where the two methods differ are listed;
 - Cohen's kappa on the pairwise choice (A / B / tie; for rankings, the first two responses) for
@@ -35,9 +36,14 @@ def _label(c: Consensus) -> str | None:
 
 
 def ai_consensus_items(data: ProjectData) -> dict[int, dict[str, Consensus]]:
-    """Each AI-judged item's consensus by each method."""
+    """Each AI-judged item's consensus by each method, among the labelers the project's audit gate
+    lets through (all of them unless it requires audited labelers), as `ai_consensus` counts."""
+    from models_srv.judge_audit import audit_gate
+
+    gate = audit_gate(data.project)
     out = {}
-    for item_id, js in data.by_item_ai.items():
+    for item_id, judged in data.by_item_ai.items():
+        js = [j for j in judged if gate.allows(j.labeler_id)]
         votes = [(j.choice, j.strength) for j in js if j.choice]
         if not votes:
             continue

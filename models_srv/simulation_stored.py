@@ -11,7 +11,8 @@ on the same items, so a router's gain over random routing is measured on errors 
   or with `truth="imported"` the imported labels', or with `"people"` the annotators' where any
   and the imported ones elsewhere (as `route_project(calibrate_on_imported=True)` calibrates).
 - The router sees the app's own features (`routing.item_features`), with the AI signals of the
-  named labelers only. They include the current reward model's margin and spread where it has
+  named labelers only, audited or not (`require_ai_audit` gates routing, not a simulation that
+  asks about a labeler by name). They include the current reward model's margin and spread where it has
   scored the items: if that model trained on these items' human labels, its margin knows them, so
   simulate before rescoring or with a model that never saw the items.
 - Per seed the rows are shuffled and split into calibration (the router learns there), pool (the

@@ -175,3 +175,18 @@ def test_the_two_tables_as_csv(judged, curator) -> None:
     assert len(kappas) == 10 and kappas[0]["cohen_kappa"] == "0.2"
     page = c.get(reverse("curation:quality", args=[judged.slug])).content.decode()
     assert "?table=kappa_pairs" in page and "?table=ai_consensus" in page
+
+
+def test_a_project_that_requires_audits_counts_only_audited_labelers(judged, curator) -> None:
+    """With require_ai_audit and no audit passed, no AI labeler takes part: the page agrees with
+    ai_consensus, which answers None for every item."""
+    judged.require_ai_audit = True
+    judged.save(update_fields=["require_ai_audit"])
+    item = Item.objects.get(project=judged, external_id="q1")
+    assert ai_consensus(item, "majority") is None
+    c = Client()
+    c.force_login(curator)
+    tables = _page_tables(c, judged)
+    shown = [row[:3] for row in tables["ai-consensus"]]
+    assert shown == [["majority", "0", "0 / 0 / 0"], ["weighted", "0", "0 / 0 / 0"]]
+    assert len(tables["kappa-pairs"]) == 10  # kappa compares what each labeler said, trusted or not
