@@ -14,7 +14,7 @@ from annotation.models import Item, LabelSource, Project
 from curation.consensus import pairwise_consensus, ranking_consensus
 from curation.export.card import write_card
 from curation.export.context import Context, ExportItem, ExportResult, schema_at, select_judgments
-from curation.export.files import SplitFiles
+from curation.export.files import RowEncoder, SplitFiles
 from curation.export.filters import ExportFilters, parse_formats
 from curation.export.formats import WRITERS
 from curation.export.query import item_pages
@@ -57,6 +57,7 @@ def build_export(
     )
     writers = {w.name: w for f in formats for w in (cls(ctx) for cls in WRITERS[f])}  # one per configuration
     files: dict[tuple[str, str], SplitFiles] = {}
+    encoder = RowEncoder()  # one for all files: the formats share an item's texts
     excluded: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     humans: set[int] = set()  # bounded by the number of labelers, not of judgments
@@ -102,7 +103,7 @@ def build_export(
                     for row in writer.rows(item):
                         key = (name, split)
                         if key not in files:
-                            files[key] = SplitFiles(out_dir, name, split, writer.schema)
+                            files[key] = SplitFiles(out_dir, name, split, writer.schema, encoder)
                         files[key].write(row)
             if heartbeat:
                 heartbeat({"phase": "writing", "items": items_seen, "exported": items_kept})

@@ -7,16 +7,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from annotation.models import GuidelinesVersion, LabelSource, Project, SchemaVersion, source_of_kind
+from annotation.models import GuidelinesVersion, Labeler, LabelSource, Project, SchemaVersion, source_of_kind
 from annotation.schema import JudgmentSchema
 from curation.consensus import Consensus
 from curation.export.filters import ExportFilters, pseudonym
 from models_srv.data import held_out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JudgmentRow:
-    """One judgment, as loaded for the export."""
+    """One judgment, as loaded for the export, with its label source and its vote's weight
+    (`JudgmentRow.of`: 1, or an AI labeler's confidence)."""
 
     id: int
     uuid: str
@@ -29,14 +30,19 @@ class JudgmentRow:
     schema_version: int
     guidelines_version: int | None
     created_at: datetime
+    source: str
+    weight: float
 
-    @property
-    def source(self) -> str:
-        return source_of_kind(self.kind).value
+    @classmethod
+    def of(cls, *values: Any) -> JudgmentRow:
+        """From the fields up to `created_at`, in order."""
+        kind, confidence = values[3], values[6]
+        source = _SOURCES.get(kind) or source_of_kind(kind).value
+        weight = 1.0 if source != LabelSource.AI or confidence is None else float(confidence)
+        return cls(*values, source, weight)
 
-    @property
-    def weight(self) -> float:
-        return 1.0 if self.source != LabelSource.AI or self.confidence is None else float(self.confidence)
+
+_SOURCES = {kind: source_of_kind(kind).value for kind in Labeler.Kind.values}
 
 
 @dataclass
@@ -54,6 +60,7 @@ class ExportItem:
     label_source: str = ""
     consensus: Consensus | None = None
     ranking: tuple[list[float], float] | None = None
+    held_out: bool | None = None  # set on first use by `Context.held_out`
 
 
 def select_judgments(judgments: list[JudgmentRow], source: str) -> tuple[list[JudgmentRow], str]:
@@ -96,9 +103,11 @@ class Context:
         return [c.name for c in self.schema.spans.categories] if self.schema.spans else []
 
     def held_out(self, item: ExportItem) -> bool:
-        return held_out(
-            split=item.split, external_id=item.external_id, seed=self.eval_seed, fraction=self.eval_fraction
-        )
+        if item.held_out is None:
+            item.held_out = held_out(
+                split=item.split, external_id=item.external_id, seed=self.eval_seed, fraction=self.eval_fraction
+            )
+        return item.held_out
 
     def pseudonym(self, labeler_id: int) -> str:
         if labeler_id not in self._pseudonyms:

@@ -69,7 +69,7 @@ def item_pages(project: Project, ctx: Context, chunk_items: int) -> Iterator[lis
         )
         for item_id, *rest in rows:
             rest[1] = str(rest[1])
-            by_item[item_id].append(JudgmentRow(*rest))
+            by_item[item_id].append(JudgmentRow.of(*rest))
         actions = effective_action_kinds(item_ids=ids, at=cutoff)
         flagged: set[int] = set()
         if filters.exclude_flagged:
