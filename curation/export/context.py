@@ -36,7 +36,7 @@ class JudgmentRow:
     @classmethod
     def of(cls, *values: Any) -> JudgmentRow:
         """From the fields up to `created_at`, in order."""
-        kind, confidence = values[3], values[6]
+        kind, confidence = values[3], values[7]
         source = _SOURCES.get(kind) or source_of_kind(kind).value
         weight = 1.0 if source != LabelSource.AI or confidence is None else float(confidence)
         return cls(*values, source, weight)
@@ -65,13 +65,16 @@ class ExportItem:
 
 def select_judgments(judgments: list[JudgmentRow], source: str) -> tuple[list[JudgmentRow], str]:
     """The judgments the `label_source` filter keeps, and the source(s) they came from."""
-    by_source = {s: [j for j in judgments if j.source == s] for s in LabelSource.values}
+    by_source = {s: [j for j in judgments if j.source == s] for s in _SOURCE_ORDER}
     if source in by_source:
         return by_source[source], source
     if source == "consensus":
-        first = next((s for s in LabelSource.values if by_source[s]), LabelSource.AI.value)
+        first = next((s for s in _SOURCE_ORDER if by_source[s]), LabelSource.AI.value)
         return by_source[first], first
-    return judgments, "+".join(s for s in LabelSource.values if by_source[s])
+    return judgments, "+".join(s for s in _SOURCE_ORDER if by_source[s])
+
+
+_SOURCE_ORDER = tuple(LabelSource.values)
 
 
 # ---------------------------------------------------------------------------------------------
