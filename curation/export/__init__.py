@@ -8,9 +8,9 @@ time), `context` (an item as loaded, the pass's context), `formats` (the rows of
 `build_export` walks the project's items in id order (keyset pages of `chunk_items`), loads the
 judgments of each page in one query, decides per item whether it is in the dataset (curation
 state, flags, label source, agreement, strength) and hands each kept item to the writers of the
-requested formats. Every writer streams: a JSONL line per row, and Parquet row groups of at most
-`ROW_GROUP_ROWS` rows through `pyarrow.parquet.ParquetWriter` with an explicit schema, so memory
-stays flat however large the project is.
+requested formats. Every file streams (`files.SplitFiles`): rows become Arrow arrays a thousand at
+a time, written as Parquet row groups of at most `ROW_GROUP_ROWS` rows and, from the same arrays,
+as JSONL, so memory stays flat however large the project is.
 
 Only judgments, curation actions and flags made at or before the snapshot's `cutoff` count, and
 rows come out in a fixed order, so building the same filters and cutoff again gives

@@ -107,6 +107,10 @@ def _json_texts(array: pa.Array, values: tuple[Any, ...], encoder: RowEncoder) -
             return pc.fill_null(pc.binary_join_element_wise('"', array, '"', ""), "null")
     elif kinds <= {int} and pa.types.is_integer(array.type):
         return pc.fill_null(pc.cast(array, pa.string()), "null")
+    if not kinds:
+        return pa.array(["null"] * len(values), type=pa.string())
+    if kinds == {float} and array.null_count == 0 and pc.all(pc.is_finite(array)).as_py():
+        return pa.array(list(map(float.__repr__, values)), type=pa.string())
     return pa.array([encoder.value(v) for v in values], type=pa.string())
 
 
