@@ -217,7 +217,7 @@ def _page(rows: list[Any], limit: int) -> tuple[list[Any], int | None]:
 
 
 def _judgment_out(project: Project, j: Judgment) -> dict[str, Any]:
-    from curation.exporting import pseudonym
+    from curation.export import pseudonym
 
     pairwise = j.payload.get("pairwise") if isinstance(j.payload, dict) else None
     pairwise = pairwise if isinstance(pairwise, dict) else {}

@@ -16,7 +16,7 @@ from annotation.selectors import project_for_user
 from config.api_errors import refusals
 from config.auth import scoped
 from curation import selectors, services
-from curation.exporting import ExportError, ExportFilters
+from curation.export import ExportError, ExportFilters
 from curation.models import ExportSnapshot, ExportStatus
 
 router = Router(tags=["exports"])

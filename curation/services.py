@@ -40,7 +40,7 @@ from django.utils import timezone
 from annotation import audit, queue
 from annotation.models import ImportJob, Item, Labeler, Project
 from config.jobs import JobLost, liveness, stale_after, sweep_stale
-from curation.exporting import (
+from curation.export import (
     ExportError,
     ExportFilters,
     build_export,

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotation.models import Item
 from annotation.selectors import project_for_user
 from curation import quality, selectors, services
-from curation.exporting import ExportError
+from curation.export import ExportError
 from curation.forms import ActionForm, ExportForm
 from curation.models import CurationAction
 

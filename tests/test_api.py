@@ -202,7 +202,7 @@ def world(project: Project, curator, annotator, settings, tmp_path) -> dict[str,
 
 
 def test_curators_read_judgments_with_pseudonyms_filters_and_pages(project: Project, world, curator, annotator) -> None:
-    from curation.exporting import pseudonym
+    from curation.export import pseudonym
 
     c = api(curator, ["read"])
     body = c.get(f"/api/v1/projects/{project.slug}/judgments").json()

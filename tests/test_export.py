@@ -24,7 +24,8 @@ from annotation.importing import import_items, recount_human_judgments
 from annotation.models import Assignment, ImportJob, Item, Judgment, Labeler, Membership, Project
 from annotation.queue import next_assignment
 from annotation.services import membership_set
-from curation.exporting import ExportError, ExportFilters, _Agreement, pseudonym
+from curation.export import ExportError, ExportFilters, pseudonym
+from curation.export.stats import Agreement
 from curation.metrics import krippendorff_alpha, pairwise_agreement
 from curation.models import CurationAction, ExportSnapshot
 from curation.selectors import curation_states, export_get_for_user, with_curation_state
@@ -323,13 +324,13 @@ def test_card_checksums_and_bundle(pairs_project: Project, tmp_path: Path) -> No
 def test_agreement_figures_match_the_metrics_module() -> None:
     rng = random.Random(3)
     units = [[rng.choice(["A", "B", "tie"]) for _ in range(rng.randint(1, 5))] for _ in range(200)]
-    acc = _Agreement("nominal")
+    acc = Agreement("nominal")
     for u in units:
         acc.add(u)
     assert acc.alpha() == pytest.approx(krippendorff_alpha(units, "nominal"))
     assert acc.percent() == pytest.approx(pairwise_agreement(units))
     scores = [[rng.randint(1, 5) for _ in range(rng.randint(1, 4))] for _ in range(200)]
-    acc = _Agreement("interval")
+    acc = Agreement("interval")
     for u in scores:
         acc.add(u)
     assert acc.alpha() == pytest.approx(krippendorff_alpha(scores, "interval"))

@@ -13,7 +13,7 @@ import pytest
 
 from annotation.importing import import_items
 from annotation.models import Labeler, Project
-from curation.exporting import pseudonym
+from curation.export import pseudonym
 from curation.services import export_copy_to, export_create, export_run
 from tests.conftest import HH_FILE, QA_FILE, jsonl, needs_shared
 

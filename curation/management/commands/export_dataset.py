@@ -18,7 +18,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from annotation.models import Project
-from curation.exporting import FORMATS, ExportError
+from curation.export import FORMATS, ExportError
 from curation.models import ExportSnapshot
 from curation.services import export_copy_to, export_create, export_reproduce, export_run
 

@@ -1,0 +1,136 @@
+"""The state of one pass: an item as loaded with its judgments, and the export's context."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from annotation.models import GuidelinesVersion, Labeler, LabelSource, Project, SchemaVersion, source_of_kind
+from annotation.schema import JudgmentSchema
+from curation.consensus import Consensus
+from curation.export.filters import ExportFilters, pseudonym
+from models_srv.data import held_out
+
+
+@dataclass(frozen=True, slots=True)
+class JudgmentRow:
+    """One judgment, as loaded for the export, with its label source and its vote's weight
+    (`JudgmentRow.of`: 1, or an AI labeler's confidence)."""
+
+    id: int
+    uuid: str
+    labeler_id: int
+    kind: str
+    payload: dict[str, Any]
+    response_order: list[int] | None
+    time_spent_ms: int | None
+    confidence: float | None
+    schema_version: int
+    guidelines_version: int | None
+    created_at: datetime
+    source: str
+    weight: float
+
+    @classmethod
+    def of(cls, *values: Any) -> JudgmentRow:
+        """From the fields up to `created_at`, in order."""
+        kind, confidence = values[3], values[7]
+        source = _SOURCES.get(kind) or source_of_kind(kind).value
+        weight = 1.0 if source != LabelSource.AI or confidence is None else float(confidence)
+        return cls(*values, source, weight)
+
+
+_SOURCES = {kind: source_of_kind(kind).value for kind in Labeler.Kind.values}
+
+
+@dataclass
+class ExportItem:
+    id: int
+    external_id: str
+    prompt: Any  # str, or a list of {role, content} in chat mode
+    prompt_text: str  # the stored text prompt (a chat prompt's transcript)
+    texts: list[str]
+    models: list[str]
+    split: str
+    curation: str | None
+    judgments: list[JudgmentRow]
+    flagged: bool = False
+    label_source: str = ""
+    consensus: Consensus | None = None
+    ranking: tuple[list[float], float] | None = None
+    held_out: bool | None = None  # set on first use by `Context.held_out`
+
+
+def select_judgments(judgments: list[JudgmentRow], source: str) -> tuple[list[JudgmentRow], str]:
+    """The judgments the `label_source` filter keeps, and the source(s) they came from."""
+    by_source = {s: [j for j in judgments if j.source == s] for s in _SOURCE_ORDER}
+    if source in by_source:
+        return by_source[source], source
+    if source == "consensus":
+        first = next((s for s in _SOURCE_ORDER if by_source[s]), LabelSource.AI.value)
+        return by_source[first], first
+    return judgments, "+".join(s for s in _SOURCE_ORDER if by_source[s])
+
+
+_SOURCE_ORDER = tuple(LabelSource.values)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass over the project
+
+
+@dataclass
+class Context:
+    project: Project
+    schema: JudgmentSchema
+    filters: ExportFilters
+    cutoff: datetime
+    chat: bool
+    guidelines_version: int | None
+    schema_version: int | None
+    # The app's training defaults: which items a run holds out, and the margin per strength level.
+    eval_seed: int
+    eval_fraction: float
+    margin_scale: float
+    skipped: Counter[str] = field(default_factory=Counter)
+    _pseudonyms: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def aspects(self) -> list[str]:
+        return [a.name for a in self.schema.rubric.aspects] if self.schema.rubric else []
+
+    @property
+    def categories(self) -> list[str]:
+        return [c.name for c in self.schema.spans.categories] if self.schema.spans else []
+
+    def held_out(self, item: ExportItem) -> bool:
+        if item.held_out is None:
+            item.held_out = held_out(
+                split=item.split, external_id=item.external_id, seed=self.eval_seed, fraction=self.eval_fraction
+            )
+        return item.held_out
+
+    def pseudonym(self, labeler_id: int) -> str:
+        if labeler_id not in self._pseudonyms:
+            self._pseudonyms[labeler_id] = pseudonym(self.project.slug, labeler_id)
+        return self._pseudonyms[labeler_id]
+
+
+@dataclass
+class ExportResult:
+    files: list[dict[str, Any]]
+    counts: dict[str, Any]
+
+
+def schema_at(project: Project, cutoff: datetime) -> tuple[JudgmentSchema, int | None, int | None]:
+    """The schema and guidelines versions in force at the cutoff (the current ones as a fallback)."""
+    sv = SchemaVersion.objects.filter(project=project, created_at__lte=cutoff).order_by("-version").first()
+    gv = GuidelinesVersion.objects.filter(project=project, created_at__lte=cutoff).order_by("-version").first()
+    schema = JudgmentSchema.model_validate(sv.schema if sv else project.schema)
+    return (
+        schema,
+        sv.version if sv else project.schema_version,
+        gv.version if gv else project.guidelines_version,
+    )

@@ -1,0 +1,106 @@
+"""What a snapshot takes: its filters, its formats, and the errors that refuse them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from datetime import date
+from typing import Any, Literal
+
+from django.conf import settings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from annotation.schema import JudgmentSchema, format_validation_error
+
+FORMATS = ("pairs", "listwise", "rubric", "spans", "raw")
+NEEDS = {"pairs": "pairwise", "listwise": "ranking", "rubric": "rubric", "spans": "spans"}
+
+
+class ExportError(ValueError):
+    """Filters or formats that cannot be exported, with a readable reason."""
+
+
+class ExportFilters(BaseModel):
+    """Which items and judgments a snapshot takes. Stored on the snapshot as JSON.
+
+    - `label_source` (see `annotation.models.LabelSource`): `human` (annotators' judgments made
+      here), `imported` (labels imported with the items), `ai` (AI labelers), `consensus` (an
+      item's annotators' judgments when it has any, else its imported labels, else its AI
+      judgments) or `all` (every source pooled; AI votes weighted by their confidence).
+    - `min_agreement`: the consensus's share of the top pairwise label, or Kendall's W for
+      rankings; `min_strength`: the consensus's mean strength (pairwise only). Items below are
+      left out of every format.
+    - `exclude_flagged`: leave out items an annotator flagged; `exclude_dropped`: leave out items
+      whose curation state is `drop`.
+    - `splits`: the project's splits to take (empty = all); `date_from` / `date_to`: judgments
+      made on these days (UTC, both inclusive); `labelers`: only these labelers' judgments (ids).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label_source: Literal["human", "imported", "ai", "consensus", "all"] = "human"
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+    min_strength: float | None = Field(default=None, ge=0)
+    exclude_flagged: bool = False
+    exclude_dropped: bool = True
+    splits: list[Literal["train", "eval"]] = Field(default_factory=list)
+    date_from: date | None = None
+    date_to: date | None = None
+    labelers: list[int] | None = None
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, v: list[str]) -> list[str]:
+        return sorted(set(v))
+
+    @field_validator("labelers")
+    @classmethod
+    def _labelers(cls, v: list[int] | None) -> list[int] | None:
+        return sorted(set(v)) or None if v is not None else None  # an empty list means everyone
+
+    @model_validator(mode="after")
+    def _range(self) -> ExportFilters:
+        if self.date_from and self.date_to and self.date_from > self.date_to:
+            raise ValueError("date_from is after date_to")
+        return self
+
+    @classmethod
+    def parse(cls, data: ExportFilters | Mapping[str, Any] | None) -> ExportFilters:
+        if isinstance(data, ExportFilters):
+            return data
+        try:
+            return cls.model_validate(dict(data or {}))
+        except ValidationError as exc:
+            raise ExportError(format_validation_error(exc)) from None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_formats(formats: Iterable[str] | str, schema: JudgmentSchema | None = None) -> list[str]:
+    """Formats in canonical order, checked against the project's schema ("pairs,raw" works too)."""
+    names = [f.strip().lower() for f in ([formats] if isinstance(formats, str) else formats)]
+    names = [p for f in names for p in f.split(",") if p.strip()]
+    names = [n.strip() for n in names]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        raise ExportError(f"unknown format(s) {', '.join(unknown)}; use {', '.join(FORMATS)}")
+    if not names:
+        raise ExportError(f"choose at least one format: {', '.join(FORMATS)}")
+    if schema is not None:
+        for name in names:
+            need = NEEDS.get(name)
+            if need and getattr(schema, need) is None:
+                raise ExportError(f"the {name} format needs a {need} question in the project's schema")
+    return [f for f in FORMATS if f in names]
+
+
+def pseudonym(project_slug: str, labeler_id: int) -> str:
+    """A stable pseudonymous annotator id: HMAC-SHA256(SECRET_KEY, "slug:labeler id"), 16 hex digits."""
+    mac = hmac.new(settings.SECRET_KEY.encode(), f"{project_slug}:{labeler_id}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# What one item contributes
