@@ -21,6 +21,18 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
     || echo "could not install chromium: browser tests will be skipped"
 fi
 
+# The accessibility test runs axe-core in that Chromium: installed from npm, pinned, never vendored.
+AXE=.venv/axe/node_modules/axe-core/axe.min.js
+if [ ! -f "$AXE" ]; then
+  if command -v npm >/dev/null; then
+    echo "installing axe-core for the accessibility test..."
+    npm install --no-save --no-audit --no-fund --silent --prefix .venv/axe axe-core@4.14.1 >/dev/null \
+      || echo "could not install axe-core: the accessibility test will be skipped"
+  else
+    echo "npm is absent: the accessibility test will be skipped"
+  fi
+fi
+
 $BIN/ruff check .
 DEBUG=1 DATABASE_URL=sqlite:///:memory: $BIN/python manage.py makemigrations --check --dry-run
 $BIN/python -m pytest "$@"

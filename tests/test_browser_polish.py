@@ -60,6 +60,7 @@ def test_main_pages_log_no_console_errors(page, make_project, make_user) -> None
     page.fill("input[name=name]", "ci")
     page.click("text=Create token")
     page.wait_for_selector("#new-token-key")
+    page.wait_for_load_state()  # the field can be in the DOM before its deferred script has run
     key = page.locator("#new-token-key")
     key.focus()
     selected = page.evaluate("() => { const e = document.activeElement; return e.selectionEnd - e.selectionStart; }")
