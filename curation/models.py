@@ -90,7 +90,7 @@ class ExportSnapshot(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    filters = models.JSONField(default=dict, help_text="curation.exporting.ExportFilters, validated.")
+    filters = models.JSONField(default=dict, help_text="curation.export.ExportFilters, validated.")
     formats = models.JSONField(default=list, help_text="Any of pairs, listwise, rubric, spans, raw.")
     license = models.CharField(max_length=100, default="unknown", help_text="License field of the dataset card.")
     cutoff = models.DateTimeField(help_text="Only judgments and curation actions made at or before this count.")
