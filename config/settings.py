@@ -64,13 +64,13 @@ class StrictEnv(environ.Env):
         except (ValueError, TypeError):
             raise ImproperlyConfigured(f"{var}={raw!r} is not {what}") from None
 
-    def int(self, var: str, default: Any = environ.Env.NOTSET) -> int:  # type: ignore[override]
+    def int(self, var: str, default: Any = environ.Env.NOTSET) -> int:
         return self._typed(var, default, lambda raw: int(raw.strip()), "an integer")
 
-    def float(self, var: str, default: Any = environ.Env.NOTSET) -> float:  # type: ignore[override]
+    def float(self, var: str, default: Any = environ.Env.NOTSET) -> float:
         return self._typed(var, default, _parse_float, "a number")
 
-    def bool(self, var: str, default: Any = environ.Env.NOTSET) -> bool:  # type: ignore[override]
+    def bool(self, var: str, default: Any = environ.Env.NOTSET) -> bool:
         return self._typed(var, default, _parse_bool, "a boolean (use 1/0, true/false, yes/no, on/off)")
 
     def db_url(self, var: str = "DATABASE_URL", default: Any = environ.Env.NOTSET, engine: Any = None) -> dict:

@@ -64,8 +64,8 @@ class Examples:
         for x in self.lists:
             for r in x.responses:
                 yield x.prompt, r
-        for r in self.ratings:
-            yield r.prompt, r.response
+        for rated in self.ratings:
+            yield rated.prompt, rated.response
 
 
 @dataclass

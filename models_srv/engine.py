@@ -941,15 +941,15 @@ def _batch_loss(
     if kind == "list":
         losses = []
         for j, i in enumerate(members):
-            ex = examples.lists[i]
-            rewards, _ = heads(embed([(ex.prompt, r) for r in ex.responses]))
-            ranks = torch.tensor(ex.ranks, device=device)
+            listed = examples.lists[i]
+            rewards, _ = heads(embed([(listed.prompt, r) for r in listed.responses]))
+            ranks = torch.tensor(listed.ranks, device=device)
             losses.append(pl_loss(rewards.float(), ranks, weights[j : j + 1]))
         return torch.stack(losses).mean()
-    ex = [examples.ratings[i] for i in members]
-    _, pred = heads(embed([(e.prompt, e.response) for e in ex]))
-    target = torch.full((len(ex), len(aspects)), float("nan"), device=device)
-    for r, e in enumerate(ex):
+    rated = [examples.ratings[i] for i in members]
+    _, pred = heads(embed([(e.prompt, e.response) for e in rated]))
+    target = torch.full((len(rated), len(aspects)), float("nan"), device=device)
+    for r, e in enumerate(rated):
         for c, a in enumerate(aspects):
             if a in e.ratings:
                 lo, hi = lo_hi[c]
