@@ -143,7 +143,7 @@ def settle(db_url: str) -> None:
 
 
 def start_server(
-    env: dict[str, str], port: int, workers: int, threads: int, worker_class: str
+    env: dict[str, str], port: int, workers: int, threads: int, worker_class: str, tree: Path = ROOT
 ) -> subprocess.Popen[bytes]:
     cmd = [
         str(Path(sys.executable).parent / "gunicorn"),
@@ -161,7 +161,7 @@ def start_server(
         "--log-level",
         "warning",
     ]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, env=env, cwd=tree)
     for _ in range(100):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -426,6 +426,13 @@ def main() -> None:
     parser.add_argument("--worker-class", default="gthread", help="gunicorn's worker class (-k)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
+        "--tree",
+        type=Path,
+        default=ROOT,
+        help="serve the app from this checkout (another commit's worktree; bench/annotate/compare.sh)",
+    )
+    parser.add_argument("--results", type=Path, default=OUT / "results.json", help="where the figures go")
+    parser.add_argument(
         "--reuse-database",
         action="store_true",
         help="keep the database of an earlier run (same --items) and only clear its judgments and leases",
@@ -443,12 +450,13 @@ def main() -> None:
         setup(env, args.items, annotators)
     settle(db_url)
     print(f"setup: {args.items} items, {annotators} annotators in {time.perf_counter() - t:.0f} s", flush=True)
-    server = start_server(env, args.port, args.workers, args.threads, args.worker_class)
+    server = start_server(env, args.port, args.workers, args.threads, args.worker_class, args.tree.resolve())
     try:
         base = f"http://127.0.0.1:{args.port}"
         cookies = [login(base, f"bench{i}") for i in range(annotators)]
         print(
-            f"gunicorn {args.worker_class}: {args.workers} workers x {args.threads} threads; {os.cpu_count()} CPUs",
+            f"gunicorn {args.worker_class}: {args.workers} workers x {args.threads} threads; {os.cpu_count()} CPUs;"
+            f" serving {args.tree}",
             flush=True,
         )
         rows = asyncio.run(main_async(args, args.port, cookies))
@@ -457,7 +465,7 @@ def main() -> None:
         server.wait(timeout=30)
     dup = check_duplicates(db_url)
     print("duplicates check:", dup)
-    (OUT / "results.json").write_text(json.dumps({"phases": rows, "check": dup, "args": vars(args)}, indent=2))
+    args.results.write_text(json.dumps({"phases": rows, "check": dup, "args": vars(args)}, indent=2, default=str))
     if (
         dup["items_over_overlap"]
         or dup["items_twice_to_one_annotator"]
