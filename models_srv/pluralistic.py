@@ -1,0 +1,340 @@
+"""Pluralistic reward models: a mixture of K reward heads, each annotator a weighting over them.
+
+People disagree for reasons, not only by noise. One Bradley-Terry model fitted to everyone's
+labels averages distinct preference groups into a model nobody holds; one model per annotator has
+too few labels to learn anything. The mixture sits between: annotators belong to one of K latent
+groups, each group has its own linear reward head over shared features, and an annotator's
+weighting over the heads is the posterior probability of their group given their judgments.
+
+    P(annotator a prefers x over y) = sum_k  q_ak * sigmoid(w_k . (phi(x) - phi(y)))
+
+where q_a is the posterior over groups. It is fitted by EM (the mixture-of-experts view of a
+latent class per annotator): the E-step computes each annotator's posterior from the likelihood of
+all of their judgments under each head; the M-step refits each head by L2-regularized logistic
+regression (Newton steps, full batch) on all judgments weighted by their annotator's posterior,
+and the group sizes as the posteriors' means. Several random starts; the best likelihood wins.
+
+K is chosen by held-out likelihood: a fixed share of each annotator's judgments is kept out, the
+mixture is fitted on the rest for each K, and the K whose posteriors predict the kept-out
+judgments best is refitted on everything. A new annotator starts from the population mix (the
+group sizes) and is placed by Bayes' rule as their judgments arrive (`place`).
+
+Features (`features`): the frozen encoder's embedding of (prompt, response), reduced by PCA to a
+few dimensions fitted on the project's texts, plus the response's log length, standardized. Linear
+heads over them keep EM fast (a fit of thousands of judgments takes well under a second) and
+readable: a head's weight on length says whether its group prefers longer answers.
+
+Everything here is numpy over arrays; `models_srv.services` trains, versions and scores through it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# A comparison: (annotator index, chosen row, rejected row, target), the target the probability the
+# chosen row wins (1.0 for a preference, 0.5 for a tie). Rows index the feature matrix.
+Comparison = tuple[int, int, int, float]
+
+
+@dataclass
+class Mixture:
+    """A fitted mixture: heads (K x d), group sizes (K), each training annotator's posterior
+    (A x K) and the training log-likelihood."""
+
+    heads: np.ndarray
+    sizes: np.ndarray
+    posterior: np.ndarray
+    loglik: float
+    iterations: int = 0
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def k(self) -> int:
+        return int(self.heads.shape[0])
+
+    def place(self, diffs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The posterior over groups of an annotator with these judgments (rows of
+        phi(chosen) - phi(rejected) and their targets), starting from the group sizes; with no
+        judgments, the group sizes themselves."""
+        logp = np.log(np.maximum(self.sizes, 1e-12))
+        if len(diffs):
+            logp = logp + _loglik_per_head(diffs, targets, self.heads).sum(axis=0)
+        return _softmax(logp)
+
+    def prob(self, weights: np.ndarray, diffs: np.ndarray) -> np.ndarray:
+        """P(first preferred) for each row of `diffs`, under the group weighting `weights`."""
+        return _sigmoid(diffs @ self.heads.T) @ weights
+
+    def scores(self, weights: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """A reward per row of `phi` for an annotator (or a population) with group weights
+        `weights`: the weighted heads' scores."""
+        return (phi @ self.heads.T) @ weights
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _softmax(logp: np.ndarray) -> np.ndarray:
+    z = logp - logp.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _loglik_per_head(diffs: np.ndarray, targets: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    """Log-likelihood of each comparison (rows) under each head (columns)."""
+    z = diffs @ heads.T
+    # log sigmoid(z) and log sigmoid(-z), stably
+    log_p = -np.logaddexp(0.0, -z)
+    log_q = -np.logaddexp(0.0, z)
+    t = targets[:, None]
+    return t * log_p + (1.0 - t) * log_q
+
+
+def _fit_head(diffs: np.ndarray, targets: np.ndarray, weights: np.ndarray, l2: float, w: np.ndarray) -> np.ndarray:
+    """Weighted L2-regularized logistic regression without intercept, a few Newton steps from w."""
+    d = diffs.shape[1]
+    for _ in range(8):
+        p = _sigmoid(diffs @ w)
+        grad = diffs.T @ (weights * (targets - p)) - l2 * w
+        s = weights * p * (1.0 - p)
+        hess = (diffs * s[:, None]).T @ diffs + l2 * np.eye(d)
+        step = np.linalg.solve(hess, grad)
+        w = w + step
+        if float(np.abs(step).max()) < 1e-6:
+            break
+    return w
+
+
+def fit(
+    diffs: np.ndarray,
+    targets: np.ndarray,
+    annotators: np.ndarray,
+    n_annotators: int,
+    k: int,
+    *,
+    l2: float = 3.0,
+    restarts: int = 4,
+    max_iter: int = 100,
+    tol: float = 1e-5,
+    seed: int = 0,
+) -> Mixture:
+    """EM for the mixture. `diffs[j]` = phi(chosen) - phi(rejected) of judgment j, `targets[j]` the
+    probability the chosen one wins, `annotators[j]` its annotator's index (0 .. n_annotators-1).
+    The best of `restarts` random starts (by training log-likelihood)."""
+    rng = np.random.default_rng(seed)
+    onehot = np.zeros((len(diffs), n_annotators))
+    onehot[np.arange(len(diffs)), annotators] = 1.0
+    starts = _starts(diffs, targets, annotators, n_annotators, k, l2, restarts, rng)
+    best: Mixture | None = None
+    for post in starts:
+        heads = np.zeros((k, diffs.shape[1]))
+        history: list[float] = []
+        it = 0
+        for it in range(1, max_iter + 1):  # noqa: B007 - kept for the result
+            sizes = (post.sum(axis=0) + 1e-3) / (n_annotators + k * 1e-3)
+            weights = post[annotators]  # judgment j's weight in head k: its annotator's posterior
+            heads = np.stack([_fit_head(diffs, targets, weights[:, c], l2, heads[c]) for c in range(k)])
+            per = onehot.T @ _loglik_per_head(diffs, targets, heads)  # annotator x head
+            joint = per + np.log(sizes)[None, :]
+            norm = np.logaddexp.reduce(joint, axis=1)
+            post = np.exp(joint - norm[:, None])
+            ll = float(norm.sum())
+            history.append(ll)
+            if len(history) > 1 and abs(history[-1] - history[-2]) < tol * max(1.0, abs(ll)):
+                break
+        sizes = (post.sum(axis=0) + 1e-3) / (n_annotators + k * 1e-3)
+        m = Mixture(heads=heads, sizes=sizes, posterior=post, loglik=history[-1], iterations=it, history=history)
+        if best is None or m.loglik > best.loglik:
+            best = m
+    assert best is not None
+    return best
+
+
+def _starts(
+    diffs: np.ndarray,
+    targets: np.ndarray,
+    annotators: np.ndarray,
+    n_annotators: int,
+    k: int,
+    l2: float,
+    restarts: int,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """Initial posteriors (annotator x K): k-means (cosine, k-means++ seeding) on each annotator's
+    own head, fitted on their judgments alone with a strong prior, once per restart, plus one
+    random start. Annotators who agree on what they prefer start in the same group, which EM from
+    random posteriors often fails to find with few judgments each."""
+    if k == 1:
+        return [np.ones((n_annotators, 1))]
+    own = np.zeros((n_annotators, diffs.shape[1]))
+    for a in range(n_annotators):
+        rows = annotators == a
+        if rows.any():
+            own[a] = _fit_head(diffs[rows], targets[rows], np.ones(int(rows.sum())), 10.0 * l2, own[a])
+    unit = own / (np.linalg.norm(own, axis=1, keepdims=True) + 1e-12)
+    starts = []
+    for _ in range(max(1, restarts)):
+        centers = [unit[rng.integers(n_annotators)]]
+        while len(centers) < k:
+            dist = np.min([1.0 - unit @ c for c in centers], axis=0).clip(0)
+            p = dist / dist.sum() if dist.sum() > 0 else np.full(n_annotators, 1 / n_annotators)
+            centers.append(unit[rng.choice(n_annotators, p=p)])
+        c = np.array(centers)
+        for _ in range(20):
+            label = (unit @ c.T).argmax(axis=1)
+            c = np.array([unit[label == j].mean(axis=0) if (label == j).any() else c[j] for j in range(k)])
+            c /= np.linalg.norm(c, axis=1, keepdims=True) + 1e-12
+        post = np.full((n_annotators, k), 0.1 / k)
+        post[np.arange(n_annotators), (unit @ c.T).argmax(axis=1)] += 0.9
+        starts.append(post)
+    starts.append(rng.dirichlet(np.ones(k), size=n_annotators))
+    return starts
+
+
+def split_held_out(annotators: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A mask of the judgments kept out: `share` of each annotator's (at least one when they
+    have two or more), chosen at random with `seed`."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(annotators), dtype=bool)
+    for a in np.unique(annotators):
+        idx = np.flatnonzero(annotators == a)
+        n = round(share * len(idx))
+        if len(idx) >= 2:
+            n = max(1, min(n, len(idx) - 1))
+            held[rng.choice(idx, size=n, replace=False)] = True
+    return held
+
+
+def held_out_loglik(m: Mixture, diffs: np.ndarray, targets: np.ndarray, annotators: np.ndarray) -> float:
+    """Mean log-likelihood per kept-out judgment, each annotator weighted by their training
+    posterior."""
+    return float(_held_out_terms(m, diffs, targets, annotators).mean())
+
+
+@dataclass
+class Choice:
+    k: int
+    scores: dict[int, float]  # K -> held-out log-likelihood per judgment
+
+
+def _held_out_terms(m: Mixture, diffs: np.ndarray, targets: np.ndarray, annotators: np.ndarray) -> np.ndarray:
+    p = np.clip(np.einsum("jk,jk->j", _sigmoid(diffs @ m.heads.T), m.posterior[annotators]), 1e-9, 1 - 1e-9)
+    return targets * np.log(p) + (1 - targets) * np.log(1 - p)
+
+
+def choose_k(
+    diffs: np.ndarray,
+    targets: np.ndarray,
+    annotators: np.ndarray,
+    n_annotators: int,
+    ks: Sequence[int] = (1, 2, 3, 4),
+    *,
+    share: float = 0.2,
+    repeats: int = 3,
+    l2: float = 3.0,
+    seed: int = 0,
+) -> Choice:
+    """The K whose mixture, fitted on all but `share` of each annotator's judgments, predicts the
+    kept-out ones best, over `repeats` random splits; by the one-standard-error rule: the
+    smallest K whose held-out log-likelihood is within one paired standard error of the best, so
+    a larger mixture is not picked for noise."""
+    terms: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+    for r in range(repeats):
+        held = split_held_out(annotators, share, seed + 1000 * r)
+        for k in ks:
+            m = fit(diffs[~held], targets[~held], annotators[~held], n_annotators, k, l2=l2, seed=seed + r)
+            terms[k].append(_held_out_terms(m, diffs[held], targets[held], annotators[held]))
+    per = {k: np.concatenate(v) for k, v in terms.items()}
+    scores = {k: float(v.mean()) for k, v in per.items()}
+    best = max(ks, key=lambda k: scores[k])
+    chosen = best
+    for k in sorted(ks):
+        gap = per[best] - per[k]
+        se = float(gap.std(ddof=1) / math.sqrt(len(gap))) if len(gap) > 1 else 0.0
+        if scores[best] - scores[k] <= se:
+            chosen = k
+            break
+    return Choice(k=chosen, scores=scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# Features
+
+
+@dataclass
+class FeatureMap:
+    """Embedding -> the first `dims` principal components (fitted on a project's texts) and the
+    response's log length, standardized: what the heads read."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    scale: np.ndarray
+    length_mean: float
+    length_scale: float
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, lengths: np.ndarray, dims: int = 8) -> FeatureMap:
+        mean = embeddings.mean(axis=0)
+        centered = embeddings - mean
+        dims = max(1, min(dims, centered.shape[0] - 1, centered.shape[1]))
+        _, _, vt = np.linalg.svd(centered, full_matrices=False)
+        comps = vt[:dims]
+        proj = centered @ comps.T
+        scale = proj.std(axis=0) + 1e-8
+        loglen = np.log1p(lengths.astype(np.float64))
+        return cls(mean, comps, scale, float(loglen.mean()), float(loglen.std() + 1e-8))
+
+    def __call__(self, embeddings: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        proj = (embeddings - self.mean) @ self.components.T / self.scale
+        loglen = (np.log1p(lengths.astype(np.float64)) - self.length_mean) / self.length_scale
+        return np.hstack([proj, loglen[:, None]])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mean": self.mean.tolist(),
+            "components": self.components.tolist(),
+            "scale": self.scale.tolist(),
+            "length_mean": self.length_mean,
+            "length_scale": self.length_scale,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FeatureMap:
+        return cls(
+            np.asarray(data["mean"]),
+            np.asarray(data["components"]),
+            np.asarray(data["scale"]),
+            float(data["length_mean"]),
+            float(data["length_scale"]),
+        )
+
+
+def adjusted_rand_index(a: Sequence[Any], b: Sequence[Any]) -> float:
+    """Adjusted Rand index of two labelings of the same things (1 = the same partition, about 0
+    = chance)."""
+    if len(a) != len(b):
+        raise ValueError("labelings of different lengths")
+    n = len(a)
+    if n < 2:
+        return 1.0
+    la, lb = {x: i for i, x in enumerate(dict.fromkeys(a))}, {x: i for i, x in enumerate(dict.fromkeys(b))}
+    table = np.zeros((len(la), len(lb)))
+    for x, y in zip(a, b, strict=True):
+        table[la[x], lb[y]] += 1
+
+    def pairs(v: np.ndarray) -> float:
+        return float((v * (v - 1) / 2).sum())
+
+    index = pairs(table)
+    rows, cols = pairs(table.sum(axis=1)), pairs(table.sum(axis=0))
+    expected = rows * cols / (n * (n - 1) / 2)
+    top = (rows + cols) / 2
+    if math.isclose(top, expected):
+        return 1.0
+    return (index - expected) / (top - expected)

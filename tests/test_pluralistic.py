@@ -1,0 +1,84 @@
+"""The pluralistic mixture finds planted preference groups, picks their number, places a newcomer,
+and beats one Bradley-Terry model for the annotators it models (models_srv/pluralistic.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models_srv import pluralistic as pl
+
+
+def planted(n_per_group: tuple[int, ...], judgments: int, seed: int, flip: float = 0.1):
+    """Annotators in groups, each group preferring along its own direction of 6 features."""
+    rng = np.random.default_rng(seed)
+    truth = [np.array([3.0, 0, 0, 0, 0, 0]), np.array([0, 0, -3.0, 0, 0, 0]), np.array([0, 0, 0, 0, 3.0, 0])]
+    diffs, anns, groups = [], [], []
+    a = 0
+    for g, n in enumerate(n_per_group):
+        for _ in range(n):
+            x = rng.normal(size=(judgments, 6))
+            first = (x @ truth[g] > 0) ^ (rng.random(judgments) < flip)
+            diffs.append(np.where(first[:, None], x, -x))
+            anns.append(np.full(judgments, a))
+            groups.append(g)
+            a += 1
+    return np.vstack(diffs), np.concatenate(anns), groups, truth
+
+
+@pytest.mark.parametrize("sizes", [(6, 6), (8, 4), (5, 4, 3)])
+def test_recovers_planted_groups_and_their_number(sizes):
+    d, ann, groups, _ = planted(sizes, judgments=40, seed=1)
+    t = np.ones(len(d))
+    choice = pl.choose_k(d, t, ann, len(groups), seed=0)
+    assert choice.k == len(sizes), choice.scores
+    m = pl.fit(d, t, ann, len(groups), choice.k, seed=0)
+    assert pl.adjusted_rand_index(groups, list(m.posterior.argmax(axis=1))) >= 0.9
+    assert m.posterior.max(axis=1).min() > 0.9  # confident about everyone
+    np.testing.assert_allclose(sorted(m.sizes), sorted(np.array(sizes) / sum(sizes)), atol=0.05)
+
+
+def test_one_group_is_not_split():
+    d, ann, groups, _ = planted((12,), judgments=40, seed=2)
+    assert pl.choose_k(d, np.ones(len(d)), ann, len(groups), seed=0).k == 1
+
+
+def test_beats_one_model_on_held_out_judgments_and_places_a_newcomer():
+    d, ann, groups, truth = planted((6, 6), judgments=40, seed=3)
+    t = np.ones(len(d))
+    mix = pl.fit(d, t, ann, len(groups), 2, seed=0)
+    one = pl.fit(d, t, ann, len(groups), 1, seed=0)
+    rng = np.random.default_rng(9)
+    test = rng.normal(size=(400, 6))
+    mix_acc, one_acc = [], []
+    for a, g in enumerate(groups):
+        label = test @ truth[g] > 0
+        mix_acc.append(np.mean((mix.prob(mix.posterior[a], test) > 0.5) == label))
+        one_acc.append(np.mean((one.prob(one.posterior[a], test) > 0.5) == label))
+    assert np.mean(mix_acc) > 0.9
+    assert np.mean(mix_acc) > np.mean(one_acc) + 0.15
+
+    # a newcomer starts from the population mix and is placed by a few judgments
+    np.testing.assert_allclose(mix.place(np.zeros((0, 6)), np.zeros(0)), mix.sizes)
+    x = rng.normal(size=(12, 6))
+    first = x @ truth[1] > 0
+    placed = mix.place(np.where(first[:, None], x, -x), np.ones(12))
+    group_of_1 = int(np.argmax(np.bincount(mix.posterior[[a for a, g in enumerate(groups) if g == 1]].argmax(axis=1))))
+    assert placed[group_of_1] > 0.9
+
+
+def test_adjusted_rand_index():
+    assert pl.adjusted_rand_index([0, 0, 1, 1], ["a", "a", "b", "b"]) == 1.0
+    assert pl.adjusted_rand_index([0, 0, 1, 1], [0, 1, 0, 1]) < 0
+    assert abs(pl.adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) - 0.2424) < 1e-3
+
+
+def test_feature_map_round_trips():
+    rng = np.random.default_rng(0)
+    emb, lengths = rng.normal(size=(50, 20)), rng.integers(10, 500, size=50)
+    fmap = pl.FeatureMap.fit(emb, lengths, dims=4)
+    again = pl.FeatureMap.from_json(fmap.to_json())
+    np.testing.assert_allclose(fmap(emb, lengths), again(emb, lengths))
+    phi = fmap(emb, lengths)
+    assert phi.shape == (50, 5)
+    np.testing.assert_allclose(phi.std(axis=0), 1.0, atol=1e-6)
