@@ -25,6 +25,7 @@ class PairExample:
     tie: bool = False
     source: str = "human"
     category: str = ""
+    annotator: int = 0  # the labeler's id: the pluralistic model learns who prefers what
 
 
 @dataclass
@@ -122,7 +123,7 @@ def snapshot_create(
     )
 
 
-def examples_from_judgment(item: Item, payload: dict[str, Any], source: str) -> Examples:
+def examples_from_judgment(item: Item, payload: dict[str, Any], source: str, annotator: int = 0) -> Examples:
     out = Examples()
     texts = [r["text"] for r in item.responses]
     category = str((item.metadata or {}).get("category", ""))
@@ -130,12 +131,22 @@ def examples_from_judgment(item: Item, payload: dict[str, Any], source: str) -> 
     if pairwise and len(texts) == 2:
         choice = pairwise["choice"]
         if choice == "tie":
-            out.pairs.append(PairExample(item.id, item.prompt, texts[0], texts[1], 0, True, source, category))
+            out.pairs.append(
+                PairExample(item.id, item.prompt, texts[0], texts[1], 0, True, source, category, annotator)
+            )
         else:
             win = 0 if choice == "A" else 1
             out.pairs.append(
                 PairExample(
-                    item.id, item.prompt, texts[win], texts[1 - win], int(pairwise["strength"]), False, source, category
+                    item.id,
+                    item.prompt,
+                    texts[win],
+                    texts[1 - win],
+                    int(pairwise["strength"]),
+                    False,
+                    source,
+                    category,
+                    annotator,
                 )
             )
     ranking = payload.get("ranking")
@@ -162,7 +173,10 @@ def load_snapshot(snapshot: DataSnapshot) -> SplitData:
     for chunk in _chunks(snapshot.judgment_ids, 2000):
         for j in Judgment.objects.filter(id__in=chunk).select_related("item", "labeler").order_by("id"):
             source = j.labeler.source.value
-            _extend(held if j.item_id in eval_items else train, examples_from_judgment(j.item, j.payload, source))
+            _extend(
+                held if j.item_id in eval_items else train,
+                examples_from_judgment(j.item, j.payload, source, j.labeler_id),
+            )
     return SplitData(train=train, eval=held, aspects=aspects)
 
 

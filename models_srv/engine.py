@@ -53,11 +53,21 @@ class TrainConfig(BaseModel):
         description="'default' (the packaged MiniLM), a Hugging Face id in the workers' cache, or a folder under "
         "the operator's MODEL_DIRS",
     )
-    mode: Literal["top", "frozen", "full"] = Field(
+    mode: Literal["top", "frozen", "full", "pluralistic"] = Field(
         default="top",
         description="top (the default): the backbone's lower layers frozen and run once, its top blocks "
         "fine-tuned with the heads on the whole dialogue; frozen: heads only, on cached embeddings; full: every "
-        "weight fine-tuned (for GPUs)",
+        "weight fine-tuned (for GPUs); pluralistic: a mixture of reward heads, one per preference group, each "
+        "annotator weighted over them (pairwise judgments, on cached embeddings)",
+    )
+    groups: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="pluralistic: preference groups (reward heads); 0 = chosen from 1-4 by held-out likelihood",
+    )
+    group_dims: int = Field(
+        default=8, ge=1, le=256, description="pluralistic: principal components of the embedding the heads read"
     )
     top_layers: int = Field(default=4, ge=1, le=64, description="blocks fine-tuned in top mode (the last ones)")
     max_length: int = Field(
@@ -110,10 +120,10 @@ class TrainConfig(BaseModel):
         return self.batch_size or (8 if self.mode == "top" else 16)
 
     def resolved_epochs(self) -> int:
-        return self.epochs or {"frozen": 60, "top": 1, "full": 2}[self.mode]
+        return self.epochs or {"frozen": 60, "top": 1, "full": 2}.get(self.mode, 1)
 
     def resolved_lr(self) -> float:
-        return self.lr or {"frozen": 3e-3, "top": 1e-4, "full": 3e-5}[self.mode]
+        return self.lr or {"frozen": 3e-3, "top": 1e-4, "full": 3e-5}.get(self.mode, 3e-3)
 
 
 def check_sources(config: TrainConfig) -> None:
@@ -582,10 +592,19 @@ class RewardModel:
     # What training did, as observed while it ran (not what the config asked for): set by `train`,
     # stored with the version's metrics.
     training: dict[str, Any] = field(default_factory=dict)
+    # The pluralistic mode's mixture (heads is None then): models_srv.pluralistic.Plural.
+    plural: Any = None
 
     def score(self, pairs: list[tuple[str, str]], use_cache: bool = True) -> tuple[Any, Any, Any]:
-        """(mean reward, ensemble std, aspect predictions on their scales) per (prompt, response)."""
+        """(mean reward, ensemble std, aspect predictions on their scales) per (prompt, response).
+        A pluralistic model scores for the population: its heads weighted by the groups' sizes,
+        the spread their disagreement."""
         import torch
+
+        if self.plural is not None:
+            emb = cached_embeddings(self.encoder, pairs) if use_cache else self.encoder.embed(pairs)
+            mean, std = self.plural.population_scores(emb.double().numpy(), [r for _, r in pairs])
+            return torch.from_numpy(mean).float(), torch.from_numpy(std).float(), None
 
         if self.config.mode == "frozen" and use_cache:
             emb = cached_embeddings(self.encoder, pairs)
@@ -607,6 +626,12 @@ class RewardModel:
         from safetensors.torch import save_file
 
         path.mkdir(parents=True, exist_ok=True)
+        if self.plural is not None:
+            meta = {"config": self.config.model_dump(), "aspects": [], "aspect_scales": {}, "dim": self.encoder.dim}
+            meta["pluralistic"] = "pluralistic.json"
+            (path / "pluralistic.json").write_text(json.dumps(self.plural.to_json()))
+            (path / "reward_model.json").write_text(json.dumps(meta, indent=2))
+            return
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}, path / "heads.safetensors"
         )
@@ -635,6 +660,11 @@ def load_model(path: Path, device: str = "auto") -> RewardModel:
     meta = json.loads((path / "reward_model.json").read_text())
     config = TrainConfig.model_validate(meta["config"])
     device = pick_device(device if device != "auto" else config.device)
+    if meta.get("pluralistic"):
+        from models_srv.pluralistic import Plural
+
+        plural = Plural.from_json(json.loads((path / meta["pluralistic"]).read_text()))
+        return RewardModel(config, Encoder(config, "cpu"), None, [], {}, plural=plural)
     if meta.get("backbone_saved"):
         config_for_load = config.model_copy(update={"backbone": str(path / "backbone"), "from_config": None})
         encoder = Encoder(config_for_load, device, saved_backbone=path / "backbone")
@@ -701,6 +731,8 @@ def train(
     texts, index = _index_texts(data.train)
     if not texts:
         raise ValueError("the snapshot has no training examples")
+    if config.mode == "pluralistic":
+        return _train_pluralistic(data, config, Encoder(config, "cpu"), report, stop)
     if config.mode == "frozen":
         started = time.monotonic()
 
@@ -852,6 +884,32 @@ def train(
     if model is not None and world > 1:
         encoder.model = model.module
     return RewardModel(config, encoder, heads, aspects, dict(data.aspects), training=record)
+
+
+def _train_pluralistic(
+    data: SplitData, config: TrainConfig, encoder: Encoder, report: Progress, stop: Callable[[], bool]
+) -> RewardModel:
+    """The pluralistic mode: embeddings of every response (cached, as the frozen mode's), then the
+    mixture of reward heads over them (`models_srv.pluralistic.train_plural`); CPU and numpy."""
+    from models_srv.pluralistic import train_plural
+
+    if not data.train.pairs:
+        raise ValueError("the pluralistic mode learns from pairwise judgments; the snapshot has none")
+    texts, index = _index_texts(Examples(pairs=data.train.pairs))
+    started = time.monotonic()
+
+    def embed_progress(done: int, total: int) -> None:
+        if stop():
+            raise TrainingCancelled
+        rate = done / max(1e-6, time.monotonic() - started)
+        report({"phase": "embedding", "step": done, "total": total, "eta_s": round((total - done) / max(rate, 1e-6))})
+
+    emb = cached_embeddings(encoder, texts, embed_progress).double().numpy()
+    report({"phase": "training", "step": 0, "total": 1})
+    plural = train_plural(data.train.pairs, emb, index, [r for _, r in texts], config)
+    report({"phase": "training", "step": 1, "total": 1})
+    record = {"groups": plural.mixture.k, "k_scores": plural.k_scores, "em_iterations": plural.mixture.iterations}
+    return RewardModel(config, encoder, None, [], {}, training=record, plural=plural)
 
 
 def _dtype_name(dtype: Any) -> str:

@@ -172,7 +172,58 @@ def evaluate_model(model: Any, examples: Examples, progress: Any = None) -> dict
     if not len(examples):
         return {}
     score, aspect_pred, unc = score_examples(model, examples, progress)
-    return evaluate(examples, score, aspect_pred, unc)
+    metrics = evaluate(examples, score, aspect_pred, unc)
+    if getattr(model, "plural", None) is not None:
+        metrics["pluralistic"] = pluralistic_metrics(model, examples)
+    return metrics
+
+
+def pluralistic_metrics(model: Any, examples: Examples) -> dict[str, Any]:
+    """What a pluralistic model learned and how it does per annotator on held-out pairs: the
+    groups (size, members with their confidence, the head's weight on response length), and each
+    annotator's accuracy scored with their own weighting against the population's."""
+    import numpy as np
+
+    from models_srv.engine import cached_embeddings
+
+    plural = model.plural
+    mix = plural.mixture
+    groups = [
+        {
+            "group": k + 1,
+            "size": round(float(mix.sizes[k]), 4),
+            "length_weight": round(float(mix.heads[k, -1]), 4),
+            "members": [
+                {"labeler": a, "confidence": round(float(mix.posterior[i, k]), 4)}
+                for i, a in enumerate(plural.annotators)
+                if int(mix.posterior[i].argmax()) == k
+            ],
+        }
+        for k in range(mix.k)
+    ]
+    pairs = [p for p in examples.pairs if not p.tie and p.chosen != p.rejected]
+    per: dict[int, dict[str, list[float]]] = defaultdict(lambda: {"own": [], "population": []})
+    if pairs:
+        texts = list(dict.fromkeys(t for p in pairs for t in ((p.prompt, p.chosen), (p.prompt, p.rejected))))
+        row = {t: i for i, t in enumerate(texts)}
+        s = plural.group_scores(cached_embeddings(model.encoder, texts).double().numpy(), [r for _, r in texts])
+        for p in pairs:
+            diff = s[row[(p.prompt, p.chosen)]] - s[row[(p.prompt, p.rejected)]]
+            probs = 1 / (1 + np.exp(-diff))
+            per[p.annotator]["own"].append(_win(float(probs @ plural.weights_for(p.annotator)), 0.5))
+            per[p.annotator]["population"].append(_win(float(probs @ mix.sizes), 0.5))
+    by_annotator = {
+        str(a): {"n": len(v["own"]), "own": _acc(v["own"]), "population": _acc(v["population"])}
+        for a, v in sorted(per.items())
+    }
+    return {
+        "k": mix.k,
+        "k_scores": {str(k): round(v, 5) for k, v in plural.k_scores.items()},
+        "groups": groups,
+        "per_annotator": by_annotator,
+        "own_accuracy": _acc([x for v in per.values() for x in v["own"]]),
+        "population_accuracy": _acc([x for v in per.values() for x in v["population"]]),
+    }
 
 
 def outcomes(

@@ -338,3 +338,109 @@ def adjusted_rand_index(a: Sequence[Any], b: Sequence[Any]) -> float:
     if math.isclose(top, expected):
         return 1.0
     return (index - expected) / (top - expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reward model's mode
+
+
+@dataclass
+class Plural:
+    """A trained pluralistic reward model: the mixture, the feature map, and which labeler each
+    posterior row belongs to. Scores for the population weight the heads by the groups' sizes; for
+    a known annotator, by their posterior; for a new one, by `Mixture.place` on their judgments."""
+
+    mixture: Mixture
+    fmap: FeatureMap
+    annotators: list[int]  # labeler ids, in the order of the posterior's rows
+    k_scores: dict[int, float]
+
+    def phi(self, embeddings: np.ndarray, responses: Sequence[str]) -> np.ndarray:
+        return self.fmap(embeddings, np.array([len(r) for r in responses]))
+
+    def group_scores(self, embeddings: np.ndarray, responses: Sequence[str]) -> np.ndarray:
+        """Each group head's reward per text (texts x K)."""
+        return self.phi(embeddings, responses) @ self.mixture.heads.T
+
+    def population_scores(self, embeddings: np.ndarray, responses: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(reward, spread across the groups) per text, the heads weighted by the groups' sizes."""
+        s = self.group_scores(embeddings, responses)
+        w = self.mixture.sizes
+        mean = s @ w
+        return mean, np.sqrt(((s - mean[:, None]) ** 2) @ w)
+
+    def weights_for(self, labeler_id: int) -> np.ndarray:
+        """The labeler's weighting over the heads: their posterior if they were in training, else
+        the population mix."""
+        try:
+            return self.mixture.posterior[self.annotators.index(labeler_id)]
+        except ValueError:
+            return self.mixture.sizes
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.mixture
+        return {
+            "heads": m.heads.tolist(),
+            "sizes": m.sizes.tolist(),
+            "posterior": m.posterior.tolist(),
+            "loglik": m.loglik,
+            "iterations": m.iterations,
+            "annotators": self.annotators,
+            "k_scores": {str(k): v for k, v in self.k_scores.items()},
+            "features": self.fmap.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plural:
+        mixture = Mixture(
+            heads=np.asarray(data["heads"]),
+            sizes=np.asarray(data["sizes"]),
+            posterior=np.asarray(data["posterior"]),
+            loglik=float(data["loglik"]),
+            iterations=int(data["iterations"]),
+        )
+        scores = {int(k): float(v) for k, v in data["k_scores"].items()}
+        return cls(mixture, FeatureMap.from_json(data["features"]), [int(a) for a in data["annotators"]], scores)
+
+
+def pair_rows(pairs: Sequence[Any], index: dict[tuple[str, str], int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(chosen rows, rejected rows, targets) of pair examples, skipping identical responses; a tie
+    targets 0.5."""
+    chosen, rejected, targets = [], [], []
+    for p in pairs:
+        if p.chosen == p.rejected:
+            continue
+        chosen.append(index[(p.prompt, p.chosen)])
+        rejected.append(index[(p.prompt, p.rejected)])
+        targets.append(0.5 if p.tie else 1.0)
+    return np.array(chosen, dtype=int), np.array(rejected, dtype=int), np.array(targets)
+
+
+def train_plural(
+    pairs: Sequence[Any],
+    embeddings: np.ndarray,
+    index: dict[tuple[str, str], int],
+    responses: Sequence[str],
+    config: Any,
+) -> Plural:
+    """Fit the mixture on pair examples (each with its `annotator`, a labeler id): the feature map
+    on every text's embedding (row `index[(prompt, response)]`), K from `config.groups` or chosen
+    by held-out likelihood, EM seeded by `config.seed`."""
+    kept = [p for p in pairs if p.chosen != p.rejected]
+    if not kept:
+        raise ValueError("no pairwise judgments between different responses to learn from")
+    fmap = FeatureMap.fit(embeddings, np.array([len(r) for r in responses]), dims=config.group_dims)
+    phi = fmap(embeddings, np.array([len(r) for r in responses]))
+    c, r, targets = pair_rows(kept, index)
+    labelers = sorted({p.annotator for p in kept})
+    row_of = {a: i for i, a in enumerate(labelers)}
+    ann = np.array([row_of[p.annotator] for p in kept])
+    diffs = phi[c] - phi[r]
+    if config.groups:
+        k, scores = config.groups, {}
+    else:
+        ks = [k for k in (1, 2, 3, 4) if k <= max(1, len(labelers))]
+        choice = choose_k(diffs, targets, ann, len(labelers), ks, seed=config.seed)
+        k, scores = choice.k, choice.scores
+    mixture = fit(diffs, targets, ann, len(labelers), k, seed=config.seed)
+    return Plural(mixture, fmap, labelers, scores)

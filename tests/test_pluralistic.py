@@ -3,6 +3,8 @@ and beats one Bradley-Terry model for the annotators it models (models_srv/plura
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -82,3 +84,75 @@ def test_feature_map_round_trips():
     phi = fmap(emb, lengths)
     assert phi.shape == (50, 5)
     np.testing.assert_allclose(phi.std(axis=0), 1.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the app: imported per-annotator judgments, the training service, the version's metrics
+
+TINY = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+
+
+def two_camps(n_items: int, seed: int = 0) -> list[dict]:
+    """Eight annotators in two camps: four prefer the longer response, four the shorter; each
+    judges every item, 5 % of answers flipped."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["the", "answer", "is", "a", "very", "some", "text", "here", "and", "more"]
+    rows = []
+    for i in range(n_items):
+        short = " ".join(rng.choices(words, k=rng.randint(2, 5)))
+        long = " ".join(rng.choices(words, k=rng.randint(14, 30)))
+        a_long = rng.random() < 0.5
+        a, b = (long, short) if a_long else (short, long)
+        judgments = []
+        for j in range(8):
+            wants_long = j < 4
+            pick_a = (a_long == wants_long) != (rng.random() < 0.05)
+            judgments.append({"annotator": f"ann{j}", "pairwise": {"choice": "A" if pick_a else "B", "strength": 1}})
+        rows.append(
+            {"id": f"c{i}", "prompt": f"question {i}", "response_a": a, "response_b": b, "judgments": judgments}
+        )
+    return rows
+
+
+@pytest.mark.django_db
+def test_pluralistic_mode_trains_versions_and_finds_the_camps(make_project, settings, tmp_path) -> None:
+    from annotation.importing import import_items
+    from annotation.models import Labeler
+    from models_srv import services
+    from models_srv.engine import load_model
+    from tests.conftest import jsonl
+
+    settings.MEDIA_ROOT = tmp_path
+    project = make_project("camps", schema={"pairwise": {"strengths": ["better"]}})
+    import_items(project=project, fileobj=jsonl(two_camps(60)))
+    config = {"from_config": TINY, "mode": "pluralistic", "label_source": "imported", "max_length": 32}
+    version = services.training_start(project=project, config=config, enqueue=False)
+    version = services.training_run(version_id=version.id)
+    assert version.status == "succeeded", version.error
+
+    plural = version.metrics["pluralistic"]
+    assert plural["k"] == 2, plural["k_scores"]
+    names = dict(Labeler.objects.filter(project=project).values_list("id", "name"))
+    camps = [{names[m["labeler"]] for m in g["members"]} for g in plural["groups"]]
+    assert sorted(camps, key=sorted) == [{"ann0", "ann1", "ann2", "ann3"}, {"ann4", "ann5", "ann6", "ann7"}]
+    assert all(m["confidence"] > 0.9 for g in plural["groups"] for m in g["members"])
+    # the camp that likes long answers has a positive weight on length, the other a negative one
+    weight = {frozenset(c): g["length_weight"] for c, g in zip(camps, plural["groups"], strict=True)}
+    assert weight[frozenset({"ann0", "ann1", "ann2", "ann3"})] > 0 > weight[frozenset({"ann4", "ann5", "ann6", "ann7"})]
+    # each annotator, scored with their own weighting, is predicted far better than by the average
+    assert plural["own_accuracy"] >= 0.9 > 0.6 >= plural["population_accuracy"]
+    assert all(v["n"] > 0 for v in plural["per_annotator"].values())
+
+    # the saved version loads and scores like any reward model (population scores, spread > 0)
+    model = load_model(Path(version.artifact_path))
+    mean, spread, aspects = model.score([("q", "short one"), ("q", " ".join(["long"] * 25))])
+    assert aspects is None and len(mean) == 2 and float(spread.min()) > 0
