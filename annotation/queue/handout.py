@@ -135,7 +135,8 @@ def _lease_pg(project: Project, user: AbstractBaseUser, draw: Draw) -> Handout:
 
 def _anything_left(project: Project, user: AbstractBaseUser, gold: bool) -> bool:
     params = {"project": project.pk, "annotator": user.pk, "now": timezone.now(), "overlap": project.overlap}
-    return bool(rows.fetch_one(sql.ANY_LEFT, {**params, "gold": gold})[0])
+    row = rows.fetch_one(sql.ANY_LEFT, {**params, "gold": gold})
+    return bool(row and row[0])
 
 
 def _shown_now(assignment: Assignment, project: Project) -> Assignment:

@@ -30,7 +30,7 @@ def lease_next(
     lease on such an item) leased with its count on the item; or None. `order(n)` is the display
     order of an item with n responses."""
     live = (
-        Assignment.objects.filter(annotator=user, state=Assignment.State.LEASED, expires_at__gt=now)
+        Assignment.objects.filter(annotator_id=user.pk, state=Assignment.State.LEASED, expires_at__gt=now)
         .filter(item__project=project)
         .exclude(item__status=Item.Status.DROPPED)
         .select_related("item")
@@ -67,7 +67,7 @@ def _open_for_humans(project: Project) -> QuerySet[Item]:
 def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | None:
     """The best open item (gold, or for humans with a free slot) this annotator never had, its
     lease counted (`sql.CANDIDATE`)."""
-    seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
+    seen = Assignment.objects.filter(item=OuterRef("pk"), annotator_id=user.pk)
     if gold:
         qs = Item.objects.filter(project=project, status=Item.Status.OPEN, is_gold=True)
     else:
@@ -83,7 +83,9 @@ def _lease_again(project: Project, user: AbstractBaseUser, now: datetime) -> Ass
     """The annotator's expired lease on the best open item with a free slot, leased anew (the
     same row, uuid and display order), its lease counted on the item; or None (`sql.AGAIN`)."""
     again = (
-        Assignment.objects.filter(annotator=user, state=Assignment.State.EXPIRED, item__in=_open_for_humans(project))
+        Assignment.objects.filter(
+            annotator_id=user.pk, state=Assignment.State.EXPIRED, item__in=_open_for_humans(project)
+        )
         .select_related("item")
         .order_by("-item__priority", "item_id")
         .first()
