@@ -17,6 +17,7 @@ from pydantic import WithJsonSchema
 
 from annotation import selectors, services
 from annotation.models import ImportJob, Item, Judgment, LabelSource, Project, source_q
+from annotation.schema import JudgmentRead
 from config.api_errors import refusals
 from config.auth import scoped
 
@@ -219,8 +220,7 @@ def _page(rows: list[Any], limit: int) -> tuple[list[Any], int | None]:
 def _judgment_out(project: Project, j: Judgment) -> dict[str, Any]:
     from curation.export import pseudonym
 
-    pairwise = j.payload.get("pairwise") if isinstance(j.payload, dict) else None
-    pairwise = pairwise if isinstance(pairwise, dict) else {}
+    pairwise = JudgmentRead.from_stored(j.payload).pairwise
     human = not j.labeler.is_ai
     return {
         "id": j.uuid,
@@ -231,8 +231,8 @@ def _judgment_out(project: Project, j: Judgment) -> dict[str, Any]:
         "labeler_name": None if human else j.labeler.name,
         "labeler_version": None if human else j.labeler.version,
         "payload": j.payload,
-        "choice": choice if isinstance(choice := pairwise.get("choice"), str) else None,
-        "strength": strength if type(strength := pairwise.get("strength")) is int else None,
+        "choice": pairwise.choice if pairwise else None,
+        "strength": pairwise.strength if pairwise else None,
         "response_order": j.response_order,
         "time_spent_ms": j.time_spent_ms,
         "confidence": j.confidence,

@@ -13,19 +13,31 @@ never to the order shown on screen):
 - rubric: one {aspect: score} mapping per response
 - spans: [{"response": i, "start": s, "end": e, "category": c}] with character offsets
   into the stored response text, `start` inclusive and `end` exclusive
+
+Stored payloads (a judgment's, an item's gold answer) are read back through one typed view of the
+same shape, `JudgmentRead.from_stored(payload)`, rather than as nested dicts: `JudgmentPayload`
+checks a payload on the way in, `JudgmentRead` reads what was stored, parts missing or malformed
+read as absent.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "FineGrainedRead",
     "JudgmentPayload",
+    "JudgmentRead",
     "JudgmentSchema",
+    "PairwiseRead",
     "PayloadError",
+    "RankingRead",
+    "SpanRead",
     "ValidationError",
     "format_validation_error",
 ]
@@ -153,6 +165,107 @@ class JudgmentPayload(_Strict):
     rubric: list[dict[str, int]] | None = None
     spans: list[SpanMark] = Field(default_factory=list)
     justification: str = Field(default="", max_length=20_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# The read model: stored payloads, typed.
+
+_SIGN = {"A": -1, "B": 1, "tie": 0}
+
+
+@dataclass(frozen=True)
+class PairwiseRead:
+    """A stored pairwise answer. `choice` is "A", "B" or "tie" in stored payloads (the answer as
+    stored, so "A" is stored response 0); `strength` is None where the stored value is no integer."""
+
+    choice: str
+    strength: int | None
+
+    @property
+    def sign(self) -> int:
+        """-1 favours stored response 0 ("A"), 1 favours response 1 ("B"), 0 a tie."""
+        return _SIGN[self.choice]
+
+    @property
+    def signed(self) -> int:
+        """Preference on one axis: the sign times the strength."""
+        return self.sign * (self.strength or 0)
+
+
+@dataclass(frozen=True)
+class RankingRead:
+    """A stored ranking: one rank per response in stored order, 1 = best."""
+
+    ranks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SpanRead:
+    response: int
+    start: int
+    end: int
+    category: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class FineGrainedRead:
+    """The per-response parts of a stored answer: rubric ratings (one mapping per response, None
+    where the answer has none) and span marks."""
+
+    rubric: tuple[dict[str, int], ...] | None = None
+    spans: tuple[SpanRead, ...] = ()
+
+
+@dataclass(frozen=True)
+class JudgmentRead:
+    """A stored judgment payload (or gold answer), read: each kind present or None."""
+
+    pairwise: PairwiseRead | None = None
+    ranking: RankingRead | None = None
+    fine: FineGrainedRead = FineGrainedRead()
+    justification: str = ""
+
+    @classmethod
+    def from_stored(cls, payload: object) -> JudgmentRead:
+        """Read a payload as stored (a dict from a JSON column). Nothing here raises: a part that is
+        missing, empty or not of its shape reads as absent."""
+        if not isinstance(payload, Mapping):
+            return cls()
+        pairwise = None
+        raw = payload.get("pairwise")
+        if isinstance(raw, Mapping) and isinstance(choice := raw.get("choice"), str):
+            strength = raw.get("strength")
+            pairwise = PairwiseRead(choice, strength if type(strength) is int else None)
+        ranks = payload.get("ranking")
+        ranking = RankingRead(tuple(ranks)) if isinstance(ranks, list) and ranks else None
+        ratings = payload.get("rubric")
+        rubric = None
+        if isinstance(ratings, list) and ratings:
+            rubric = tuple(r if isinstance(r, dict) else {} for r in ratings)
+        marks = payload.get("spans")
+        spans = tuple(
+            SpanRead(m["response"], m["start"], m["end"], m["category"], m.get("note", ""))
+            for m in (marks if isinstance(marks, list) else [])
+            if isinstance(m, Mapping) and {"response", "start", "end", "category"} <= m.keys()
+        )
+        justification = payload.get("justification")
+        return cls(
+            pairwise=pairwise,
+            ranking=ranking,
+            fine=FineGrainedRead(rubric, spans),
+            justification=justification if isinstance(justification, str) else "",
+        )
+
+    @property
+    def preference_sign(self) -> int | None:
+        """Which of the first two stored responses the answer prefers: -1 the first, 1 the second,
+        0 neither (a tie, or equal ranks); None when it gives no preference."""
+        if self.pairwise is not None:
+            return self.pairwise.sign
+        if self.ranking is not None and len(r := self.ranking.ranks) >= 2:
+            return (r[0] > r[1]) - (r[0] < r[1])
+        return None
 
 
 def _given(*kinds: str) -> dict[str, Any]:

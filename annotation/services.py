@@ -9,11 +9,12 @@ from typing import IO, Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import File
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from annotation import overlap as overlap_rule
 from annotation.importing import ImportRefused, ImportResult, RowError, import_items
 from annotation.models import GuidelinesVersion, ImportJob, Item, Membership, Project, SchemaVersion
 from annotation.schema import JudgmentSchema, format_validation_error
@@ -189,9 +190,9 @@ def project_set_overlap(*, project: Project, overlap: int) -> Project:
         locked.overlap = overlap
         locked.save(update_fields=["overlap", "updated_at"])
         items = Item.objects.filter(project=locked, is_gold=False)
-        wanted = overlap + F("extra_overlap")
-        items.filter(status=Item.Status.OPEN, human_count__gte=wanted).update(status=Item.Status.DONE)
-        items.filter(status=Item.Status.DONE, human_count__lt=wanted).update(status=Item.Status.OPEN)
+        full = overlap_rule.full_q(overlap)
+        items.filter(full, status=Item.Status.OPEN).update(status=Item.Status.DONE)
+        items.filter(~full, status=Item.Status.DONE).update(status=Item.Status.OPEN)
     return locked
 
 

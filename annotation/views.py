@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from datetime import UTC
 from functools import wraps
 from uuid import UUID
 
@@ -13,7 +12,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
-from django.urls import get_script_prefix, get_urlconf, reverse
+from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import json_script
 from django.utils.safestring import mark_safe
@@ -21,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from annotation import item_html, queue, selectors, services
 from annotation.forms import ImportForm, ProjectCreateForm, ProjectSettingsForm
-from annotation.models import Assignment, ImportJob, Item, Project
+from annotation.models import ImportJob, Item, Project
 from annotation.schema import JudgmentSchema, PayloadError
 from annotation.schema_builder import JUSTIFICATIONS, KINDS, MAX_STRENGTHS, SchemaInput, schema_from_post
 
@@ -268,110 +267,15 @@ def import_job_detail(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
 # Annotating: one page; the item area is an htmx partial that every action replaces.
 
 
-_CONTROLS: dict[tuple[str, int], str] = {}
-
-
-def _controls(project: Project, n_responses: int) -> str:
-    """The answer controls (strength scale, rubric, span menu, justification) as HTML, rendered
-    once per process for each schema and response count: they hold nothing of the item, the
-    assignment or the user, and are most of the work of rendering an item."""
-    key = (project.schema_key, n_responses)
-    html = _CONTROLS.get(key)
-    if html is None:
-        shown = [{"position": p, "label": chr(ord("A") + p)} for p in range(n_responses)]
-        html = render_to_string(
-            "annotation/annotate.html#controls", {"schema": project.judgment_schema, "shown": shown}
-        )
-        if len(_CONTROLS) >= 256:  # schemas edited many times in a long-lived process
-            _CONTROLS.clear()
-        _CONTROLS[key] = html
-    return mark_safe(html)  # noqa: S308 - rendered by our template with autoescape
-
-
-_ZERO_UUID = str(UUID(int=0))
-_URL_PATTERNS: dict[tuple[str, object], tuple[str, str]] = {}
-
-
-def _assignment_urls(assignment_uuid: UUID) -> tuple[str, str]:
-    """The submit and skip URLs of an assignment: reversed once per script prefix and URLconf with
-    a placeholder UUID, then filled in (two `reverse` calls were 3 % of an annotation loop)."""
-    key = (get_script_prefix(), get_urlconf())
-    patterns = _URL_PATTERNS.get(key)
-    if patterns is None:
-        patterns = _URL_PATTERNS[key] = (
-            reverse("annotation:submit", args=[_ZERO_UUID]),
-            reverse("annotation:skip", args=[_ZERO_UUID]),
-        )
-    value = str(assignment_uuid)
-    return patterns[0].replace(_ZERO_UUID, value), patterns[1].replace(_ZERO_UUID, value)
-
-
-def _item_context(
-    request: HttpRequest, project: Project, assignment: Assignment | None, stats: queue.AnnotatorDay | None = None
-) -> dict[str, object]:
-    context: dict[str, object] = {
-        "project": project,
-        "schema": project.judgment_schema,
-        "assignment": assignment,
-        "progress": selectors.annotator_progress(request.user, project, stats),
-    }
-    if assignment is not None:
-        item = assignment.item
-        shown = []
-        for position, stored in enumerate(assignment.response_order):
-            response = item.responses[stored]
-            shown.append(
-                {
-                    "position": position,
-                    "label": chr(ord("A") + position),
-                    "text": response["text"],
-                    "model": response.get("model", "") if project.show_model_names else "",
-                }
-            )
-        urls = _assignment_urls(assignment.uuid)
-        item_data = {
-            "assignment": str(assignment.uuid),
-            "count": len(shown),
-            # The raw texts, in display order, only where span marking needs their offsets.
-            "texts": [r["text"] for r in shown] if project.judgment_schema.spans else [],
-            "schema": project.schema,
-            "leased_at": assignment.leased_at.isoformat(),
-        }
-        context.update(
-            item=item,
-            shown=shown,
-            submit_url=urls[0],
-            skip_url=urls[1],
-            controls=_controls(project, len(shown)),
-            item_json=json_script(item_data, "item-data"),
-            lease_until=assignment.expires_at.astimezone(UTC).strftime("%H:%M"),
-            lease_until_iso=assignment.expires_at.isoformat(timespec="milliseconds"),
-        )
-    else:
-        context["home_url"] = reverse("annotation:home")
-    return context
-
-
-def _item_partial(request: HttpRequest, context: dict[str, object]) -> HttpResponse:
-    """The item area alone, as htmx swaps it in (`annotation/item_html.py`); with the guidelines
-    panel too (out of band) when the page shows an older version than the one this item is under."""
-    html = item_html.render(context)
-    shown = request.META.get("HTTP_X_GUIDELINES_VERSION")
-    project = context["project"]
-    if shown is not None and shown != str(project.guidelines_version):
-        panel = render_to_string("annotation/annotate.html#guidelines", {"project": project, "changed": True})
-        html += mark_safe(panel)  # noqa: S308 - rendered by our template with autoescape
-    return HttpResponse(html)
-
-
 @_login_required_keeping_answer
 @require_GET
 def annotate(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug)
     handout = queue.hand_out(project=project, user=request.user)
-    context = _item_context(request, project, handout.assignment, handout.stats)
+    progress = selectors.annotator_progress(request.user, project, handout.stats)
     if _is_htmx(request):
-        return _item_partial(request, context)
+        return item_html.response(request, project, handout.assignment, progress)
+    context = item_html.context(project, handout.assignment, progress)
     context["item_html"] = item_html.render(context)
     response = render(request, "annotation/annotate.html", context)
     # Not kept by the browser: Back after a few items must ask again (the page then shows the
@@ -380,16 +284,11 @@ def annotate(request: HttpRequest, slug: str) -> HttpResponse:
     return response
 
 
-def _next_item(request: HttpRequest, project: Project) -> HttpResponse:
-    if not _is_htmx(request):
-        return redirect("annotation:annotate", slug=project.slug)
-    handout = queue.hand_out(project=project, user=request.user)
-    return _item_partial(request, _item_context(request, project, handout.assignment, handout.stats))
-
-
 @_login_required_keeping_answer
 @require_POST
 def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpResponse:
+    """One submit, top to bottom (the path is drawn in `annotation/queue/__init__.py`): store the
+    judgment, hand out the next lease, and answer with the item area for it."""
     try:
         payload = json.loads(request.POST.get("payload", ""))
         time_ms = int(request.POST["time_ms"]) if re.fullmatch(r"[0-9]{1,9}", request.POST.get("time_ms", "")) else None
@@ -404,7 +303,9 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
             assignment_uuid=assignment_uuid, user=request.user, payload=payload, time_spent_ms=time_ms
         )
         project = submitted.judgment.item.project
-        following = queue.hand_out(project=project, user=request.user).assignment if _is_htmx(request) else None
+        if not _is_htmx(request):
+            return redirect("annotation:annotate", slug=project.slug)
+        following = queue.hand_out(project=project, user=request.user).assignment
     except queue.NoSuchAssignmentError:
         raise Http404("No such assignment.") from None
     except json.JSONDecodeError:
@@ -414,9 +315,8 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
         )
     except (PayloadError, queue.QueueError) as exc:
         return HttpResponse(str(exc), status=422, content_type="text/plain")
-    if not _is_htmx(request):
-        return redirect("annotation:annotate", slug=project.slug)
-    return _item_partial(request, _item_context(request, project, following, submitted.stats))
+    progress = selectors.annotator_progress(request.user, project, submitted.stats)
+    return item_html.response(request, project, following, progress)
 
 
 @_login_required_keeping_answer
@@ -428,4 +328,9 @@ def assignment_skip(request: HttpRequest, assignment_uuid: UUID) -> HttpResponse
         queue.skip(assignment_id=assignment.id, user=request.user, reason=request.POST.get("reason", ""), flag=flag)
     except queue.QueueError as exc:
         return HttpResponse(str(exc), status=422, content_type="text/plain")
-    return _next_item(request, assignment.item.project)
+    project = assignment.item.project
+    if not _is_htmx(request):
+        return redirect("annotation:annotate", slug=project.slug)
+    handout = queue.hand_out(project=project, user=request.user)
+    progress = selectors.annotator_progress(request.user, project, handout.stats)
+    return item_html.response(request, project, handout.assignment, progress)

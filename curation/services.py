@@ -37,7 +37,7 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from annotation import audit, queue
+from annotation import audit, overlap, queue
 from annotation.models import ImportJob, Item, Labeler, Project
 from config.jobs import JobLost, liveness, stale_after, sweep_stale
 from curation.export import (
@@ -69,7 +69,7 @@ class ExportSupersededError(Exception):
 
 def _settled_status(item: Item, project: Project) -> str:
     """Open or done from the item's human judgments (for an item coming back from `dropped`)."""
-    if not item.is_gold and item.human_count >= project.overlap + item.extra_overlap:
+    if not item.is_gold and overlap.is_full(project.overlap, item):
         return Item.Status.DONE
     return Item.Status.OPEN
 
@@ -110,9 +110,9 @@ def curation_action_apply(
             if locked.route == Item.Route.AI:
                 locked.route = Item.Route.HUMAN
             locked.priority = max(locked.priority, (top or 0.0) + 1.0)
-            if locked.human_count >= project.overlap + locked.extra_overlap:
+            if overlap.is_full(project.overlap, locked):
                 # Judged to its full overlap: one more human judgment is wanted.
-                locked.extra_overlap = locked.human_count + 1 - project.overlap
+                locked.extra_overlap = overlap.extra_for_one_more(project.overlap, locked)
         elif locked.status == Item.Status.DROPPED:
             locked.status = _settled_status(locked, project)  # flip / accept bring a dropped item back
         locked.save(update_fields=["status", "route", "priority", "extra_overlap"])
@@ -157,11 +157,7 @@ def curation_action_undo(*, action: CurationAction, actor: AbstractBaseUser | No
         item.route = prev.get("route", item.route)
         item.priority = prev.get("priority", item.priority)
         item.extra_overlap = prev.get("extra_overlap", item.extra_overlap)
-        if (
-            item.status == Item.Status.OPEN
-            and not item.is_gold
-            and item.human_count >= item.project.overlap + item.extra_overlap
-        ):
+        if item.status == Item.Status.OPEN and not item.is_gold and overlap.is_full(item.project.overlap, item):
             item.status = Item.Status.DONE  # judged to the full overlap since: done, not back in the queue
         item.save(update_fields=["status", "route", "priority", "extra_overlap"])
         record.undone_at = timezone.now()

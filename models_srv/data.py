@@ -12,6 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
 from annotation.models import Item, Judgment, Project, source_q
+from annotation.schema import JudgmentRead
 from models_srv.models import DataSnapshot, LabelSource
 
 
@@ -127,32 +128,31 @@ def examples_from_judgment(item: Item, payload: dict[str, Any], source: str, ann
     out = Examples()
     texts = [r["text"] for r in item.responses]
     category = str((item.metadata or {}).get("category", ""))
-    pairwise = payload.get("pairwise")
+    read = JudgmentRead.from_stored(payload)
+    pairwise = read.pairwise
     if pairwise and len(texts) == 2:
-        choice = pairwise["choice"]
-        if choice == "tie":
+        if pairwise.choice == "tie":
             out.pairs.append(
                 PairExample(item.id, item.prompt, texts[0], texts[1], 0, True, source, category, annotator)
             )
         else:
-            win = 0 if choice == "A" else 1
+            win = 0 if pairwise.choice == "A" else 1
             out.pairs.append(
                 PairExample(
                     item.id,
                     item.prompt,
                     texts[win],
                     texts[1 - win],
-                    int(pairwise["strength"]),
+                    int(pairwise.strength),
                     False,
                     source,
                     category,
                     annotator,
                 )
             )
-    ranking = payload.get("ranking")
-    if ranking:
-        out.lists.append(ListExample(item.id, item.prompt, texts, list(ranking), source, category))
-    for i, ratings in enumerate(payload.get("rubric") or []):
+    if read.ranking:
+        out.lists.append(ListExample(item.id, item.prompt, texts, list(read.ranking.ranks), source, category))
+    for i, ratings in enumerate(read.fine.rubric or ()):
         if ratings:
             out.ratings.append(RatingExample(item.id, item.prompt, texts[i], dict(ratings), source, category))
     return out

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from annotation.models import Item, Labeler
 from annotation.queue import to_stored_order
-from annotation.schema import JudgmentSchema, PayloadError, format_validation_error
+from annotation.schema import JudgmentRead, JudgmentSchema, PayloadError, format_validation_error
 
 # ---------------------------------------------------------------------------------------------
 # Configurations (stored in Labeler.config; validated here)
@@ -520,13 +520,13 @@ def reconcile(
     mean ranks tie abstains too. Picking one order's answer instead would make the judge's
     position bias a label: an always-"A" judge would label every item "A" in stored order."""
     pa, pb = a[0], b[0]
+    ra, rb = JudgmentRead.from_stored(pa), JudgmentRead.from_stored(pb)
     ca, cb = (a[1] if a[1] is not None else 0.7), (b[1] if b[1] is not None else 0.7)
     out = dict(pa)
     consistent = True
     abstain = False
     if schema.pairwise:
-        sign = {"A": -1, "B": 1, "tie": 0}
-        choice_a, choice_b = pa["pairwise"]["choice"], pb["pairwise"]["choice"]
+        choice_a, choice_b = ra.pairwise.choice, rb.pairwise.choice
         consistent = choice_a == choice_b
         if not consistent:
             if schema.pairwise.allow_tie:
@@ -536,14 +536,14 @@ def reconcile(
         elif choice_a == "tie":
             out["pairwise"] = {"choice": "tie", "strength": 0}
         else:
-            mean = (sign[choice_a] * pa["pairwise"]["strength"] + sign[choice_b] * pb["pairwise"]["strength"]) / 2
+            mean = (ra.pairwise.signed + rb.pairwise.signed) / 2
             out["pairwise"] = {
                 "choice": choice_a,
                 "strength": max(1, min(len(schema.pairwise.strengths), round(abs(mean)))),
             }
     if schema.ranking:
-        avg = [(x + y) / 2 for x, y in zip(pa["ranking"], pb["ranking"], strict=True)]
-        consistent = consistent and pa["ranking"] == pb["ranking"]
+        avg = [(x + y) / 2 for x, y in zip(ra.ranking.ranks, rb.ranking.ranks, strict=True)]
+        consistent = consistent and ra.ranking == rb.ranking
         if schema.ranking.allow_ties:
             levels = sorted(set(avg))
             out["ranking"] = [levels.index(v) + 1 for v in avg]
@@ -555,10 +555,10 @@ def reconcile(
             for r, i in enumerate(order, start=1):
                 ranks[i] = r
             out["ranking"] = ranks
-    if schema.rubric and "rubric" in pb:
+    if schema.rubric and rb.fine.rubric is not None:
         out["rubric"] = [
-            {k: round((ra.get(k, rb.get(k)) + rb.get(k, ra.get(k))) / 2) for k in {**ra, **rb}}
-            for ra, rb in zip(pa["rubric"], pb["rubric"], strict=True)
+            {k: round((x.get(k, y.get(k)) + y.get(k, x.get(k))) / 2) for k in {**x, **y}}
+            for x, y in zip(ra.fine.rubric or (), rb.fine.rubric, strict=True)
         ]
     confidence = (ca + cb) / 2 * (1.0 if consistent else 0.3)
     return (None if abstain else out), round(confidence, 4), consistent

@@ -21,7 +21,7 @@ from django.utils import timezone
 from pydantic import ValidationError
 
 from annotation.models import Item, Judgment, Labeler, Project
-from annotation.schema import format_validation_error
+from annotation.schema import JudgmentRead, format_validation_error
 from config.jobs import JobLost, liveness, stale_after, sweep_stale
 from models_srv.judges import (
     CONFIGS,
@@ -319,11 +319,12 @@ def ai_consensus(item: Item, method: str = "weighted", require_audit: bool | Non
     if not judgments:
         return None
     weight = (lambda j: 1.0) if method == "majority" else (lambda j: j.confidence if j.confidence is not None else 0.5)
-    pairwise = [j for j in judgments if "pairwise" in j.payload]
+    reads = {j.pk: JudgmentRead.from_stored(j.payload) for j in judgments}
+    pairwise = [j for j in judgments if reads[j.pk].pairwise is not None]
     if pairwise:
         votes: dict[str, float] = defaultdict(float)
         for j in pairwise:
-            votes[j.payload["pairwise"]["choice"]] += weight(j)
+            votes[reads[j.pk].pairwise.choice] += weight(j)
         total = sum(votes.values()) or 1.0
         best = max(votes.values())
         winners = [c for c, v in votes.items() if v == best]
@@ -334,15 +335,16 @@ def ai_consensus(item: Item, method: str = "weighted", require_audit: bool | Non
             "n": len(pairwise),
             "method": method,
         }
-    ranked = [j for j in judgments if "ranking" in j.payload]
+    ranked = [j for j in judgments if reads[j.pk].ranking is not None]
     if ranked:
-        n = len(ranked[0].payload["ranking"])
+        ranks_of = {j.pk: list(reads[j.pk].ranking.ranks) for j in ranked}
+        n = len(ranks_of[ranked[0].pk])
         total = sum(weight(j) for j in ranked) or 1.0
-        mean = [sum(weight(j) * j.payload["ranking"][i] for j in ranked) / total for i in range(n)]
+        mean = [sum(weight(j) * ranks_of[j.pk][i] for j in ranked) / total for i in range(n)]
         order = sorted(range(n), key=lambda i: mean[i])
         ranks = [0] * n
         for r, i in enumerate(order, start=1):
             ranks[i] = r
-        agree = sum(weight(j) for j in ranked if j.payload["ranking"] == ranks) / total
+        agree = sum(weight(j) for j in ranked if ranks_of[j.pk] == ranks) / total
         return {"ranking": ranks, "agreement": round(agree, 4), "n": len(ranked), "method": method}
     return None

@@ -30,6 +30,7 @@ from django.db import transaction
 from django.db.models import Max
 
 from annotation.models import Item, Judgment, LabelSource, Project, source_q
+from annotation.schema import JudgmentRead
 from models_srv.models import ResponseScore, RewardModelVersion, RouterVersion
 
 _WORD = re.compile(r"\w+", re.U)
@@ -61,13 +62,7 @@ def _words(text: str) -> set[str]:
 
 
 def _pref_sign(payload: dict[str, Any]) -> int | None:
-    p = payload.get("pairwise")
-    if p:
-        return {"A": -1, "B": 1, "tie": 0}[p["choice"]]
-    ranking = payload.get("ranking")
-    if ranking and len(ranking) >= 2:
-        return (ranking[0] > ranking[1]) - (ranking[0] < ranking[1])
-    return None
+    return JudgmentRead.from_stored(payload).preference_sign
 
 
 def item_features(

@@ -1,6 +1,7 @@
-"""The annotation hot path on the embedded SQLite default that `make run` starts: the hand-out, the
-submit and the progress counts are hand-written SQL (annotation/rows.py, annotation/queue.py), so
-they are run here once on SQLite as well, through the real views."""
+"""The annotation hot path on the embedded SQLite default that `make run` starts: the hand-out and
+the submit take the queue's ORM path there (annotation/queue/portable.py) and the counts are
+hand-written SQL (annotation/rows.py), so they are run here once on SQLite as well, through the
+real views."""
 
 from __future__ import annotations
 

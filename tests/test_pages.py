@@ -131,7 +131,7 @@ def test_an_assignments_urls_are_those_reverse_gives_under_any_script_prefix() -
 
     from django.urls import get_script_prefix, reverse, set_script_prefix
 
-    from annotation.views import _assignment_urls
+    from annotation.item_html import assignment_urls as _assignment_urls
 
     before = get_script_prefix()
     try:

@@ -12,6 +12,7 @@ from django.utils import timezone
 from annotation import queue
 from annotation.importing import import_items
 from annotation.models import Assignment, Item, Judgment, Membership, Project
+from annotation.queue import handout, leases, submitting
 from annotation.schema import PayloadError
 from annotation.services import membership_set, project_set_guidelines, project_set_schema
 from tests.conftest import RUBRIC_SCHEMA, jsonl, pair_row
@@ -268,7 +269,7 @@ def test_annotator_stats_migration_counts_existing_work(project, annotator) -> N
 
 def _between_read_and_write(monkeypatch, action) -> None:
     """Run `action` once, after the optimistic submit has read the lease and before it writes."""
-    real, done = queue._judgment_fields, []
+    real, done = submitting._judgment_fields, []
 
     def fields(*args, **kwargs):
         if not done:
@@ -276,7 +277,7 @@ def _between_read_and_write(monkeypatch, action) -> None:
             action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(queue, "_judgment_fields", fields)
+    monkeypatch.setattr(submitting, "_judgment_fields", fields)
 
 
 def test_a_submit_whose_lease_is_answered_in_between_returns_that_judgment(team, monkeypatch) -> None:
@@ -321,13 +322,13 @@ def test_forked_workers_do_not_share_a_sequence_of_display_orders() -> None:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its first draw, to the parent
-        os.write(write, repr(queue._RNG.random()).encode())
+        os.write(write, repr(handout._RNG.random()).encode())
         os._exit(0)
     os.waitpid(pid, 0)
     os.close(write)
     child = float(os.read(read, 64))
     os.close(read)
-    assert child != queue._RNG.random()  # without the reseed, the child drew the parent's next number
+    assert child != handout._RNG.random()  # without the reseed, the child drew the parent's next number
 
 
 @pytest.mark.django_db(transaction=True)  # each reap commits, as outside a test, and frees its lock
@@ -345,7 +346,7 @@ def test_one_reaper_at_a_time_and_the_other_leaves_the_work_to_it(make_user, mak
     s = connection.settings_dict
     dsn = f"host={s['HOST'] or '127.0.0.1'} port={s['PORT'] or 5432} user={s['USER']} dbname={s['NAME']}"
     with psycopg.connect(dsn) as other:  # another process's reaper, mid-sweep
-        assert other.execute("SELECT pg_try_advisory_xact_lock(%s)", [queue._REAPER_LOCK]).fetchone()[0]
+        assert other.execute("SELECT pg_try_advisory_xact_lock(%s)", [leases.REAPER_LOCK]).fetchone()[0]
         assert queue.reap_expired_leases() == 0
         assert Assignment.objects.get(id=lease.id).state == "leased"
     assert queue.reap_expired_leases() == 1
