@@ -15,10 +15,10 @@ from ninja.files import UploadedFile
 from ninja.responses import Status
 from pydantic import WithJsonSchema
 
+from accounts.auth import scoped
 from annotation import selectors, services
 from annotation.models import ImportJob, Item, Judgment, LabelSource, Project, source_q
 from config.api_errors import refusals
-from config.auth import scoped
 
 router = Router(tags=["annotation"])
 

@@ -1,4 +1,5 @@
-"""Writes of the reward-model service: start, run, cancel, promote and rescore versions.
+"""Writes of the reward-model service: start, run, cancel, promote and rescore versions; and a
+project's routing settings. Audited writes record their event here, in the write's transaction.
 
 Registry invariants: a version is `succeeded` only once its artifacts are on disk in their final
 folder and its metrics are stored (both in one transaction with the status change); a run that
@@ -30,6 +31,7 @@ from django.utils import timezone
 
 from annotation import audit
 from annotation.models import Item, Judgment, Project
+from annotation.services import record_settings_changed
 from config.jobs import JobLost, liveness, stale_after, sweep_stale
 from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create
 from models_srv.models import CrossFitRun, OutOfFoldMargin, ResponseScore, RewardModelVersion, RunStatus
@@ -350,6 +352,45 @@ def recover_stale_runs(now: Any = None) -> dict[str, int]:
         send=lambda job: train_reward_model.delay(job["id"]),
         cleanup=lambda job: _remove_partials(job["project__slug"], job["uuid"]),
     )
+
+
+def rescore_request(*, version: RewardModelVersion) -> RewardModelVersion:
+    """Queue a rescore of the project's items by a succeeded version (once this commits)."""
+    from models_srv.tasks import gpu_rescore
+
+    if version.status != RewardModelVersion.Status.SUCCEEDED:
+        raise ValueError("only a succeeded version can rescore items")
+    transaction.on_commit(lambda: gpu_rescore.delay(version.id))
+    return version
+
+
+def routing_settings_set(
+    *,
+    project: Project,
+    policy: str,
+    human_budget: float,
+    calibration_share: float,
+    require_ai_audit: bool,
+    by: AbstractBaseUser | None,
+    request: Any = None,
+) -> Project:
+    """Change the project's routing settings (recording what changed) and re-route its items
+    once this commits."""
+    from models_srv.tasks import route_items
+
+    fields = ["routing_policy", "human_budget", "calibration_share", "require_ai_audit"]
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        before = {f: getattr(locked, f) for f in fields}
+        locked.routing_policy = policy
+        locked.human_budget = human_budget
+        locked.calibration_share = calibration_share
+        locked.require_ai_audit = require_ai_audit
+        locked.save(update_fields=[*fields, "updated_at"])
+        changes = {f: [before[f], getattr(locked, f)] for f in fields if before[f] != getattr(locked, f)}
+        record_settings_changed(project=locked, changes=changes, by=by, request=request)
+        transaction.on_commit(lambda: route_items.delay(locked.id))
+    return locked
 
 
 def rescore(*, version_id: int, batch: int = 512) -> int:

@@ -101,8 +101,9 @@ def _seed_data() -> dict[str, Any]:
     from django.contrib.auth import get_user_model
     from django.core.files.base import ContentFile
 
+    from accounts.models import ApiToken
     from annotation import queue, services
-    from annotation.models import ApiToken, Assignment, ImportJob, Item, Membership, Project
+    from annotation.models import Assignment, ImportJob, Item, Membership, Project
     from curation import services as curation
     from curation.models import CurationAction, ExportSnapshot
     from models_srv import judge_audit, labeling
