@@ -270,10 +270,10 @@ def list_audits(request: HttpRequest, labeler_id: int) -> list[Any]:
 )
 def start_audit(request: HttpRequest, labeler_id: int) -> Status[Any]:
     """Audit the labeler's current config on probes built from the project's items (in the background)."""
-    from models_srv.judge_audit import AuditError, audit_start
+    from models_srv.judge_audit import AuditError
 
     labeler = selectors.labeler_for_curator(request.user, labeler_id)
     try:
-        return Status(202, audit_start(labeler=labeler, created_by=request.user, request=request))
+        return Status(202, services.audit_start(labeler=labeler, created_by=request.user, request=request))
     except AuditError as exc:
         raise HttpError(409, str(exc)) from None

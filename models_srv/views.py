@@ -204,12 +204,12 @@ def labeler_detail(request: HttpRequest, labeler_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def labeler_audit(request: HttpRequest, labeler_id: int) -> HttpResponse:
-    from models_srv.judge_audit import AuditError, audit_start
+    from models_srv.judge_audit import AuditError
 
     labeler = selectors.labeler_for_curator(request.user, labeler_id)
     error = ""
     try:
-        audit_start(labeler=labeler, created_by=request.user, request=request)
+        services.audit_start(labeler=labeler, created_by=request.user, request=request)
     except AuditError as exc:
         error = str(exc)
     if not request.htmx and not error:
