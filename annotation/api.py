@@ -18,6 +18,7 @@ from pydantic import WithJsonSchema
 from accounts.auth import scoped
 from annotation import selectors, services
 from annotation.models import ImportJob, Item, Judgment, LabelSource, Project, source_q
+from annotation.pseudonym import pseudonym
 from config.api_errors import refusals
 
 router = Router(tags=["annotation"])
@@ -217,8 +218,6 @@ def _page(rows: list[Any], limit: int) -> tuple[list[Any], int | None]:
 
 
 def _judgment_out(project: Project, j: Judgment) -> dict[str, Any]:
-    from curation.export import pseudonym
-
     pairwise = j.payload.get("pairwise") if isinstance(j.payload, dict) else None
     pairwise = pairwise if isinstance(pairwise, dict) else {}
     human = not j.labeler.is_ai

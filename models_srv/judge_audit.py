@@ -267,7 +267,7 @@ def _rate(hits: int, n: int) -> dict[str, Any]:
 
 def audit_metrics(results: list[tuple[Probe, list[Answer]]], limits: dict[str, float]) -> tuple[dict[str, Any], bool]:
     """The audit's figures from each probe's answers, the reasons it fails, and whether it passed."""
-    from curation.metrics import binomial_test
+    from models_srv.stats import binomial_test
 
     answers = [a for _, ans in results for a in ans]
     accepts: dict[str, list[bool]] = {"content_free": [], "truncated": []}
