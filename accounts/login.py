@@ -87,7 +87,7 @@ class RateLimitedLoginView(LoginView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         username = request.POST.get("username", "")
         if login_blocked(request, username):
-            form = self.form_class(request=request, initial={"username": username[:150]})
+            form = self.get_form_class()(request=request, initial={"username": username[:150]})
             minutes = max(1, round(_window() / 60))
             context = self.get_context_data(form=form, rate_limited=True, retry_minutes=minutes)
             response = self.render_to_response(context, status=429)
