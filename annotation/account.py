@@ -10,7 +10,9 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from config.auth import SCOPES, TokenError, token_create, token_of_user, token_revoke, tokens_of
+from accounts.auth import SCOPES, TokenError
+from accounts.selectors import token_of_user, tokens_of
+from annotation.services import token_create, token_revoke
 
 
 class TokenForm(forms.Form):

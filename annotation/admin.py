@@ -1,12 +1,13 @@
 from django import forms
 from django.contrib import admin
 from django.db import transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from pydantic import ValidationError as PydanticValidationError
 
+from accounts.models import ApiToken
 from annotation import services
 from annotation.models import (
-    ApiToken,
     Assignment,
     AuditEvent,
     GuidelinesVersion,
@@ -57,10 +58,7 @@ class ProjectAdmin(admin.ModelAdmin):
         """A changed schema or guidelines is a new version (judgments record the one they were made
         under), and a changed overlap settles the items' status, as the services do elsewhere."""
         if not change:
-            with transaction.atomic():  # version 1 of each, as a project made elsewhere has
-                super().save_model(request, obj, form, change)
-                SchemaVersion.objects.create(project=obj, version=obj.schema_version, schema=obj.schema)
-                GuidelinesVersion.objects.create(project=obj, version=obj.guidelines_version, text=obj.guidelines)
+            services.project_add(project=obj, by=request.user)  # version 1 of each, as elsewhere
             return
         stored = Project.objects.get(pk=obj.pk)
         schema, guidelines, overlap = obj.schema, obj.guidelines, obj.overlap
@@ -134,8 +132,24 @@ class ImportJobAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are made on the account page or by `create_api_token` (the key is shown once there);
+    the admin lists them and deletes them through the service, which records the deletion."""
+
     list_display = ["name", "user", "created_at", "last_used_at", "revoked_at"]
     readonly_fields = ["key_hash", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ApiToken | None = None) -> bool:
+        return False
+
+    def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
+        services.token_delete(token=obj, by=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        for token in queryset:
+            services.token_delete(token=token, by=request.user)
 
 
 @admin.register(AuditEvent)

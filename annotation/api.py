@@ -15,11 +15,12 @@ from ninja.files import UploadedFile
 from ninja.responses import Status
 from pydantic import WithJsonSchema
 
+from accounts.auth import scoped
 from annotation import selectors, services
 from annotation.models import ImportJob, Item, Judgment, LabelSource, Project, source_q
+from annotation.pseudonym import pseudonym
 from annotation.schema import JudgmentRead
 from config.api_errors import refusals
-from config.auth import scoped
 
 router = Router(tags=["annotation"])
 
@@ -218,8 +219,6 @@ def _page(rows: list[Any], limit: int) -> tuple[list[Any], int | None]:
 
 
 def _judgment_out(project: Project, j: Judgment) -> dict[str, Any]:
-    from curation.export import pseudonym
-
     pairwise = JudgmentRead.from_stored(j.payload).pairwise
     human = not j.labeler.is_ai
     return {

@@ -1,7 +1,8 @@
 """The audit log: one append-only row per admin or curation action (who, what, on which object,
-from where). Services call `record()` inside their own transaction, so an action that rolls back
-leaves no event behind; logins, API tokens, new projects and imports, and Django admin changes are
-recorded by the receivers in `annotation.signals`.
+from where). Each action is recorded by one service function, inside the write's own
+transaction, so an action that rolls back leaves no event behind; only logins and Django admin
+changes are recorded by receivers (`annotation.signals`), where Django offers no other hook.
+`tests/test_audit_services.py` holds both rules.
 
 Action names are dotted slugs, listed in ACTIONS (the audit page filters by them).
 """
@@ -37,6 +38,7 @@ ACTIONS = {
     "reward_model.train": "Started reward-model training",
     "reward_model.make_current": "Made a reward model current",
     "ai_labeler.audit": "Started a judge audit of an AI labeler",
+    "crossfit.start": "Started cross-fitting",
     "token.create": "Created an API token",
     "token.revoke": "Revoked an API token",
     "token.delete": "Deleted an API token",

@@ -1,8 +1,7 @@
 """A project's people: who is a member in which role (curators add, re-role and remove members),
 and the project's audit log. Curators of the project and site admins only; everyone else gets 404.
 
-The membership writes live here with their pages; each runs in one transaction with the project
-row locked, so two curators demoting each other at once cannot leave the project without one.
+The membership writes (and their audit events) are in `annotation.services`; these are the pages.
 """
 
 from __future__ import annotations
@@ -10,115 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation import audit, selectors
-from annotation.models import Assignment, AuditEvent, Membership, Project
+from annotation.models import AuditEvent, Membership, Project
+from annotation.services import MembershipError, member_add, member_remove, member_set_role
 
 AUDIT_PAGE_SIZE = 50
-
-
-class MembershipError(ValueError):
-    """A membership change that cannot be made, with a reason to show."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Writes
-
-
-def _lock(project: Project) -> Project:
-    return Project.objects.select_for_update().get(pk=project.pk)
-
-
-def _curator_count(project: Project) -> int:
-    return Membership.objects.filter(project=project, role=Membership.Role.CURATOR).count()
-
-
-def member_add(
-    *, project: Project, username: str, role: str, by: AbstractBaseUser, request: HttpRequest | None = None
-) -> Membership:
-    username = username.strip()
-    if role not in Membership.Role.values:
-        raise MembershipError(f"role must be one of {', '.join(Membership.Role.values)}")
-    user = get_user_model().objects.filter(username=username).first()
-    if user is None:
-        raise MembershipError(f"There is no user named {username!r}; check the spelling or create the account first.")
-    if not user.is_active:
-        raise MembershipError(f"The account {username!r} is deactivated.")
-    with transaction.atomic():
-        _lock(project)
-        existing = Membership.objects.filter(project=project, user=user).first()
-        if existing is not None:
-            raise MembershipError(f"{username} is already a member ({existing.role}); change the role in the list.")
-        membership = Membership.objects.create(project=project, user=user, role=role)
-        audit.record(
-            by,
-            "membership.add",
-            project=project,
-            target=membership,
-            details={"user": username, "role": role},
-            request=request,
-        )
-    return membership
-
-
-def member_set_role(
-    *, membership: Membership, role: str, by: AbstractBaseUser, request: HttpRequest | None = None
-) -> Membership:
-    if role not in Membership.Role.values:
-        raise MembershipError(f"role must be one of {', '.join(Membership.Role.values)}")
-    with transaction.atomic():
-        project = _lock(membership.project)
-        current = Membership.objects.select_related("user").get(pk=membership.pk)
-        if current.role == role:
-            return current
-        if current.role == Membership.Role.CURATOR and _curator_count(project) <= 1:
-            raise MembershipError(
-                f"{current.user.username} is the project's last curator; make someone else curator first."
-            )
-        old = current.role
-        current.role = role
-        current.save(update_fields=["role"])
-        audit.record(
-            by,
-            "membership.change",
-            project=project,
-            target=current,
-            details={"user": current.user.username, "from": old, "to": role},
-            request=request,
-        )
-    return current
-
-
-def member_remove(*, membership: Membership, by: AbstractBaseUser, request: HttpRequest | None = None) -> None:
-    with transaction.atomic():
-        project = _lock(membership.project)
-        current = Membership.objects.select_related("user").filter(pk=membership.pk).first()
-        if current is None:
-            return  # removed already (a double click)
-        if current.role == Membership.Role.CURATOR and _curator_count(project) <= 1:
-            raise MembershipError(f"{current.user.username} is the project's last curator and cannot be removed.")
-        details = {"user": current.user.username, "role": current.role}
-        target = ("annotation.membership", current.pk, str(current))
-        held = Assignment.objects.filter(
-            annotator_id=current.user_id, item__project=project, state=Assignment.State.LEASED
-        ).count()
-        if held:
-            details["leases_released"] = held  # given back by the membership's delete receiver
-        current.delete()
-        audit.record(by, "membership.remove", project=project, target=target, details=details, request=request)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pages
 
 
 class MemberAddForm(forms.Form):

@@ -7,9 +7,7 @@ column only takes its listed values.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import secrets
 import uuid
 from functools import cached_property
 
@@ -491,31 +489,6 @@ class Judgment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.labeler} on {self.item}"
-
-
-class ApiToken(models.Model):
-    """A per-user API token. Only a hash is stored; the key is shown once when created."""
-
-    PREFIX = "pl_"
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
-    name = models.CharField(max_length=100)
-    key_hash = models.CharField(max_length=64, unique=True)
-    scopes = models.JSONField(default=list, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    def __str__(self) -> str:
-        return f"token {self.name} of {self.user}"
-
-    @staticmethod
-    def hash_key(key: str) -> str:
-        return hashlib.sha256(key.encode()).hexdigest()
-
-    @classmethod
-    def new_key(cls) -> str:
-        return cls.PREFIX + secrets.token_urlsafe(32)
 
 
 class AuditEvent(models.Model):

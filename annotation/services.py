@@ -1,8 +1,15 @@
-"""Writes: every change to projects, members and imports goes through these functions."""
+"""Writes: every change to projects, members, imports and API tokens goes through these functions.
+
+Each write that the audit log records (`annotation.audit.ACTIONS`) records it here, explicitly,
+inside the write's own transaction: a write that rolls back leaves no event, and an event never
+describes a write that did not happen. Only logins and Django admin changes are recorded by
+signal receivers (`annotation.signals`), because Django offers no other hook for them.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -14,9 +21,12 @@ from django.http import HttpRequest
 from django.utils import timezone
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from accounts.auth import TokenError, parse_scopes
+from accounts.models import ApiToken
+from annotation import audit
 from annotation import overlap as overlap_rule
 from annotation.importing import ImportRefused, ImportResult, RowError, import_items
-from annotation.models import GuidelinesVersion, ImportJob, Item, Membership, Project, SchemaVersion
+from annotation.models import Assignment, GuidelinesVersion, ImportJob, Item, Membership, Project, SchemaVersion
 from annotation.schema import JudgmentSchema, format_validation_error
 from config.jobs import JobLost, liveness, stale_after, sweep_stale
 
@@ -107,7 +117,30 @@ def project_create(*, spec: ProjectSpec, created_by: AbstractBaseUser | None) ->
             if user is None:
                 raise SpecError(f"member {member.username!r} is not a user")
             Membership.objects.update_or_create(project=project, user=user, defaults={"role": member.role})
+        _record_project_created(project)
     return project
+
+
+def project_add(*, project: Project, by: AbstractBaseUser | None) -> Project:
+    """Save a project built elsewhere (the admin's form) with version 1 of its schema and
+    guidelines, as `project_create` makes one."""
+    with transaction.atomic():
+        project.created_by = project.created_by or by
+        project.save()
+        SchemaVersion.objects.create(project=project, version=project.schema_version, schema=project.schema)
+        GuidelinesVersion.objects.create(project=project, version=project.guidelines_version, text=project.guidelines)
+        _record_project_created(project)
+    return project
+
+
+def _record_project_created(project: Project) -> None:
+    audit.record(
+        project.created_by,
+        "project.create",
+        project=project,
+        target=project,
+        details={"slug": project.slug, "schema": project.schema},
+    )
 
 
 def project_set_schema(*, project: Project, schema: JudgmentSchema, by: AbstractBaseUser | None) -> Project:
@@ -155,8 +188,6 @@ def project_edit_texts(
     """A curator's edit of the schema and guidelines (the project's settings page): each that
     changed becomes a new version through `project_set_schema` / `project_set_guidelines`, as the
     admin's edits do, and the change is in the audit log."""
-    from annotation import audit
-
     with transaction.atomic():
         before = Project.objects.select_for_update().get(pk=project.pk)
         versions = (before.schema_version, before.guidelines_version)
@@ -172,9 +203,18 @@ def project_edit_texts(
             )
             if old != new
         }
-        if changes:
-            audit.record(by, "project.settings", project=after, target=after, details=changes, request=request)
+        record_settings_changed(project=after, changes=changes, by=by, request=request)
     return after
+
+
+def record_settings_changed(
+    *, project: Project, changes: dict[str, Any], by: AbstractBaseUser | None, request: HttpRequest | None = None
+) -> None:
+    """The one `project.settings` event, for any service that changes a project's settings (the
+    texts here, the routing settings in `models_srv.services`); nothing changed, nothing recorded.
+    Call it inside the change's transaction."""
+    if changes:
+        audit.record(by, "project.settings", project=project, target=project, details=changes, request=request)
 
 
 def project_set_overlap(*, project: Project, overlap: int) -> Project:
@@ -196,9 +236,109 @@ def project_set_overlap(*, project: Project, overlap: int) -> Project:
     return locked
 
 
-def membership_set(*, project: Project, user: AbstractBaseUser, role: Membership.Role) -> Membership:
+# ---------------------------------------------------------------------------------------------
+# Members. Each change runs in one transaction with the project row locked, so two curators
+# demoting each other at once cannot leave the project without one.
+
+
+class MembershipError(ValueError):
+    """A membership change that cannot be made, with a reason to show."""
+
+
+def _lock(project: Project) -> Project:
+    return Project.objects.select_for_update().get(pk=project.pk)
+
+
+def _curator_count(project: Project) -> int:
+    return Membership.objects.filter(project=project, role=Membership.Role.CURATOR).count()
+
+
+def _check_role(role: str) -> None:
+    if role not in Membership.Role.values:
+        raise MembershipError(f"role must be one of {', '.join(Membership.Role.values)}")
+
+
+def _record_member_added(membership: Membership, by: Any, request: HttpRequest | None) -> None:
+    details = {"user": membership.user.get_username(), "role": membership.role}
+    audit.record(by, "membership.add", project=membership.project, target=membership, details=details, request=request)
+
+
+def _record_role_changed(membership: Membership, old: str, by: Any, request: HttpRequest | None) -> None:
+    details = {"user": membership.user.get_username(), "from": old, "to": membership.role}
+    audit.record(
+        by, "membership.change", project=membership.project, target=membership, details=details, request=request
+    )
+
+
+def membership_set(*, project: Project, user: AbstractBaseUser, role: Membership.Role | str) -> Membership:
+    """Seed a membership without an actor (a spec's members, the demo, commands): not an audited
+    action, as the members a project is created with are part of its `project.create` event.
+    A curator's changes go through `member_add`, `member_set_role` and `member_remove`."""
+    _check_role(role)
     membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
     return membership
+
+
+def member_add(
+    *, project: Project, username: str, role: str, by: AbstractBaseUser, request: HttpRequest | None = None
+) -> Membership:
+    from django.contrib.auth import get_user_model
+
+    username = username.strip()
+    _check_role(role)
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise MembershipError(f"There is no user named {username!r}; check the spelling or create the account first.")
+    if not user.is_active:
+        raise MembershipError(f"The account {username!r} is deactivated.")
+    with transaction.atomic():
+        _lock(project)
+        existing = Membership.objects.filter(project=project, user=user).first()
+        if existing is not None:
+            raise MembershipError(f"{username} is already a member ({existing.role}); change the role in the list.")
+        membership = Membership.objects.create(project=project, user=user, role=role)
+        _record_member_added(membership, by, request)
+    return membership
+
+
+def member_set_role(
+    *, membership: Membership, role: str, by: AbstractBaseUser, request: HttpRequest | None = None
+) -> Membership:
+    _check_role(role)
+    with transaction.atomic():
+        project = _lock(membership.project)
+        current = Membership.objects.select_related("user", "project").get(pk=membership.pk)
+        if current.role == role:
+            return current
+        if current.role == Membership.Role.CURATOR and _curator_count(project) <= 1:
+            raise MembershipError(
+                f"{current.user.username} is the project's last curator; make someone else curator first."
+            )
+        old, current.role = current.role, role
+        current.save(update_fields=["role"])
+        _record_role_changed(current, old, by, request)
+    return current
+
+
+def member_remove(*, membership: Membership, by: AbstractBaseUser, request: HttpRequest | None = None) -> None:
+    """Remove a member; the items they hold go back to the queue (the membership's delete
+    receiver gives back the leases, however a membership is deleted)."""
+    with transaction.atomic():
+        project = _lock(membership.project)
+        current = Membership.objects.select_related("user").filter(pk=membership.pk).first()
+        if current is None:
+            return  # removed already (a double click)
+        if current.role == Membership.Role.CURATOR and _curator_count(project) <= 1:
+            raise MembershipError(f"{current.user.username} is the project's last curator and cannot be removed.")
+        details = {"user": current.user.username, "role": current.role}
+        target = ("annotation.membership", current.pk, str(current))
+        held = Assignment.objects.filter(
+            annotator_id=current.user_id, item__project=project, state=Assignment.State.LEASED
+        ).count()
+        if held:
+            details["leases_released"] = held
+        current.delete()
+        audit.record(by, "membership.remove", project=project, target=target, details=details, request=request)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,8 +359,16 @@ def import_job_create(
 
     job = ImportJob(project=project, created_by=created_by, source=source, original_name=name[:255], format=fmt)
     job.file.save(Path(name).name[-100:] or "upload", File(upload), save=False)
-    job.save()
-    transaction.on_commit(lambda: run_import_job.delay(job.id))
+    with transaction.atomic():
+        job.save()
+        audit.record(
+            created_by,
+            "import.start",
+            project=project,
+            target=("annotation.importjob", job.uuid, job.original_name or "(file)"),
+            details={"source": job.source, "file": job.original_name, "format": job.format},
+        )
+        transaction.on_commit(lambda: run_import_job.delay(job.id))
     return job
 
 
@@ -332,3 +480,44 @@ def import_file(*, project: Project, path: Path, fmt: str | None = None) -> Impo
             return import_items(project=project, fileobj=fh, fmt=fmt)
     except FileNotFoundError:
         raise ImportRefused([RowError(0, f"no such file: {path}")]) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# API tokens (the model and the bearer authentication are in the accounts app).
+
+
+def token_create(*, user: AbstractBaseUser, name: str, scopes: Iterable[str] | str) -> tuple[ApiToken, str]:
+    """Store a new token (only its hash) and return it with its key, which is never shown again."""
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise TokenError("a token needs a name of 1 to 100 characters")
+    key = ApiToken.new_key()
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            user=user, name=name, key_hash=ApiToken.hash_key(key), scopes=parse_scopes(scopes)
+        )
+        audit.record(user, "token.create", target=token, details={"name": token.name, "scopes": token.scopes})
+    return token, key
+
+
+def token_revoke(*, token: ApiToken) -> ApiToken:
+    """Revoke a token at once; revoking twice keeps the first time (and records one event)."""
+    with transaction.atomic():
+        row = ApiToken.objects.select_for_update().select_related("user").get(pk=token.pk)
+        if row.revoked_at is None:
+            row.revoked_at = timezone.now()
+            row.save(update_fields=["revoked_at"])
+            audit.record(row.user, "token.revoke", target=row, details={"name": row.name, "scopes": row.scopes})
+    token.refresh_from_db()
+    return token
+
+
+def token_delete(*, token: ApiToken, by: AbstractBaseUser | None = None) -> None:
+    """Delete a token (the admin); a revoked token stays listed, so revoking is the usual way."""
+    with transaction.atomic():
+        row = ApiToken.objects.select_for_update().select_related("user").filter(pk=token.pk).first()
+        if row is None:
+            return
+        target = ("accounts.apitoken", row.pk, str(row))
+        row.delete()
+        audit.record(by, "token.delete", target=target)

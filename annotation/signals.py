@@ -1,8 +1,9 @@
-"""Audit receivers for writes that happen in several places or outside our services: logins,
-API tokens, new projects and import jobs (page, API and command alike), and Django admin changes
-(mirrored from the admin's own LogEntry); and a removed membership's leases given back, however
-it was removed. Connected in AnnotationConfig.ready(). Everything else
-is recorded by the services themselves (`annotation.audit.record`).
+"""Signal receivers, only where Django offers no other hook: logins and failed logins (auth's
+signals, which also count for the login throttle), Django admin changes (mirrored from the admin's
+own LogEntry), and a deleted membership's leases given back however it was deleted (the members
+page, the admin, a deleted account's cascade). Connected in AnnotationConfig.ready().
+Every other audit event is recorded explicitly by the service that makes the write
+(`annotation.services`, `curation.services`, `models_srv.services`).
 
 A receiver runs inside the transaction of the save that sent it, so a rolled-back write leaves
 no event behind.
@@ -14,17 +15,17 @@ from typing import Any
 
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.auth.signals import user_logged_in, user_login_failed
-from django.db.models.signals import post_delete, post_save, pre_save
+from django.db.models.signals import post_delete, post_save
 from django.http import HttpRequest
 
 from annotation import audit
-from annotation.models import ApiToken, ImportJob, Membership, Project
+from annotation.models import Membership, Project
 
 _ADMIN_ACTIONS = {ADDITION: "admin.add", CHANGE: "admin.change", DELETION: "admin.delete"}
 
 
 def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    from config.auth_views import login_succeeded
+    from accounts.login import login_succeeded
 
     login_succeeded(user.get_username())
     audit.record(user, "auth.login", target=user, request=request)
@@ -33,7 +34,7 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
 def on_login_failed(
     sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
 ) -> None:
-    from config.auth_views import login_blocked, login_failed
+    from accounts.login import login_blocked, login_failed
 
     username = str(credentials.get("username", ""))[:150]
     if login_blocked(request, username):
@@ -43,45 +44,6 @@ def on_login_failed(
     audit.record(None, "auth.login_failed", details={"username": username}, request=request)
     if locked:
         audit.record(None, "auth.login_locked", details={"username": username}, request=request)
-
-
-def on_token_pre_save(sender: Any, instance: ApiToken, **kwargs: Any) -> None:
-    old = ApiToken.objects.filter(pk=instance.pk).values_list("revoked_at", flat=True).first() if instance.pk else None
-    instance._audit_was_revoked = old is not None  # read by on_token_saved
-
-
-def on_token_saved(sender: Any, instance: ApiToken, created: bool, **kwargs: Any) -> None:
-    details = {"name": instance.name, "scopes": instance.scopes}
-    if created:
-        audit.record(instance.user, "token.create", target=instance, details=details)
-    elif instance.revoked_at is not None and not getattr(instance, "_audit_was_revoked", True):
-        audit.record(instance.user, "token.revoke", target=instance, details=details)
-
-
-def on_token_deleted(sender: Any, instance: ApiToken, **kwargs: Any) -> None:
-    audit.record(None, "token.delete", target=("annotation.apitoken", instance.pk, str(instance)))
-
-
-def on_project_saved(sender: Any, instance: Project, created: bool, raw: bool = False, **kwargs: Any) -> None:
-    if created and not raw:
-        audit.record(
-            instance.created_by,
-            "project.create",
-            project=instance,
-            target=instance,
-            details={"slug": instance.slug, "schema": instance.schema},
-        )
-
-
-def on_import_saved(sender: Any, instance: ImportJob, created: bool, raw: bool = False, **kwargs: Any) -> None:
-    if created and not raw:
-        audit.record(
-            instance.created_by,
-            "import.start",
-            project=instance.project,
-            target=("annotation.importjob", instance.uuid, instance.original_name or "(file)"),
-            details={"source": instance.source, "file": instance.original_name, "format": instance.format},
-        )
 
 
 def on_membership_deleted(sender: Any, instance: Membership, **kwargs: Any) -> None:
@@ -127,10 +89,5 @@ def connect() -> None:
     uid = "annotation.audit."
     user_logged_in.connect(on_login, dispatch_uid=uid + "login")
     user_login_failed.connect(on_login_failed, dispatch_uid=uid + "login_failed")
-    pre_save.connect(on_token_pre_save, sender=ApiToken, dispatch_uid=uid + "token_pre")
-    post_save.connect(on_token_saved, sender=ApiToken, dispatch_uid=uid + "token")
-    post_delete.connect(on_token_deleted, sender=ApiToken, dispatch_uid=uid + "token_delete")
-    post_save.connect(on_project_saved, sender=Project, dispatch_uid=uid + "project")
-    post_save.connect(on_import_saved, sender=ImportJob, dispatch_uid=uid + "import")
     post_save.connect(on_admin_log, sender=LogEntry, dispatch_uid=uid + "admin")
     post_delete.connect(on_membership_deleted, sender=Membership, dispatch_uid="annotation.queue.membership_delete")

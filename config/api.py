@@ -1,6 +1,6 @@
 """The HTTP API at /api/v1 (django-ninja): schema at /api/v1/openapi.json, docs at /api/v1/docs.
 
-Authentication and scopes are in config.auth: every operation takes a bearer token (`read` for
+Authentication and scopes are in accounts.auth: every operation takes a bearer token (`read` for
 GET, `write` for other methods unless it names a scope with `auth=scoped(...)`) or the browser
 session with CSRF."""
 
@@ -17,10 +17,10 @@ from ninja.openapi.schema import OpenAPISchema
 from ninja.operation import Operation
 from ninja.parser import Parser
 
+from accounts.auth import TokenAuth, scoped
+from accounts.throttle import TooManyBadTokensError
 from annotation.api import router as annotation_router
 from config.api_errors import ERROR_SCHEMA, common_refusals
-from config.auth import TokenAuth, scoped
-from config.throttle import TooManyBadTokensError
 from curation.api import router as curation_router
 from models_srv.api import router as models_router
 

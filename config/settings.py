@@ -136,6 +136,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "ninja",  # the API docs from its bundled static files, not a CDN (see config.security)
+    "accounts",
     "annotation",
     "curation",
     "models_srv",
@@ -336,7 +337,7 @@ CACHES["throttle"] = (
     if CACHES["default"]["BACKEND"].endswith(".LocMemCache")
     else CACHES["default"]
 )
-AUTHENTICATION_BACKENDS = ["config.auth_views.RateLimitedModelBackend"]
+AUTHENTICATION_BACKENDS = ["accounts.login.RateLimitedModelBackend"]
 # AI labelers (models_srv/judges.py): an LLM judge's api_key_env may name only variables starting
 # with PREFLOOP_LLM_KEY_ or listed here, and its base_url only these hosts (matched like
 # ALLOWED_HOSTS; empty = any host, so local vLLM / Ollama servers work without setup).

@@ -5,10 +5,10 @@ from django.shortcuts import redirect
 from django.templatetags.static import static
 from django.urls import include, path, re_path
 
+from accounts.login import RateLimitedLoginView, csrf_token
 from config import health
 from config.api import api
 from config.api_errors import not_found as api_not_found
-from config.auth_views import RateLimitedLoginView, csrf_token
 
 
 def favicon(request: HttpRequest) -> HttpResponse:

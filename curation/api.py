@@ -12,9 +12,9 @@ from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
 
+from accounts.auth import scoped
 from annotation.selectors import project_for_user
 from config.api_errors import refusals
-from config.auth import scoped
 from curation import selectors, services
 from curation.export import ExportError, ExportFilters
 from curation.models import ExportSnapshot, ExportStatus

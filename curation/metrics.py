@@ -22,6 +22,8 @@ from typing import Literal
 
 import numpy as np
 
+from models_srv.stats import binomial_test
+
 __all__ = [
     "AgreementPoint",
     "BiasTest",
@@ -244,32 +246,6 @@ def label_distribution(
 # --------------------------------------------------------------------------------------------
 # Bias tests
 # --------------------------------------------------------------------------------------------
-
-
-def binomial_test(successes: int, n: int, p: float = 0.5) -> float:
-    """Exact two-sided binomial test p-value (outcomes no more likely than the observed one).
-
-    Same definition as `scipy.stats.binomtest(...).pvalue`; computed in log space so it stays
-    exact for large n. Returns 1.0 for n == 0.
-    """
-    if n < 0 or not 0 <= successes <= n:
-        raise ValueError("need 0 <= successes <= n")
-    if not 0.0 < p < 1.0:
-        raise ValueError("p must be in (0, 1)")
-    if n == 0:
-        return 1.0
-    k = np.arange(n + 1)
-    logpmf = (
-        math.lgamma(n + 1)
-        - np.array([math.lgamma(i + 1) + math.lgamma(n - i + 1) for i in range(n + 1)])
-        + k * math.log(p)
-        + (n - k) * math.log1p(-p)
-    )
-    observed = logpmf[successes]
-    mask = logpmf <= observed + 1e-7 * max(1.0, abs(observed))  # relative tolerance, as scipy
-    top = float(logpmf[mask].max())
-    total = top + math.log(float(np.exp(logpmf[mask] - top).sum()))
-    return float(min(1.0, math.exp(total)))
 
 
 @dataclass(frozen=True)

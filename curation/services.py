@@ -226,7 +226,7 @@ def export_create(
             cutoff=timezone.now(),
             progress={"phase": "queued"},
         )
-        audit.record(user, "export.create", project=project, target=snapshot, details={"formats": names})
+        _record_export(snapshot, user, {"formats": names})
     if enqueue:
         _enqueue(snapshot)
     return snapshot
@@ -247,11 +247,15 @@ def export_reproduce(
             source_snapshot=snapshot,
             progress={"phase": "queued"},
         )
-        details = {"formats": snapshot.formats, "reproduces": str(snapshot.code)}
-        audit.record(user, "export.create", project=snapshot.project, target=copy, details=details)
+        _record_export(copy, user, {"formats": snapshot.formats, "reproduces": str(snapshot.code)})
     if enqueue:
         _enqueue(copy)
     return copy
+
+
+def _record_export(snapshot: ExportSnapshot, user: AbstractBaseUser | None, details: dict[str, Any]) -> None:
+    """The one `export.create` event, new or reproduced (inside the snapshot's transaction)."""
+    audit.record(user, "export.create", project=snapshot.project, target=snapshot, details=details)
 
 
 def _enqueue(snapshot: ExportSnapshot) -> None:

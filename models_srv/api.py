@@ -6,20 +6,18 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from django.db import transaction
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
 from pydantic import ValidationError, model_validator
 
+from accounts.auth import scoped
 from annotation.selectors import project_for_user
 from config.api_errors import refusals
-from config.auth import scoped
 from models_srv import selectors, services
 from models_srv.engine import TrainConfig
 from models_srv.models import RewardModelVersion
-from models_srv.tasks import gpu_rescore
 
 router = Router(tags=["reward models"])
 
@@ -115,10 +113,10 @@ def make_current(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
     openapi_extra=refusals({409: "Only a succeeded version can rescore items."}),
 )
 def rescore(request: HttpRequest, version_id: UUID) -> Status[RewardModelVersion]:
-    version = selectors.version_for_curator(request.user, version_id)
-    if version.status != RewardModelVersion.Status.SUCCEEDED:
-        raise HttpError(409, "only a succeeded version can rescore items")
-    transaction.on_commit(lambda: gpu_rescore.delay(version.id))
+    try:
+        version = services.rescore_request(version=selectors.version_for_curator(request.user, version_id))
+    except ValueError as exc:
+        raise HttpError(409, str(exc)) from None
     return Status(202, version)
 
 
@@ -272,10 +270,10 @@ def list_audits(request: HttpRequest, labeler_id: int) -> list[Any]:
 )
 def start_audit(request: HttpRequest, labeler_id: int) -> Status[Any]:
     """Audit the labeler's current config on probes built from the project's items (in the background)."""
-    from models_srv.judge_audit import AuditError, audit_start
+    from models_srv.judge_audit import AuditError
 
     labeler = selectors.labeler_for_curator(request.user, labeler_id)
     try:
-        return Status(202, audit_start(labeler=labeler, created_by=request.user, request=request))
+        return Status(202, services.audit_start(labeler=labeler, created_by=request.user, request=request))
     except AuditError as exc:
         raise HttpError(409, str(exc)) from None

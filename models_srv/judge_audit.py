@@ -38,10 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Q
-from django.http import HttpRequest
 from django.utils import timezone
 
 from annotation.models import Item, Labeler, LabelSource, Project, source_q
@@ -269,7 +267,7 @@ def _rate(hits: int, n: int) -> dict[str, Any]:
 
 def audit_metrics(results: list[tuple[Probe, list[Answer]]], limits: dict[str, float]) -> tuple[dict[str, Any], bool]:
     """The audit's figures from each probe's answers, the reasons it fails, and whether it passed."""
-    from curation.metrics import binomial_test
+    from models_srv.stats import binomial_test
 
     answers = [a for _, ans in results for a in ans]
     accepts: dict[str, list[bool]] = {"content_free": [], "truncated": []}
@@ -341,48 +339,6 @@ def _record(probe: Probe, answers: list[Answer]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # The job
-
-
-def audit_start(
-    *,
-    labeler: Labeler,
-    created_by: AbstractBaseUser | None = None,
-    enqueue: bool = True,
-    request: HttpRequest | None = None,
-) -> AILabelerAudit:
-    """Queue an audit of the labeler's current config on the project's items (in the audit log)."""
-    from annotation import audit as audit_log
-    from models_srv.tasks import ai_audit_run, gpu_audit_run
-
-    if not labeler.is_ai or labeler.project_id is None:
-        raise AuditError("only AI labelers are audited")
-    project = labeler.project
-    audit_schema(project.judgment_schema)
-    with transaction.atomic():
-        Labeler.objects.select_for_update().filter(id=labeler.id).first()  # one start at a time per labeler
-        running = AILabelerAudit.objects.filter(labeler=labeler, status__in=[RunStatus.QUEUED, RunStatus.RUNNING])
-        if running.exists():
-            raise AuditError("an audit of this labeler is already in progress")
-        ids = sample_items(project, settings.AI_AUDIT_ITEMS)
-        if not ids:
-            raise AuditError("the project has no items with two responses to build probes from")
-        audit = AILabelerAudit.objects.create(
-            project=project,
-            labeler=labeler,
-            labeler_version=labeler.version,
-            config_sha=config_sha(labeler.config),
-            item_ids=ids,
-            thresholds=thresholds(),
-            created_by=created_by,
-        )
-        details = {"labeler": labeler.name, "version": labeler.version, "probe_items": len(ids)}
-        audit_log.record(
-            created_by, "ai_labeler.audit", project=project, target=audit, details=details, request=request
-        )
-    if enqueue:
-        task = gpu_audit_run if labeler.kind == Labeler.Kind.DENSITY_RATIO else ai_audit_run
-        transaction.on_commit(lambda: task.delay(audit.id))
-    return audit
 
 
 def audit_execute(*, audit_id: int) -> AILabelerAudit | None:

@@ -1,4 +1,5 @@
-"""Writes of the reward-model service: start, run, cancel, promote and rescore versions.
+"""Writes of the reward-model service: start, run, cancel, promote and rescore versions; and a
+project's routing settings. Audited writes record their event here, in the write's transaction.
 
 Registry invariants: a version is `succeeded` only once its artifacts are on disk in their final
 folder and its metrics are stored (both in one transaction with the status change); a run that
@@ -26,13 +27,22 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Max, Q
+from django.http import HttpRequest
 from django.utils import timezone
 
 from annotation import audit
-from annotation.models import Item, Judgment, Project
+from annotation.models import Item, Judgment, Labeler, Project
+from annotation.services import record_settings_changed
 from config.jobs import JobLost, liveness, stale_after, sweep_stale
 from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create
-from models_srv.models import CrossFitRun, OutOfFoldMargin, ResponseScore, RewardModelVersion, RunStatus
+from models_srv.models import (
+    AILabelerAudit,
+    CrossFitRun,
+    OutOfFoldMargin,
+    ResponseScore,
+    RewardModelVersion,
+    RunStatus,
+)
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -205,14 +215,7 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
                 version.metrics = metrics
                 version.save(update_fields=["metrics"])
             if promotion["promoted"]:
-                _make_current(version)
-                audit.record(
-                    None,
-                    "reward_model.make_current",
-                    project=version.project,
-                    target=version,
-                    details={"automatic": True, "reason": promotion["reason"]},
-                )
+                _make_current(version, by=None, details={"automatic": True, "reason": promotion["reason"]})
     version.refresh_from_db()
     return version
 
@@ -289,11 +292,15 @@ def _fail(version: RewardModelVersion, error: str, attempt: int | None = None) -
     runs.update(status=RunStatus.FAILED, error=error[:20000], finished_at=timezone.now(), progress={"phase": "failed"})
 
 
-def _make_current(version: RewardModelVersion) -> None:
+def _make_current(
+    version: RewardModelVersion, *, by: AbstractBaseUser | None, details: dict[str, Any] | None = None
+) -> None:
+    """Make `version` its project's current one (by hand, or promoted after training), recorded."""
     RewardModelVersion.objects.filter(project=version.project, is_current=True).exclude(id=version.id).update(
         is_current=False
     )
     RewardModelVersion.objects.filter(id=version.id).update(is_current=True)
+    audit.record(by, "reward_model.make_current", project=version.project, target=version, details=details)
 
 
 def version_make_current(*, version: RewardModelVersion, by: AbstractBaseUser | None = None) -> RewardModelVersion:
@@ -301,9 +308,8 @@ def version_make_current(*, version: RewardModelVersion, by: AbstractBaseUser | 
     if version.status != RunStatus.SUCCEEDED:
         raise ValueError("only a succeeded version can become current")
     with transaction.atomic():
-        project = Project.objects.select_for_update().get(pk=version.project_id)
-        _make_current(version)
-        audit.record(by, "reward_model.make_current", project=project, target=version)
+        Project.objects.select_for_update().get(pk=version.project_id)
+        _make_current(version, by=by)
     version.refresh_from_db()
     return version
 
@@ -350,6 +356,86 @@ def recover_stale_runs(now: Any = None) -> dict[str, int]:
         send=lambda job: train_reward_model.delay(job["id"]),
         cleanup=lambda job: _remove_partials(job["project__slug"], job["uuid"]),
     )
+
+
+def rescore_request(*, version: RewardModelVersion) -> RewardModelVersion:
+    """Queue a rescore of the project's items by a succeeded version (once this commits)."""
+    from models_srv.tasks import gpu_rescore
+
+    if version.status != RewardModelVersion.Status.SUCCEEDED:
+        raise ValueError("only a succeeded version can rescore items")
+    transaction.on_commit(lambda: gpu_rescore.delay(version.id))
+    return version
+
+
+def routing_settings_set(
+    *,
+    project: Project,
+    policy: str,
+    human_budget: float,
+    calibration_share: float,
+    require_ai_audit: bool,
+    by: AbstractBaseUser | None,
+    request: Any = None,
+) -> Project:
+    """Change the project's routing settings (recording what changed) and re-route its items
+    once this commits."""
+    from models_srv.tasks import route_items
+
+    fields = ["routing_policy", "human_budget", "calibration_share", "require_ai_audit"]
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        before = {f: getattr(locked, f) for f in fields}
+        locked.routing_policy = policy
+        locked.human_budget = human_budget
+        locked.calibration_share = calibration_share
+        locked.require_ai_audit = require_ai_audit
+        locked.save(update_fields=[*fields, "updated_at"])
+        changes = {f: [before[f], getattr(locked, f)] for f in fields if before[f] != getattr(locked, f)}
+        record_settings_changed(project=locked, changes=changes, by=by, request=request)
+        transaction.on_commit(lambda: route_items.delay(locked.id))
+    return locked
+
+
+def audit_start(
+    *,
+    labeler: Labeler,
+    created_by: AbstractBaseUser | None = None,
+    enqueue: bool = True,
+    request: HttpRequest | None = None,
+) -> AILabelerAudit:
+    """Queue an audit of the labeler's current config on the project's items (in the audit log);
+    the probes, the run and the figures are in `models_srv.judge_audit`."""
+    from models_srv.judge_audit import AuditError, audit_schema, config_sha, sample_items, thresholds
+    from models_srv.tasks import ai_audit_run, gpu_audit_run
+
+    if not labeler.is_ai or labeler.project_id is None:
+        raise AuditError("only AI labelers are audited")
+    project = labeler.project
+    audit_schema(project.judgment_schema)
+    with transaction.atomic():
+        Labeler.objects.select_for_update().filter(id=labeler.id).first()  # one start at a time per labeler
+        running = AILabelerAudit.objects.filter(labeler=labeler, status__in=[RunStatus.QUEUED, RunStatus.RUNNING])
+        if running.exists():
+            raise AuditError("an audit of this labeler is already in progress")
+        ids = sample_items(project, settings.AI_AUDIT_ITEMS)
+        if not ids:
+            raise AuditError("the project has no items with two responses to build probes from")
+        run = AILabelerAudit.objects.create(
+            project=project,
+            labeler=labeler,
+            labeler_version=labeler.version,
+            config_sha=config_sha(labeler.config),
+            item_ids=ids,
+            thresholds=thresholds(),
+            created_by=created_by,
+        )
+        details = {"labeler": labeler.name, "version": labeler.version, "probe_items": len(ids)}
+        audit.record(created_by, "ai_labeler.audit", project=project, target=run, details=details, request=request)
+    if enqueue:
+        task = gpu_audit_run if labeler.kind == Labeler.Kind.DENSITY_RATIO else ai_audit_run
+        transaction.on_commit(lambda: task.delay(run.id))
+    return run
 
 
 def rescore(*, version_id: int, batch: int = 512) -> int:

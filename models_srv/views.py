@@ -9,12 +9,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from annotation import audit
 from annotation.selectors import project_for_user
 from models_srv import selectors, services
 from models_srv.forms import RoutingForm, TrainForm
-from models_srv.models import RewardModelVersion
-from models_srv.tasks import gpu_rescore
 
 
 def _panel(request: HttpRequest, project: object, form: TrainForm | None = None, error: str = "") -> HttpResponse:
@@ -62,9 +59,7 @@ def _act(request: HttpRequest, version_uuid: UUID, action: str) -> HttpResponse:
         elif action == "current":
             services.version_make_current(version=version, by=request.user)
         elif action == "rescore":
-            if version.status != RewardModelVersion.Status.SUCCEEDED:
-                raise ValueError("only a succeeded version can rescore items")
-            gpu_rescore.delay(version.id)
+            services.rescore_request(version=version)
     except ValueError as exc:
         error = str(exc)
     if not request.htmx:
@@ -209,12 +204,12 @@ def labeler_detail(request: HttpRequest, labeler_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def labeler_audit(request: HttpRequest, labeler_id: int) -> HttpResponse:
-    from models_srv.judge_audit import AuditError, audit_start
+    from models_srv.judge_audit import AuditError
 
     labeler = selectors.labeler_for_curator(request.user, labeler_id)
     error = ""
     try:
-        audit_start(labeler=labeler, created_by=request.user, request=request)
+        services.audit_start(labeler=labeler, created_by=request.user, request=request)
     except AuditError as exc:
         error = str(exc)
     if not request.htmx and not error:
@@ -293,10 +288,6 @@ def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None
 @login_required
 @require_POST
 def routing_run(request: HttpRequest, slug: str) -> HttpResponse:
-    from django.db import transaction
-
-    from models_srv.tasks import route_items
-
     project = project_for_user(request.user, slug, curator=True)
     data = request.POST.copy()
     # A bare "Re-route" (no fields) keeps the project's current settings.
@@ -308,14 +299,13 @@ def routing_run(request: HttpRequest, slug: str) -> HttpResponse:
     form = RoutingForm(data)
     if not form.is_valid():
         return _routing_render(request, project, form)
-    fields = ["routing_policy", "human_budget", "calibration_share", "require_ai_audit"]
-    before = {f: getattr(project, f) for f in fields}
-    project.routing_policy = form.cleaned_data["routing_policy"]
-    project.human_budget = form.cleaned_data["budget_percent"] / 100
-    project.calibration_share = form.cleaned_data["calibration_percent"] / 100
-    project.require_ai_audit = form.cleaned_data["require_ai_audit"]
-    project.save(update_fields=[*fields, "updated_at"])
-    changes = {f: [before[f], getattr(project, f)] for f in fields if before[f] != getattr(project, f)}
-    audit.record(request.user, "project.settings", project=project, target=project, details=changes, request=request)
-    transaction.on_commit(lambda: route_items.delay(project.id))
+    services.routing_settings_set(
+        project=project,
+        policy=form.cleaned_data["routing_policy"],
+        human_budget=form.cleaned_data["budget_percent"] / 100,
+        calibration_share=form.cleaned_data["calibration_percent"] / 100,
+        require_ai_audit=form.cleaned_data["require_ai_audit"],
+        by=request.user,
+        request=request,
+    )
     return redirect("models_srv:routing", slug=project.slug)

@@ -101,8 +101,9 @@ def _seed_data() -> dict[str, Any]:
     from django.contrib.auth import get_user_model
     from django.core.files.base import ContentFile
 
+    from accounts.models import ApiToken
     from annotation import queue, services
-    from annotation.models import ApiToken, Assignment, ImportJob, Item, Membership, Project
+    from annotation.models import Assignment, ImportJob, Item, Membership, Project
     from curation import services as curation
     from curation.models import CurationAction, ExportSnapshot
     from models_srv import judge_audit, labeling
@@ -205,7 +206,7 @@ def _seed_data() -> dict[str, Any]:
         run = labeling.run_start(project=chat, labeler=judge, created_by=curator, enqueue=False)
         run = labeling.run_execute(run_id=run.id)
         notes.append(f"reward-model labeler run: {run.status}")
-        audit = judge_audit.audit_execute(audit_id=judge_audit.audit_start(labeler=judge, enqueue=False).id)
+        audit = judge_audit.audit_execute(audit_id=rm.audit_start(labeler=judge, enqueue=False).id)
         notes.append(f"reward-model judge audit: {audit.status} passed={audit.passed}")
     RewardModelVersion.objects.create(
         project=chat, version=99, status="failed", config={}, snapshot=version.snapshot, error="out of memory (seeded)"
@@ -234,7 +235,7 @@ def _seed_data() -> dict[str, Any]:
         labeling.run_execute(run_id=run.id)
     except Exception as exc:  # a failed run is a page state worth crawling
         notes.append(f"llm run: {type(exc).__name__}")
-    audit = judge_audit.audit_execute(audit_id=judge_audit.audit_start(labeler=llm, enqueue=False).id)
+    audit = judge_audit.audit_execute(audit_id=rm.audit_start(labeler=llm, enqueue=False).id)
     notes.append(f"llm judge audit (nobody answers): {audit.status} passed={audit.passed}")
     lap("models and labelers")
     from models_srv.routing import route_project

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from annotation.models import ApiToken, ImportJob, Item, Judgment, Labeler, Project
+from accounts.models import ApiToken
+from annotation.models import ImportJob, Item, Judgment, Labeler, Project
 from annotation.queue import human_labeler
 from annotation.services import import_job_run
 

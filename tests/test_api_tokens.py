@@ -10,8 +10,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from annotation.models import ApiToken, Project
-from config.auth import SCOPES, parse_scopes, token_create
+from accounts.auth import SCOPES, parse_scopes
+from accounts.models import ApiToken
+from annotation.models import Project
+from annotation.services import token_create
 from tests.test_api import ENDPOINTS, build_world, call, world_ids
 
 
@@ -110,7 +112,7 @@ def test_scopes_are_parsed_and_checked() -> None:
 
 
 def test_revoked_unknown_and_inactive_tokens_answer_401(project: Project, curator: Any) -> None:
-    from config.auth import token_revoke
+    from annotation.services import token_revoke
 
     token, key = token_create(user=curator, name="ci", scopes=["read"])
     c = bearer(key)

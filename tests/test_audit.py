@@ -12,9 +12,10 @@ from django.contrib.contenttypes.models import ContentType
 from django.test import Client
 from django.urls import reverse
 
+from accounts.models import ApiToken
 from annotation import audit
 from annotation.importing import import_items
-from annotation.models import ApiToken, AuditEvent, Item, Project
+from annotation.models import AuditEvent, Item, Project
 from curation import services as curation_services
 from curation.models import ExportSnapshot
 from models_srv import services as rm_services
@@ -89,15 +90,13 @@ def test_exports_reward_models_and_routing_settings_are_recorded(project: Projec
 
 
 def test_api_tokens_created_revoked_and_deleted_are_recorded(curator) -> None:
-    from django.utils import timezone
+    from annotation.services import token_create, token_delete, token_revoke
 
-    token = ApiToken.objects.create(user=curator, name="nightly", key_hash=ApiToken.hash_key("pl_x"))
-    token.name = "renamed"
-    token.save()  # not a revocation
-    token.revoked_at = timezone.now()
-    token.save()
-    token.save()  # revoked already: no second event
-    token.delete()
+    token, _ = token_create(user=curator, name="nightly", scopes=["read"])
+    token_revoke(token=token)
+    token_revoke(token=token)  # revoked already: no second event
+    token_delete(token=token)
+    assert not ApiToken.objects.exists()
     assert events(action__startswith="token.") == [
         ("token.create", "carol"),
         ("token.revoke", "carol"),

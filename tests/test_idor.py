@@ -19,9 +19,10 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
+from accounts.models import ApiToken
 from annotation import queue
 from annotation.importing import import_items
-from annotation.models import ApiToken, Assignment, ImportJob, Item, Labeler, Membership, Project
+from annotation.models import Assignment, ImportJob, Item, Labeler, Membership, Project
 from annotation.services import membership_set
 from curation.models import ExportSnapshot
 from curation.services import curation_action_apply

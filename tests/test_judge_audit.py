@@ -14,10 +14,11 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation.models import Item, Judgment, Labeler
-from models_srv.judge_audit import CONTENT_FREE, audit_execute, audit_gate, audit_start, build_probes, standings
+from models_srv.judge_audit import CONTENT_FREE, audit_execute, audit_gate, build_probes, standings
 from models_srv.labeling import ai_consensus, run_start
 from models_srv.models import AILabelerAudit
 from models_srv.routing import item_features
+from models_srv.services import audit_start
 from tests.fake_openai import FOOLED_BY, FakeOpenAI
 from tests.test_ai_order_disagreement import llm_labeler, varied_project
 

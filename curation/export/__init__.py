@@ -28,11 +28,12 @@ Formats (one folder each, one file per split and file type, e.g. `pairs/train.pa
 - `raw`: one row per judgment, with a pseudonymous labeler id (for pluralistic reward models)
 """
 
+from annotation.pseudonym import pseudonym
 from curation.export.build import build_export
 from curation.export.bundle import bundle_export, remove_loose_files
 from curation.export.context import ExportResult
 from curation.export.files import sha256_file
-from curation.export.filters import FORMATS, ExportError, ExportFilters, parse_formats, pseudonym
+from curation.export.filters import FORMATS, ExportError, ExportFilters, parse_formats
 
 __all__ = [
     "FORMATS",

@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from annotation.models import GuidelinesVersion, Labeler, LabelSource, Project, SchemaVersion, source_of_kind
+from annotation.pseudonym import pseudonym
 from annotation.schema import JudgmentSchema
 from curation.consensus import Consensus
-from curation.export.filters import ExportFilters, pseudonym
+from curation.export.filters import ExportFilters
 from models_srv.data import held_out
 
 

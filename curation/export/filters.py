@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable, Mapping
 from datetime import date
 from typing import Any, Literal
 
-from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from annotation.schema import JudgmentSchema, format_validation_error
@@ -94,12 +91,6 @@ def parse_formats(formats: Iterable[str] | str, schema: JudgmentSchema | None = 
             if need and getattr(schema, need) is None:
                 raise ExportError(f"the {name} format needs a {need} question in the project's schema")
     return [f for f in FORMATS if f in names]
-
-
-def pseudonym(project_slug: str, labeler_id: int) -> str:
-    """A stable pseudonymous annotator id: HMAC-SHA256(SECRET_KEY, "slug:labeler id"), 16 hex digits."""
-    mac = hmac.new(settings.SECRET_KEY.encode(), f"{project_slug}:{labeler_id}".encode(), hashlib.sha256)
-    return mac.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------

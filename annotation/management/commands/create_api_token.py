@@ -3,7 +3,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from config.auth import SCOPES, TokenError, token_create
+from accounts.auth import SCOPES, TokenError
+from annotation.services import token_create
 
 
 class Command(BaseCommand):

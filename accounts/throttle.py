@@ -47,7 +47,7 @@ def hit(key: str, window: int) -> int:
         cache.add(key, 0, timeout=window)
         connection = connections[db]
         if connection.features.has_select_for_update:
-            table = connection.ops.quote_name(cache._table)
+            table = connection.ops.quote_name(cache._table)  # type: ignore[attr-defined]  # set in its __init__
             with connection.cursor() as cursor:
                 cursor.execute(
                     f"SELECT 1 FROM {table} WHERE cache_key = %s FOR UPDATE",  # noqa: S608 (a quoted table name)

@@ -13,8 +13,9 @@ GET/HEAD/OPTIONS and `write` for anything else, so a new endpoint is never laxer
 A token without the scope an operation needs gets 403 with the scope's name. A browser session
 is not limited by scopes (it is the user themself) but needs the CSRF token on unsafe methods.
 
-Only the key's SHA-256 is stored; `last_used_at` is refreshed at most once a minute. Bad tokens
-are counted per client address (config.throttle): past API_TOKEN_RATE_LIMIT_PER_IP within the
+Tokens are created and revoked by `annotation.services` (with their audit events). Only the
+key's SHA-256 is stored; `last_used_at` is refreshed at most once a minute. Bad tokens
+are counted per client address (accounts.throttle): past API_TOKEN_RATE_LIMIT_PER_IP within the
 window, that address's token requests get 429 with Retry-After, before any token is looked up.
 """
 
@@ -24,14 +25,13 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
-from annotation.models import ApiToken
-from config import throttle
+from accounts import throttle
+from accounts.models import ApiToken
 
 SCOPES: dict[str, str] = {
     "read": "read projects, items, judgments, jobs, models and exports (always granted)",
@@ -61,38 +61,6 @@ def parse_scopes(scopes: Iterable[str] | str) -> list[str]:
     if unknown:
         raise TokenError(f"unknown scope(s) {', '.join(unknown)}; use {', '.join(SCOPES)}")
     return [s for s in SCOPES if s in names or s == "read"]
-
-
-def token_create(*, user: AbstractBaseUser, name: str, scopes: Iterable[str] | str) -> tuple[ApiToken, str]:
-    """Store a new token (only its hash) and return it with its key, which is never shown again."""
-    name = (name or "").strip()
-    if not name or len(name) > 100:
-        raise TokenError("a token needs a name of 1 to 100 characters")
-    key = ApiToken.new_key()
-    token = ApiToken.objects.create(user=user, name=name, key_hash=ApiToken.hash_key(key), scopes=parse_scopes(scopes))
-    return token, key
-
-
-def token_revoke(*, token: ApiToken) -> ApiToken:
-    """Revoke a token at once; revoking twice keeps the first time."""
-    from django.db import transaction
-
-    with transaction.atomic():  # saved, not updated, so the audit log's signal sees the revocation
-        row = ApiToken.objects.select_for_update().get(pk=token.pk)
-        if row.revoked_at is None:
-            row.revoked_at = timezone.now()
-            row.save(update_fields=["revoked_at"])
-    token.refresh_from_db()
-    return token
-
-
-def tokens_of(user: AbstractBaseUser) -> list[ApiToken]:
-    return list(ApiToken.objects.filter(user=user).order_by("revoked_at", "-created_at", "-id"))
-
-
-def token_of_user(user: AbstractBaseUser, token_id: int) -> ApiToken | None:
-    """The user's own token, or None (another user's token id finds nothing)."""
-    return ApiToken.objects.filter(user=user, pk=token_id).first()
 
 
 class TokenAuth(HttpBearer):

@@ -1,6 +1,6 @@
 """Login rate limiting.
 
-Failed logins are counted in config.throttle's store, which every web process shares, per
+Failed logins are counted in accounts.throttle's store, which every web process shares, per
 username (LOGIN_RATE_LIMIT, default 5) and per client address (LOGIN_RATE_LIMIT_PER_IP, default
 20) over a fixed window (LOGIN_RATE_LIMIT_WINDOW seconds, default 900). Past either limit the
 login form answers 429 without checking the password, and the authentication backend refuses too,
@@ -25,7 +25,7 @@ from django.middleware.csrf import get_token
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from config import throttle
+from accounts import throttle
 from config.security import client_ip
 
 
@@ -87,7 +87,7 @@ class RateLimitedLoginView(LoginView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         username = request.POST.get("username", "")
         if login_blocked(request, username):
-            form = self.form_class(request=request, initial={"username": username[:150]})
+            form = self.get_form_class()(request=request, initial={"username": username[:150]})
             minutes = max(1, round(_window() / 60))
             context = self.get_context_data(form=form, rate_limited=True, retry_minutes=minutes)
             response = self.render_to_response(context, status=429)

@@ -1,0 +1,16 @@
+"""Reads of a user's own tokens."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+
+from accounts.models import ApiToken
+
+
+def tokens_of(user: AbstractBaseUser) -> list[ApiToken]:
+    return list(ApiToken.objects.filter(user_id=user.pk).order_by("revoked_at", "-created_at", "-id"))
+
+
+def token_of_user(user: AbstractBaseUser, token_id: int) -> ApiToken | None:
+    """The user's own token, or None (another user's token id finds nothing)."""
+    return ApiToken.objects.filter(user_id=user.pk, pk=token_id).first()
