@@ -21,11 +21,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
 
 from annotation.models import Assignment, Item, Judgment, Labeler, Project
+from curation.consensus import pairwise_consensus
 from curation.export import ExportFilters, build_export, bundle_export
+from curation.export.build import bulk_pairwise_consensus
+from curation.export.deflate import deflated_files
+from curation.export.query import JudgmentColumns
 from curation.models import CurationAction
 
 FULL = {
@@ -159,7 +164,7 @@ def _generate(project: Project, schema: dict[str, Any], n_items: int, responses:
 
 
 def _export(project: Project, formats: list[str], out: Path, **filters: Any) -> dict[str, str]:
-    build_export(
+    result = build_export(
         project=project,
         filters=ExportFilters.parse(filters),
         formats=formats,
@@ -168,7 +173,10 @@ def _export(project: Project, formats: list[str], out: Path, **filters: Any) -> 
         card={"code": "golden", "license": "cc-by-4.0", "source": ""},
         chunk_items=97,
     )
+    jsonl = sorted(f["name"] for f in result.files if f["kind"] == "jsonl")
+    assert sorted(deflated_files(out)) == jsonl  # deflated during the pass: the bundle copies them
     bundle_export(out, "golden", CUTOFF)
+    assert not (out / ".deflated").exists()
     return {
         p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
         for p in sorted(out.rglob("*"))
@@ -276,3 +284,48 @@ def test_ranking_export_with_chat_prompts_is_unchanged(make_project: Any, tmp_pa
     _generate(project, RANKING, 400, 3, seed=2, base=9_200_000)
     formats = ["listwise", "rubric", "raw"]
     _check("RANKING_ALL", _export(project, formats, tmp_path / "all", label_source="all"), RANKING_ALL)
+
+
+def test_bulk_pairwise_consensus_equals_the_one_item_rule() -> None:
+    rng = random.Random(7)
+    n_items, rows = 300, []
+    for i in range(n_items):
+        for _ in range(rng.randint(0, 6)):
+            ai = rng.random() < 0.4
+            rows.append(
+                (
+                    i,
+                    2 if ai else rng.choice([0, 1]),  # source: human, imported, ai
+                    rng.choice(["A", "B", "tie", "A", None, "bogus"]),
+                    rng.choice([None, 1, 2, 3]),
+                    rng.choice([None, round(rng.random(), 3), 0.5, 0.0]) if ai else None,
+                    rng.random() < 0.8,
+                )
+            )
+    n = len(rows)
+    cols = JudgmentColumns(
+        item=np.array([r[0] for r in rows], dtype=np.int64),
+        source=np.array([r[1] for r in rows], dtype=np.int8),
+        labeler_id=np.zeros(n, dtype=np.int64),
+        kind=("human",) * n,
+        uuid=("",) * n,
+        choice=tuple(r[2] for r in rows),
+        strength=tuple(r[3] for r in rows),
+        justification=("",) * n,
+        response_order=(None,) * n,
+        time_spent_ms=(None,) * n,
+        confidence=tuple(r[4] for r in rows),
+        schema_version=(1,) * n,
+        guidelines_version=(None,) * n,
+        created_us=(0,) * n,
+        created_json=("",) * n,
+        payloads=None,
+    )
+    selected = np.array([r[5] for r in rows], dtype=bool)
+    bulk = bulk_pairwise_consensus(cols, selected, n_items)
+    for i in range(n_items):
+        votes = [r for r in rows if r[0] == i and r[5] and r[2] in ("A", "B", "tie")]
+        weights = [r[4] if r[1] == 2 and r[4] is not None else 1.0 for r in votes]
+        expected = pairwise_consensus([(r[2], r[3] or 0) for r in votes], weights)
+        assert bulk[i] == expected, i
+    assert sum(1 for c in bulk if c.label in ("A", "B")) > 50  # the data exercises the rule
