@@ -28,7 +28,7 @@ from annotation import overlap as overlap_rule
 from annotation.importing import ImportRefused, ImportResult, RowError, import_items
 from annotation.models import Assignment, GuidelinesVersion, ImportJob, Item, Membership, Project, SchemaVersion
 from annotation.schema import JudgmentSchema, format_validation_error
-from config.jobs import JobLost, liveness, stale_after, sweep_stale
+from config.jobs import JobLost, claim_job, liveness, stale_after, sweep_stale
 
 log = logging.getLogger(__name__)
 
@@ -382,22 +382,21 @@ def import_job_run(*, job_id: int, redelivered: bool = False) -> ImportJob | Non
     that lost its claim meanwhile rolls its rows back. A redelivered message takes over a running
     job only once its heartbeat is stale.
     """
-    now = timezone.now()
-    claimable = Q(status=ImportJob.Status.PENDING)
-    if redelivered:
-        claimable |= Q(status=ImportJob.Status.RUNNING) & _silent_since(now - stale_after())
-    with transaction.atomic():
-        job = ImportJob.objects.select_for_update().filter(claimable, id=job_id).first()
-        if job is None:
-            return None
-        if job.attempts >= IMPORT_MAX_ATTEMPTS:
-            _finish(job, ImportJob.objects.filter(id=job.id), ImportJob.Status.FAILED, ImportResult(), [_GAVE_UP])
-            return None
-        job.status = ImportJob.Status.RUNNING
-        job.attempts += 1
-        job.started_at = job.heartbeat_at = now
-        job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
-    mine = ImportJob.objects.filter(id=job.id, status=ImportJob.Status.RUNNING, attempts=job.attempts)
+    claim = claim_job(
+        ImportJob,
+        pk=job_id,
+        pending=ImportJob.Status.PENDING,
+        running=ImportJob.Status.RUNNING,
+        redelivered=redelivered,
+        stale=_silent_since(timezone.now() - stale_after()),
+        max_attempts=IMPORT_MAX_ATTEMPTS,
+        give_up=lambda job: _finish(
+            job, ImportJob.objects.filter(id=job.id), ImportJob.Status.FAILED, ImportResult(), [_GAVE_UP]
+        ),
+    )
+    if claim is None:
+        return None
+    mine = claim.owned
     job = ImportJob.objects.select_related("project").get(id=job_id)
     try:
         with liveness(mine) as beat, transaction.atomic():

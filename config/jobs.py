@@ -1,4 +1,15 @@
-"""Liveness of long-running jobs (training runs, exports, imports, AI labeling runs).
+"""The job runner of long-running jobs (training runs, exports, imports, AI labeling runs):
+claim, attempts, heartbeat, `.partial` folders and the stale sweep, one definition each.
+
+`claim_job` takes a job's row with a conditional update under a row lock: pending, or (on a
+broker redelivery) running with a stale heartbeat; a job already tried `max_attempts` times is
+given up instead. The claim counts the attempt and returns the attempt's fenced queryset
+(id, running status, attempt number): every later write of the attempt goes through it, so an
+attempt that lost the job writes nothing. `partial_folder` gives the attempt its own
+`<name>.<attempt>.partial` working folder (earlier attempts' removed), renamed into place on
+success; `sweep_stale` re-queues or fails the jobs whose heartbeat went silent.
+
+Liveness:
 
 A job's task claims its row with a conditional update (status and attempt number) and owns the
 job only while the row still says what it claimed. `liveness(owned)` keeps that row's
@@ -23,16 +34,21 @@ and would only wait on the caller's locks.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, connections, transaction
-from django.db.models import QuerySet
+from django.db import DatabaseError, connections, models, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
+
+M = TypeVar("M", bound=models.Model)
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +166,67 @@ def sweep_stale(
                 if cleanup is not None:
                     cleanup(job)
     return counts
+
+
+@dataclass
+class Claim(Generic[M]):
+    """A claimed attempt: the job as claimed, its attempt number and the fenced queryset that
+    matches the row only while this attempt owns it."""
+
+    job: M
+    attempt: int
+    owned: QuerySet[M]
+
+
+def claim_job(
+    model: type[M],
+    *,
+    pk: int,
+    pending: str,
+    running: str,
+    redelivered: bool,
+    stale: Q,
+    max_attempts: int,
+    give_up: Callable[[M], None],
+    only: Q | None = None,
+    fields: dict[str, Any] | None = None,
+) -> Claim[M] | None:
+    """Claim job `pk` of `model` (fields `status`, `attempts`, `started_at`, `heartbeat_at`).
+
+    Claimable: `pending`, or on a redelivery `running` and `stale` (its heartbeat went silent).
+    Returns None when the job is not claimable (another worker has it, or it is over) or was
+    worn out (`give_up(job)` then marks it failed). `only` narrows what may be claimed; `fields`
+    are written with the claim."""
+    now = timezone.now()
+    claimable = Q(status=pending)
+    if redelivered:
+        claimable |= Q(status=running) & stale
+    with transaction.atomic():
+        job = model._default_manager.select_for_update().filter(claimable, only or Q(), pk=pk).first()
+        if job is None:
+            return None
+        if job.attempts >= max_attempts:  # type: ignore[attr-defined]
+            give_up(job)
+            return None
+        job.status = running  # type: ignore[attr-defined]
+        job.attempts += 1  # type: ignore[attr-defined]
+        job.started_at = job.heartbeat_at = now  # type: ignore[attr-defined]
+        for name, value in (fields or {}).items():
+            setattr(job, name, value)
+        job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", *(fields or {})])
+    attempt: int = job.attempts  # type: ignore[attr-defined]
+    owned = model._default_manager.filter(pk=job.pk, status=running, attempts=attempt)
+    return Claim(job=job, attempt=attempt, owned=owned)
+
+
+def remove_partials(final: Path) -> None:
+    """Every attempt's half-written folder of `final` (`<name>.partial`, `<name>.<n>.partial`)."""
+    for folder in final.parent.glob(f"{final.name}*.partial"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def partial_folder(final: Path, attempt: int) -> Path:
+    """The working folder of this attempt, renamed to `final` on success; earlier attempts'
+    folders are removed (they lost the job)."""
+    remove_partials(final)
+    return final.with_name(f"{final.name}.{attempt}.partial")

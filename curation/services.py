@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from annotation import audit, overlap, queue
 from annotation.models import ImportJob, Item, Labeler, Project
-from config.jobs import JobLost, liveness, stale_after, sweep_stale
+from config.jobs import JobLost, claim_job, liveness, partial_folder, remove_partials, stale_after, sweep_stale
 from curation.export import (
     ExportError,
     ExportFilters,
@@ -269,30 +269,23 @@ def export_run(*, snapshot_id: int, redelivered: bool = False) -> ExportSnapshot
 
     On a redelivery (the broker handing the message out again because its worker died) a
     `running` snapshot whose heartbeat went stale is taken over and built again from scratch."""
-    now = timezone.now()
-    claimable = Q(status=ExportStatus.PENDING)
-    if redelivered:
-        claimable |= Q(status=ExportStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after())
-    with transaction.atomic():
-        snapshot = ExportSnapshot.objects.select_for_update().filter(claimable, id=snapshot_id).first()
-        if snapshot is None:
-            return None
-        if snapshot.attempts >= MAX_ATTEMPTS:
-            _fail(snapshot, f"gave up after {snapshot.attempts} attempts (the worker died each time)")
-            return None
-        snapshot.status = ExportStatus.RUNNING
-        snapshot.attempts += 1
-        snapshot.started_at = now
-        snapshot.heartbeat_at = now
-        snapshot.progress = {"phase": "starting"}
-        snapshot.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "progress"])
-
-    attempt = snapshot.attempts
-    mine = ExportSnapshot.objects.filter(id=snapshot.id, status=ExportStatus.RUNNING, attempts=attempt)
-    snapshot = ExportSnapshot.objects.select_related("project").get(id=snapshot.id)
+    claim = claim_job(
+        ExportSnapshot,
+        pk=snapshot_id,
+        pending=ExportStatus.PENDING,
+        running=ExportStatus.RUNNING,
+        redelivered=redelivered,
+        stale=Q(heartbeat_at__lt=timezone.now() - heartbeat_stale_after()),
+        max_attempts=MAX_ATTEMPTS,
+        give_up=lambda s: _fail(s, f"gave up after {s.attempts} attempts (the worker died each time)"),
+        fields={"progress": {"phase": "starting"}},
+    )
+    if claim is None:
+        return None
+    attempt, mine = claim.attempt, claim.owned
+    snapshot = ExportSnapshot.objects.select_related("project").get(id=snapshot_id)
     final = snapshot.folder
-    _remove_partials(snapshot.code)  # earlier attempts': they lost the snapshot
-    temp = final.with_name(f"{final.name}.{attempt}.partial")
+    temp = partial_folder(final, attempt)
     last = [0.0]
 
     def heartbeat(info: dict[str, Any]) -> None:
@@ -370,8 +363,7 @@ def _fail(snapshot: ExportSnapshot, error: str, attempt: int | None = None) -> N
 
 def _remove_partials(code: Any) -> None:
     """Every attempt's half-written folder of a snapshot (`<code>.partial`, `<code>.<n>.partial`)."""
-    for folder in exports_root().glob(f"{code}*.partial"):
-        shutil.rmtree(folder, ignore_errors=True)
+    remove_partials(exports_root() / str(code))
 
 
 def recover_stale_exports(now: Any = None) -> dict[str, int]:

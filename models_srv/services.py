@@ -33,7 +33,7 @@ from django.utils import timezone
 from annotation import audit
 from annotation.models import Item, Judgment, Labeler, Project
 from annotation.services import record_settings_changed
-from config.jobs import JobLost, liveness, stale_after, sweep_stale
+from config.jobs import JobLost, claim_job, liveness, partial_folder, remove_partials, stale_after, sweep_stale
 from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create
 from models_srv.models import (
     AILabelerAudit,
@@ -63,8 +63,7 @@ class RunSupersededError(Exception):
 
 def _remove_partials(slug: str, run_uuid: Any) -> None:
     """Every attempt's half-written folder of a run (`<uuid>.partial`, `<uuid>.<n>.partial`)."""
-    for folder in (artifacts_root() / slug).glob(f"{run_uuid}*.partial"):
-        shutil.rmtree(folder, ignore_errors=True)
+    remove_partials(artifacts_root() / slug / str(run_uuid))
 
 
 def training_start(
@@ -107,38 +106,29 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
     from models_srv.evaluation import evaluate_model
 
     now = timezone.now()
-    claimable = Q(status=RunStatus.QUEUED)
-    if redelivered:
-        # The broker hands a message out again when its worker died, or when a run outlasts the
-        # broker's visibility timeout while its worker is alive: only a silent run is taken over.
-        claimable |= Q(status=RunStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after())
-    with transaction.atomic():
-        version = (
-            RewardModelVersion.objects.select_for_update()
-            .filter(claimable, id=version_id, cancel_requested=False)
-            .first()
+    # A redelivered message (its worker died, or a run outlasted the broker's visibility timeout
+    # while its worker is alive) takes over only a silent run.
+    claim = claim_job(
+        RewardModelVersion,
+        pk=version_id,
+        pending=RunStatus.QUEUED,
+        running=RunStatus.RUNNING,
+        redelivered=redelivered,
+        stale=Q(heartbeat_at__lt=now - heartbeat_stale_after()),
+        max_attempts=MAX_ATTEMPTS,
+        give_up=lambda v: _fail(v, f"gave up after {v.attempts} attempts (the worker died each time)"),
+        only=Q(cancel_requested=False),
+        fields={"progress": {"phase": "loading data"}},
+    )
+    if claim is None:
+        RewardModelVersion.objects.filter(id=version_id, status=RunStatus.QUEUED, cancel_requested=True).update(
+            status=RunStatus.CANCELLED, finished_at=now
         )
-        if version is None:
-            RewardModelVersion.objects.filter(id=version_id, status=RunStatus.QUEUED, cancel_requested=True).update(
-                status=RunStatus.CANCELLED, finished_at=now
-            )
-            return None
-        if version.attempts >= MAX_ATTEMPTS:
-            _fail(version, f"gave up after {version.attempts} attempts (the worker died each time)")
-            return None
-        version.status = RunStatus.RUNNING
-        version.attempts += 1
-        version.started_at = now
-        version.heartbeat_at = now
-        version.progress = {"phase": "loading data"}
-        version.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "progress"])
-
-    attempt = version.attempts
-    mine = RewardModelVersion.objects.filter(id=version.id, status=RunStatus.RUNNING, attempts=attempt)
+        return None
+    version, attempt, mine = claim.job, claim.attempt, claim.owned
     config = engine.TrainConfig.model_validate(version.config)
     final = artifacts_root() / version.project.slug / str(version.uuid)
-    _remove_partials(version.project.slug, version.uuid)  # earlier attempts': they lost the run
-    temp = final.with_name(f"{final.name}.{attempt}.partial")
+    temp = partial_folder(final, attempt)  # earlier attempts' folders go: they lost the run
     state = {"last_check": 0.0, "cancel": False}
 
     def progress(info: dict[str, Any]) -> None:
@@ -593,22 +583,22 @@ def crossfit_run(*, run_id: int, redelivered: bool = False) -> CrossFitRun | Non
     from models_srv.crossfit import crossfit
 
     now = timezone.now()
-    claimable = Q(status=RunStatus.QUEUED)
-    if redelivered:
-        claimable |= Q(status=RunStatus.RUNNING, heartbeat_at__lt=now - heartbeat_stale_after())
-    with transaction.atomic():
-        run = CrossFitRun.objects.select_for_update().filter(claimable, id=run_id).first()
-        if run is None:
-            return None
-        if run.attempts >= MAX_ATTEMPTS:
-            CrossFitRun.objects.filter(id=run.id).update(
-                status=RunStatus.FAILED, error="gave up: the worker died each time", finished_at=now
-            )
-            return None
-        run.status, run.attempts, run.started_at, run.heartbeat_at = RunStatus.RUNNING, run.attempts + 1, now, now
-        run.progress = {"phase": "loading data"}
-        run.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "progress"])
-    mine = CrossFitRun.objects.filter(id=run.id, status=RunStatus.RUNNING, attempts=run.attempts)
+    claim = claim_job(
+        CrossFitRun,
+        pk=run_id,
+        pending=RunStatus.QUEUED,
+        running=RunStatus.RUNNING,
+        redelivered=redelivered,
+        stale=Q(heartbeat_at__lt=now - heartbeat_stale_after()),
+        max_attempts=MAX_ATTEMPTS,
+        give_up=lambda r: CrossFitRun.objects.filter(id=r.id).update(
+            status=RunStatus.FAILED, error="gave up: the worker died each time", finished_at=now
+        ),
+        fields={"progress": {"phase": "loading data"}},
+    )
+    if claim is None:
+        return None
+    run, mine = claim.job, claim.owned
 
     def progress(info: dict[str, Any]) -> None:
         if not mine.update(progress=info, heartbeat_at=timezone.now()):

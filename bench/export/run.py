@@ -200,9 +200,10 @@ def export(slug: str, formats: list[str]) -> None:
     )
 
 
-def _child(env: dict[str, str], *args: str) -> dict:
+def _child(env: dict[str, str], *args: str, root: Path = ROOT) -> dict:
+    script = root / "bench" / "export" / "run.py"
     proc = subprocess.run(
-        [sys.executable, __file__, *args], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, str(script), *args], env=env, cwd=root, capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         sys.exit(f"child {args} failed:\n{proc.stderr[-4000:]}")
@@ -216,6 +217,9 @@ def main() -> None:
     parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--export", help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the exported files under bench/export/out/var")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout (e.g. a worktree of main): export each project with it too"
+    )
     args = parser.parse_args()
     if args.generate:
         generate(args.generate)
@@ -229,28 +233,36 @@ def main() -> None:
     env = bench_env(db_url, OUT / "var")
     results = []
     print(
-        f"{'judgments':>10} {'pairs':>8} {'raw':>8} {'seconds':>8} {'pass s':>7} {'judg/s':>7} "
+        f"{'tree':>8} {'judgments':>10} {'pairs':>8} {'raw':>8} {'seconds':>8} {'pass s':>7} {'judg/s':>7} "
         f"{'CPU s':>6} {'CPU ms/1k':>9} {'peak RSS MB':>11} {'RSS before':>10} {'JSONL MB':>9} {'Parquet MB':>10} "
         f"{'zip MB':>7}"
     )
+    trees = [("this", ROOT)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     for n in args.sizes:
         gen = _child(env, "--generate", str(n))
-        r = _child(env, "--export", gen["slug"], "--formats", args.formats)
-        r["generate_seconds"] = gen["seconds"]
-        results.append(r)
-        print(
-            f"{r['judgments']:>10} {r['rows'].get('pairs', 0):>8} {r['rows'].get('raw', 0):>8} {r['seconds']:>8} "
-            f"{r['pass_seconds']:>7} {r['judgments_per_s']:>7} {r['cpu_seconds']:>6} {r['cpu_ms_per_1k']:>9} "
-            f"{r['peak_rss_mb']:>11} {r['rss_before_mb']:>10} "
-            f"{r['jsonl_mb']:>9} {r['parquet_mb']:>10} {r['bundle_mb']:>7}",
-            flush=True,
-        )
-        print(f"{'':>10} current RSS at 25/50/75/99 % of the run (MB): {r['rss_at_25_50_75_99_percent_of_run_mb']}")
-        if not args.keep:
-            import shutil
+        for tree, root in trees:
+            r = _child(env, "--export", gen["slug"], "--formats", args.formats, root=root)
+            r["generate_seconds"] = gen["seconds"]
+            r["tree"] = tree
+            results.append(r)
+            _report(r)
+            if not args.keep:
+                import shutil
 
-            shutil.rmtree(OUT / "var" / "exports", ignore_errors=True)
+                shutil.rmtree(OUT / "var" / "exports", ignore_errors=True)
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def _report(r: dict) -> None:
+    print(
+        f"{r['tree']:>8} {r['judgments']:>10} {r['rows'].get('pairs', 0):>8} {r['rows'].get('raw', 0):>8} "
+        f"{r['seconds']:>8} "
+        f"{r['pass_seconds']:>7} {r['judgments_per_s']:>7} {r['cpu_seconds']:>6} {r['cpu_ms_per_1k']:>9} "
+        f"{r['peak_rss_mb']:>11} {r['rss_before_mb']:>10} "
+        f"{r['jsonl_mb']:>9} {r['parquet_mb']:>10} {r['bundle_mb']:>7}",
+        flush=True,
+    )
+    print(f"{'':>19} current RSS at 25/50/75/99 % of the run (MB): {r['rss_at_25_50_75_99_percent_of_run_mb']}")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,18 @@
 One module per job: `filters` (what a snapshot takes), `query` (reading the project a page at a
 time), `context` (an item as loaded, the pass's context), `formats` (the rows of each format),
 `files` (JSONL and Parquet per format and split), `stats` (agreement and labeler counts), `build`
-(the pass), `card` (README.md and SHA256SUMS) and `bundle` (the zip).
+(the pass), `card` (README.md and SHA256SUMS), `deflate` (the JSONL deflated for the bundle during
+the pass) and `bundle` (the zip).
 
-`build_export` walks the project's items in id order (keyset pages of `chunk_items`), loads the
-judgments of each page in one query, decides per item whether it is in the dataset (curation
-state, flags, label source, agreement, strength) and hands each kept item to the writers of the
-requested formats. Every file streams (`files.SplitFiles`): rows become Arrow arrays a thousand at
-a time, written as Parquet row groups of at most `ROW_GROUP_ROWS` rows and, from the same arrays,
-as JSONL, so memory stays flat however large the project is.
+`build_export` walks the project's items in id order (keyset pages of `chunk_items`), reads the
+judgments of each page with one SQL statement as columns (the export's one raw-SQL fast path,
+`query._JUDGMENTS_SQL`), decides per page which judgments the label source keeps and each item's
+pairwise consensus (numpy), then per item whether it is in the dataset (curation state, flags,
+agreement, strength). Formats with a row or a few per item (`pairs`, `listwise`, `rubric`,
+`spans`) are written item by item; `raw`, a row per judgment, is written a page at a time as Arrow
+columns. Every file streams (`files.SplitFiles`): Arrow arrays become Parquet row groups of at most
+`ROW_GROUP_ROWS` rows and, from the same arrays, JSONL, cut into the same chunks whichever way the
+rows came, so memory stays flat however large the project is.
 
 Only judgments, curation actions and flags made at or before the snapshot's `cutoff` count, and
 rows come out in a fixed order, so building the same filters and cutoff again gives

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 
 from annotation.models import Item, LabelSource, Project
-from curation.consensus import pairwise_consensus, ranking_consensus
+from curation.consensus import PAIRWISE_LABELS, Consensus, ranking_consensus
 from curation.export.card import write_card
-from curation.export.context import Context, ExportItem, ExportResult, schema_at, select_judgments
+from curation.export.context import Context, ExportItem, ExportResult, JudgmentRow, schema_at
+from curation.export.deflate import DeflateThread
 from curation.export.files import RowEncoder, SplitFiles
 from curation.export.filters import ExportFilters, parse_formats
-from curation.export.formats import WRITERS
-from curation.export.query import item_pages
+from curation.export.formats import WRITERS, Format
+from curation.export.query import SOURCE_ORDER, JudgmentColumns, Page, item_pages
 from curation.export.stats import Agreement, add_rubric, ai_labelers, rounded
 from models_srv.engine import TrainConfig
 
@@ -56,6 +59,9 @@ def build_export(
         margin_scale=training.margin_scale,
     )
     writers = {w.name: w for f in formats for w in (cls(ctx) for cls in WRITERS[f])}  # one per configuration
+    item_writers = {name: w for name, w in writers.items() if not w.columnar}
+    column_writers = {name: w for name, w in writers.items() if w.columnar}
+    payloads = bool(schema.ranking or schema.rubric or schema.spans)  # formats that read payloads
     files: dict[tuple[str, str], SplitFiles] = {}
     encoder = RowEncoder()  # one for all files: the formats share an item's texts
     excluded: Counter[str] = Counter()
@@ -70,48 +76,64 @@ def build_export(
     span_categories: Counter[str] = Counter()
     kendall: list[float] = [0.0, 0.0]  # sum of W, items with >= 2 rankings
     out_dir.mkdir(parents=True, exist_ok=True)
+    deflate = DeflateThread(out_dir)
+
+    def split_files(name: str, split: str, writer: Format) -> SplitFiles:
+        key = (name, split)
+        if key not in files:
+            files[key] = SplitFiles(out_dir, name, split, writer.schema, encoder, deflate.deflater)
+        return files[key]
+
     try:
-        for chunk in item_pages(project, ctx, chunk_items):
-            for item in chunk:
-                items_seen += 1
-                reason = keep_reason(item, ctx)
+        for page in item_pages(project, ctx, chunk_items, payloads):
+            jc = page.judgments
+            selection = select_page(page, ctx)
+            items_seen += len(page.items)
+            kept: list[int] = []
+            for i, item in enumerate(page.items):
+                reason = keep_reason(item, ctx, jc, selection, i)
                 if reason:
                     excluded[reason] += 1
                     continue
-                items_kept += 1
-                judgments_kept += len(item.judgments)
-                for j in item.judgments:
-                    sources[j.kind] += 1
-                    if j.source == LabelSource.HUMAN:
-                        humans.add(j.labeler_id)
-                    elif j.source == LabelSource.IMPORTED:
-                        imported.add(j.labeler_id)
-                    else:
-                        ai_counts[j.labeler_id] += 1
-                    for s in j.payload.get("spans") or []:
-                        span_categories[s.get("category")] += 1
+                kept.append(i)
                 row_labels[item.label_source] += 1
                 if schema.pairwise:
-                    pair_agreement.add([(j.payload.get("pairwise") or {}).get("choice") for j in item.judgments])
+                    pair_agreement.add([jc.choice[k] for k in selection.rows_of(i)])
                 if schema.rubric:
                     add_rubric(item, rubric_agreement)
                 if item.ranking is not None and sum(1 for j in item.judgments if j.payload.get("ranking")) >= 2:
                     kendall[0] += item.ranking[1]
                     kendall[1] += 1
-                for name, writer in writers.items():
+                for name, writer in item_writers.items():
                     split = writer.split_of(item)
                     for row in writer.rows(item):
-                        key = (name, split)
-                        if key not in files:
-                            files[key] = SplitFiles(out_dir, name, split, writer.schema, encoder)
-                        files[key].write(row)
+                        split_files(name, split, writer).write(row)
+            items_kept += len(kept)
+            keep = np.zeros(len(page.items), dtype=bool)
+            keep[kept] = True
+            rows = np.flatnonzero(selection.selected & keep[jc.item]) if len(jc) else np.array([], np.int64)
+            judgments_kept += len(rows)
+            _count_labelers(jc, rows, sources, humans, imported, ai_counts)
+            if schema.spans and jc.payloads is not None:
+                for k in rows:
+                    for s in jc.payloads[k].get("spans") or []:
+                        span_categories[s.get("category")] += 1
+            if len(rows):
+                splits = np.array([page.items[i].split for i in jc.item[rows]], dtype=object)
+                for name, writer in column_writers.items():
+                    for split in dict.fromkeys(splits):  # in order of first appearance
+                        part = rows[splits == split]
+                        arrays, texts = writer.columns(page, part, encoder)
+                        split_files(name, split, writer).write_columns(arrays, texts)
             if heartbeat:
                 heartbeat({"phase": "writing", "items": items_seen, "exported": items_kept})
+        file_infos = [info for key in sorted(files) for info in files[key].close(out_dir)]
+        deflate.close()
     except BaseException:
         for f in files.values():
             f.abort()
+        deflate.abort()
         raise
-    file_infos = [info for key in sorted(files) for info in files[key].close(out_dir)]
     rows: dict[str, dict[str, int]] = {name: {} for name in writers}
     for (name, split), f in sorted(files.items()):
         rows[name][split] = f.rows
@@ -147,34 +169,132 @@ def build_export(
     return ExportResult(files=file_infos, counts=counts)
 
 
-def keep_reason(item: ExportItem, ctx: Context) -> str | None:
-    """Why the item is left out, or None (and then its judgments and consensus are set)."""
+def _count_labelers(
+    jc: JudgmentColumns,
+    rows: np.ndarray,
+    sources: Counter[str],
+    humans: set[int],
+    imported: set[int],
+    ai_counts: Counter[int],
+) -> None:
+    """The labeler figures of the kept judgments at `rows`, counted per page."""
+    if not len(rows):
+        return
+    kinds, counts = np.unique(np.array(jc.kind, dtype=object)[rows], return_counts=True)
+    sources.update(dict(zip(kinds.tolist(), counts.tolist(), strict=True)))
+    source, labeler = jc.source[rows], jc.labeler_id[rows]
+    humans.update(np.unique(labeler[source == HUMAN]).tolist())
+    imported.update(np.unique(labeler[source == IMPORTED]).tolist())
+    ids, counts = np.unique(labeler[source == AI], return_counts=True)
+    ai_counts.update(dict(zip(ids.tolist(), counts.tolist(), strict=True)))
+
+
+HUMAN, IMPORTED, AI = (SOURCE_ORDER.index(s) for s in (LabelSource.HUMAN, LabelSource.IMPORTED, LabelSource.AI))
+_CHOICES = {c: n for n, c in enumerate(PAIRWISE_LABELS)}
+
+
+@dataclass
+class Selection:
+    """What the label-source filter keeps of a page: the judgments (`selected`), each item's
+    label source, and the pairwise consensus of each item's kept votes (in bulk)."""
+
+    selected: np.ndarray  # per judgment
+    label_source: list[str]  # per item
+    n_selected: np.ndarray  # per item
+    consensus: list[Consensus] | None  # per item, pairwise schemas only
+    bounds: np.ndarray  # the selected judgments of item i are sel_positions[bounds[i]:bounds[i + 1]]
+    sel_positions: np.ndarray
+
+    def rows_of(self, i: int) -> list[int]:
+        return self.sel_positions[self.bounds[i] : self.bounds[i + 1]].tolist()
+
+
+def select_page(page: Page, ctx: Context) -> Selection:
+    jc, n_items, source = page.judgments, len(page.items), ctx.filters.label_source
+    idx = jc.item
+    present = np.zeros(n_items, dtype=np.int64)
+    np.bitwise_or.at(present, idx, np.left_shift(1, jc.source.astype(np.int64)))
+    if source in SOURCE_ORDER:
+        code = SOURCE_ORDER.index(source)
+        selected = jc.source == code
+        labels = [source] * n_items
+    elif source == "consensus":
+        first = np.full(n_items, AI, dtype=np.int64)  # no judgments at all: reported as `ai`
+        for code in reversed(range(len(SOURCE_ORDER))):
+            first[(present >> code) & 1 == 1] = code
+        selected = jc.source == first[idx] if len(jc) else np.zeros(0, dtype=bool)
+        labels = [SOURCE_ORDER[c] for c in first.tolist()]
+    else:
+        selected = np.ones(len(jc), dtype=bool)
+        names = ["+".join(s for c, s in enumerate(SOURCE_ORDER) if bits >> c & 1) for bits in range(8)]
+        labels = [names[b] for b in present.tolist()]
+    sel_positions = np.flatnonzero(selected)
+    bounds = np.searchsorted(idx[sel_positions], np.arange(n_items + 1))
+    n_selected = np.diff(bounds)
+    consensus = bulk_pairwise_consensus(jc, selected, n_items) if ctx.schema.pairwise else None
+    return Selection(selected, labels, n_selected, consensus, bounds, sel_positions)
+
+
+def bulk_pairwise_consensus(jc: JudgmentColumns, selected: np.ndarray, n_items: int) -> list[Consensus]:
+    """`pairwise_consensus` of every item's selected votes at once: the same numbers (weights are
+    summed in the same order), with the weight totals per label counted by numpy."""
+    code = np.array([_CHOICES.get(c, -1) for c in jc.choice], dtype=np.int64)
+    valid = selected & (code >= 0)
+    weight = np.ones(len(jc))
+    if len(jc):
+        conf = np.array(jc.confidence, dtype=float)
+        ai = (jc.source == AI) & ~np.isnan(conf)
+        weight[ai] = conf[ai]
+    strength = np.array([0 if s is None else s for s in jc.strength], dtype=np.int64)
+    at = jc.item[valid] * 3 + code[valid]
+    w = weight[valid]
+    if len(w) and (not np.isfinite(w).all() or (w < 0).any()):
+        raise ValueError("weights must be finite and non-negative")
+    totals = np.bincount(at, weights=w, minlength=3 * n_items).reshape(n_items, 3).tolist()
+    nums = np.bincount(at, weights=w * strength[valid], minlength=3 * n_items).reshape(n_items, 3).tolist()
+    counts = np.bincount(jc.item[valid], minlength=n_items).tolist()
+    return [_consensus(t, s, n) for t, s, n in zip(totals, nums, counts, strict=True)]
+
+
+def _consensus(weights: list[float], nums: list[float], n: int) -> Consensus:
+    """The rest of `pairwise_consensus`, from each label's total weight and weighted strength."""
+    total = weights[0] + weights[1] + weights[2]
+    if n == 0 or total <= 0:
+        return Consensus(label=None, strength=0.0, agreement=0.0, n=n, tied=False)
+    ordered = sorted(zip(PAIRWISE_LABELS, weights, strict=True), key=lambda kv: kv[1], reverse=True)
+    top_weight = ordered[0][1]
+    tol = 1e-9 * max(1.0, total)
+    top = [label for label, weight in ordered if abs(weight - top_weight) <= tol]
+    tied = len(top) > 1
+    label = ("tie" if "tie" in top else None) if tied else top[0]
+    strength = 0.0
+    if label in ("A", "B"):
+        k = _CHOICES[label]
+        strength = nums[k] / weights[k] if weights[k] > 0 else 0.0
+    return Consensus(label=label, strength=float(strength), agreement=float(top_weight / total), n=n, tied=tied)
+
+
+def keep_reason(item: ExportItem, ctx: Context, jc: JudgmentColumns, selection: Selection, i: int) -> str | None:
+    """Why the item is left out, or None (and then its label source and consensus are set, and
+    its judgments when the schema's formats read payloads)."""
     filters = ctx.filters
     if filters.exclude_dropped and item.curation == "drop":
         return "dropped"
     if item.flagged:
         return "flagged"
-    item.judgments, item.label_source = select_judgments(item.judgments, filters.label_source)
-    if not item.judgments:
+    item.label_source = selection.label_source[i]
+    if not selection.n_selected[i]:
         return "no_judgments"
+    if jc.payloads is not None:
+        item.judgments = [JudgmentRow(int(jc.labeler_id[k]), jc.payloads[k]) for k in selection.rows_of(i)]
     schema = ctx.schema
-    if schema.pairwise:
-        votes = [
-            (p["choice"], int(p.get("strength", 0)))
-            for j in item.judgments
-            if isinstance(p := j.payload.get("pairwise"), dict) and p.get("choice") in ("A", "B", "tie")
-        ]
-        weights = [
-            j.weight
-            for j in item.judgments
-            if isinstance(p := j.payload.get("pairwise"), dict) and p.get("choice") in ("A", "B", "tie")
-        ]
-        item.consensus = pairwise_consensus(votes, weights)
+    if selection.consensus is not None:
+        item.consensus = selection.consensus[i]
         if filters.min_agreement is not None and item.consensus.agreement < filters.min_agreement:
             return "low_agreement"
         if filters.min_strength is not None and item.consensus.strength < filters.min_strength:
             return "low_strength"
-    elif schema.ranking:
+    if schema.ranking:
         rankings = [
             j.payload["ranking"]
             for j in item.judgments

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from annotation.models import GuidelinesVersion, Labeler, LabelSource, Project, SchemaVersion, source_of_kind
+from annotation.models import GuidelinesVersion, Project, SchemaVersion
 from annotation.pseudonym import pseudonym
 from annotation.schema import JudgmentSchema
 from curation.consensus import Consensus
@@ -17,33 +17,11 @@ from models_srv.data import held_out
 
 @dataclass(frozen=True, slots=True)
 class JudgmentRow:
-    """One judgment, as loaded for the export, with its label source and its vote's weight
-    (`JudgmentRow.of`: 1, or an AI labeler's confidence)."""
+    """One judgment with its decoded payload, for the formats that read payloads judgment by
+    judgment (rankings, rubric ratings, spans); the fast path never makes these."""
 
-    id: int
-    uuid: str
     labeler_id: int
-    kind: str
     payload: dict[str, Any]
-    response_order: list[int] | None
-    time_spent_ms: int | None
-    confidence: float | None
-    schema_version: int
-    guidelines_version: int | None
-    created_at: datetime
-    source: str
-    weight: float
-
-    @classmethod
-    def of(cls, *values: Any) -> JudgmentRow:
-        """From the fields up to `created_at`, in order."""
-        kind, confidence = values[3], values[7]
-        source = _SOURCES.get(kind) or source_of_kind(kind).value
-        weight = 1.0 if source != LabelSource.AI or confidence is None else float(confidence)
-        return cls(*values, source, weight)
-
-
-_SOURCES = {kind: source_of_kind(kind).value for kind in Labeler.Kind.values}
 
 
 @dataclass
@@ -62,20 +40,6 @@ class ExportItem:
     consensus: Consensus | None = None
     ranking: tuple[list[float], float] | None = None
     held_out: bool | None = None  # set on first use by `Context.held_out`
-
-
-def select_judgments(judgments: list[JudgmentRow], source: str) -> tuple[list[JudgmentRow], str]:
-    """The judgments the `label_source` filter keeps, and the source(s) they came from."""
-    by_source = {s: [j for j in judgments if j.source == s] for s in _SOURCE_ORDER}
-    if source in by_source:
-        return by_source[source], source
-    if source == "consensus":
-        first = next((s for s in _SOURCE_ORDER if by_source[s]), LabelSource.AI.value)
-        return by_source[first], first
-    return judgments, "+".join(s for s in _SOURCE_ORDER if by_source[s])
-
-
-_SOURCE_ORDER = tuple(LabelSource.values)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from curation.export.deflate import Deflater
 
 ROW_GROUP_ROWS = 5_000
 CHUNK_ROWS = 1_000  # rows converted to Arrow and JSON at a time; divides ROW_GROUP_ROWS
@@ -114,6 +117,28 @@ def _json_texts(array: pa.Array, values: tuple[Any, ...], encoder: RowEncoder) -
     return pa.array([encoder.value(v) for v in values], type=pa.string())
 
 
+def json_texts(array: pa.Array, encoder: RowEncoder) -> pa.Array:
+    """`_json_texts` of a column that is only an Arrow array: strings and integers in Arrow, an
+    all-null column as `null`, anything else one value at a time."""
+    if array.null_count == len(array):
+        return pa.array(["null"] * len(array), type=pa.string())
+    if pa.types.is_string(array.type):
+        counts = np.bincount(np.frombuffer(_utf8(array), dtype=np.uint8), minlength=256)
+        if not counts[_CONTROL].any():
+            for byte, (old, new) in _ESCAPES.items():
+                if counts[byte]:
+                    array = pc.replace_substring(array, old, new)
+            return pc.fill_null(pc.binary_join_element_wise('"', array, '"', ""), "null")
+    elif pa.types.is_integer(array.type):
+        return pc.fill_null(pc.cast(array, pa.string()), "null")
+    return pa.array([encoder.value(v) for v in array.to_pylist()], type=pa.string())
+
+
+def quoted(array: pa.Array) -> pa.Array:
+    """JSON texts of strings known to need no escapes (identifiers, uuids, hex digests)."""
+    return pc.fill_null(pc.binary_join_element_wise('"', array, '"', ""), "null")
+
+
 def _utf8(array: pa.Array) -> memoryview:
     """The bytes of a string array's values, end to end."""
     offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + len(array) + 1]
@@ -140,7 +165,15 @@ class SplitFiles:
     in Arrow. A Parquet row group is written every `ROW_GROUP_ROWS` rows or `ROW_GROUP_BYTES` of
     JSON, so at most one row group and one chunk are held."""
 
-    def __init__(self, root: Path, fmt: str, split: str, schema: pa.Schema, encoder: RowEncoder | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        fmt: str,
+        split: str,
+        schema: pa.Schema,
+        encoder: RowEncoder | None = None,
+        deflater: Callable[[Path], Deflater] | None = None,
+    ) -> None:
         folder = root / fmt
         folder.mkdir(parents=True, exist_ok=True)
         self.fmt, self.split, self.schema = fmt, split, schema
@@ -157,6 +190,8 @@ class SplitFiles:
         # `{"a": `, `, "b": `, ...: what comes before each column's value in a line
         self._prefixes = [("{" if i == 0 else ", ") + _encode_str(n) + ": " for i, n in enumerate(self._names)]
         self._chunk: list[dict[str, Any]] = []
+        self._carry: tuple[pa.RecordBatch, pa.Array] | None = None  # columns short of a chunk
+        self._deflate = deflater(self.jsonl_path) if deflater else None
         self._batches: list[pa.RecordBatch] = []
         self._group_rows = 0
         self._group_bytes = 0
@@ -171,7 +206,36 @@ class SplitFiles:
         if len(self._chunk) >= CHUNK_ROWS:
             self._convert()
 
+    def write_columns(self, arrays: list[pa.Array], texts: list[pa.Array]) -> None:
+        """Append rows given as columns: each column's Arrow array and its JSON texts (`json_texts`).
+
+        They are cut into the same chunks of `CHUNK_ROWS` rows as rows written one by one, so the
+        files are the same bytes whichever way the rows came."""
+        if self._chunk:
+            raise ValueError(f"{self.fmt}: rows and columns written to one file")
+        if not len(arrays[0]):
+            return
+        pieces: list[Any] = []
+        for prefix, text in zip(self._prefixes, texts, strict=True):
+            pieces += [prefix, text]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        lines = pc.binary_join_element_wise(*pieces, "}\n", "")
+        self.rows += len(lines)
+        if self._carry is not None:
+            batch = pa.Table.from_batches([self._carry[0], batch]).combine_chunks().to_batches()[0]
+            lines = pa.concat_arrays([self._carry[1], lines])
+            self._carry = None
+        start = 0
+        while len(lines) - start >= CHUNK_ROWS:
+            self._emit(batch.slice(start, CHUNK_ROWS), lines.slice(start, CHUNK_ROWS))
+            start += CHUNK_ROWS
+        if start < len(lines):
+            self._carry = (batch.slice(start), lines.slice(start))
+
     def _convert(self) -> None:
+        if self._carry is not None:
+            self._emit(*self._carry)
+            self._carry = None
         if not self._chunk:
             return
         columns = list(zip(*(row.values() for row in self._chunk), strict=True))
@@ -181,18 +245,25 @@ class SplitFiles:
         for prefix, array, values in zip(self._prefixes, arrays, columns, strict=True):
             pieces += [prefix, _json_texts(array, values, self._encoder)]
         lines = pc.binary_join_element_wise(*pieces, "}\n", "")
+        self._emit(pa.RecordBatch.from_arrays(arrays, schema=self.schema), lines)
+
+    def _emit(self, batch: pa.RecordBatch, lines: pa.Array) -> None:
+        """One chunk: its JSON lines to the JSONL file, its batch to the row group being built."""
         data = _utf8(lines)
         self._jsonl.write(data)
         self._sha.update(data)
+        if self._deflate is not None:
+            self._deflate.feed(data)
         self.bytes += len(data)
-        self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self._batches.append(batch)
         self._group_rows += len(lines)
         self._group_bytes += len(data)
         if self._group_rows >= ROW_GROUP_ROWS or self._group_bytes >= ROW_GROUP_BYTES:
             self._flush()
 
     def _flush(self) -> None:
-        self._convert()
+        if self._chunk or self._carry is not None:
+            self._convert()
         if self._batches:
             table = pa.Table.from_batches(self._batches, schema=self.schema)
             self._parquet.write_table(table, row_group_size=table.num_rows)
@@ -201,6 +272,8 @@ class SplitFiles:
 
     def close(self, root: Path) -> list[dict[str, Any]]:
         self._flush()
+        if self._deflate is not None:
+            self._deflate.end()
         self._jsonl.close()
         self._parquet.close()
         common = {"format": self.fmt, "split": self.split, "rows": self.rows}

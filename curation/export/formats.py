@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import io
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
 
 from curation.consensus import rubric_consensus
 from curation.export.context import Context, ExportItem
+from curation.export.files import RowEncoder, _utf8, json_texts, quoted
+from curation.export.query import SOURCE_ORDER
+
+if TYPE_CHECKING:
+    from curation.export.query import Page
 from models_srv.engine import dialogue_prompt, strength_margin
 
 
@@ -18,6 +27,7 @@ def _message_type() -> pa.DataType:
 
 class Format:
     name = ""
+    columnar = False  # True: writes a page's rows as columns (`columns`) instead of item by item
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -49,6 +59,18 @@ class Format:
 
     def response_value(self, text: str) -> Any:
         return [{"role": "assistant", "content": text}] if self.ctx.chat else text
+
+
+def parse_int_lists(texts: pa.Array, type_: pa.DataType) -> pa.Array:
+    """JSON texts of integer lists (or `null`) as an Arrow list array, parsed by Arrow."""
+    if not len(texts):
+        return pa.array([], type=type_)
+    lines = pc.binary_join_element_wise('{"v":', texts, "}\n", "")
+    table = pajson.read_json(
+        io.BytesIO(bytes(_utf8(lines))),
+        parse_options=pajson.ParseOptions(explicit_schema=pa.schema([("v", type_)])),
+    )
+    return table.column("v").combine_chunks()
 
 
 _COMMON = [("item_id", pa.string()), ("split", pa.string()), ("label_source", pa.string()), ("curation", pa.string())]
@@ -335,48 +357,83 @@ class Raw(Format):
         ]
         return out
 
-    def rows(self, item: ExportItem) -> Iterator[dict[str, Any]]:
-        schema = self.ctx.schema
-        for j in item.judgments:
-            p = j.payload
-            row: dict[str, Any] = {
-                "judgment_id": j.uuid,
-                "prompt": item.prompt,
-                "responses": item.texts,
-                "models": item.models,
-                "labeler": self.ctx.pseudonym(j.labeler_id),
-                "labeler_kind": j.source,
-                "labeler_type": j.kind,
-            }
-            if schema.pairwise:
-                pw = p.get("pairwise") or {}
-                row["choice"] = pw.get("choice")
-                row["strength"] = pw.get("strength")
+    columnar = True
+
+    def columns(self, page: Page, rows: np.ndarray, encoder: RowEncoder) -> tuple[list[pa.Array], list[pa.Array]]:
+        """The rows of the judgments at `rows` (positions in the page's judgment columns, all of
+        kept items), as the schema's Arrow arrays and their JSON texts: the judgment's own fields
+        taken from the columns, the item's encoded once per item and repeated with `take`."""
+        ctx, schema, jc = self.ctx, self.ctx.schema, page.judgments
+        fields = {f.name: f.type for f in self.schema}
+        out: dict[str, tuple[pa.Array, pa.Array]] = {}
+        positions = pa.array(rows, type=pa.int64())
+
+        def column(name: str, values: Sequence[Any], texts: pa.Array | None = None) -> None:
+            array = pa.array(values, type=fields[name]).take(positions)
+            out[name] = (array, texts.take(positions) if texts is not None else json_texts(array, encoder))
+
+        # the item's fields, once per item
+        item_of = jc.item[rows]
+        owners, local = np.unique(item_of, return_inverse=True)
+        at = pa.array(local, type=pa.int64())
+        items = [page.items[i] for i in owners]
+        per_item: dict[str, list[Any]] = {
+            "prompt": [it.prompt for it in items],
+            "responses": [it.texts for it in items],
+            "models": [it.models for it in items],
+            "item_id": [it.external_id for it in items],
+            "split": [it.split for it in items],
+            "label_source": [it.label_source for it in items],
+            "curation": [it.curation for it in items],
+        }
+        for name, values in per_item.items():
+            array = pa.array(values, type=fields[name])
+            texts = pa.array([encoder.value(v) for v in values], type=pa.string())
+            out[name] = (array.take(at), texts.take(at))
+
+        column("judgment_id", jc.uuid, quoted(pa.array(jc.uuid, type=pa.string())))
+        labelers, which = np.unique(jc.labeler_id[rows], return_inverse=True)
+        names = pa.array([ctx.pseudonym(int(i)) for i in labelers], type=pa.string()).take(pa.array(which))
+        out["labeler"] = (names, quoted(names))
+        sources = pa.array(SOURCE_ORDER, type=pa.string()).take(pa.array(jc.source[rows].astype(np.int64)))
+        out["labeler_kind"] = (sources, quoted(sources))
+        column("labeler_type", jc.kind, quoted(pa.array(jc.kind, type=pa.string())))
+        if schema.pairwise:
+            column("choice", jc.choice)
+            column("strength", jc.strength)
+        if jc.payloads is not None:
+            payloads = [jc.payloads[k] for k in rows]
+            values: dict[str, list[Any]] = {}
             if schema.ranking:
-                row["ranking"] = p.get("ranking")
+                values["ranking"] = [p.get("ranking") for p in payloads]
             if schema.rubric:
-                rub = p.get("rubric")
-                row["rubric"] = (
-                    [{a: (r or {}).get(a) for a in self.ctx.aspects} for r in rub] if isinstance(rub, list) else None
-                )
-            if schema.spans:
-                row["spans"] = [
-                    {"response": s["response"], "start": s["start"], "end": s["end"], "category": s["category"]}
-                    for s in p.get("spans") or []
+                aspects = ctx.aspects
+                values["rubric"] = [
+                    [{a: (r or {}).get(a) for a in aspects} for r in rub] if isinstance(rub, list) else None
+                    for rub in (p.get("rubric") for p in payloads)
                 ]
-            row.update(
-                {
-                    "justification": p.get("justification", ""),
-                    "response_order": j.response_order,
-                    "time_spent_ms": j.time_spent_ms,
-                    "confidence": j.confidence,
-                    "schema_version": j.schema_version,
-                    "guidelines_version": j.guidelines_version,
-                    "created_at": j.created_at,
-                    **self.common(item),
-                }
-            )
-            yield row
+            if schema.spans:
+                values["spans"] = [
+                    [
+                        {"response": s["response"], "start": s["start"], "end": s["end"], "category": s["category"]}
+                        for s in p.get("spans") or []
+                    ]
+                    for p in payloads
+                ]
+            for name, vals in values.items():
+                array = pa.array(vals, type=fields[name])
+                out[name] = (array, pa.array([encoder.value(v) for v in vals], type=pa.string()))
+        column("justification", jc.justification)
+        order_texts = pc.fill_null(pa.array(jc.response_order, type=pa.string()).take(positions), "null")
+        out["response_order"] = (parse_int_lists(order_texts, fields["response_order"]), order_texts)
+        column("time_spent_ms", jc.time_spent_ms)
+        column("confidence", jc.confidence)
+        column("schema_version", jc.schema_version)
+        column("guidelines_version", jc.guidelines_version)
+        created = pa.array(jc.created_us, type=pa.int64()).take(positions).cast(fields["created_at"])
+        out["created_at"] = (created, pa.array(jc.created_json, type=pa.string()).take(positions))
+        names_in_order = self.schema.names
+        return [out[n][0] for n in names_in_order], [out[n][1] for n in names_in_order]
 
     def describe(self) -> str:
         return (
