@@ -5,7 +5,8 @@
 - Routing: the human budget, spent and left; and the accuracy of the pool's final labels against
   the human budget, simulated on the project's own stored labels (`simulation_stored`, the reward
   model left out: no embeddings in a page request) for the learned router and for random routing.
-  The simulation is kept for ten minutes per project and set of judgments.
+  The simulation is kept for ten minutes per project and set of judgments; the page loads it as
+  a fragment of its own (htmx), so a large project's page does not wait for it.
 """
 
 from __future__ import annotations
@@ -111,9 +112,12 @@ def budget_chart(*, total: int, budget: int, used: int) -> Chart:
     )
 
 
-def routing_curve(project: Any) -> Chart:
-    """Simulated pool-label accuracy against the human budget: the learned router and random."""
-    data = simulated_curve(project)
+def routing_curve(project: Any, *, compute: bool = True) -> Chart | None:
+    """Simulated pool-label accuracy against the human budget: the learned router and random.
+    With `compute=False`, None unless the simulation is cached (the page then loads it apart)."""
+    data = simulated_curve(project, compute=compute)
+    if data is None:
+        return None
     policy = project.routing_policy
     learned = "Current policy (learned router)" if policy == "learned" else "Learned router"
     series, table = [], []
@@ -145,8 +149,9 @@ def routing_curve(project: Any) -> Chart:
     return chart
 
 
-def simulated_curve(project: Any) -> dict[str, Any]:
-    """{"curves": {policy: [(budget, mean, s.e.)]}, "described": ...} or {"error": why not}."""
+def simulated_curve(project: Any, *, compute: bool = True) -> dict[str, Any] | None:
+    """{"curves": {policy: [(budget, mean, s.e.)]}, "described": ...} or {"error": why not};
+    None where it is not cached and `compute` is off."""
     from django.core.cache import cache
 
     from annotation.models import Judgment
@@ -155,7 +160,7 @@ def simulated_curve(project: Any) -> dict[str, Any]:
     last = Judgment.objects.filter(item__project=project).order_by("-id").values_list("id", flat=True).first()
     key = f"routing-curve:{project.pk}:{last}:{project.require_ai_audit}"
     found = cache.get(key)
-    if found is None:
+    if found is None and compute:
         found = _simulate(project, audit_gate(project))
         cache.set(key, found, timeout=CURVE_CACHE_SECONDS)
     return found

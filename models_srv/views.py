@@ -256,6 +256,7 @@ def routing_page(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None = None) -> HttpResponse:
+    fragment = request.method == "GET" and request.GET.get("part") == "curve"
     from django.db.models import Count
 
     from annotation.models import Item
@@ -290,9 +291,11 @@ def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None
         "router": router,
         "weights": (router.feature_weights if router else [])[:12],
         "budget_chart": dashboards.budget_chart(**numbers),
-        "curve_chart": dashboards.routing_curve(project),
+        # The simulation when cached; else the page asks for it as a fragment (?part=curve).
+        "curve_chart": dashboards.routing_curve(project, compute=fragment),
     }
-    return render(request, "models_srv/routing.html", context, status=400 if form.errors else 200)
+    template = "models_srv/routing.html" + ("#curve" if fragment else "")
+    return render(request, template, context, status=400 if form.errors else 200)
 
 
 @login_required

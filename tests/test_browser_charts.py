@@ -336,6 +336,7 @@ def test_dashboards_draw_their_charts_from_the_numbers_they_show(page, make_user
     assert back(origin + parts["spent"]["width"]) == pytest.approx(60, abs=0.5)
     assert back(origin + parts["spent"]["width"] + parts["left"]["width"]) == pytest.approx(72, abs=0.5)
     assert "over" not in parts  # nothing over budget: no segment drawn
+    page.wait_for_selector("[data-testid=chart-routing_curve]")  # simulated apart, loaded by htmx
     curve = page.evaluate(READ_CHART, "routing_curve")
     assert [s["name"] for s in curve["series"]] == ["Current policy (learned router)", "Random"]
     back_y = _invert(curve["y"])
