@@ -3,6 +3,7 @@ the same rows its table and CSV show (`curation.charts`). Keys name the CSV (`ch
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from curation import charts
@@ -222,9 +223,9 @@ def _p(value: float) -> str:
 
 
 def _unit_or_wider(values: list[float]) -> tuple[float, float]:
-    """[0, 1], widened to a negative alpha where there is one (alpha < 0: worse than chance)."""
-    low = min([0.0, *values])
-    return (charts.nice_domain(low, 1.0)[0] if low < 0 else 0.0, 1.0)
+    """[0, 1], widened by halves down to a negative alpha where there is one (worse than chance),
+    so the lowest point has a tick at or below it."""
+    return (math.floor(min([0.0, *values]) * 2) / 2, 1.0)
 
 
 CHART_KEYS = ("leaderboard", "alpha_weekly", "reliability", "labels", "biases", *(f"drift_{g}" for g in DRIFT_GROUPS))

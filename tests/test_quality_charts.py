@@ -107,3 +107,12 @@ def test_the_page_links_each_chart_to_its_csv_and_describes_it(weekly, curator) 
         in page
     )
     assert "style=" not in page  # the CSP allows no inline styles
+
+
+def test_alpha_below_zero_widens_the_axis_to_a_tick_under_it(weekly) -> None:
+    rep = quality.report(weekly, bootstrap=0)
+    rep["agreement_by_week"][1]["alpha"] = -0.3
+    chart = quality_charts(rep)["alpha_weekly"]
+    assert [t.value for t in chart.y_ticks] == [-0.5, 0.0, 0.5, 1.0]
+    low = chart.series[0].points[1]
+    assert chart.y_ticks[0].pos > low.y > chart.y_ticks[1].pos  # drawn between the -0.5 and 0 ticks
