@@ -244,15 +244,16 @@ def interval_chart(
         for k, p in enumerate(present):
             name, colour, shape = series[p.series]
             my = y + 5 + 14 * k + 7
+            value = float(p.value or 0.0)  # `present` holds only points with a value
             marks.append(
                 Mark(
                     p.series,
                     describe(label, p) if describe else name,
-                    p.value,
+                    value,
                     p.low,
                     p.high,
                     p.n,
-                    scale(p.value),
+                    scale(value),
                     None if p.low is None else scale(p.low),
                     None if p.high is None else scale(p.high),
                     _px(my),
@@ -509,12 +510,12 @@ def line_chart(
         empty="" if ys else empty,
     )
     described = []
-    for s in out[:10]:
-        pts = ", ".join(
+    for line in out[:10]:
+        text = ", ".join(
             f"{p.x_value if not x_numeric else x_fmt(float(p.x_value))}: {y_fmt(p.value)}"
             + (f" (n={p.n})" if p.n is not None else "")
-            for p in s.points[:12]
+            for p in line.points[:12]
         )
-        described.append(f"{s.name}: {pts}")
+        described.append(f"{line.name}: {text}")
     chart.desc = f"{title}. " + ". ".join(described) + "."
     return chart

@@ -29,8 +29,8 @@ def versions_chart(versions: list[Any]) -> Chart:
         if v.status != "succeeded" or pw.get("accuracy") is None:
             continue
         n = int(pw.get("n") or 0)
-        low, high = wilson_interval(pw["accuracy"] * n, n) or (None, None)
-        low, high = (None, None) if low is None else (round(low, 3), round(high, 3))
+        interval = wilson_interval(pw["accuracy"] * n, n)  # ties count half: a fractional count
+        low, high = (None, None) if interval is None else (round(interval[0], 3), round(interval[1], 3))
         label = f"v{v.version}" + (" (current)" if v.is_current else "")
         rows.append(
             (
@@ -93,7 +93,7 @@ BUDGET_PARTS = {
 
 
 def budget_chart(*, total: int, budget: int, used: int) -> Chart:
-    parts = {
+    parts: dict[str, float] = {
         "spent": min(used, budget),
         "left": max(0, budget - used),
         "over": max(0, used - budget),
