@@ -3,17 +3,17 @@
 One pass over the project's judgments (values only, no model instances) feeds every table:
 - agreement among humans: Krippendorff's alpha (ordinal, on the signed strength scale from
   "A much better" to "B much better", and per rubric aspect), Fleiss' kappa on the choice, percent
-  agreement, Kendall's W for rankings;
-- each annotator: judgments, agreement with the others' majority (leave-one-out), gold accuracy,
-  median time per item, skips and flags;
+  agreement, Kendall's W for rankings; alpha by the week the items were completed;
+- each annotator: judgments, agreement with the others' majority (leave-one-out), gold accuracy
+  (both with Wilson 95 % intervals), median time per item, skips and flags;
 - human vs AI: each AI labeler's agreement with the human consensus, overall and per category;
 - biases for humans and each AI labeler: label distribution, position bias (the response shown
-  first wins) and length bias (the longer response wins), with exact binomial p-values. People's
-  come from the order each was shown. An AI labeler's come from its raw answers, one per order it
-  was asked (models_srv.verdicts), abstentions included: the reconciled label of a judge that
-  always picks the first shown is a tie, or no label at all, and would hide the very bias. Where
-  nothing was measured (imported labels, reward-model judges, which score each response alone)
-  the figures are None, shown "n/a", never a p-value of 1;
+  first wins) and length bias (the longer response wins), with exact binomial p-values and Wilson
+  intervals. People's come from the order each was shown. An AI labeler's come from its raw
+  answers, one per order it was asked (models_srv.verdicts), abstentions included: the reconciled
+  label of a judge that always picks the first shown is a tie, or no label at all, and would hide
+  the very bias. Where nothing was measured (imported labels, reward-model judges, which score
+  each response alone) the figures are None, shown "n/a", never a p-value of 1;
 - drift: weekly agreement with consensus per annotator, per AI labeler and per category;
 - model leaderboard: Bradley-Terry ratings of the responses' source models with bootstrap CIs,
   separately from human and from AI labels;
@@ -53,6 +53,7 @@ from curation.metrics import (
     length_bias,
     pairwise_agreement,
     position_bias,
+    wilson_interval,
 )
 from models_srv.verdicts import ShownAnswer, shown_answers
 
@@ -273,6 +274,22 @@ def agreement(data: ProjectData, source: str = LabelSource.HUMAN) -> dict[str, A
     return out
 
 
+def agreement_by_week(data: ProjectData) -> list[dict[str, Any]]:
+    """Krippendorff's alpha (ordinal, signed strength) of the annotators, week by week: each item
+    with 2+ annotators' judgments counts in the ISO week of its last one (when it was complete),
+    so a week's alpha is that of the items finished then; `units` is how many."""
+    weeks: dict[tuple[int, int], list[list[float | None]]] = defaultdict(list)
+    for js in data.by_item_human.values():
+        if len(js) < 2 or not any(j.choice for j in js):
+            continue
+        year, week, _ = max(j.created_at for j in js).isocalendar()
+        weeks[(year, week)].append([_signed(j) for j in js])
+    return [
+        {"week": f"{year}-W{week:02d}", "alpha": _r(krippendorff_alpha(units, "ordinal")), "units": len(units)}
+        for (year, week), units in sorted(weeks.items())
+    ]
+
+
 def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[str, Any]]:
     from curation.metrics import annotator_vs_consensus
 
@@ -311,6 +328,10 @@ def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[
         agreed, compared = loo.get(lab_id, (0, 0))
         gold_total, gold_n = data.gold.get(lab_id, (0.0, 0))
         times = [j.time_ms for j in js if j.time_ms]
+        agreement_ci = wilson_interval(agreed, compared) or (None, None)
+        # Gold scores may be fractions (a rubric's share right): the interval of their mean is
+        # Wilson's with the sum of scores as the successes, an approximation there.
+        gold_ci = wilson_interval(gold_total, gold_n) or (None, None)
         rows.append(
             {
                 "annotator": labeler_name(data, lab_id),
@@ -319,8 +340,12 @@ def annotators(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict[
                 "judgments": len(js),
                 "agreement_with_consensus": _r(agreed / compared) if compared else None,
                 "compared": compared,
+                "agreement_low": _r(agreement_ci[0]),
+                "agreement_high": _r(agreement_ci[1]),
                 "gold_accuracy": _r(gold_total / gold_n) if gold_n else None,
                 "gold_items": gold_n,
+                "gold_low": _r(gold_ci[0]),
+                "gold_high": _r(gold_ci[1]),
                 "median_seconds": _r(statistics.median(times) / 1000, 1) if times else None,
                 "skips": skips.get(lab_id, 0) if lab_id in users else None,
                 "flags": flags.get(lab_id, 0) if lab_id in users else None,
@@ -404,6 +429,8 @@ def biases(data: ProjectData) -> list[dict[str, Any]]:
             (len(texts[i][0]["text"]), len(texts[i][1]["text"]), choice) for i, choice in stored if len(texts[i]) >= 2
         ]
         pos, length = position_bias(shown), length_bias(lengths)
+        pos_ci = wilson_interval(pos.hits, pos.n) or (None, None)
+        length_ci = wilson_interval(length.hits, length.n) or (None, None)
         rows.append(
             {
                 "labeler": name,
@@ -413,9 +440,13 @@ def biases(data: ProjectData) -> list[dict[str, Any]]:
                 "first_shown_wins": _r(pos.share),
                 "first_shown_p": _r(pos.p_value, 4) if pos.n else None,
                 "first_shown_n": pos.n,
+                "first_shown_low": _r(pos_ci[0]),
+                "first_shown_high": _r(pos_ci[1]),
                 "longer_wins": _r(length.share),
                 "longer_p": _r(length.p_value, 4) if length.n else None,
                 "longer_n": length.n,
+                "longer_low": _r(length_ci[0]),
+                "longer_high": _r(length_ci[1]),
             }
         )
     return rows
@@ -562,6 +593,7 @@ def report(project: Project, *, bootstrap: int = 200) -> dict[str, Any]:
         },
         "agreement": agreement(data),
         "agreement_imported": agreement(data, LabelSource.IMPORTED),
+        "agreement_by_week": agreement_by_week(data),
         "annotators": annotators(data, consensus),
         "human_vs_ai": human_vs_ai(data, consensus),
         "biases": biases(data),

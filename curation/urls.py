@@ -16,3 +16,10 @@ urlpatterns = [
     path("exports/<uuid:code>/download", views.export_download, name="export_download"),
     path("exports/<uuid:code>/reproduce", views.export_reproduce, name="export_reproduce"),
 ]
+
+# The dashboards' charts as CSV (curation/chart_views.py).
+from curation import chart_views  # noqa: E402  (kept at the end: one block to merge)
+
+urlpatterns += [
+    path("p/<slug:slug>/charts.csv", chart_views.chart_csv, name="chart_csv"),
+]

@@ -34,36 +34,29 @@ CSV_TABLES = (
 KAPPA_SHOWN = 100  # labeler pairs on the page; the CSV has them all
 
 
-def _sparkline(points: list[dict[str, Any]], width: int = 160, height: int = 28) -> str:
-    """SVG polyline coordinates of agreement shares (0..1) over buckets."""
-    if not points:
-        return ""
-    step = width / max(1, len(points) - 1)
-    return " ".join(
-        f"{round(k * step, 1)},{round(height - (p['share'] or 0) * height, 1)}" for k, p in enumerate(points)
-    )
-
-
 @login_required
 @require_GET
 def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
+    from curation.quality_charts import quality_charts
+
     project = project_for_user(request.user, slug, curator=True)
     rep = quality.cached_report(project, fresh=request.GET.get("fresh") == "1")
+    charts = quality_charts(rep)
     drift = [
-        {
-            "group": group,
-            "title": quality.DRIFT_GROUPS[group],
-            "rows": [
-                {"key": key, "points": pts, "line": _sparkline(pts), "last": pts[-1] if pts else None}
-                for key, pts in series.items()
-            ],
-        }
-        for group, series in rep["drift"].items()
+        {"group": group, "title": quality.DRIFT_GROUPS[group], "chart": charts[f"drift_{group}"]}
+        for group in rep["drift"]
     ]
     return render(
         request,
         "curation/quality.html",
-        {"project": project, "r": rep, "drift": drift, "tables": CSV_TABLES, "kappa_shown": KAPPA_SHOWN},
+        {
+            "project": project,
+            "r": rep,
+            "charts": charts,
+            "drift": drift,
+            "tables": CSV_TABLES,
+            "kappa_shown": KAPPA_SHOWN,
+        },
     )
 
 

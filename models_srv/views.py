@@ -15,10 +15,13 @@ from models_srv.forms import RoutingForm, TrainForm
 
 
 def _panel(request: HttpRequest, project: object, form: TrainForm | None = None, error: str = "") -> HttpResponse:
+    from models_srv.dashboards import versions_chart
+
     versions = selectors.versions_of(project)
     context = {
         "project": project,
         "versions": versions,
+        "chart": versions_chart(list(versions)),
         "active": any(v.is_active for v in versions),
         "form": form or TrainForm(),
         "error": error,
@@ -248,16 +251,17 @@ def routing_page(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None = None) -> HttpResponse:
+    fragment = request.method == "GET" and request.GET.get("part") == "curve"
     from django.db.models import Count
 
-    from annotation.models import Item, Judgment, LabelSource, source_q
+    from annotation.models import Item
+    from models_srv import dashboards
     from models_srv.judge_audit import audit_gate
     from models_srv.models import RouterVersion
 
+    numbers = dashboards.routing_numbers(project)
+    total, budget, used = numbers["total"], numbers["budget"], numbers["used"]
     items = Item.objects.filter(project=project, is_gold=False).exclude(status=Item.Status.DROPPED)
-    total = items.count()
-    budget = round(project.human_budget * total)
-    used = Judgment.objects.filter(source_q(LabelSource.HUMAN), item__in=items).values("item_id").distinct().count()
     routes = dict(items.values_list("route").annotate(n=Count("id")).values_list("route", "n"))
     history = list(RouterVersion.objects.filter(project=project)[:10])
     router = history[0] if history else None
@@ -281,8 +285,12 @@ def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None
         "routes": {label: routes.get(value, 0) for value, label in Item.Route.choices},
         "router": router,
         "weights": (router.feature_weights if router else [])[:12],
+        "budget_chart": dashboards.budget_chart(**numbers),
+        # The simulation when cached; else the page asks for it as a fragment (?part=curve).
+        "curve_chart": dashboards.routing_curve(project, compute=fragment),
     }
-    return render(request, "models_srv/routing.html", context, status=400 if form.errors else 200)
+    template = "models_srv/routing.html" + ("#curve" if fragment else "")
+    return render(request, template, context, status=400 if form.errors else 200)
 
 
 @login_required

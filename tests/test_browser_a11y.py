@@ -52,6 +52,7 @@ NOT_PAGES = {
     "annotation:member_remove",
     "annotation:account_token_revoke",
     "curation:quality_csv",
+    "curation:chart_csv",
     "curation:review_crossfit",
     "curation:review_act",
     "curation:review_undo",
