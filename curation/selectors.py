@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+import zipfile
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -101,6 +102,38 @@ def export_get_for_user(user: User, code: object) -> ExportSnapshot:
         raise Http404("No such export.")
     project_for_user(user, snapshot.project.slug, curator=True)
     return snapshot
+
+
+CARD_MAX_BYTES = 1 << 20  # a card is a few kilobytes; a bigger file is not shown whole
+
+
+def export_card_text(snapshot: ExportSnapshot) -> str | None:
+    """The dataset card (README.md) of a done export as written, without its YAML front matter:
+    from the export's folder, where it stays beside the bundle, else from the bundle itself.
+    None when there is none (not done yet, or the files are gone)."""
+    if snapshot.status != ExportSnapshot.Status.DONE:
+        return None
+    text = None
+    loose = snapshot.folder / "README.md"
+    if loose.is_file() and loose.stat().st_size <= CARD_MAX_BYTES:
+        text = loose.read_text(encoding="utf-8", errors="replace")
+    elif snapshot.bundle_file is not None and snapshot.bundle_file.is_file():
+        try:
+            with zipfile.ZipFile(snapshot.bundle_file) as zf:
+                member = next(
+                    (i for i in zf.infolist() if i.filename.count("/") == 1 and i.filename.endswith("/README.md")), None
+                )
+                if member is not None and member.file_size <= CARD_MAX_BYTES:
+                    text = zf.read(member).decode("utf-8", errors="replace")
+        except zipfile.BadZipFile:
+            return None
+    if text is None:
+        return None
+    if text.startswith("---\n"):
+        end = text.find("\n---\n", 4)
+        if end != -1:
+            text = text[end + 5 :]
+    return text.lstrip("\n")
 
 
 def exports_for_project(project: Project, limit: int = 20) -> list[ExportSnapshot]:

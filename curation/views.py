@@ -367,12 +367,58 @@ def exports_page(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
+# Why an item or a row is left out of an export (curation.export.build.keep_reason and the writers).
+LEFT_OUT_WHY = {
+    "dropped": "dropped by a curator",
+    "flagged": "flagged by an annotator",
+    "no_judgments": "no judgment from the label source",
+    "low_agreement": "consensus agreement below the minimum",
+    "low_strength": "consensus strength below the minimum",
+}
+NOT_WRITTEN_WHY = {
+    "pairs:tie": "the consensus is a tie: no chosen and rejected response",
+    "pairs:undecided": "A and B have equal votes: no consensus",
+    "listwise:no_rankings": "no complete ranking",
+}
+
+
+def _card_context(snapshot: Any) -> dict[str, Any]:
+    """The dataset card of a done export: its figures from the stored counts, laid out, and the
+    card's text as written into the bundle (rendered from markdown, sanitized)."""
+    if snapshot.status != "done":
+        return {}
+    counts = snapshot.counts or {}
+    filters = snapshot.filters or {}
+    thresholds = {"low_agreement": filters.get("min_agreement"), "low_strength": filters.get("min_strength")}
+    rows = counts.get("rows") or {}
+    splits = sorted({split for per in rows.values() for split in per})
+    return {
+        "card": {
+            "text": selectors.export_card_text(snapshot),
+            "considered": counts.get("items_considered"),
+            "exported": counts.get("items_exported"),
+            "judgments": counts.get("judgments"),
+            "splits": splits,
+            "rows": [(fmt, [(split, per.get(split)) for split in splits]) for fmt, per in rows.items()],
+            "filters": sorted(filters.items()),
+            "left_out": [
+                (reason, n, LEFT_OUT_WHY.get(reason, reason), thresholds.get(reason))
+                for reason, n in (counts.get("excluded") or {}).items()
+            ],
+            "not_written": [
+                (key, n, NOT_WRITTEN_WHY.get(key, key)) for key, n in (counts.get("skipped_rows") or {}).items()
+            ],
+        }
+    }
+
+
 @login_required
 @require_GET
 def export_detail(request: HttpRequest, code: UUID) -> HttpResponse:
+    """The export's page; its status part is polled until it is finished, when it brings the card."""
     snapshot = selectors.export_get_for_user(request.user, code)
     template = "curation/export.html#status" if request.htmx else "curation/export.html"
-    return render(request, template, {"project": snapshot.project, "s": snapshot})
+    return render(request, template, {"project": snapshot.project, "s": snapshot, **_card_context(snapshot)})
 
 
 @login_required
