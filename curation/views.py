@@ -387,10 +387,14 @@ def _card_context(snapshot: Any) -> dict[str, Any]:
     card's text as written into the bundle (rendered from markdown, sanitized)."""
     if snapshot.status != "done":
         return {}
-    counts = snapshot.counts or {}
-    filters = snapshot.filters or {}
+
+    def mapping(value: Any) -> dict[str, Any]:  # the record as stored; older ones lack parts of it
+        return value if isinstance(value, dict) else {}
+
+    counts = mapping(snapshot.counts)
+    filters = mapping(snapshot.filters)
     thresholds = {"low_agreement": filters.get("min_agreement"), "low_strength": filters.get("min_strength")}
-    rows = counts.get("rows") or {}
+    rows = {fmt: per for fmt, per in mapping(counts.get("rows")).items() if isinstance(per, dict)}
     splits = sorted({split for per in rows.values() for split in per})
     return {
         "card": {
@@ -403,10 +407,10 @@ def _card_context(snapshot: Any) -> dict[str, Any]:
             "filters": sorted(filters.items()),
             "left_out": [
                 (reason, n, LEFT_OUT_WHY.get(reason, reason), thresholds.get(reason))
-                for reason, n in (counts.get("excluded") or {}).items()
+                for reason, n in mapping(counts.get("excluded")).items()
             ],
             "not_written": [
-                (key, n, NOT_WRITTEN_WHY.get(key, key)) for key, n in (counts.get("skipped_rows") or {}).items()
+                (key, n, NOT_WRITTEN_WHY.get(key, key)) for key, n in mapping(counts.get("skipped_rows")).items()
             ],
         }
     }

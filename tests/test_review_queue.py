@@ -227,7 +227,7 @@ def test_the_url_carries_the_filters(big, curator) -> None:
     assert '<input type="hidden" name="reason" value="low_agreement">' in html  # the bulk form posts them
     fragment = c.get(url, {"reason": "low_agreement"}, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="queue")
     body = fragment.content.decode()
-    assert body.lstrip().startswith('<section id="queue"') and "<html" not in body and _matching(body) == 600
+    assert '<section id="queue"' in body and "<html" not in body and _matching(body) == 600
     poll = c.get(url, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="crossfit").content.decode()
     assert poll.lstrip().startswith('<div id="crossfit"')  # the out-of-fold run's polling, as before
     restore = c.get(url, {"reason": "flagged"}, HTTP_HX_REQUEST="true", HTTP_HX_HISTORY_RESTORE_REQUEST="true")
