@@ -7,14 +7,19 @@ An item's effective curation state is its latest action (by creation time) that 
 
 from __future__ import annotations
 
+import sys
 import uuid
+import zipfile
+from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.http import Http404
 
-from annotation.models import Item, Project
+from annotation.models import Item, Judgment, Project
 from annotation.selectors import User, project_for_user, projects_for_user
 from curation.models import CurationAction, ExportSnapshot
 
@@ -99,5 +104,199 @@ def export_get_for_user(user: User, code: object) -> ExportSnapshot:
     return snapshot
 
 
+CARD_MAX_BYTES = 1 << 20  # a card is a few kilobytes; a bigger file is not shown whole
+
+
+def export_card_text(snapshot: ExportSnapshot) -> str | None:
+    """The dataset card (README.md) of a done export as written, without its YAML front matter:
+    from the export's folder, where it stays beside the bundle, else from the bundle itself.
+    None when there is none (not done yet, or the files are gone)."""
+    if snapshot.status != ExportSnapshot.Status.DONE:
+        return None
+    text = None
+    loose = snapshot.folder / "README.md"
+    if loose.is_file() and loose.stat().st_size <= CARD_MAX_BYTES:
+        text = loose.read_text(encoding="utf-8", errors="replace")
+    elif snapshot.bundle_file is not None and snapshot.bundle_file.is_file():
+        try:
+            with zipfile.ZipFile(snapshot.bundle_file) as zf:
+                member = next(
+                    (i for i in zf.infolist() if i.filename.count("/") == 1 and i.filename.endswith("/README.md")), None
+                )
+                if member is not None and member.file_size <= CARD_MAX_BYTES:
+                    text = zf.read(member).decode("utf-8", errors="replace")
+        except zipfile.BadZipFile:
+            return None
+    if text is None:
+        return None
+    if text.startswith("---\n"):
+        end = text.find("\n---\n", 4)
+        if end != -1:
+            text = text[end + 5 :]
+    return text.lstrip("\n")
+
+
 def exports_for_project(project: Project, limit: int = 20) -> list[ExportSnapshot]:
     return list(ExportSnapshot.objects.filter(project=project).select_related("created_by")[:limit])
+
+
+# ---------------------------------------------------------------------------------------------
+# The review queue, filtered, sorted and paged
+
+REVIEW_REASONS = ("out_of_fold_disagrees", "low_agreement", "ai_order_flip", "flagged")
+# Sort keys: (key over a row, whether larger comes first). Rows without the value go last.
+REVIEW_SORTS = {
+    "evidence": "strongest evidence first",
+    "margin": "lowest out-of-fold margin first",
+    "-margin": "highest out-of-fold margin first",
+    "disagreement": "most disagreement first",
+    "-disagreement": "least disagreement first",
+    "date": "newest judgment first",
+    "-date": "oldest judgment first",
+    "item": "item id",
+}
+REVIEW_PAGE_SIZES = (25, 50, 100, 200)
+
+
+@dataclass(frozen=True)
+class ReviewFilters:
+    """What the queue shows: any of `reasons` (none: all), judged by `labeler_id`, of `category`,
+    out-of-fold margin for the label within [margin_min, margin_max] (bounds exclude rows with no
+    margin), in `sort` order."""
+
+    reasons: tuple[str, ...] = ()
+    labeler_id: int | None = None
+    category: str = ""
+    margin_min: float | None = None
+    margin_max: float | None = None
+    sort: str = "evidence"
+
+
+@dataclass
+class ReviewQueue:
+    rows: list[dict[str, Any]]  # the page's rows
+    matching: list[dict[str, Any]]  # every row the filters keep, in order
+    candidates: int  # before filtering
+    page: int
+    pages: int
+    per_page: int
+    labelers: list[tuple[int, str]] = field(default_factory=list)  # among the candidates, by name
+    categories: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.matching)
+
+    @property
+    def first(self) -> int:
+        return (self.page - 1) * self.per_page + 1 if self.rows else 0
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.rows) - 1 if self.rows else 0
+
+
+def _margin_for_label(evidence: dict[str, Any]) -> float | None:
+    """The out-of-fold model's logit in favour of the consensus label (below 0: it prefers the other)."""
+    oof = evidence.get("out_of_fold_disagrees")
+    if not oof:
+        return None
+    margin_b = float(oof["margin_b_minus_a"])
+    return margin_b if oof.get("label") == "B" else -margin_b
+
+
+def _enrich(project: Project, rows: list[dict[str, Any]]) -> dict[int, str]:
+    """Add labelers, category, last judgment date, margin and disagreement to every candidate, in
+    two queries whatever their number. Returns {labeler id: name} of the labelers seen."""
+    ids = [r["item_id"] for r in rows]
+    items = {
+        i: (category, created)
+        for i, category, created in Item.objects.filter(project=project, id__in=ids).values_list(
+            "id", "metadata__category", "created_at"
+        )
+    }
+    judged: dict[int, list[tuple[int, datetime]]] = defaultdict(list)
+    names: dict[int, str] = {}
+    for item_id, labeler_id, name, username, created in (
+        Judgment.objects.filter(item__project=project, item_id__in=ids)
+        .order_by()
+        .values_list("item_id", "labeler_id", "labeler__name", "labeler__user__username", "created_at")
+    ):
+        judged[item_id].append((labeler_id, created))
+        names[labeler_id] = username or name
+    for r in rows:
+        category, created = items.get(r["item_id"], (None, None))
+        js = judged.get(r["item_id"], [])
+        r["category"] = "" if category is None else str(category)
+        r["labeler_ids"] = sorted({lab for lab, _ in js})
+        r["labelers"] = sorted(names[lab] for lab in r["labeler_ids"])
+        r["date"] = max((c for _, c in js), default=created)
+        r["margin"] = _margin_for_label(r["evidence"])
+        c = r.get("consensus")
+        r["disagreement"] = round(1.0 - c.agreement, 3) if c is not None and c.n else None
+    return names
+
+
+def _sort_key(sort: str) -> Any:
+    field_name = sort.lstrip("-")
+    if field_name == "evidence":
+        return lambda r: (-r["score"], r["item_id"])
+    if field_name == "item":
+        return lambda r: (r["external_id"], r["item_id"])
+    descending = {"margin": False, "disagreement": True, "date": True}[field_name] != sort.startswith("-")
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        value = r[field_name]
+        if value is None:
+            return (1, 0, r["item_id"])
+        if field_name == "date":
+            value = value.timestamp()
+        return (0, -value if descending else value, r["item_id"])
+
+    return key
+
+
+def _keeps(f: ReviewFilters) -> Any:
+    def keep(r: dict[str, Any]) -> bool:
+        if f.reasons and not set(f.reasons) & set(r["reasons"]):
+            return False
+        if f.labeler_id is not None and f.labeler_id not in r["labeler_ids"]:
+            return False
+        if f.category and r["category"] != f.category:
+            return False
+        if f.margin_min is not None and (r["margin"] is None or r["margin"] < f.margin_min):
+            return False
+        return not (f.margin_max is not None and (r["margin"] is None or r["margin"] > f.margin_max))
+
+    return keep
+
+
+def review_queue(project: Project, filters: ReviewFilters, *, page: int = 1, per_page: int = 50) -> ReviewQueue:
+    """The project's review candidates (`curation.quality.noisy_candidates`: uncurated items with
+    evidence against their label), filtered, sorted and cut to one page.
+
+    The candidates are found in Python over the whole project, so the filters, the sort and the
+    total are exact; the number of queries does not depend on the page size or on the number of
+    candidates (the report's reads, then two for labelers, categories and dates)."""
+    from curation.quality import noisy_candidates
+
+    rows = noisy_candidates(project, limit=sys.maxsize)
+    names = _enrich(project, rows)
+    matching = sorted(filter(_keeps(filters), rows), key=_sort_key(filters.sort))
+    pages = max(1, -(-len(matching) // per_page))
+    page = min(max(1, page), pages)
+    return ReviewQueue(
+        rows=matching[(page - 1) * per_page : page * per_page],
+        matching=matching,
+        candidates=len(rows),
+        page=page,
+        pages=pages,
+        per_page=per_page,
+        labelers=sorted(names.items(), key=lambda kv: (kv[1].lower(), kv[0])),
+        categories=sorted({r["category"] for r in rows if r["category"]}),
+    )
+
+
+def bulk_actions(project: Project, batch: str) -> QuerySet[CurationAction]:
+    """The actions one bulk action made (its id is in each action's evidence), newest first."""
+    return CurationAction.objects.filter(project=project, evidence__bulk__id=batch)

@@ -25,6 +25,7 @@ import logging
 import shutil
 import time
 import traceback
+import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -172,6 +173,53 @@ def curation_action_undo(*, action: CurationAction, actor: AbstractBaseUser | No
         )
     action.undone_at, action.undone_by = record.undone_at, record.undone_by
     return record
+
+
+def curation_bulk_apply(
+    *,
+    project: Project,
+    item_ids: Sequence[int],
+    actor: AbstractBaseUser | None,
+    action: str,
+    reason: str = "",
+    evidence: Mapping[int, Mapping[str, Any]] | None = None,
+    scope: Mapping[str, Any] | None = None,
+) -> list[CurationAction]:
+    """One action on many items of `project`, all or none, undone as one (`curation_bulk_undo`).
+
+    Each item gets its own action through `curation_action_apply` (its effect, its audit row, its
+    own undo), carrying its evidence plus `bulk`: the batch id, the number of items and `scope`
+    (what was selected: the rows ticked, or every row matching a filter). Items are locked in id
+    order, so two bulk actions over overlapping items cannot deadlock."""
+    ids = sorted(set(item_ids))
+    if not ids:
+        raise CurationError("no items selected")
+    items = {i.pk: i for i in Item.objects.filter(project=project, pk__in=ids)}
+    if len(items) != len(ids):
+        raise CurationError(f"{len(ids) - len(items)} of the selected items are not in this project")
+    batch = {"id": uuid.uuid4().hex, "items": len(ids), **dict(scope or {})}
+    with transaction.atomic():
+        return [
+            curation_action_apply(
+                item=items[i],
+                actor=actor,
+                action=action,
+                reason=reason,
+                evidence={**dict((evidence or {}).get(i) or {}), "bulk": batch},
+            )
+            for i in ids
+        ]
+
+
+def curation_bulk_undo(*, project: Project, batch: str, actor: AbstractBaseUser | None) -> list[CurationAction]:
+    """Undo every action of a bulk action that still stands, all or none: refused (CurationError)
+    when any of its items has a newer action since, as a single undo would be. Undoing twice
+    changes nothing."""
+    from curation.selectors import bulk_actions
+
+    with transaction.atomic():
+        standing = list(bulk_actions(project, batch).filter(undone_at__isnull=True).order_by("item_id"))
+        return [curation_action_undo(action=a, actor=actor) for a in standing]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,6 +475,8 @@ __all__ = [
     "ExportError",
     "curation_action_apply",
     "curation_action_undo",
+    "curation_bulk_apply",
+    "curation_bulk_undo",
     "export_copy_to",
     "export_create",
     "export_reproduce",

@@ -3,18 +3,21 @@ from __future__ import annotations
 import csv
 import io
 from typing import Any
+from urllib.parse import urlencode
 from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import BadRequest
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotation.models import Item
 from annotation.selectors import project_for_user
 from curation import quality, selectors, services
 from curation.export import ExportError
-from curation.forms import ActionForm, ExportForm
+from curation.forms import ActionForm, BulkActionForm, ExportForm, ReviewFilterForm
 from curation.models import CurationAction
 
 CSV_TABLES = (
@@ -139,22 +142,121 @@ def _crossfit_context(project: Any, error: str | None = None) -> dict[str, Any]:
     return {"project": project, "latest": crossfit_latest(project), "done": crossfit_done(project), "error": error}
 
 
+def _review_filters(data: Any) -> ReviewFilterForm:
+    form = ReviewFilterForm(data)
+    if not form.is_valid():
+        raise BadRequest("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+    return form
+
+
+def _queue_context(project: Any, form: ReviewFilterForm, **extra: Any) -> dict[str, Any]:
+    """What the queue fragment shows: the page of rows, the pager and the state kept in its URLs."""
+    d = form.cleaned_data
+    queue = selectors.review_queue(project, form.filters(), page=d.get("page") or 1, per_page=d.get("per") or 50)
+    state = form.state()
+    return {
+        "project": project,
+        "q": queue,
+        "f": form.filters(),
+        "per": queue.per_page,
+        "state": state,
+        "query": urlencode(state),
+        "sorts": selectors.REVIEW_SORTS.items(),
+        "reasons": selectors.REVIEW_REASONS,
+        "page_sizes": selectors.REVIEW_PAGE_SIZES,
+        "kinds": CurationAction.Kind.choices,
+        **extra,
+    }
+
+
+def _history(project: Any) -> list[CurationAction]:
+    return list(CurationAction.objects.filter(project=project).select_related("item", "actor", "undone_by")[:50])
+
+
 @login_required
 @require_GET
 def review_page(request: HttpRequest, slug: str) -> HttpResponse:
-    """The review queue; an htmx GET (the out-of-fold run's status polling) gets that part only."""
+    """The review queue: filters, sort and page come from the URL. An htmx GET aimed at the queue
+    (filters, pager) gets the queue only; the out-of-fold run's status polling gets its part."""
     project = project_for_user(request.user, slug, curator=True)
-    if request.htmx:
+    if request.htmx and not request.htmx.history_restore_request and request.htmx.target != "queue":
         return render(request, "curation/review.html#crossfit", _crossfit_context(project))
-    candidates = quality.noisy_candidates(project)
-    history = list(CurationAction.objects.filter(project=project).select_related("item", "actor", "undone_by")[:50])
-    context = {
-        **_crossfit_context(project),
-        "candidates": candidates,
-        "history": history,
-        "kinds": CurationAction.Kind.choices,
-    }
+    form = _review_filters(request.GET)
+    context = _queue_context(project, form)
+    if request.htmx and not request.htmx.history_restore_request:
+        return render(request, "curation/review.html#queue", context)
+    context.update(_crossfit_context(project), history=_history(project))
     return render(request, "curation/review.html", context)
+
+
+def _review_url(project: Any, form: ReviewFilterForm) -> str:
+    query = urlencode(form.state())
+    return reverse("curation:review", args=[project.slug]) + (f"?{query}" if query else "")
+
+
+def _bulk_done(request: HttpRequest, project: Any, form: ReviewFilterForm, **extra: Any) -> HttpResponse:
+    """After a bulk action or its undo: the queue again (htmx, with the history out of band), or
+    back to the same filtered page."""
+    if not request.htmx:
+        if extra.get("error"):
+            return HttpResponse(extra["error"], status=409, content_type="text/plain")
+        return redirect(_review_url(project, form))
+    context = _queue_context(project, form, history=_history(project), history_oob=True, **extra)
+    return render(request, "curation/review.html#queue", context, status=409 if extra.get("error") else 200)
+
+
+@login_required
+@require_POST
+def review_bulk(request: HttpRequest, slug: str) -> HttpResponse:
+    """One action on the rows ticked, or on every row matching the filter (as many as the curator
+    saw: if the count changed meanwhile, nothing is done and the queue is shown again)."""
+    project = project_for_user(request.user, slug, curator=True)
+    filters = _review_filters(request.POST)
+    form = BulkActionForm(request.POST)
+    if not form.is_valid():
+        return HttpResponse(form.errors.as_text(), status=400, content_type="text/plain")
+    d = form.cleaned_data
+    queue = selectors.review_queue(project, filters.filters(), per_page=1)
+    rows = {r["item_id"]: r for r in queue.matching}
+    if d["scope"] == "all":
+        if d["count"] != queue.total:
+            error = f"{queue.total} rows match the filter now, not {d['count']}: nothing was done; look again."
+            return _bulk_done(request, project, filters, error=error)
+        ids = list(rows)
+    else:
+        ids = d["item"]
+    scope = {"scope": d["scope"], "filter": urlencode(filters.state())}
+    evidence = {i: {"reasons": rows[i]["reasons"], **rows[i]["evidence"]} for i in ids if i in rows}
+    try:
+        actions = services.curation_bulk_apply(
+            project=project,
+            item_ids=ids,
+            actor=request.user,
+            action=d["action"],
+            reason=d["note"] or "",
+            evidence=evidence,
+            scope=scope,
+        )
+    except services.CurationError as exc:
+        return _bulk_done(request, project, filters, error=str(exc))
+    return _bulk_done(request, project, filters, bulk=actions[0], bulk_count=len(actions))
+
+
+@login_required
+@require_POST
+def review_bulk_undo(request: HttpRequest, slug: str, action_id: int) -> HttpResponse:
+    """Undo the whole bulk action that `action_id` was part of, in one step."""
+    project = project_for_user(request.user, slug, curator=True)
+    action = selectors.curation_action_for_user(request.user, action_id)
+    batch = (action.evidence or {}).get("bulk") or {}
+    if action.project_id != project.id or not batch.get("id"):
+        raise Http404("No such bulk action.")
+    filters = _review_filters(request.POST)
+    try:
+        undone = services.curation_bulk_undo(project=project, batch=batch["id"], actor=request.user)
+    except services.CurationError as exc:
+        return _bulk_done(request, project, filters, error=str(exc))
+    return _bulk_done(request, project, filters, undone=len(undone), undone_kind=action.get_action_display())
 
 
 @login_required
@@ -258,12 +360,62 @@ def exports_page(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
+# Why an item or a row is left out of an export (curation.export.build.keep_reason and the writers).
+LEFT_OUT_WHY = {
+    "dropped": "dropped by a curator",
+    "flagged": "flagged by an annotator",
+    "no_judgments": "no judgment from the label source",
+    "low_agreement": "consensus agreement below the minimum",
+    "low_strength": "consensus strength below the minimum",
+}
+NOT_WRITTEN_WHY = {
+    "pairs:tie": "the consensus is a tie: no chosen and rejected response",
+    "pairs:undecided": "A and B have equal votes: no consensus",
+    "listwise:no_rankings": "no complete ranking",
+}
+
+
+def _card_context(snapshot: Any) -> dict[str, Any]:
+    """The dataset card of a done export: its figures from the stored counts, laid out, and the
+    card's text as written into the bundle (rendered from markdown, sanitized)."""
+    if snapshot.status != "done":
+        return {}
+
+    def mapping(value: Any) -> dict[str, Any]:  # the record as stored; older ones lack parts of it
+        return value if isinstance(value, dict) else {}
+
+    counts = mapping(snapshot.counts)
+    filters = mapping(snapshot.filters)
+    thresholds = {"low_agreement": filters.get("min_agreement"), "low_strength": filters.get("min_strength")}
+    rows = {fmt: per for fmt, per in mapping(counts.get("rows")).items() if isinstance(per, dict)}
+    splits = sorted({split for per in rows.values() for split in per})
+    return {
+        "card": {
+            "text": selectors.export_card_text(snapshot),
+            "considered": counts.get("items_considered"),
+            "exported": counts.get("items_exported"),
+            "judgments": counts.get("judgments"),
+            "splits": splits,
+            "rows": [(fmt, [(split, per.get(split)) for split in splits]) for fmt, per in rows.items()],
+            "filters": sorted(filters.items()),
+            "left_out": [
+                (reason, n, LEFT_OUT_WHY.get(reason, reason), thresholds.get(reason))
+                for reason, n in mapping(counts.get("excluded")).items()
+            ],
+            "not_written": [
+                (key, n, NOT_WRITTEN_WHY.get(key, key)) for key, n in mapping(counts.get("skipped_rows")).items()
+            ],
+        }
+    }
+
+
 @login_required
 @require_GET
 def export_detail(request: HttpRequest, code: UUID) -> HttpResponse:
+    """The export's page; its status part is polled until it is finished, when it brings the card."""
     snapshot = selectors.export_get_for_user(request.user, code)
     template = "curation/export.html#status" if request.htmx else "curation/export.html"
-    return render(request, template, {"project": snapshot.project, "s": snapshot})
+    return render(request, template, {"project": snapshot.project, "s": snapshot, **_card_context(snapshot)})
 
 
 @login_required

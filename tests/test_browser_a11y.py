@@ -56,6 +56,8 @@ NOT_PAGES = {
     "curation:review_crossfit",
     "curation:review_act",
     "curation:review_undo",
+    "curation:review_bulk",
+    "curation:review_bulk_undo",
     "curation:export_download",
     "curation:export_reproduce",
     "models_srv:train",

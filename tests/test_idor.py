@@ -25,7 +25,7 @@ from annotation.importing import import_items
 from annotation.models import Assignment, ImportJob, Item, Labeler, Membership, Project
 from annotation.services import membership_set
 from curation.models import ExportSnapshot
-from curation.services import curation_action_apply
+from curation.services import curation_bulk_apply
 from models_srv.models import AILabelRun, DataSnapshot, RewardModelVersion
 from tests.conftest import jsonl, pair_row
 
@@ -102,7 +102,8 @@ def build_world(make_user: Any, make_project: Any, settings: Any, tmp_path: Any)
     version = RewardModelVersion.objects.create(project=p, version=1, status="failed", config={}, snapshot=snapshot)
     labeler = Labeler.objects.create(project=p, kind="llm", name="judge", config={"model": "m"})
     run = AILabelRun.objects.create(project=p, labeler=labeler, status="succeeded")
-    action = curation_action_apply(item=item, actor=users["p_curator"], action="accept")
+    # One action of a bulk action of one item: both the action's and the bulk's routes take its id.
+    (action,) = curation_bulk_apply(project=p, item_ids=[item.id], actor=users["p_curator"], action="accept")
     code = uuid.uuid4()
     bundle = tmp_path / "exports" / f"{code}.zip"
     bundle.parent.mkdir(parents=True)
