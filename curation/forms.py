@@ -74,7 +74,7 @@ class ReviewFilterForm(forms.Form):
     margin_max = forms.FloatField(required=False, label="to")
     sort = forms.ChoiceField(required=False, choices=list(REVIEW_SORTS.items()))
     per = forms.TypedChoiceField(
-        required=False, coerce=int, empty_value=50, choices=[(n, n) for n in REVIEW_PAGE_SIZES]
+        required=False, coerce=int, empty_value=50, choices=[(n, n) for n in REVIEW_PAGE_SIZES]  # type: ignore[arg-type]
     )
     page = forms.IntegerField(required=False, min_value=1)
 
@@ -121,7 +121,7 @@ class BulkActionForm(forms.Form):
     count = forms.IntegerField(required=False, min_value=0, help_text="How many rows the curator saw matching.")
 
     def clean(self) -> dict[str, Any]:
-        d = super().clean()
+        d = super().clean() or {}
         if d.get("scope") == "selected" and not d.get("item"):
             raise forms.ValidationError("Tick the rows to act on, or choose every row matching the filter.")
         if d.get("scope") == "all" and d.get("count") is None:

@@ -209,7 +209,7 @@ def _enrich(project: Project, rows: list[dict[str, Any]]) -> dict[int, str]:
     """Add labelers, category, last judgment date, margin and disagreement to every candidate, in
     two queries whatever their number. Returns {labeler id: name} of the labelers seen."""
     ids = [r["item_id"] for r in rows]
-    items = {
+    items: dict[int, tuple[Any, datetime | None]] = {
         i: (category, created)
         for i, category, created in Item.objects.filter(project=project, id__in=ids).values_list(
             "id", "metadata__category", "created_at"
@@ -225,12 +225,12 @@ def _enrich(project: Project, rows: list[dict[str, Any]]) -> dict[int, str]:
         judged[item_id].append((labeler_id, created))
         names[labeler_id] = username or name
     for r in rows:
-        category, created = items.get(r["item_id"], (None, None))
+        category, item_created = items.get(r["item_id"], (None, None))
         js = judged.get(r["item_id"], [])
         r["category"] = "" if category is None else str(category)
         r["labeler_ids"] = sorted({lab for lab, _ in js})
         r["labelers"] = sorted(names[lab] for lab in r["labeler_ids"])
-        r["date"] = max((c for _, c in js), default=created)
+        r["date"] = max((c for _, c in js), default=item_created)
         r["margin"] = _margin_for_label(r["evidence"])
         c = r.get("consensus")
         r["disagreement"] = round(1.0 - c.agreement, 3) if c is not None and c.n else None

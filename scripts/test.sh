@@ -35,6 +35,6 @@ fi
 
 $BIN/ruff check .
 # Types: mypy with the Django plugin (settings in pyproject.toml; the debt list there only shrinks).
-$BIN/mypy annotation curation models_srv config
+$BIN/mypy accounts annotation curation models_srv config
 DEBUG=1 DATABASE_URL=sqlite:///:memory: $BIN/python manage.py makemigrations --check --dry-run
 $BIN/python -m pytest "$@"

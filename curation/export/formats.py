@@ -403,24 +403,24 @@ class Raw(Format):
             column("strength", jc.strength)
         if jc.payloads is not None:
             payloads = [jc.payloads[k] for k in rows]
-            values: dict[str, list[Any]] = {}
+            nested: dict[str, list[Any]] = {}
             if schema.ranking:
-                values["ranking"] = [p.get("ranking") for p in payloads]
+                nested["ranking"] = [p.get("ranking") for p in payloads]
             if schema.rubric:
                 aspects = ctx.aspects
-                values["rubric"] = [
+                nested["rubric"] = [
                     [{a: (r or {}).get(a) for a in aspects} for r in rub] if isinstance(rub, list) else None
                     for rub in (p.get("rubric") for p in payloads)
                 ]
             if schema.spans:
-                values["spans"] = [
+                nested["spans"] = [
                     [
                         {"response": s["response"], "start": s["start"], "end": s["end"], "category": s["category"]}
                         for s in p.get("spans") or []
                     ]
                     for p in payloads
                 ]
-            for name, vals in values.items():
+            for name, vals in nested.items():
                 array = pa.array(vals, type=fields[name])
                 out[name] = (array, pa.array([encoder.value(v) for v in vals], type=pa.string()))
         column("justification", jc.justification)

@@ -101,7 +101,8 @@ ORDER BY j.item_id, j.id
 
 
 def _judgment_sql(filters: ExportFilters, cutoff: datetime, payloads: bool) -> tuple[str, list[Any]]:
-    where, params = ["j.created_at <= %s"], [cutoff]
+    where: list[str] = ["j.created_at <= %s"]
+    params: list[Any] = [cutoff]
     if filters.date_from:
         where.append("j.created_at >= %s")
         params.append(_day_start(filters.date_from))
@@ -130,7 +131,9 @@ def load_judgments(ids: list[int], filters: ExportFilters, cutoff: datetime, pay
     cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * n_cols
     item_ids = np.array(cols[0], dtype=np.int64)
     kinds = cols[2]
-    uniq, inverse = np.unique(np.array(kinds, dtype=object), return_inverse=True) if kinds else ([], np.array([]))
+    uniq, inverse = (
+        np.unique(np.array(kinds, dtype=object), return_inverse=True) if kinds else (np.array([]), np.array([]))
+    )
     source = np.array([KIND_SOURCE[k] for k in uniq], dtype=np.int8)[inverse] if kinds else np.array([], np.int8)
     return JudgmentColumns(
         item=np.searchsorted(np.array(ids, dtype=np.int64), item_ids),
