@@ -14,8 +14,8 @@ from django.views.decorators.http import require_GET
 
 from annotation.models import Project
 from annotation.selectors import project_for_user
+from config.charts import Chart
 from curation import quality, quality_charts
-from curation.charts import Chart
 from curation.views import _csv_cell
 
 

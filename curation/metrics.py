@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from models_srv.stats import binomial_test
+from models_srv.stats import binomial_test, wilson_interval
 
 __all__ = [
     "AgreementPoint",
@@ -294,17 +294,6 @@ def length_bias(records: Iterable[tuple[int, int, str]]) -> BiasTest:
         n += 1
         hits += int((choice == "A") == (len_a > len_b))
     return _bias(hits, n)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
-    """Wilson score interval for a proportion (95% by default); None when n == 0."""
-    if n <= 0:
-        return None
-    phat = successes / n
-    denom = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # --------------------------------------------------------------------------------------------

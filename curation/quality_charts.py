@@ -1,13 +1,13 @@
 """The Quality page's charts, built from its report (`quality.report`): each chart is drawn from
-the same rows its table and CSV show (`curation.charts`). Keys name the CSV (`chart_views`)."""
+the same rows its table and CSV show (`config.charts`). Keys name the CSV (`chart_views`)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from curation import charts
-from curation.charts import Chart, Point
+from config import charts
+from config.charts import Chart, Point
 from curation.quality import DRIFT_GROUPS
 
 SOURCES = {"human": "Annotators", "imported": "Imported labels", "ai": "AI labelers"}

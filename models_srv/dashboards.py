@@ -1,4 +1,4 @@
-"""Charts of the reward-model versions page and the routing page (geometry: `curation.charts`).
+"""Charts of the reward-model versions page and the routing page (geometry: `config.charts`).
 
 - Versions: each succeeded version's held-out pairwise accuracy with its 95 % Wilson interval,
   beside the two length baselines scored on the same pairs (`models_srv.evaluation`).
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from curation import charts
-from curation.charts import Chart, Point
-from curation.metrics import wilson_interval
+from config import charts
+from config.charts import Chart, Point
+from models_srv.stats import wilson_interval
 
 CURVE_BUDGETS = tuple(k / 10 for k in range(11))
 CURVE_SEEDS = (0, 1, 2, 3, 4)

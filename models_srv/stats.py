@@ -31,3 +31,14 @@ def binomial_test(successes: int, n: int, p: float = 0.5) -> float:
     top = float(logpmf[mask].max())
     total = top + math.log(float(np.exp(logpmf[mask] - top).sum()))
     return float(min(1.0, math.exp(total)))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
+    """Wilson score interval for a proportion (95% by default); None when n == 0."""
+    if n <= 0:
+        return None
+    phat = successes / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -1,4 +1,4 @@
-"""The chart module's geometry (curation/charts.py): scales and ticks, and each kind of chart
+"""The chart module's geometry (config/charts.py): scales and ticks, and each kind of chart
 placing its marks where its numbers say, checked by inverting the drawn coordinates."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from curation import charts
-from curation.charts import Point, Scale
+from config import charts
+from config.charts import Point, Scale
 
 
 def test_scale_maps_and_inverts() -> None:

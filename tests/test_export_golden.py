@@ -286,6 +286,24 @@ def test_ranking_export_with_chat_prompts_is_unchanged(make_project: Any, tmp_pa
     _check("RANKING_ALL", _export(project, formats, tmp_path / "all", label_source="all"), RANKING_ALL)
 
 
+def test_the_orm_path_of_the_embedded_defaults_writes_the_same_files(
+    make_project: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """SQLite cannot run the export's one raw statement; its ORM path must give the same bytes."""
+    from curation.export import query
+
+    monkeypatch.setattr(query, "statements_apply", lambda: False)
+    project = make_project("golden-rank", schema=RANKING)
+    _generate(project, RANKING, 400, 3, seed=2, base=9_200_000)
+    _check(
+        "RANKING_ALL", _export(project, ["listwise", "rubric", "raw"], tmp_path / "r", label_source="all"), RANKING_ALL
+    )
+    project = make_project("golden-pw", schema=FULL)
+    _generate(project, FULL, 2_600, 2, seed=1, base=9_100_000)
+    formats = ["pairs", "rubric", "spans", "raw"]
+    _check("PAIRWISE_ALL", _export(project, formats, tmp_path / "all", label_source="all"), PAIRWISE_ALL)
+
+
 def test_bulk_pairwise_consensus_equals_the_one_item_rule() -> None:
     rng = random.Random(7)
     n_items, rows = 300, []
