@@ -92,8 +92,8 @@ def fetch_one(sql: str, params: Sequence[Any] | dict[str, Any]) -> tuple[Any, ..
     """The first row of a hand-written statement, or None.
 
     On PostgreSQL with prepared statements, through the backend's kept cursor
-    (`config.postgresql`): Django's cursor costs 28 us of Python to make and wrap for each
-    statement, about 3 % of an annotation loop. Where queries are logged (DEBUG, the test suite's
+    (`config.postgresql`): Django's cursor costs Python to make and wrap for each statement.
+    Where queries are logged (DEBUG, the test suite's
     query counters), Django's own cursor, which does the logging."""
     conn = connections[DEFAULT_DB_ALIAS]
     if (
@@ -123,8 +123,8 @@ def insert_parts(
     field takes the model's default.
 
     The column and value lists, and the prepared values of constant defaults, are worked out once
-    for each model, connection vendor and set of given fields (5 % of an annotation loop when they
-    were rebuilt on every call); values and callable defaults are prepared on each call."""
+    for each model, connection vendor and set of given fields, not on every call; values and
+    callable defaults are prepared on each call."""
     exprs = exprs or {}
     conn = connections[DEFAULT_DB_ALIAS]
     key = (model, conn.vendor, tuple(values), tuple(exprs.items()))

@@ -27,7 +27,7 @@ from annotation.schema_builder import JUSTIFICATIONS, KINDS, MAX_STRENGTHS, Sche
 
 def _is_htmx(request: HttpRequest) -> bool:
     """`request.htmx`, read straight from the request's environ: django-htmx builds the request's
-    whole header map to answer it (2 % of an annotation loop)."""
+    whole header map to answer it."""
     return request.META.get("HTTP_HX_REQUEST") == "true"
 
 

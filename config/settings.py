@@ -192,8 +192,8 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     if env.bool("DB_PREPARED_STATEMENTS", default=True):
         # The annotation queue's hand-written statements (annotation/rows.py) run on cursors that
         # bind parameters on the server, and psycopg prepares one after 5 runs on a connection, so
-        # PostgreSQL stops parsing and planning them each time: half the server CPU of a hand-out
-        # and submit (bench/annotate). The ORM keeps client-side binding (and prepares nothing).
+        # PostgreSQL stops parsing and planning them each time (bench/annotate measures it).
+        # The ORM keeps client-side binding (and prepares nothing).
         # Django leaves prepare_threshold off unless it is given. DB_PREPARED_STATEMENTS=0 behind a
         # pooler in transaction mode that cannot keep prepared statements (PgBouncer before 1.21).
         DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 5

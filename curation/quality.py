@@ -26,8 +26,7 @@ finds less likely than the other (the project's latest out-of-fold margins, `mod
 strongest evidence = lowest probability of the label), items with low or tied agreement, AI
 judgments that flip when the order is swapped, and flagged items. Out of fold, not in sample: the
 current reward model trained on these very labels, so a model able to fit them has learnt the
-wrong ones too; the old in-sample rule (margin against the label over twice the ensemble's spread)
-found 5 % of the flips planted in HH (bench/noise/README.md).
+wrong ones too (bench/noise/README.md compares it with the old in-sample rule and cleanlab).
 """
 
 from __future__ import annotations
