@@ -56,3 +56,22 @@ def load_hh_pairs(limit: int) -> list[tuple[str, str, str]]:
             if len(out) >= limit:
                 break
     return out
+
+
+def setup_embedded_django(out: Path) -> None:
+    """Django in this process on a SQLite database under `out` (the app's `EmbeddingCache` lives
+    there, so embeddings are computed once across runs), migrated."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("DEBUG", "1")
+    os.environ.setdefault("DATABASE_URL", f"sqlite:///{out / 'embeddings.sqlite3'}")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)

@@ -732,7 +732,7 @@ def train(
     if not texts:
         raise ValueError("the snapshot has no training examples")
     if config.mode == "pluralistic":
-        return _train_pluralistic(data, config, Encoder(config, "cpu"), report, stop)
+        return _train_pluralistic(data, config, encoder, report, stop)
     if config.mode == "frozen":
         started = time.monotonic()
 

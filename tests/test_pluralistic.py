@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from models_srv import pluralistic as pl
+from tests.test_reward_training import TINY
 
 
 def planted(n_per_group: tuple[int, ...], judgments: int, seed: int, flip: float = 0.1):
@@ -89,14 +90,6 @@ def test_feature_map_round_trips():
 # ---------------------------------------------------------------------------------------------
 # Through the app: imported per-annotator judgments, the training service, the version's metrics
 
-TINY = {
-    "model_type": "bert",
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 128,
-}
 
 
 def two_camps(n_items: int, seed: int = 0) -> list[dict]:

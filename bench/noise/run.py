@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import load_hh_pairs  # noqa: E402
+from common import load_hh_pairs, setup_embedded_django  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 GOOD = ["helpful", "correct", "clear", "kind", "accurate", "polite", "thorough", "honest"]
@@ -51,18 +51,7 @@ BAD = ["wrong", "rude", "useless", "confusing", "false", "dismissive", "harmful"
 
 
 def setup_django() -> None:
-    sys.path.insert(0, str(ROOT))
-    OUT.mkdir(exist_ok=True)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("DEBUG", "1")
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{OUT / 'embeddings.sqlite3'}")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    setup_embedded_django(OUT)
 
 
 def synthetic(n: int) -> list[tuple[str, str, str]]:

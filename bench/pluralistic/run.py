@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
-from common import load_hh_pairs  # noqa: E402
+from common import load_hh_pairs, setup_embedded_django  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 FLIP = 0.10
@@ -47,17 +46,7 @@ TEST_PER_ANNOTATOR = 20
 
 
 def setup_django() -> None:
-    OUT.mkdir(exist_ok=True)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("DEBUG", "1")
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{OUT / 'embeddings.sqlite3'}")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    setup_embedded_django(OUT)
 
 
 def embed(texts: list[tuple[str, str]], threads: int) -> np.ndarray:

@@ -94,6 +94,19 @@ _CONTROL = np.array([b < 0x20 and b not in _ESCAPES for b in range(256)])
 _NONE = type(None)
 
 
+def _string_texts(array: pa.Array) -> pa.Array | None:
+    """JSON texts of a string column, escaped in Arrow (a byte count of the UTF-8 data says which
+    escapes are needed, each a substring replacement); None when a control character other than
+    the named escapes needs the per-value encoder."""
+    counts = np.bincount(np.frombuffer(_utf8(array), dtype=np.uint8), minlength=256)
+    if counts[_CONTROL].any():
+        return None
+    for byte, (old, new) in _ESCAPES.items():
+        if counts[byte]:
+            array = pc.replace_substring(array, old, new)
+    return pc.fill_null(pc.binary_join_element_wise('"', array, '"', ""), "null")
+
+
 def _json_texts(array: pa.Array, values: tuple[Any, ...], encoder: RowEncoder) -> pa.Array:
     """Each value's JSON text (as `json.dumps(value, ensure_ascii=False)`), as a string array.
 
@@ -102,12 +115,8 @@ def _json_texts(array: pa.Array, values: tuple[Any, ...], encoder: RowEncoder) -
     other type, one value at a time by `encoder`."""
     kinds = set(map(type, values)) - {_NONE}
     if kinds <= {str} and pa.types.is_string(array.type):
-        counts = np.bincount(np.frombuffer(_utf8(array), dtype=np.uint8), minlength=256)
-        if not counts[_CONTROL].any():
-            for byte, (old, new) in _ESCAPES.items():
-                if counts[byte]:
-                    array = pc.replace_substring(array, old, new)
-            return pc.fill_null(pc.binary_join_element_wise('"', array, '"', ""), "null")
+        if (texts := _string_texts(array)) is not None:
+            return texts
     elif kinds <= {int} and pa.types.is_integer(array.type):
         return pc.fill_null(pc.cast(array, pa.string()), "null")
     if not kinds:
@@ -123,12 +132,8 @@ def json_texts(array: pa.Array, encoder: RowEncoder) -> pa.Array:
     if array.null_count == len(array):
         return pa.array(["null"] * len(array), type=pa.string())
     if pa.types.is_string(array.type):
-        counts = np.bincount(np.frombuffer(_utf8(array), dtype=np.uint8), minlength=256)
-        if not counts[_CONTROL].any():
-            for byte, (old, new) in _ESCAPES.items():
-                if counts[byte]:
-                    array = pc.replace_substring(array, old, new)
-            return pc.fill_null(pc.binary_join_element_wise('"', array, '"', ""), "null")
+        if (texts := _string_texts(array)) is not None:
+            return texts
     elif pa.types.is_integer(array.type):
         return pc.fill_null(pc.cast(array, pa.string()), "null")
     return pa.array([encoder.value(v) for v in array.to_pylist()], type=pa.string())
