@@ -724,8 +724,6 @@ def train(
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(device)
     encoder = Encoder(config, device)
-    aspects = sorted(data.aspects)
-    heads = make_heads(encoder.dim, config.ensemble, len(aspects), config.head).to(device)
     report = progress or (lambda _: None)
     stop = should_stop or (lambda: False)
     texts, index = _index_texts(data.train)
@@ -733,6 +731,8 @@ def train(
         raise ValueError("the snapshot has no training examples")
     if config.mode == "pluralistic":
         return _train_pluralistic(data, config, encoder, report, stop)
+    aspects = sorted(data.aspects)
+    heads = make_heads(encoder.dim, config.ensemble, len(aspects), config.head).to(device)
     if config.mode == "frozen":
         started = time.monotonic()
 
