@@ -58,9 +58,14 @@ def test_filter_bulk_drop_all_matching_and_undo(page, make_project, make_user, c
     actions = CurationAction.objects.filter(project=project)
     assert actions.count() == 8 and not actions.filter(undone_at__isnull=True).exists()
 
-    # Tick two rows and accept just those.
-    page.check("tr[data-item=r3] input[name=item]")
-    page.check("tr[data-item=r11] input[name=item]")
+    # "Select every row on this page" ticks all 8, and clearing two leaves it part-ticked.
+    rows = page.locator("[data-testid=candidates] input[name=item]")
+    page.check("[data-testid=select-page]")
+    assert rows.evaluate_all("bs => bs.filter(b => b.checked).length") == 8
+    for i in range(19, 60, 8):
+        page.uncheck(f"tr[data-item=r{i}] input[name=item]")
+    assert page.locator("[data-testid=select-page]").evaluate("b => [b.checked, b.indeterminate]") == [False, True]
+    # Accept just the two rows left ticked.
     page.click("[data-testid=bulk-accept]")
     page.wait_for_selector("[data-testid=bulk-done]")
     assert matching.inner_text() == "6"
