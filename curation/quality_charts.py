@@ -224,20 +224,12 @@ def groups(rep: dict[str, Any]) -> Chart:
     rows, table = [], []
     for g in panel["groups"]:
         longer, within = g["longer_wins"], g["within"]
-        rows.append(
-            (
-                f"Group {g['group']} ({len(g['members'])})",
-                [
-                    Point("longer", longer["share"], longer["low"], longer["high"], longer["n"]),
-                    Point("agreement", within["share"], within["low"], within["high"], within["n"]),
-                ],
-            )
-        )
+        label = f"Group {g['group']} ({len(g['members'])})"
+        rows.append((label, [_point("longer", longer), _point("agreement", within)]))
         table.append([g["group"], len(g["members"]), g["size"], *_interval(longer), *_interval(within)])
     across = panel["agreement"].get("across")
     if panel["groups"] and across:
-        point = Point("agreement", across["share"], across["low"], across["high"], across["n"])
-        rows.append(("Across groups", [point]))
+        rows.append(("Across groups", [_point("agreement", across)]))
         table.append(["across", None, None, None, None, None, None, *_interval(across)])
     return charts.interval_chart(
         key="groups",
@@ -270,7 +262,12 @@ def groups(rep: dict[str, Any]) -> Chart:
 
 
 def _interval(s: dict[str, Any]) -> list[Any]:
+    """A share with its Wilson interval and count (`curation.groups`), as table cells."""
     return [s["share"], s["low"], s["high"], s["n"]]
+
+
+def _point(series: str, s: dict[str, Any]) -> Point:
+    return Point(series, *_interval(s))
 
 
 def _p(value: float) -> str:
