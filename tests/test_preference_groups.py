@@ -179,6 +179,44 @@ def test_agreement_within_and_across_and_what_separates_the_groups_by_hand(make_
     assert panel["aspects"] == []  # no rubric in this schema
 
 
+def test_per_aspect_gaps_between_the_groups_by_hand(make_project, make_user):
+    from tests.conftest import RUBRIC_SCHEMA
+
+    project = make_project("rub", schema=RUBRIC_SCHEMA, curator=make_user("cura"))
+    ratings = {  # item: {annotator: helpfulness of response A, of response B}
+        "r1": {"a": (5, 1), "b": (4, 2), "c": (2, 4), "d": (1, 5)},
+        "r2": {"a": (3, 3), "c": (3, 2)},
+    }
+    rows = [
+        {
+            "id": ext,
+            "prompt": f"Question {ext}",
+            "response_a": "one",
+            "response_b": "two",
+            "judgments": [
+                {
+                    "annotator": n,
+                    "pairwise": {"choice": "A" if x >= y else "B", "strength": 1},
+                    "rubric": [{"helpfulness": x}, {"helpfulness": y}],
+                }
+                for n, (x, y) in votes.items()
+            ],
+        }
+        for ext, votes in ratings.items()
+    ]
+    import_items(project=project, fileobj=jsonl(rows))
+    plural_version(project, {"a": 1, "b": 1, "c": 2, "d": 2})
+    panel = quality.report(project, bootstrap=0)["groups"]
+    assert panel is not None
+    # r1: group means 4.5 / 1.5 on A and 1.5 / 4.5 on B (gaps 3 and 3); r2: 3 / 3 on A, 3 / 2 on B (0 and 1).
+    # Each group's mean of its per-response means: (4.5 + 1.5 + 3 + 3) / 4 and (1.5 + 4.5 + 3 + 2) / 4.
+    assert panel["aspects"] == [{"aspect": "helpfulness", "responses": 4, "mean_gap": 1.75, "means": {1: 3.0, 2: 2.75}}]
+    c = Client()
+    c.force_login(project.memberships.get().user)
+    page = c.get(reverse("curation:quality", args=[project.slug])).content.decode()
+    assert 'data-testid="groups-aspects"' in page and "1.75" in page
+
+
 def test_the_latest_promoted_or_finished_pluralistic_version_is_the_one_shown(make_project, make_user):
     curator = make_user("cura")
     project, v1 = hand_project(make_project, curator)
