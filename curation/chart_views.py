@@ -46,6 +46,7 @@ def _curve(project: Project) -> Chart:
 
 CHARTS: dict[str, tuple[str, Callable[[Project], Chart]]] = {
     **{key: ("quality", _quality(key)) for key in quality_charts.CHART_KEYS},
+    quality_charts.GROUPS_KEY: ("quality", lambda project: quality_charts.groups(quality.cached_report(project))),
     "rm_versions": ("reward models", _versions),
     "routing_budget": ("routing", _budget),
     "routing_curve": ("routing", _curve),

@@ -37,7 +37,36 @@ class ExportForm(forms.Form):
     )
     date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    group_source = forms.ChoiceField(
+        required=False,
+        label="Preference groups from",
+        help_text="A pluralistic reward model of this project whose groups the export reads; the raw format "
+        "then carries each judgment's group and group confidence.",
+    )
+    group_mode = forms.ChoiceField(
+        required=False,
+        label="Groups",
+        choices=[
+            ("pooled", "All groups pooled (as without groups)"),
+            ("one", "One group only"),
+            ("split", "One consensus per group (pairs rows carry their group)"),
+            ("weighted", "Weight each judgment by its annotator's group confidence"),
+        ],
+    )
+    group = forms.IntegerField(required=False, min_value=1, help_text="The group kept by 'One group only'.")
     license = forms.CharField(max_length=100, initial="unknown", help_text="The dataset card's license field.")
+
+    def __init__(self, *args: Any, project: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from models_srv.selectors import pluralistic_versions
+
+        versions = pluralistic_versions(project) if project is not None else []
+        field = self.fields["group_source"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [("", "none")] + [
+            (str(v.uuid), f"v{v.version}{' (current)' if v.is_current else ''}: {v.metrics['pluralistic']['k']} groups")
+            for v in versions
+        ]
 
     def filters(self) -> dict[str, Any]:
         d = self.cleaned_data
@@ -46,6 +75,10 @@ class ExportForm(forms.Form):
         for k in ("date_from", "date_to"):
             if d.get(k):
                 out[k] = d[k].isoformat()
+        # Checked with the other filters (curation.export.ExportFilters), which name what is wrong.
+        for k in ("group_source", "group_mode", "group"):
+            if d.get(k) not in (None, "", "pooled"):
+                out[k] = d[k]
         return out
 
 

@@ -601,7 +601,18 @@ def report(project: Project, *, bootstrap: int = 200) -> dict[str, Any]:
         "reward_models": reward_models(project),
         "ai_consensus": ai_consensus_table(data, consensus),
         "kappa_pairs": kappa_pairs(data),
+        "groups": preference_groups(data),
     }
+
+
+def preference_groups(data: ProjectData) -> dict[str, Any] | None:
+    """The preference groups panel (`curation.groups`) of the project's latest pluralistic reward
+    model, or None when it has none."""
+    from curation.groups import panel
+    from models_srv.selectors import pluralistic_latest
+
+    found = pluralistic_latest(data.project)
+    return panel(data, found) if found is not None else None
 
 
 # ---------------------------------------------------------------------------------------------

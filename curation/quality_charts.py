@@ -217,6 +217,59 @@ def drift(rep: dict[str, Any], group: str) -> Chart:
     )
 
 
+def groups(rep: dict[str, Any]) -> Chart:
+    """Per preference group: how often its longer response wins and how often two of its members
+    agree, with Wilson intervals; a last row for pairs of annotators from different groups."""
+    panel = rep.get("groups") or {"groups": [], "agreement": {}}
+    rows, table = [], []
+    for g in panel["groups"]:
+        longer, within = g["longer_wins"], g["within"]
+        label = f"Group {g['group']} ({len(g['members'])})"
+        rows.append((label, [_point("longer", longer), _point("agreement", within)]))
+        table.append([g["group"], len(g["members"]), g["size"], *_interval(longer), *_interval(within)])
+    across = panel["agreement"].get("across")
+    if panel["groups"] and across:
+        rows.append(("Across groups", [_point("agreement", across)]))
+        table.append(["across", None, None, None, None, None, None, *_interval(across)])
+    return charts.interval_chart(
+        key="groups",
+        title="Preference groups: how often the longer response wins, and how often two annotators agree",
+        rows=rows,
+        series={
+            "longer": ("Longer wins", charts.PALETTE[5], "diamond"),
+            "agreement": ("Annotator pairs agree", charts.PALETTE[0], "dot"),
+        },
+        columns=[
+            "group",
+            "members",
+            "size",
+            "longer_wins",
+            "longer_low",
+            "longer_high",
+            "longer_n",
+            "agreement",
+            "agreement_low",
+            "agreement_high",
+            "pairs",
+        ],
+        table=table,
+        x_label="share (95% Wilson interval; 0.5 = no length preference)",
+        domain=(0.0, 1.0),
+        reference=0.5 if rows else None,
+        describe=lambda row, p: f"{'longer wins' if p.series == 'longer' else 'pairs agree'} (n={p.n})",
+        empty="No pluralistic reward model has found preference groups yet.",
+    )
+
+
+def _interval(s: dict[str, Any]) -> list[Any]:
+    """A share with its Wilson interval and count (`curation.groups`), as table cells."""
+    return [s["share"], s["low"], s["high"], s["n"]]
+
+
+def _point(series: str, s: dict[str, Any]) -> Point:
+    return Point(series, *_interval(s))
+
+
 def _p(value: float) -> str:
     """A p-value as printed: rounded to 4 places, so 0 reads "p<0.0001"."""
     return "p<0.0001" if value < 0.0001 else f"p={value}"
@@ -228,7 +281,17 @@ def _unit_or_wider(values: list[float]) -> tuple[float, float]:
     return (math.floor(min([0.0, *values]) * 2) / 2, 1.0)
 
 
-CHART_KEYS = ("leaderboard", "alpha_weekly", "reliability", "labels", "biases", *(f"drift_{g}" for g in DRIFT_GROUPS))
+CHART_KEYS = (
+    "leaderboard",
+    "alpha_weekly",
+    "reliability",
+    "labels",
+    "biases",
+    *(f"drift_{g}" for g in DRIFT_GROUPS),
+)
+# The preference groups' chart (`groups`), apart: the page draws it only where a pluralistic reward
+# model found groups; its CSV always answers.
+GROUPS_KEY = "groups"
 
 
 def quality_charts(rep: dict[str, Any]) -> dict[str, Chart]:

@@ -49,6 +49,7 @@ from curation.export import (
     parse_formats,
     remove_loose_files,
 )
+from curation.export.context import group_source
 from curation.models import CurationAction, ExportSnapshot, ExportStatus, exports_root
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,7 @@ def export_create(
     parsed = ExportFilters.parse(filters)
     names = parse_formats(formats, project.judgment_schema)
     _check_labelers(project, parsed.labelers)
+    group_source(project, parsed, project.judgment_schema)
     license_name = (license or "unknown").strip()[:100] or "unknown"
     if ImportJob.objects.filter(project=project, status=ImportJob.Status.RUNNING).exists():
         # An import writes in one transaction stamped with its start time: a snapshot cut while it

@@ -33,6 +33,9 @@ CSV_TABLES = (
     "ai_consensus",
     "ai_consensus_differ",
     "kappa_pairs",
+    "preference_groups",
+    "group_items",
+    "group_categories",
 )
 KAPPA_SHOWN = 100  # labeler pairs on the page; the CSV has them all
 
@@ -40,11 +43,11 @@ KAPPA_SHOWN = 100  # labeler pairs on the page; the CSV has them all
 @login_required
 @require_GET
 def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
-    from curation.quality_charts import quality_charts
+    from curation.quality_charts import GROUPS_KEY, groups, quality_charts
 
     project = project_for_user(request.user, slug, curator=True)
     rep = quality.cached_report(project, fresh=request.GET.get("fresh") == "1")
-    charts = quality_charts(rep)
+    charts = {**quality_charts(rep), GROUPS_KEY: groups(rep)}
     drift = [
         {"group": group, "title": quality.DRIFT_GROUPS[group], "chart": charts[f"drift_{group}"]}
         for group in rep["drift"]
@@ -95,6 +98,8 @@ def _table(rep: dict[str, Any], name: str) -> list[dict[str, Any]]:
             for r in rep["human_vs_ai"]
             for cat, v in [("(all)", {"n": r["items"], "agreement": r["agreement"]}), *r["by_category"].items()]
         ]
+    if name in ("preference_groups", "group_items", "group_categories"):
+        return _groups_table(rep.get("groups"), name)
     if name == "biases":
         return [
             {
@@ -104,6 +109,31 @@ def _table(rep: dict[str, Any], name: str) -> list[dict[str, Any]]:
             for r in rep["biases"]
         ]
     return rep[name]
+
+
+def _groups_table(panel: dict[str, Any] | None, name: str) -> list[dict[str, Any]]:
+    """The preference groups panel as rows: one per member, per compared item, or per category."""
+    if panel is None:
+        return []
+    if name == "preference_groups":
+        return [
+            {"group": g["group"], "size": g["size"], "labeler": m["labeler"], "confidence": m["confidence"]}
+            for g in panel["groups"]
+            for m in g["members"]
+        ]
+    if name == "group_categories":
+        return panel["categories"]
+    return [
+        {
+            "item": r["external_id"],
+            "category": r["category"],
+            "distance": r["score"],
+            "majorities_differ": r["differ"],
+            **{f"group_{g['group']}_majority": g["majority"] for g in r["groups"]},
+            **{f"group_{g['group']}_{c}": g["votes"].get(c, 0) for g in r["groups"] for c in ("A", "B", "tie")},
+        }
+        for r in panel["items"]
+    ]
 
 
 def _csv_cell(value: Any) -> Any:
@@ -336,7 +366,7 @@ def review_undo(request: HttpRequest, slug: str, action_id: int) -> HttpResponse
 @require_http_methods(["GET", "POST"])
 def exports_page(request: HttpRequest, slug: str) -> HttpResponse:
     project = project_for_user(request.user, slug, curator=True)
-    form = ExportForm(request.POST or None, initial={"label_source": "human", "exclude_dropped": True})
+    form = ExportForm(request.POST or None, initial={"label_source": "human", "exclude_dropped": True}, project=project)
     error = None
     if request.method == "POST" and form.is_valid():
         try:

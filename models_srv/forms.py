@@ -21,8 +21,15 @@ class TrainForm(forms.Form):
             ("top", "Top layers: fine-tune the backbone's top blocks on the whole dialogue (default)"),
             ("frozen", "Frozen backbone: train heads on cached embeddings (fastest)"),
             ("full", "Full fine-tuning (for GPUs)"),
+            ("pluralistic", "Pluralistic: one reward head per preference group of annotators (pairwise judgments)"),
         ],
         initial=_defaults.mode,
+    )
+    groups = forms.IntegerField(
+        min_value=0,
+        max_value=8,
+        initial=0,
+        help_text="Pluralistic mode: preference groups; 0 = chosen from 1-4 by held-out likelihood.",
     )
     label_source = forms.ChoiceField(choices=LabelSource.choices, initial=LabelSource.PEOPLE)
     ensemble = forms.IntegerField(

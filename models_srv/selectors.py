@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Q, QuerySet
@@ -143,3 +144,63 @@ def _show(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
     return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preference groups of a pluralistic reward model
+
+
+@dataclass(frozen=True)
+class PreferenceGroups:
+    """The preference groups a pluralistic version found (`models_srv.evaluation.pluralistic_metrics`,
+    stored in its metrics): each group's share of the annotators (`size`), its head's weight on
+    response length, and its members, each a labeler id with the posterior of their group."""
+
+    version: RewardModelVersion
+    groups: list[dict[str, Any]]
+
+    @property
+    def k(self) -> int:
+        return len(self.groups)
+
+    def members(self) -> dict[int, tuple[int, float]]:
+        """{labeler id: (group number, confidence)}; a labeler the model did not train on is absent."""
+        return {int(m["labeler"]): (int(g["group"]), float(m["confidence"])) for g in self.groups for m in g["members"]}
+
+
+def _pluralistic(project: object) -> QuerySet[RewardModelVersion]:
+    return RewardModelVersion.objects.filter(
+        project=project, status=RunStatus.SUCCEEDED, config__mode="pluralistic", metrics__pluralistic__isnull=False
+    )
+
+
+def preference_groups(version: RewardModelVersion | None) -> PreferenceGroups | None:
+    if version is None:
+        return None
+    groups = (version.metrics or {}).get("pluralistic", {}).get("groups") or []
+    return PreferenceGroups(version, groups) if groups else None
+
+
+def pluralistic_latest(project: object) -> PreferenceGroups | None:
+    """The project's pluralistic version whose groups the Quality page shows: the promoted
+    (current) one if it is pluralistic, else the latest that finished; None when there is none."""
+    versions = _pluralistic(project).order_by("-is_current", "-finished_at", "-version")
+    return preference_groups(versions.first())
+
+
+def pluralistic_version_in(project: object, version_uuid: object) -> PreferenceGroups | None:
+    """The groups of a finished pluralistic version of `project` named by its uuid, else None (a
+    version of another project, one that failed, a model that is not pluralistic and a malformed
+    uuid answer alike)."""
+    import uuid
+
+    try:
+        key = uuid.UUID(str(version_uuid))
+    except ValueError:
+        return None
+    return preference_groups(_pluralistic(project).filter(uuid=key).first())
+
+
+def pluralistic_versions(project: object) -> list[RewardModelVersion]:
+    """Every finished pluralistic version of the project, newest first (the export's group sources)."""
+    return list(_pluralistic(project).order_by("-version"))

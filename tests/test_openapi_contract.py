@@ -50,6 +50,7 @@ POSITIVE, NEGATIVE = 30, 10  # examples per operation
 UNSTATEABLE = re.compile(
     r"names must be unique|scale max must be greater than min|a scale has at most 11 points|scale labels outside"
     r"|date_from is after date_to"
+    r"|need a group_source|needs the group to keep|a group is chosen only with group_mode"
     # which models a server loads is the operator's setting (models_srv.model_sources)
     r"|is not available on this server|ALLOW_MODEL_FROM_CONFIG"
 )

@@ -15,7 +15,7 @@ from django.conf import settings
 from annotation.models import Item, LabelSource, Project
 from curation.consensus import PAIRWISE_LABELS, Consensus, ranking_consensus
 from curation.export.card import write_card
-from curation.export.context import Context, ExportItem, ExportResult, JudgmentRow, schema_at
+from curation.export.context import Context, ExportItem, ExportResult, JudgmentRow, group_source, schema_at
 from curation.export.deflate import DeflateThread
 from curation.export.files import RowEncoder, SplitFiles
 from curation.export.filters import ExportFilters, parse_formats
@@ -58,6 +58,12 @@ def build_export(
         eval_fraction=training.eval_fraction,
         margin_scale=training.margin_scale,
     )
+    found = group_source(project, filters, schema)
+    if found is not None:
+        ctx.groups = found.members()
+        ctx.group_numbers = tuple(int(g["group"]) for g in found.groups)
+        ctx.group_version = found.version.version
+    group_judgments: Counter[str] = Counter()
     writers = {w.name: w for f in formats for w in (cls(ctx) for cls in WRITERS[f])}  # one per configuration
     item_writers = {name: w for name, w in writers.items() if not w.columnar}
     column_writers = {name: w for name, w in writers.items() if w.columnar}
@@ -113,6 +119,8 @@ def build_export(
             keep[kept] = True
             rows = np.flatnonzero(selection.selected & keep[jc.item]) if len(jc) else np.array([], np.int64)
             judgments_kept += len(rows)
+            if selection.group is not None:
+                group_judgments.update(_group_name(g) for g in selection.group[rows].tolist())
             _count_labelers(jc, rows, sources, humans, imported, ai_counts)
             if schema.spans and jc.payloads is not None:
                 for k in rows:
@@ -165,6 +173,16 @@ def build_export(
         "schema_version": schema_version,
         "guidelines_version": guidelines_version,
     }
+    if ctx.groups is not None:
+        counts["groups"] = {
+            "source": filters.group_source,
+            "version": ctx.group_version,
+            "mode": filters.group_mode,
+            "group": filters.group,
+            "groups": list(ctx.group_numbers),
+            "judgments": dict(sorted(group_judgments.items())),
+            "pairs_rows": dict(sorted(ctx.group_rows.items())),
+        }
     write_card(out_dir, ctx, writers, file_infos, counts, dict(card or {}))
     return ExportResult(files=file_infos, counts=counts)
 
@@ -189,6 +207,10 @@ def _count_labelers(
     ai_counts.update(dict(zip(ids.tolist(), counts.tolist(), strict=True)))
 
 
+def _group_name(group: int) -> str:
+    return str(group) if group else "none"
+
+
 HUMAN, IMPORTED, AI = (SOURCE_ORDER.index(s) for s in (LabelSource.HUMAN, LabelSource.IMPORTED, LabelSource.AI))
 _CHOICES = {c: n for n, c in enumerate(PAIRWISE_LABELS)}
 
@@ -204,6 +226,8 @@ class Selection:
     consensus: list[Consensus] | None  # per item, pairwise schemas only
     bounds: np.ndarray  # the selected judgments of item i are sel_positions[bounds[i]:bounds[i + 1]]
     sel_positions: np.ndarray
+    group: np.ndarray | None = None  # per judgment, with a group source: its group (0: none)
+    group_consensus: dict[int, list[Consensus]] | None = None  # group_mode split: per group, per item
 
     def rows_of(self, i: int) -> list[int]:
         return self.sel_positions[self.bounds[i] : self.bounds[i + 1]].tolist()
@@ -228,16 +252,40 @@ def select_page(page: Page, ctx: Context) -> Selection:
         selected = np.ones(len(jc), dtype=bool)
         names = ["+".join(s for c, s in enumerate(SOURCE_ORDER) if bits >> c & 1) for bits in range(8)]
         labels = [names[b] for b in present.tolist()]
+    group = confidence = None
+    if ctx.groups is not None:
+        group, confidence = group_columns(jc.labeler_id, ctx.groups)
+        if ctx.filters.group_mode == "one":
+            selected = selected & (group == ctx.filters.group)
     sel_positions = np.flatnonzero(selected)
     bounds = np.searchsorted(idx[sel_positions], np.arange(n_items + 1))
     n_selected = np.diff(bounds)
-    consensus = bulk_pairwise_consensus(jc, selected, n_items) if ctx.schema.pairwise else None
-    return Selection(selected, labels, n_selected, consensus, bounds, sel_positions)
+    consensus = per_group = None
+    if ctx.schema.pairwise:
+        factor = None
+        if confidence is not None and ctx.filters.group_mode == "weighted":
+            factor = np.where(np.isnan(confidence), 1.0, confidence)
+        consensus = bulk_pairwise_consensus(jc, selected, n_items, factor)
+        if group is not None and ctx.filters.group_mode == "split":
+            per_group = {g: bulk_pairwise_consensus(jc, selected & (group == g), n_items) for g in ctx.group_numbers}
+    return Selection(selected, labels, n_selected, consensus, bounds, sel_positions, group, per_group)
 
 
-def bulk_pairwise_consensus(jc: JudgmentColumns, selected: np.ndarray, n_items: int) -> list[Consensus]:
+def group_columns(labeler_ids: np.ndarray, groups: Mapping[int, tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per judgment, its labeler's group (0: not in the group map) and group confidence (NaN)."""
+    labelers, which = np.unique(labeler_ids, return_inverse=True)
+    found = [groups.get(int(lab), (0, float("nan"))) for lab in labelers.tolist()]
+    group = np.array([g for g, _ in found], dtype=np.int64).reshape(-1)
+    confidence = np.array([c for _, c in found], dtype=float).reshape(-1)
+    return group[which], confidence[which]
+
+
+def bulk_pairwise_consensus(
+    jc: JudgmentColumns, selected: np.ndarray, n_items: int, factor: np.ndarray | None = None
+) -> list[Consensus]:
     """`pairwise_consensus` of every item's selected votes at once: the same numbers (weights are
-    summed in the same order), with the weight totals per label counted by numpy."""
+    summed in the same order), with the weight totals per label counted by numpy. `factor`
+    multiplies each judgment's weight (group_mode weighted: its annotator's group confidence)."""
     code = np.array([_CHOICES.get(c, -1) for c in jc.choice], dtype=np.int64)
     valid = selected & (code >= 0)
     weight = np.ones(len(jc))
@@ -245,6 +293,8 @@ def bulk_pairwise_consensus(jc: JudgmentColumns, selected: np.ndarray, n_items: 
         conf = np.array(jc.confidence, dtype=float)
         ai = (jc.source == AI) & ~np.isnan(conf)
         weight[ai] = conf[ai]
+    if factor is not None:
+        weight = weight * factor
     strength = np.array([0 if s is None else s for s in jc.strength], dtype=np.int64)
     at = jc.item[valid] * 3 + code[valid]
     w = weight[valid]
@@ -288,6 +338,8 @@ def keep_reason(item: ExportItem, ctx: Context, jc: JudgmentColumns, selection: 
     if jc.payloads is not None:
         item.judgments = [JudgmentRow(int(jc.labeler_id[k]), jc.payloads[k]) for k in selection.rows_of(i)]
     schema = ctx.schema
+    if selection.group_consensus is not None:
+        item.group_consensus = {g: cs[i] for g, cs in selection.group_consensus.items() if cs[i].n}
     if selection.consensus is not None:
         item.consensus = selection.consensus[i]
         if filters.min_agreement is not None and item.consensus.agreement < filters.min_agreement:

@@ -83,6 +83,8 @@ def write_card(
         lines += ["Items left out: " + ", ".join(f"{k} {v}" for k, v in counts["excluded"].items()) + ".", ""]
     if counts["skipped_rows"]:
         lines += ["Rows not written: " + ", ".join(f"{k} {v}" for k, v in counts["skipped_rows"].items()) + ".", ""]
+    if counts.get("groups"):
+        lines += _groups_section(counts["groups"])
     lines += ["## Label sources", ""]
     lines += [f"- {k}: {v} judgments" for k, v in counts["judgments_by_labeler_type"].items()] or ["- none"]
     lines += [f"- items labeled by {k}: {v}" for k, v in counts["items_by_label_source"].items()]
@@ -174,6 +176,35 @@ def write_card(
     (out_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
     sums = [(f["sha256"], f["name"]) for f in files] + [(sha256_file(out_dir / "README.md"), "README.md")]
     (out_dir / "SHA256SUMS").write_text("".join(f"{s}  {n}\n" for s, n in sorted(sums, key=lambda x: x[1])))
+
+
+GROUP_MODES = {
+    "pooled": "all groups pooled (one consensus per item, as without a group source)",
+    "one": "one group only: the judgments of group {group}'s members",
+    "split": "one consensus per group: a `pairs` row per item and group, with its `group`",
+    "weighted": "every judgment weighted by its annotator's group confidence in the consensus "
+    "(judgments of labelers outside the groups weigh as before)",
+}
+
+
+def _groups_section(groups: dict[str, Any]) -> list[str]:
+    """The group source and the counts per group (`curation.export.build`)."""
+    mode = GROUP_MODES[groups["mode"]].format(group=groups["group"])
+    lines = [
+        "## Preference groups",
+        "",
+        f"Group source: the pluralistic reward model version {groups['version']} (`{groups['source']}`) "
+        f"of this project, {len(groups['groups'])} groups. Mode: {mode}. The `raw` format carries each "
+        "judgment's `group` and `group_confidence`.",
+        "",
+        "| group | judgments | pairs rows |",
+        "|---|---|---|",
+    ]
+    names = [str(g) for g in groups["groups"]] + (["none"] if "none" in groups["judgments"] else [])
+    for name in names:
+        rows = groups["pairs_rows"].get(name, "-") if groups["mode"] == "split" else "-"
+        lines.append(f"| {name} | {groups['judgments'].get(name, 0)} | {rows} |")
+    return [*lines, ""]
 
 
 def _fmt(value: float | None) -> str:

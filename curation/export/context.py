@@ -11,8 +11,9 @@ from annotation.models import GuidelinesVersion, Project, SchemaVersion
 from annotation.pseudonym import pseudonym
 from annotation.schema import JudgmentSchema
 from curation.consensus import Consensus
-from curation.export.filters import ExportFilters
+from curation.export.filters import ExportError, ExportFilters
 from models_srv.data import held_out
+from models_srv.selectors import PreferenceGroups
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class ExportItem:
     label_source: str = ""
     consensus: Consensus | None = None
     ranking: tuple[list[float], float] | None = None
+    group_consensus: dict[int, Consensus] | None = None  # group_mode split: each group's consensus
     held_out: bool | None = None  # set on first use by `Context.held_out`
 
 
@@ -60,6 +62,11 @@ class Context:
     eval_fraction: float
     margin_scale: float
     skipped: Counter[str] = field(default_factory=Counter)
+    # The group source's map {labeler id: (group, confidence)} and its groups, when one is named.
+    groups: dict[int, tuple[int, float]] | None = None
+    group_numbers: tuple[int, ...] = ()
+    group_version: int | None = None
+    group_rows: Counter[str] = field(default_factory=Counter)  # pairs rows per group (split)
     _pseudonyms: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -81,6 +88,30 @@ class Context:
         if labeler_id not in self._pseudonyms:
             self._pseudonyms[labeler_id] = pseudonym(self.project.slug, labeler_id)
         return self._pseudonyms[labeler_id]
+
+
+def group_source(project: Project, filters: ExportFilters, schema: JudgmentSchema) -> PreferenceGroups | None:
+    """The preference groups the filters name (None when they name no source); ExportError for a
+    version that is not a finished pluralistic model of this project, a group it lacks, or a
+    split by group of a schema without a pairwise question."""
+    from models_srv.selectors import pluralistic_version_in
+
+    if filters.group_source is None:
+        return None
+    found = pluralistic_version_in(project, filters.group_source)
+    if found is None:
+        raise ExportError(
+            f"group_source {filters.group_source!r} is not a finished pluralistic reward-model version of this project"
+        )
+    numbers = [int(g["group"]) for g in found.groups]
+    if filters.group is not None and filters.group not in numbers:
+        raise ExportError(
+            f"group {filters.group} is not one of the groups of version {found.version.version}: "
+            + ", ".join(map(str, numbers))
+        )
+    if filters.group_mode == "split" and not schema.pairwise:
+        raise ExportError("group_mode 'split' writes a pairwise consensus per group: the schema has no pairwise choice")
+    return found
 
 
 @dataclass

@@ -32,6 +32,12 @@ class ExportFilters(BaseModel):
       whose curation state is `drop`.
     - `splits`: the project's splits to take (empty = all); `date_from` / `date_to`: judgments
       made on these days (UTC, both inclusive); `labelers`: only these labelers' judgments (ids).
+    - `group_source`: a finished pluralistic reward-model version of the project (its uuid) whose
+      preference groups the export reads; `group_mode` what it does with them: `pooled` (every
+      group together, as without a source), `one` (only the judgments of `group`'s members),
+      `split` (one consensus per group: a `pairs` row per item and group, with its `group`) or
+      `weighted` (each judgment weighted by its annotator's group confidence in the consensus).
+      With a source, `raw` rows carry each judgment's `group` and `group_confidence`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,6 +51,9 @@ class ExportFilters(BaseModel):
     date_from: date | None = None
     date_to: date | None = None
     labelers: list[int] | None = None
+    group_source: str | None = None
+    group_mode: Literal["pooled", "one", "split", "weighted"] = "pooled"
+    group: int | None = Field(default=None, ge=1)
 
     @field_validator("splits")
     @classmethod
@@ -60,6 +69,12 @@ class ExportFilters(BaseModel):
     def _range(self) -> ExportFilters:
         if self.date_from and self.date_to and self.date_from > self.date_to:
             raise ValueError("date_from is after date_to")
+        if self.group_source is None and (self.group_mode != "pooled" or self.group is not None):
+            raise ValueError("group_mode and group need a group_source (a pluralistic reward-model version)")
+        if self.group_mode == "one" and self.group is None:
+            raise ValueError("group_mode 'one' needs the group to keep")
+        if self.group is not None and self.group_mode != "one":
+            raise ValueError("a group is chosen only with group_mode 'one'")
         return self
 
     @classmethod
@@ -72,7 +87,13 @@ class ExportFilters(BaseModel):
             raise ExportError(format_validation_error(exc)) from None
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """As stored and printed on the card; without a group source, no group keys (so exports
+        that name none read as they did before groups existed)."""
+        out = self.model_dump(mode="json")
+        if self.group_source is None:
+            for key in ("group_source", "group_mode", "group"):
+                out.pop(key)
+        return out
 
 
 def parse_formats(formats: Iterable[str] | str, schema: JudgmentSchema | None = None) -> list[str]:

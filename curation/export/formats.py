@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from curation.consensus import rubric_consensus
+from curation.consensus import Consensus, rubric_consensus
 from curation.export.context import Context, ExportItem
 from curation.export.files import RowEncoder, _utf8, json_texts, quoted
 from curation.export.query import SOURCE_ORDER
@@ -107,11 +107,25 @@ class Pairs(Format):
             ("n_judgments", pa.int32()),
             ("chosen_model", pa.string()),
             ("rejected_model", pa.string()),
+            *([("group", pa.int32())] if self.split_by_group else []),
             *_COMMON,
         ]
 
+    @property
+    def split_by_group(self) -> bool:
+        return self.ctx.groups is not None and self.ctx.filters.group_mode == "split"
+
     def rows(self, item: ExportItem) -> Iterator[dict[str, Any]]:
-        c = item.consensus
+        if not self.split_by_group:
+            yield from self._rows(item, item.consensus, {})
+            return
+        for group, c in sorted((item.group_consensus or {}).items()):
+            for row in self._rows(item, c, {"group": group}):
+                if self.name == "pairs":
+                    self.ctx.group_rows[str(group)] += 1
+                yield row
+
+    def _rows(self, item: ExportItem, c: Consensus | None, extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if c is None or c.label not in ("A", "B") or len(item.texts) != 2:
             if self.name == "pairs":  # pairs_plain leaves out the same items: counted once
                 self.ctx.skipped["pairs:" + ("tie" if c is not None and c.label == "tie" else "undecided")] += 1
@@ -130,6 +144,7 @@ class Pairs(Format):
             "n_judgments": c.n,
             "chosen_model": item.models[win],
             "rejected_model": item.models[lose],
+            **extra,
             **self.common(item),
         }
 
@@ -138,7 +153,7 @@ class Pairs(Format):
             "One row per pairwise item whose consensus prefers one response (ties and undecided items "
             "are left out). `prompt`/`chosen`/`rejected` follow TRL's preference format "
             "(conversational message lists when the project has chat prompts: a model with a chat "
-            "template; `pairs_plain` has the same rows as plain text). " + _pairs_common(self.ctx)
+            "template; `pairs_plain` has the same rows as plain text). " + _pairs_common(self.ctx) + _pairs_groups(self)
         )
 
 
@@ -153,6 +168,16 @@ def _pairs_common(ctx: Context) -> str:
         "level); TRL's RewardTrainer subtracts it from the reward difference (remove the column for "
         "its plain loss). `agreement` is the weighted share of the winning label. Items with curation "
         "state `flip` have chosen and rejected swapped."
+    )
+
+
+def _pairs_groups(writer: Pairs) -> str:
+    if not writer.split_by_group:
+        return ""
+    return (
+        " Split by preference group: one row per item and group whose own consensus (its members' "
+        "judgments only) prefers one response, `group` naming the group; `n_judgments` and "
+        "`agreement` are the group's."
     )
 
 
@@ -179,7 +204,7 @@ class PairsPlain(Pairs):
             "prompt (a chat prompt as its transcript, `User: ...` and `Assistant: ...` turns) followed "
             "by a blank line and `Assistant: `, so `prompt + chosen` (how TRL joins them) is the text "
             "Prefloop's default reward model reads. The other columns, the splits and `margin` are as "
-            "in `pairs`."
+            "in `pairs`." + _pairs_groups(self)
         )
 
 
@@ -345,6 +370,8 @@ class Raw(Format):
                 [("response", pa.int32()), ("start", pa.int32()), ("end", pa.int32()), ("category", pa.string())]
             )
             out += [("spans", pa.list_(span))]
+        if self.ctx.groups is not None:
+            out += [("group", pa.int32()), ("group_confidence", pa.float64())]
         out += [
             ("justification", pa.string()),
             ("response_order", pa.list_(pa.int32())),
@@ -423,6 +450,13 @@ class Raw(Format):
             for name, vals in nested.items():
                 array = pa.array(vals, type=fields[name])
                 out[name] = (array, pa.array([encoder.value(v) for v in vals], type=pa.string()))
+        if ctx.groups is not None:
+            members = ctx.groups
+            ids = jc.labeler_id[rows].tolist()
+            group = pa.array([members[i][0] if i in members else None for i in ids], type=pa.int32())
+            confidence = pa.array([members[i][1] if i in members else None for i in ids], type=pa.float64())
+            out["group"] = (group, json_texts(group, encoder))
+            out["group_confidence"] = (confidence, json_texts(confidence, encoder))
         column("justification", jc.justification)
         order_texts = pc.fill_null(pa.array(jc.response_order, type=pa.string()).take(positions), "null")
         out["response_order"] = (parse_int_lists(order_texts, fields["response_order"]), order_texts)
@@ -444,6 +478,12 @@ class Raw(Format):
             "ai, `labeler_type` the kind of labeler (human, imported, llm, reward_model, "
             "density_ratio). Payload fields use the stored response order; `response_order` is "
             "the order the responses were shown in."
+            + (
+                " `group` is the labeler's preference group in the group source (null: a labeler "
+                "the model did not train on), `group_confidence` the model's posterior of that group."
+                if self.ctx.groups is not None
+                else ""
+            )
         )
 
 
