@@ -122,7 +122,11 @@ def panel(data: ProjectData, found: PreferenceGroups, top: int = TOP_ITEMS) -> d
                 "length_weight": grp.get("length_weight"),
                 "members": sorted(
                     (
-                        {"labeler": labeler_name(data, int(m["labeler"])), "confidence": m["confidence"]}
+                        {
+                            "labeler": labeler_name(data, int(m["labeler"])),
+                            "confidence": m["confidence"],
+                            "placed_from": m.get("placed_from"),
+                        }
                         for m in grp["members"]
                         if int(m["labeler"]) in data.labelers
                     ),
@@ -140,6 +144,7 @@ def panel(data: ProjectData, found: PreferenceGroups, top: int = TOP_ITEMS) -> d
         "version": {"version": version.version, "uuid": str(version.uuid), "current": version.is_current},
         "k": found.k,
         "groups": groups,
+        "placed": sum(1 for grp in groups for m in grp["members"] if m["placed_from"]),
         "agreement": {"within": _share(sum(within_all), len(within_all)), "across": _share(sum(across), len(across))},
         "items": items,  # the page shows the first `top`, the CSV all
         "top": top,

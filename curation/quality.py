@@ -609,10 +609,12 @@ def preference_groups(data: ProjectData) -> dict[str, Any] | None:
     """The preference groups panel (`curation.groups`) of the project's latest pluralistic reward
     model, or None when it has none."""
     from curation.groups import panel
-    from models_srv.selectors import pluralistic_latest
+    from models_srv.selectors import pluralistic_latest, unplaced_labelers
 
     found = pluralistic_latest(data.project)
-    return panel(data, found) if found is not None else None
+    if found is None:
+        return None
+    return {**panel(data, found), "unplaced": unplaced_labelers(found)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ app_name = "curation"
 urlpatterns = [
     path("p/<slug:slug>/quality/", views.quality_page, name="quality"),
     path("p/<slug:slug>/quality.csv", views.quality_csv, name="quality_csv"),
+    path("p/<slug:slug>/quality/groups/<uuid:version_uuid>/place", views.groups_place, name="groups_place"),
     path("p/<slug:slug>/review/", views.review_page, name="review"),
     path("p/<slug:slug>/review/out-of-fold", views.review_crossfit, name="review_crossfit"),
     path("p/<slug:slug>/review/<int:item_id>", views.review_act, name="review_act"),

@@ -66,6 +66,25 @@ def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
+@login_required
+@require_POST
+def groups_place(request: HttpRequest, slug: str, version_uuid: UUID) -> HttpResponse:
+    """Place the annotators the project's pluralistic version did not train on (a `gpu` task), then
+    back to the groups panel."""
+    from django.contrib import messages
+
+    from models_srv.selectors import pluralistic_version_in
+    from models_srv.services import place_request
+
+    project = project_for_user(request.user, slug, curator=True)
+    found = pluralistic_version_in(project, version_uuid)
+    if found is None:
+        raise Http404("no such pluralistic model in this project")
+    place_request(version=found.version)
+    messages.info(request, "Placing the new annotators in the groups; recompute the figures in a moment to see them.")
+    return redirect(reverse("curation:quality", args=[project.slug]) + "#preference-groups")
+
+
 def _table(rep: dict[str, Any], name: str) -> list[dict[str, Any]]:
     if name == "agreement":
         flat = {k: v for k, v in rep["agreement"].items() if not isinstance(v, dict)}

@@ -175,9 +175,18 @@ def _pluralistic(project: object) -> QuerySet[RewardModelVersion]:
 
 
 def preference_groups(version: RewardModelVersion | None) -> PreferenceGroups | None:
+    """The version's groups, with the annotators placed since training (`services.place_annotators`)
+    among the members, each marked with the number of judgments that placed them (`placed_from`)."""
     if version is None:
         return None
-    groups = (version.metrics or {}).get("pluralistic", {}).get("groups") or []
+    found = (version.metrics or {}).get("pluralistic", {})
+    groups = [{**g, "members": list(g["members"])} for g in found.get("groups") or []]
+    by_number = {int(g["group"]): g for g in groups}
+    for p in found.get("placed") or []:
+        if int(p["group"]) in by_number:
+            by_number[int(p["group"])]["members"].append(
+                {"labeler": p["labeler"], "confidence": p["confidence"], "placed_from": p["judgments"]}
+            )
     return PreferenceGroups(version, groups) if groups else None
 
 
@@ -204,3 +213,21 @@ def pluralistic_version_in(project: object, version_uuid: object) -> PreferenceG
 def pluralistic_versions(project: object) -> list[RewardModelVersion]:
     """Every finished pluralistic version of the project, newest first (the export's group sources)."""
     return list(_pluralistic(project).order_by("-version"))
+
+
+def unplaced_labelers(found: PreferenceGroups) -> int:
+    """How many labelers have pairwise judgments in the version's project, of the label source it
+    trained on, yet are in none of its groups: those `services.place_annotators` would place."""
+    from annotation.models import Item, Judgment, source_q
+    from models_srv.models import LabelSource
+
+    version = found.version
+    return (
+        Judgment.objects.filter(item__project_id=version.project_id, item__is_gold=False, payload__has_key="pairwise")
+        .exclude(item__status=Item.Status.DROPPED)
+        .exclude(labeler_id__in=list(found.members()))
+        .filter(source_q(*LabelSource(version.snapshot.label_source).sources))
+        .values("labeler_id")
+        .distinct()
+        .count()
+    )

@@ -31,13 +31,14 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from annotation import audit
-from annotation.models import Item, Judgment, Labeler, Project
+from annotation.models import Item, Judgment, Labeler, Project, source_q
 from annotation.services import record_settings_changed
 from config.jobs import JobLost, claim_job, liveness, partial_folder, remove_partials, stale_after, sweep_stale
 from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create
 from models_srv.models import (
     AILabelerAudit,
     CrossFitRun,
+    LabelSource,
     OutOfFoldMargin,
     ResponseScore,
     RewardModelVersion,
@@ -356,6 +357,81 @@ def rescore_request(*, version: RewardModelVersion) -> RewardModelVersion:
         raise ValueError("only a succeeded version can rescore items")
     transaction.on_commit(lambda: gpu_rescore.delay(version.id))
     return version
+
+
+def place_request(*, version: RewardModelVersion) -> RewardModelVersion:
+    """Queue the placement of the annotators a pluralistic version did not train on (once this commits)."""
+    from models_srv.tasks import gpu_place_annotators
+
+    if version.status != RewardModelVersion.Status.SUCCEEDED or not (version.metrics or {}).get("pluralistic"):
+        raise ValueError("only a pluralistic version that finished training places annotators")
+    transaction.on_commit(lambda: gpu_place_annotators.delay(version.id))
+    return version
+
+
+def place_annotators(*, version_id: int) -> int:
+    """Place every labeler with pairwise judgments in the version's project (of its label source;
+    not gold items, not dropped ones) whom the pluralistic model did not train on: their posterior
+    over its groups from their judgments, starting from the groups' sizes (`Mixture.place`), so an
+    annotator who joined later belongs to a group after a few judgments without retraining.
+
+    Stored, replacing any earlier placement, in the version's metrics["pluralistic"]["placed"]
+    (labeler, judgments, weights, group, confidence); returns how many were placed."""
+    import numpy as np
+
+    from models_srv import engine
+    from models_srv.pluralistic import pair_rows
+
+    version = RewardModelVersion.objects.select_related("project", "snapshot").get(
+        id=version_id, status=RunStatus.SUCCEEDED
+    )
+    model = engine.load_model(Path(version.artifact_path))
+    plural = getattr(model, "plural", None)
+    if plural is None:
+        raise ValueError(f"version {version.version} is not a pluralistic model")
+    judgments = (
+        Judgment.objects.filter(item__project=version.project, item__is_gold=False)
+        .exclude(item__status=Item.Status.DROPPED)
+        .exclude(labeler_id__in=plural.annotators)
+        .filter(source_q(*LabelSource(version.snapshot.label_source).sources))
+        .select_related("item", "labeler")
+        .order_by("id")
+    )
+    by_labeler: dict[int, list[Any]] = {}
+    for j in judgments.iterator(chunk_size=2000):
+        pairs = examples_from_judgment(j.item, j.payload, j.labeler.source.value, j.labeler_id).pairs
+        by_labeler.setdefault(j.labeler_id, []).extend(p for p in pairs if p.chosen != p.rejected)
+    by_labeler = {lab: ps for lab, ps in by_labeler.items() if ps}
+    both_sides = [((p.prompt, p.chosen), (p.prompt, p.rejected)) for ps in by_labeler.values() for p in ps]
+    texts = list(dict.fromkeys(t for two in both_sides for t in two))
+    placed: list[dict[str, Any]] = []
+    if texts:
+        index = {t: i for i, t in enumerate(texts)}
+        phi = plural.phi(engine.cached_embeddings(model.encoder, texts).double().numpy(), [r for _, r in texts])
+        for labeler_id, pairs in sorted(by_labeler.items()):
+            chosen, rejected, targets = pair_rows(pairs, index)
+            weights = plural.mixture.place(phi[chosen] - phi[rejected], targets)
+            group = int(np.argmax(weights))
+            placed.append(
+                {
+                    "labeler": labeler_id,
+                    "judgments": len(targets),
+                    "weights": [round(float(w), 4) for w in weights],
+                    "group": group + 1,
+                    "confidence": round(float(weights[group]), 4),
+                }
+            )
+    with transaction.atomic():
+        locked = RewardModelVersion.objects.select_for_update().get(id=version.id)
+        metrics = dict(locked.metrics or {})
+        metrics["pluralistic"] = {
+            **metrics.get("pluralistic", {}),
+            "placed": placed,
+            "placed_at": timezone.now().isoformat(),
+        }
+        locked.metrics = metrics
+        locked.save(update_fields=["metrics"])
+    return len(placed)
 
 
 def routing_settings_set(

@@ -18,6 +18,11 @@ def gpu_rescore(version_id: int) -> int:
     return services.rescore(version_id=version_id)
 
 
+@shared_task(acks_late=True, reject_on_worker_lost=True, name="models_srv.tasks.gpu_place_annotators")
+def gpu_place_annotators(version_id: int) -> int:
+    return services.place_annotators(version_id=version_id)
+
+
 @shared_task(acks_late=True, ignore_result=True, name="models_srv.tasks.autotrain")
 def autotrain() -> list[int]:
     """Periodic: start a run for each project that gathered enough new judgments."""

@@ -377,3 +377,87 @@ def test_export_group_choices_are_checked(make_project, make_user, tmp_path, set
     snapshot = project.exports.get()
     assert snapshot.filters["group_mode"] == "split" and snapshot.filters["group_source"] == str(version.uuid)
     assert json.dumps(snapshot.filters)
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotators who join after training: placed from a few judgments, without retraining
+
+
+def newcomers(n_items: int = 12) -> list[dict[str, Any]]:
+    """New items judged by two newcomers only: `new_long` prefers the longer response, `new_short`
+    the shorter, with no flips."""
+    rows = two_camps(n_items, seed=7)
+    for row in rows:
+        row["id"] = f"n{row['id']}"
+        long_is_a = len(row["response_a"]) > len(row["response_b"])
+        row["judgments"] = [
+            {"annotator": "new_long", "pairwise": {"choice": "A" if long_is_a else "B", "strength": 1}},
+            {"annotator": "new_short", "pairwise": {"choice": "B" if long_is_a else "A", "strength": 1}},
+        ]
+    return rows
+
+
+def _camp_of(panel: dict[str, Any], name: str) -> tuple[int, dict[str, Any]]:
+    return next((g["group"], m) for g in panel["groups"] for m in g["members"] if m["labeler"] == name)
+
+
+def test_newcomers_are_placed_in_their_camps_after_twelve_judgments(make_project, make_user, settings, tmp_path):
+    from models_srv import services
+
+    settings.MEDIA_ROOT = tmp_path
+    project = camps_project(make_project, make_user("cura"))
+    import_items(project=project, fileobj=jsonl(newcomers()))
+    before = quality.report(project, bootstrap=0)["groups"]
+    assert before["unplaced"] == 2 and before["placed"] == 0
+    assert "new_long" not in {m["labeler"] for g in before["groups"] for m in g["members"]}
+
+    version = pluralistic_latest(project).version
+    assert services.place_annotators(version_id=version.id) == 2
+    version.refresh_from_db()
+    placed = {p["labeler"]: p for p in version.metrics["pluralistic"]["placed"]}
+    assert {p["judgments"] for p in placed.values()} == {12}
+    assert all(abs(sum(p["weights"]) - 1) < 1e-3 for p in placed.values())
+
+    after = quality.report(project, bootstrap=0)["groups"]
+    assert after["unplaced"] == 0 and after["placed"] == 2
+    group_long, m_long = _camp_of(after, "new_long")
+    group_short, m_short = _camp_of(after, "new_short")
+    assert group_long == _camp_of(after, "ann0")[0] and group_short == _camp_of(after, "ann4")[0]
+    assert m_long["confidence"] > 0.9 and m_short["confidence"] > 0.9
+    assert m_long["placed_from"] == 12 and _camp_of(after, "ann0")[1]["placed_from"] is None
+    # Their judgments now count in the panel: the longer-preferring camp gained 12 more.
+    longs = next(g for g in after["groups"] if g["group"] == group_long)
+    assert longs["longer_wins"]["n"] == 4 * 40 + 12
+    # An export by group carries them too.
+    members = pluralistic_latest(project).members()
+    new_ids = dict(Labeler.objects.filter(project=project, name__startswith="new_").values_list("name", "id"))
+    assert members[new_ids["new_long"]][0] == group_long and members[new_ids["new_short"]][0] == group_short
+
+
+@pytest.mark.worker
+def test_placing_from_the_quality_page_runs_on_the_worker(celery_worker_process, make_project, make_user, client):
+    import time
+
+    curator, other = make_user("cura"), make_user("other")
+    project = camps_project(make_project, curator)
+    make_project("elsewhere", curator=other)
+    import_items(project=project, fileobj=jsonl(newcomers(6)))
+    version = pluralistic_latest(project).version
+    url = reverse("curation:groups_place", args=[project.slug, version.uuid])
+
+    client.force_login(other)  # a curator of another project: nothing to see, nothing queued
+    assert client.post(url).status_code == 404
+    assert client.post(reverse("curation:groups_place", args=["elsewhere", version.uuid])).status_code == 404
+    client.force_login(curator)
+    page = client.get(reverse("curation:quality", args=[project.slug])).content.decode()
+    assert 'data-testid="groups-place"' in page and "2 annotators judged pairs" in page
+    response = client.post(url)
+    assert response.status_code == 302 and response["Location"].endswith("/quality/#preference-groups")
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "placed" not in version.metrics["pluralistic"]:
+        time.sleep(0.5)
+        version.refresh_from_db()
+    assert len(version.metrics["pluralistic"]["placed"]) == 2
+    page = client.get(reverse("curation:quality", args=[project.slug]), {"fresh": "1"}).content.decode()
+    assert "placed from 6" in page and 'data-testid="groups-place"' not in page
