@@ -73,15 +73,18 @@ def groups_place(request: HttpRequest, slug: str, version_uuid: UUID) -> HttpRes
     back to the groups panel."""
     from django.contrib import messages
 
-    from models_srv.selectors import pluralistic_version_in
+    from models_srv.selectors import version_for_curator
     from models_srv.services import place_request
 
     project = project_for_user(request.user, slug, curator=True)
-    found = pluralistic_version_in(project, version_uuid)
-    if found is None:
-        raise Http404("no such pluralistic model in this project")
-    place_request(version=found.version)
-    messages.info(request, "Placing the new annotators in the groups; recompute the figures in a moment to see them.")
+    version = version_for_curator(request.user, version_uuid)
+    if version.project_id != project.id:
+        raise Http404("no such reward model in this project")
+    try:
+        place_request(version=version)
+        messages.info(request, "Placing the new annotators in the groups; recompute the figures in a moment.")
+    except ValueError as exc:
+        messages.error(request, str(exc))
     return redirect(reverse("curation:quality", args=[project.slug]) + "#preference-groups")
 
 
