@@ -131,10 +131,11 @@ def fit(
 
     The E-step scores each annotator under every head refitted without them (`_left_out`), so an
     annotator is not drawn into a group by a head their own judgments bent; EM stops when no
-    posterior moves by more than `tol`. The best of `restarts` starts by training log-likelihood."""
+    posterior moves by more than `tol` or the training log-likelihood by a relative 1e-6. The
+    best of `restarts` starts by training log-likelihood."""
     rng = np.random.default_rng(seed)
-    onehot = np.zeros((len(diffs), n_annotators))
-    onehot[np.arange(len(diffs)), annotators] = 1.0
+    order = np.argsort(annotators, kind="stable")
+    rows = np.split(order, np.searchsorted(annotators[order], np.arange(1, n_annotators)))
     starts = _starts(diffs, targets, annotators, n_annotators, k, l2, restarts, rng)
     best: Mixture | None = None
     for post in starts:
@@ -145,11 +146,13 @@ def fit(
             sizes = _sizes(post)
             weights = post[annotators]  # judgment j's weight in head k: its annotator's posterior
             heads = np.stack([_fit_head(diffs, targets, weights[:, c], l2, heads[c]) for c in range(k)])
-            per = _left_out(diffs, targets, annotators, onehot, heads, weights, l2)  # annotator x head
+            per = _left_out(diffs, targets, annotators, rows, heads, weights, l2)  # annotator x head
             joint = per + np.log(sizes)[None, :]
             moved, post = post, np.exp(joint - np.logaddexp.reduce(joint, axis=1, keepdims=True))
-            history.append(_loglik(diffs, targets, onehot, heads, _sizes(post)))
-            if float(np.abs(post - moved).max()) < tol:
+            history.append(_loglik(diffs, targets, rows, heads, _sizes(post)))
+            if float(np.abs(post - moved).max()) < tol or (
+                len(history) > 1 and abs(history[-1] - history[-2]) < 1e-6 * abs(history[-1])
+            ):
                 break
         m = Mixture(heads=heads, sizes=_sizes(post), posterior=post, loglik=history[-1], iterations=it, history=history)
         if best is None or m.loglik > best.loglik:
@@ -162,9 +165,17 @@ def _sizes(post: np.ndarray) -> np.ndarray:
     return (post.sum(axis=0) + 1e-3) / (post.shape[0] + post.shape[1] * 1e-3)
 
 
-def _loglik(diffs: np.ndarray, targets: np.ndarray, onehot: np.ndarray, heads: np.ndarray, sizes: np.ndarray) -> float:
-    """The training log-likelihood: each annotator's judgments under the mixture of heads."""
-    joint = onehot.T @ _loglik_per_head(diffs, targets, heads) + np.log(sizes)[None, :]
+def _by_annotator(values: np.ndarray, annotators: np.ndarray, n_annotators: int) -> np.ndarray:
+    """Sums of the rows of `values` (judgments x columns) per annotator (annotators x columns)."""
+    return np.stack([np.bincount(annotators, weights=col, minlength=n_annotators) for col in values.T], axis=1)
+
+
+def _loglik(
+    diffs: np.ndarray, targets: np.ndarray, rows: Sequence[np.ndarray], heads: np.ndarray, sizes: np.ndarray
+) -> float:
+    """The training log-likelihood: each annotator's judgments (`rows[a]`) under the mixture of heads."""
+    per = _loglik_per_head(diffs, targets, heads)
+    joint = np.stack([per[r].sum(axis=0) for r in rows]) + np.log(sizes)[None, :]
     return float(np.logaddexp.reduce(joint, axis=1).sum())
 
 
@@ -172,26 +183,28 @@ def _left_out(
     diffs: np.ndarray,
     targets: np.ndarray,
     annotators: np.ndarray,
-    onehot: np.ndarray,
+    rows: Sequence[np.ndarray],
     heads: np.ndarray,
     weights: np.ndarray,
     l2: float,
 ) -> np.ndarray:
-    """Log-likelihood of each annotator's judgments (rows) under each head refitted without them
-    (columns): one Newton step from the fitted head with the annotator's weighted gradient and
-    curvature taken out. A head fitted mostly on one annotator's judgments fits them by
-    construction; left out, it predicts them no better than its prior."""
-    out = np.zeros((onehot.shape[1], heads.shape[0]))
+    """Log-likelihood of each annotator's judgments (rows: `rows[a]` indexes annotator a's) under
+    each head refitted without them (columns): one Newton step from the fitted head with the
+    annotator's weighted gradient and curvature taken out. A head fitted mostly on one
+    annotator's judgments fits them by construction; left out, it predicts them no better than
+    its prior."""
+    n = len(rows)
+    out = np.zeros((n, heads.shape[0]))
     eye = l2 * np.eye(diffs.shape[1])
-    rows = [np.flatnonzero(onehot[:, a]) for a in range(onehot.shape[1])]
     for c, w in enumerate(heads):
         p = _sigmoid(diffs @ w)
-        grad = onehot.T @ (diffs * (weights[:, c] * (targets - p))[:, None])  # annotator x d
+        grad = _by_annotator(diffs * (weights[:, c] * (targets - p))[:, None], annotators, n)  # annotator x d
         scaled = diffs * (weights[:, c] * p * (1 - p))[:, None]
         curv = np.stack([scaled[r].T @ diffs[r] for r in rows])  # annotator x d x d
         left = w - np.linalg.solve(curv.sum(axis=0) + eye - curv, grad[..., None])[..., 0]  # annotator x d
         z = np.einsum("jd,jd->j", diffs, left[annotators])
-        out[:, c] = onehot.T @ (targets * -np.logaddexp(0.0, -z) + (1.0 - targets) * -np.logaddexp(0.0, z))
+        ll = targets * -np.logaddexp(0.0, -z) + (1.0 - targets) * -np.logaddexp(0.0, z)
+        out[:, c] = np.bincount(annotators, weights=ll, minlength=n)
     return out
 
 

@@ -67,8 +67,9 @@ def test_the_e_step_scores_each_annotator_under_heads_refitted_without_them():
     t, n = np.ones(len(d)), len(groups)
     m = pl.fit(d, t, ann, n, 2, seed=0)
     onehot = np.eye(n)[ann]
+    rows = [np.flatnonzero(ann == a) for a in range(n)]
     weights = m.posterior[ann]
-    left = pl._left_out(d, t, ann, onehot, m.heads, weights, 3.0)
+    left = pl._left_out(d, t, ann, rows, m.heads, weights, 3.0)
     refit = np.zeros_like(left)
     for a in range(n):
         keep = ann != a
@@ -123,7 +124,6 @@ def test_feature_map_round_trips():
 
 # ---------------------------------------------------------------------------------------------
 # Through the app: imported per-annotator judgments, the training service, the version's metrics
-
 
 
 def two_camps(n_items: int, seed: int = 0) -> list[dict]:
