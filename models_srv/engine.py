@@ -64,7 +64,7 @@ class TrainConfig(BaseModel):
         default=0,
         ge=0,
         le=8,
-        description="pluralistic: preference groups (reward heads); 0 = chosen from 1-4 by held-out likelihood",
+        description="pluralistic: preference groups (reward heads); 0 = chosen from 1-4 by BIC over annotators",
     )
     group_dims: int = Field(
         default=8, ge=1, le=256, description="pluralistic: principal components of the embedding the heads read"

@@ -46,6 +46,41 @@ def test_one_group_is_not_split():
     assert pl.choose_k(d, np.ones(len(d)), ann, len(groups), seed=0).k == 1
 
 
+def test_k_counts_annotators_not_judgments():
+    """BIC over annotators: two of ten annotators with 20 judgments each are a group of their own,
+    and so are six of twenty with 10 each (where held-out judgments chose 3 groups and BIC over
+    judgments 1); twenty annotators with 10 judgments each in one group stay one group."""
+    for sizes, judgments in (((8, 2), 20), ((14, 6), 10)):
+        d, ann, groups, _ = planted(sizes, judgments=judgments, seed=0)
+        choice = pl.choose_k(d, np.ones(len(d)), ann, len(groups), seed=0)
+        assert choice.k == 2 and max(choice.scores, key=choice.scores.__getitem__) == 2, choice.scores
+        assert choice.mixture.k == 2
+        assert pl.adjusted_rand_index(groups, list(choice.mixture.posterior.argmax(axis=1))) == 1.0
+    d, ann, groups, _ = planted((20,), judgments=10, seed=0)
+    assert pl.choose_k(d, np.ones(len(d)), ann, len(groups), seed=0).k == 1
+
+
+def test_the_e_step_scores_each_annotator_under_heads_refitted_without_them():
+    """The one-Newton-step left-out likelihood is close to refitting each head without the
+    annotator, and far from the in-sample likelihood a small group's head gives its members."""
+    d, ann, groups, _ = planted((5, 3), judgments=15, seed=0)
+    t, n = np.ones(len(d)), len(groups)
+    m = pl.fit(d, t, ann, n, 2, seed=0)
+    onehot = np.eye(n)[ann]
+    rows = [np.flatnonzero(ann == a) for a in range(n)]
+    weights = m.posterior[ann]
+    left = pl._left_out(d, t, ann, rows, m.heads, weights, 3.0)
+    refit = np.zeros_like(left)
+    for a in range(n):
+        keep = ann != a
+        for c in range(2):
+            head = pl._fit_head(d[keep], t[keep], weights[keep, c], 3.0, np.zeros(d.shape[1]))
+            refit[a, c] = pl._loglik_per_head(d[~keep], t[~keep], head[None]).sum()
+    in_sample = onehot.T @ pl._loglik_per_head(d, t, m.heads)
+    assert np.abs(left - refit).max() < 0.3
+    assert np.abs(in_sample - refit).max() > 1.5
+
+
 def test_beats_one_model_on_held_out_judgments_and_places_a_newcomer():
     d, ann, groups, truth = planted((6, 6), judgments=40, seed=3)
     t = np.ones(len(d))
@@ -89,7 +124,6 @@ def test_feature_map_round_trips():
 
 # ---------------------------------------------------------------------------------------------
 # Through the app: imported per-annotator judgments, the training service, the version's metrics
-
 
 
 def two_camps(n_items: int, seed: int = 0) -> list[dict]:

@@ -11,8 +11,8 @@ L prefers the longer response; each annotator flips 10 % of their answers at ran
 judges `m` pairs drawn from the training pool and 20 from the test pool. Every method sees only the
 training judgments and features of the responses:
 
-- **pluralistic**: `models_srv.pluralistic` (K chosen from 1-4 by held-out likelihood on the
-  training judgments, then EM on all of them); an annotator is scored with their posterior mix;
+- **pluralistic**: `models_srv.pluralistic` (EM for K = 1-4 on the training judgments, K chosen by
+  BIC counted in annotators); an annotator is scored with their posterior mix;
 - **one BT**: the same code with K = 1 (one logistic Bradley-Terry head for everyone);
 - **per annotator**: one L2-regularized logistic head per annotator, on their own judgments.
 
@@ -100,7 +100,7 @@ def one_run(
     t = np.ones(len(d))
 
     choice = pl.choose_k(d, t, ann, N_ANNOTATORS, seed=seed)
-    mix = pl.fit(d, t, ann, N_ANNOTATORS, choice.k, seed=seed)
+    mix = choice.mixture
     one = pl.fit(d, t, ann, N_ANNOTATORS, 1, seed=seed)
     acc: dict[str, list[float]] = {"pluralistic": [], "one BT": [], "per annotator": []}
     for a in range(N_ANNOTATORS):
