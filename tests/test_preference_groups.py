@@ -44,8 +44,8 @@ def camps_project(make_project: Any, curator: Any, items: int = 40) -> Project:
     for i, row in enumerate(rows):
         row["metadata"] = {"category": ("math", "chat")[i % 2]}
     import_items(project=project, fileobj=jsonl(rows))
-    # Two groups asked for: the choice of K is models_srv.pluralistic's (tests/test_pluralistic.py).
-    config = {"from_config": TINY, "mode": "pluralistic", "groups": 2, "label_source": "imported", "max_length": 32}
+    # groups 0: the number of groups is the model's own choice (BIC over annotators), as a user gets it.
+    config = {"from_config": TINY, "mode": "pluralistic", "groups": 0, "label_source": "imported", "max_length": 32}
     version = services.training_start(project=project, config=config, enqueue=False)
     version = services.training_run(version_id=version.id)
     assert version.status == "succeeded", version.error
