@@ -183,3 +183,13 @@ def test_pluralistic_mode_trains_versions_and_finds_the_camps(make_project, sett
     model = load_model(Path(version.artifact_path))
     mean, spread, aspects = model.score([("q", "short one"), ("q", " ".join(["long"] * 25))])
     assert aspects is None and len(mean) == 2 and float(spread.min()) > 0
+
+    # and is promoted and rescores the project's items like any other version
+    from models_srv.models import ResponseScore
+
+    services.version_make_current(version=version, by=None)
+    version.refresh_from_db()
+    assert version.is_current
+    assert services.rescore(version_id=version.id) == 60 * 2
+    scores = ResponseScore.objects.filter(version=version)
+    assert scores.count() == 120 and scores.filter(uncertainty__gt=0).count() == 120
