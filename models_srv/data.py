@@ -93,6 +93,13 @@ def _source_filter(qs: QuerySet[Judgment], source: str) -> QuerySet[Judgment]:
     return qs.filter(source_q(*LabelSource(source).sources))
 
 
+def training_judgments(project: Project, label_source: str) -> QuerySet[Judgment]:
+    """The project's judgments a reward model of `label_source` learns from: not gold checks, not
+    dropped items (snapshots take them; a pluralistic model places newcomers from the same)."""
+    qs = Judgment.objects.filter(item__project=project, item__is_gold=False).exclude(item__status=Item.Status.DROPPED)
+    return _source_filter(qs, label_source)
+
+
 def snapshot_create(
     *,
     project: Project,
@@ -102,8 +109,7 @@ def snapshot_create(
     created_by: AbstractBaseUser | None = None,
 ) -> DataSnapshot:
     """Record the judgments a run will use (not gold checks, not dropped items) and the split."""
-    qs = Judgment.objects.filter(item__project=project, item__is_gold=False).exclude(item__status=Item.Status.DROPPED)
-    qs = _source_filter(qs, label_source).order_by("id")
+    qs = training_judgments(project, label_source).order_by("id")
     rows = list(qs.values_list("id", "item_id", "item__external_id", "item__split"))
     eval_items = sorted(
         {

@@ -183,9 +183,11 @@ def preference_groups(version: RewardModelVersion | None) -> PreferenceGroups | 
     groups = [{**g, "members": list(g["members"])} for g in found.get("groups") or []]
     by_number = {int(g["group"]): g for g in groups}
     for p in found.get("placed") or []:
-        if int(p["group"]) in by_number:
-            by_number[int(p["group"])]["members"].append(
-                {"labeler": p["labeler"], "confidence": p["confidence"], "placed_from": p["judgments"]}
+        weights = p["weights"]
+        best = max(range(len(weights)), key=weights.__getitem__)  # the most likely group, numbered from 1
+        if best + 1 in by_number:
+            by_number[best + 1]["members"].append(
+                {"labeler": p["labeler"], "confidence": weights[best], "placed_from": p["judgments"]}
             )
     return PreferenceGroups(version, groups) if groups else None
 
@@ -218,15 +220,13 @@ def pluralistic_versions(project: object) -> list[RewardModelVersion]:
 def unplaced_labelers(found: PreferenceGroups) -> int:
     """How many labelers have pairwise judgments in the version's project, of the label source it
     trained on, yet are in none of its groups: those `services.place_annotators` would place."""
-    from annotation.models import Item, Judgment, source_q
-    from models_srv.models import LabelSource
+    from models_srv.data import training_judgments
 
     version = found.version
     return (
-        Judgment.objects.filter(item__project_id=version.project_id, item__is_gold=False, payload__has_key="pairwise")
-        .exclude(item__status=Item.Status.DROPPED)
+        training_judgments(version.project, version.snapshot.label_source)
+        .filter(payload__has_key="pairwise")
         .exclude(labeler_id__in=list(found.members()))
-        .filter(source_q(*LabelSource(version.snapshot.label_source).sources))
         .values("labeler_id")
         .distinct()
         .count()

@@ -31,14 +31,13 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from annotation import audit
-from annotation.models import Item, Judgment, Labeler, Project, source_q
+from annotation.models import Item, Judgment, Labeler, Project
 from annotation.services import record_settings_changed
 from config.jobs import JobLost, claim_job, liveness, partial_folder, remove_partials, stale_after, sweep_stale
-from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create
+from models_srv.data import Examples, examples_from_judgment, load_snapshot, snapshot_create, training_judgments
 from models_srv.models import (
     AILabelerAudit,
     CrossFitRun,
-    LabelSource,
     OutOfFoldMargin,
     ResponseScore,
     RewardModelVersion,
@@ -376,9 +375,7 @@ def place_annotators(*, version_id: int) -> int:
     annotator who joined later belongs to a group after a few judgments without retraining.
 
     Stored, replacing any earlier placement, in the version's metrics["pluralistic"]["placed"]
-    (labeler, judgments, weights, group, confidence); returns how many were placed."""
-    import numpy as np
-
+    (labeler, judgments, weights over the groups); returns how many were placed."""
     from models_srv import engine
     from models_srv.pluralistic import pair_rows
 
@@ -390,10 +387,8 @@ def place_annotators(*, version_id: int) -> int:
     if plural is None:
         raise ValueError(f"version {version.version} is not a pluralistic model")
     judgments = (
-        Judgment.objects.filter(item__project=version.project, item__is_gold=False)
-        .exclude(item__status=Item.Status.DROPPED)
+        training_judgments(version.project, version.snapshot.label_source)
         .exclude(labeler_id__in=plural.annotators)
-        .filter(source_q(*LabelSource(version.snapshot.label_source).sources))
         .select_related("item", "labeler")
         .order_by("id")
     )
@@ -411,15 +406,8 @@ def place_annotators(*, version_id: int) -> int:
         for labeler_id, pairs in sorted(by_labeler.items()):
             chosen, rejected, targets = pair_rows(pairs, index)
             weights = plural.mixture.place(phi[chosen] - phi[rejected], targets)
-            group = int(np.argmax(weights))
             placed.append(
-                {
-                    "labeler": labeler_id,
-                    "judgments": len(targets),
-                    "weights": [round(float(w), 4) for w in weights],
-                    "group": group + 1,
-                    "confidence": round(float(weights[group]), 4),
-                }
+                {"labeler": labeler_id, "judgments": len(targets), "weights": [round(float(w), 4) for w in weights]}
             )
     with transaction.atomic():
         locked = RewardModelVersion.objects.select_for_update().get(id=version.id)

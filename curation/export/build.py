@@ -254,7 +254,7 @@ def select_page(page: Page, ctx: Context) -> Selection:
         labels = [names[b] for b in present.tolist()]
     group = confidence = None
     if ctx.groups is not None:
-        group, confidence = group_columns(jc.labeler_id, ctx.groups)
+        group, confidence = ctx.group_columns(jc.labeler_id)
         if ctx.filters.group_mode == "one":
             selected = selected & (group == ctx.filters.group)
     sel_positions = np.flatnonzero(selected)
@@ -269,15 +269,6 @@ def select_page(page: Page, ctx: Context) -> Selection:
         if group is not None and ctx.filters.group_mode == "split":
             per_group = {g: bulk_pairwise_consensus(jc, selected & (group == g), n_items) for g in ctx.group_numbers}
     return Selection(selected, labels, n_selected, consensus, bounds, sel_positions, group, per_group)
-
-
-def group_columns(labeler_ids: np.ndarray, groups: Mapping[int, tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Per judgment, its labeler's group (0: not in the group map) and group confidence (NaN)."""
-    labelers, which = np.unique(labeler_ids, return_inverse=True)
-    found = [groups.get(int(lab), (0, float("nan"))) for lab in labelers.tolist()]
-    group = np.array([g for g, _ in found], dtype=np.int64).reshape(-1)
-    confidence = np.array([c for _, c in found], dtype=float).reshape(-1)
-    return group[which], confidence[which]
 
 
 def bulk_pairwise_consensus(

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from annotation.models import GuidelinesVersion, Project, SchemaVersion
 from annotation.pseudonym import pseudonym
 from annotation.schema import JudgmentSchema
@@ -88,6 +90,16 @@ class Context:
         if labeler_id not in self._pseudonyms:
             self._pseudonyms[labeler_id] = pseudonym(self.project.slug, labeler_id)
         return self._pseudonyms[labeler_id]
+
+    def group_columns(self, labeler_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per judgment (its labeler id), the labeler's group in the group source (0: in no group)
+        and their confidence in it (NaN then); `groups` must be set."""
+        assert self.groups is not None
+        labelers, which = np.unique(labeler_ids, return_inverse=True)
+        found = [self.groups.get(int(lab), (0, float("nan"))) for lab in labelers.tolist()]
+        group = np.array([g for g, _ in found], dtype=np.int64).reshape(-1)
+        confidence = np.array([c for _, c in found], dtype=float).reshape(-1)
+        return group[which], confidence[which]
 
 
 def group_source(project: Project, filters: ExportFilters, schema: JudgmentSchema) -> PreferenceGroups | None:

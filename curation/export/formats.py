@@ -451,10 +451,9 @@ class Raw(Format):
                 array = pa.array(vals, type=fields[name])
                 out[name] = (array, pa.array([encoder.value(v) for v in vals], type=pa.string()))
         if ctx.groups is not None:
-            members = ctx.groups
-            ids = jc.labeler_id[rows].tolist()
-            group = pa.array([members[i][0] if i in members else None for i in ids], type=pa.int32())
-            confidence = pa.array([members[i][1] if i in members else None for i in ids], type=pa.float64())
+            g, c = ctx.group_columns(np.asarray(jc.labeler_id)[rows])
+            group = pa.array(g, type=pa.int32(), mask=g == 0)
+            confidence = pa.array(c, type=pa.float64(), mask=np.isnan(c))
             out["group"] = (group, json_texts(group, encoder))
             out["group_confidence"] = (confidence, json_texts(confidence, encoder))
         column("justification", jc.justification)
@@ -480,7 +479,7 @@ class Raw(Format):
             "the order the responses were shown in."
             + (
                 " `group` is the labeler's preference group in the group source (null: a labeler "
-                "the model did not train on), `group_confidence` the model's posterior of that group."
+                "the model neither trained on nor placed), `group_confidence` the model's posterior of that group."
                 if self.ctx.groups is not None
                 else ""
             )
