@@ -58,6 +58,7 @@ NOT_PAGES = {
     "curation:review_undo",
     "curation:review_bulk",
     "curation:review_bulk_undo",
+    "curation:groups_place",
     "curation:export_download",
     "curation:export_reproduce",
     "models_srv:train",
