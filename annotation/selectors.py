@@ -4,8 +4,11 @@ and anything the user may not see answers 404 (never 403, so ids leak nothing)."
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
+from uuid import UUID
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.cache import cache
 from django.db.models import Case, Count, IntegerField, Q, QuerySet, Sum, When
 from django.db.models.functions import Coalesce, Least
@@ -17,10 +20,14 @@ from annotation.models import Assignment, ImportJob, Item, Judgment, LabelSource
 from annotation.queue.sql import READ_STATS, AnnotatorDay
 from annotation.rows import Rows, fetch_one
 
-User = AbstractBaseUser | AnonymousUser
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+# Whoever asks: a signed-in user, or the anonymous one (who sees nothing).
+AnyUser = User | AnonymousUser
 
 
-def projects_for_user(user: User) -> QuerySet[Project]:
+def projects_for_user(user: AnyUser) -> QuerySet[Project]:
     if not user.is_authenticated:
         return Project.objects.none()
     if user.is_superuser:
@@ -28,7 +35,7 @@ def projects_for_user(user: User) -> QuerySet[Project]:
     return Project.objects.filter(memberships__user=user)
 
 
-def projects_curated_by(user: User) -> QuerySet[Project]:
+def projects_curated_by(user: AnyUser) -> QuerySet[Project]:
     """The projects `user` curates (every project for a superuser): those whose curator pages,
     versions and runs `project_for_user(..., curator=True)` lets them open."""
     if not user.is_authenticated:
@@ -43,12 +50,13 @@ _PROJECT_SQL = f"SELECT {_PROJECT.columns} FROM annotation_project p WHERE p.slu
 _MEMBER_SQL = " AND EXISTS (SELECT 1 FROM annotation_membership m WHERE m.project_id = p.id AND m.user_id = %s{role})"
 
 
-def project_for_user(user: User, slug: str, *, curator: bool = False) -> Project:
+def project_for_user(user: AnyUser, slug: str, *, curator: bool = False) -> Project:
     """The project if `user` belongs to it (as curator when `curator`), else 404. Every project
     page asks this, the annotate page on each item, so it is one statement written once."""
     if not user.is_authenticated:
         raise Http404("No such project.")
-    sql, params = _PROJECT_SQL, [slug]
+    sql = _PROJECT_SQL
+    params: list[str | int] = [slug]
     if not user.is_superuser:
         sql += _MEMBER_SQL.format(role=f" AND m.role = '{Membership.Role.CURATOR.value}'" if curator else "")
         params.append(user.pk)
@@ -64,11 +72,16 @@ def role_in(user: User, project: Project) -> str | None:
     return Membership.objects.filter(project=project, user=user).values_list("role", flat=True).first()
 
 
-def can_create_projects(user: User) -> bool:
+def can_create_projects(user: AnyUser) -> bool:
     return user.is_authenticated and (user.is_superuser or user.has_perm("annotation.add_project"))
 
 
-def project_list_for_user(user: User) -> QuerySet[Project]:
+class ProjectCounts(TypedDict):
+    item_count: int
+    open_count: int
+
+
+def project_list_for_user(user: AnyUser) -> QuerySet[WithAnnotations[Project, ProjectCounts]]:
     return (
         projects_for_user(user)
         .annotate(
@@ -104,7 +117,7 @@ def import_jobs_for_project(project: Project, limit: int = 10) -> list[ImportJob
     return list(ImportJob.objects.filter(project=project).select_related("created_by")[:limit])
 
 
-def import_job_for_user(user: User, job_uuid: object) -> ImportJob:
+def import_job_for_user(user: AnyUser, job_uuid: UUID | str) -> ImportJob:
     job = ImportJob.objects.select_related("project").filter(uuid=job_uuid, project__in=projects_for_user(user)).first()
     if job is None:
         raise Http404("No such import.")
@@ -112,7 +125,7 @@ def import_job_for_user(user: User, job_uuid: object) -> ImportJob:
     return job
 
 
-def assignment_for_user(user: User, assignment_uuid: object) -> Assignment:
+def assignment_for_user(user: User, assignment_uuid: UUID | str) -> Assignment:
     """The annotator's own assignment, else 404 (another annotator's uuid leaks nothing)."""
     found = Assignment.objects.select_related("item__project").filter(uuid=assignment_uuid, annotator=user)
     if not user.is_superuser:  # site admins reach every project; others only their projects
@@ -196,8 +209,21 @@ def annotator_progress(user: User, project: Project, stats: AnnotatorDay | None 
     }
 
 
-def home_projects_for_user(user: User) -> list[Project]:
-    """Projects with the project's progress and the user's own judgment count, in two queries."""
+@dataclass(frozen=True)
+class HomeProject:
+    """A row of the home page: the project, its progress, the user's judgments and role."""
+
+    project: Project
+    item_count: int
+    done_count: int
+    percent: int
+    my_count: int
+    my_role: str | None
+
+
+def home_projects_for_user(user: User) -> list[HomeProject]:
+    """Projects with the project's progress and the user's own judgment count and role, in three
+    queries."""
     projects = list(
         project_list_for_user(user).annotate(
             done_count=Count("items", filter=Q(items__status=Item.Status.DONE), distinct=True)
@@ -210,8 +236,14 @@ def home_projects_for_user(user: User) -> list[Project]:
         .values_list("item__project", "n")
     )
     roles = dict(Membership.objects.filter(user=user, project__in=projects).values_list("project", "role"))
-    for p in projects:
-        p.my_count = mine.get(p.id, 0)
-        p.my_role = roles.get(p.id, "curator" if user.is_superuser else None)
-        p.percent = round(100 * p.done_count / p.item_count) if p.item_count else 0
-    return projects
+    return [
+        HomeProject(
+            project=p,
+            item_count=p.item_count,
+            done_count=p.done_count,
+            percent=round(100 * p.done_count / p.item_count) if p.item_count else 0,
+            my_count=mine.get(p.id, 0),
+            my_role=roles.get(p.id, "curator" if user.is_superuser else None),
+        )
+        for p in projects
+    ]

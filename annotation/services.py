@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.base import File
 from django.db import transaction
 from django.db.models import Q
@@ -26,7 +26,18 @@ from accounts.models import ApiToken
 from annotation import audit
 from annotation import overlap as overlap_rule
 from annotation.importing import ImportRefused, ImportResult, RowError, import_items
-from annotation.models import Assignment, GuidelinesVersion, ImportJob, Item, Membership, Project, SchemaVersion
+from annotation.models import (
+    Assignment,
+    GuidelinesVersion,
+    ImportJob,
+    ImportJobSource,
+    Item,
+    Membership,
+    MembershipRole,
+    Project,
+    RoutingPolicy,
+    SchemaVersion,
+)
 from annotation.schema import JudgmentSchema, format_validation_error
 from config.jobs import JobLost, claim_job, liveness, stale_after, sweep_stale
 
@@ -40,7 +51,7 @@ class SpecError(ValueError):
 class MemberSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str
-    role: Membership.Role
+    role: MembershipRole
 
 
 class ProjectSpec(BaseModel):
@@ -58,7 +69,7 @@ class ProjectSpec(BaseModel):
     gold_rate: float = Field(default=0.0, ge=0, le=1)
     lease_seconds: int = Field(default=900, ge=10, le=7 * 24 * 3600)
     show_model_names: bool = False
-    routing_policy: Project.RoutingPolicy = Field(
+    routing_policy: RoutingPolicy = Field(
         default=Project.RoutingPolicy.ALL_HUMAN,
         description="all_human (the default), all_ai, learned, or performance (experimental: no better than "
         "random routing in the simulations of bench/route)",
@@ -82,7 +93,7 @@ class ProjectSpec(BaseModel):
             raise SpecError(format_validation_error(exc)) from None
 
 
-def project_create(*, spec: ProjectSpec, created_by: AbstractBaseUser | None) -> Project:
+def project_create(*, spec: ProjectSpec, created_by: User | None) -> Project:
     """Create a project with version 1 of its schema and guidelines; the creator becomes curator."""
     from django.contrib.auth import get_user_model
 
@@ -121,7 +132,7 @@ def project_create(*, spec: ProjectSpec, created_by: AbstractBaseUser | None) ->
     return project
 
 
-def project_add(*, project: Project, by: AbstractBaseUser | None) -> Project:
+def project_add(*, project: Project, by: User | None) -> Project:
     """Save a project built elsewhere (the admin's form) with version 1 of its schema and
     guidelines, as `project_create` makes one."""
     with transaction.atomic():
@@ -143,7 +154,7 @@ def _record_project_created(project: Project) -> None:
     )
 
 
-def project_set_schema(*, project: Project, schema: JudgmentSchema, by: AbstractBaseUser | None) -> Project:
+def project_set_schema(*, project: Project, schema: JudgmentSchema, by: User | None) -> Project:
     """Record a new schema version; earlier judgments keep the version they were made under."""
     data = schema.model_dump(mode="json", exclude_none=True)
     with transaction.atomic():
@@ -165,7 +176,7 @@ def _normalized(schema: Any) -> Any:
         return None
 
 
-def project_set_guidelines(*, project: Project, text: str, by: AbstractBaseUser | None) -> Project:
+def project_set_guidelines(*, project: Project, text: str, by: User | None) -> Project:
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
         if locked.guidelines == text:
@@ -182,7 +193,7 @@ def project_edit_texts(
     project: Project,
     schema: JudgmentSchema,
     guidelines: str,
-    by: AbstractBaseUser,
+    by: User,
     request: HttpRequest | None = None,
 ) -> Project:
     """A curator's edit of the schema and guidelines (the project's settings page): each that
@@ -208,7 +219,7 @@ def project_edit_texts(
 
 
 def record_settings_changed(
-    *, project: Project, changes: dict[str, Any], by: AbstractBaseUser | None, request: HttpRequest | None = None
+    *, project: Project, changes: dict[str, Any], by: User | None, request: HttpRequest | None = None
 ) -> None:
     """The one `project.settings` event, for any service that changes a project's settings (the
     texts here, the routing settings in `models_srv.services`); nothing changed, nothing recorded.
@@ -270,7 +281,7 @@ def _record_role_changed(membership: Membership, old: str, by: Any, request: Htt
     )
 
 
-def membership_set(*, project: Project, user: AbstractBaseUser, role: Membership.Role | str) -> Membership:
+def membership_set(*, project: Project, user: User, role: MembershipRole | str) -> Membership:
     """Seed a membership without an actor (a spec's members, the demo, commands): not an audited
     action, as the members a project is created with are part of its `project.create` event.
     A curator's changes go through `member_add`, `member_set_role` and `member_remove`."""
@@ -280,7 +291,7 @@ def membership_set(*, project: Project, user: AbstractBaseUser, role: Membership
 
 
 def member_add(
-    *, project: Project, username: str, role: str, by: AbstractBaseUser, request: HttpRequest | None = None
+    *, project: Project, username: str, role: str, by: User, request: HttpRequest | None = None
 ) -> Membership:
     from django.contrib.auth import get_user_model
 
@@ -302,7 +313,7 @@ def member_add(
 
 
 def member_set_role(
-    *, membership: Membership, role: str, by: AbstractBaseUser, request: HttpRequest | None = None
+    *, membership: Membership, role: str, by: User, request: HttpRequest | None = None
 ) -> Membership:
     _check_role(role)
     with transaction.atomic():
@@ -320,7 +331,7 @@ def member_set_role(
     return current
 
 
-def member_remove(*, membership: Membership, by: AbstractBaseUser, request: HttpRequest | None = None) -> None:
+def member_remove(*, membership: Membership, by: User, request: HttpRequest | None = None) -> None:
     """Remove a member; the items they hold go back to the queue (the membership's delete
     receiver gives back the leases, however a membership is deleted)."""
     with transaction.atomic():
@@ -330,7 +341,7 @@ def member_remove(*, membership: Membership, by: AbstractBaseUser, request: Http
             return  # removed already (a double click)
         if current.role == Membership.Role.CURATOR and _curator_count(project) <= 1:
             raise MembershipError(f"{current.user.username} is the project's last curator and cannot be removed.")
-        details = {"user": current.user.username, "role": current.role}
+        details: dict[str, str | int] = {"user": current.user.username, "role": current.role}
         target = ("annotation.membership", current.pk, str(current))
         held = Assignment.objects.filter(
             annotator_id=current.user_id, item__project=project, state=Assignment.State.LEASED
@@ -350,8 +361,8 @@ def import_job_create(
     project: Project,
     upload: IO[bytes],
     name: str,
-    source: ImportJob.Source,
-    created_by: AbstractBaseUser | None,
+    source: ImportJobSource,
+    created_by: User | None,
     fmt: str = "",
 ) -> ImportJob:
     """Store the upload and queue its import once the transaction commits."""
@@ -485,7 +496,7 @@ def import_file(*, project: Project, path: Path, fmt: str | None = None) -> Impo
 # API tokens (the model and the bearer authentication are in the accounts app).
 
 
-def token_create(*, user: AbstractBaseUser, name: str, scopes: Iterable[str] | str) -> tuple[ApiToken, str]:
+def token_create(*, user: User, name: str, scopes: Iterable[str] | str) -> tuple[ApiToken, str]:
     """Store a new token (only its hash) and return it with its key, which is never shown again."""
     name = (name or "").strip()
     if not name or len(name) > 100:
@@ -511,7 +522,7 @@ def token_revoke(*, token: ApiToken) -> ApiToken:
     return token
 
 
-def token_delete(*, token: ApiToken, by: AbstractBaseUser | None = None) -> None:
+def token_delete(*, token: ApiToken, by: User | None = None) -> None:
     """Delete a token (the admin); a revoked token stays listed, so revoking is the usual way."""
     with transaction.atomic():
         row = ApiToken.objects.select_for_update().select_related("user").filter(pk=token.pk).first()

@@ -187,7 +187,7 @@ def claim_job(
     redelivered: bool,
     stale: Q,
     max_attempts: int,
-    give_up: Callable[[M], None],
+    give_up: Callable[[M], object],
     only: Q | None = None,
     fields: dict[str, Any] | None = None,
 ) -> Claim[M] | None:

@@ -20,7 +20,7 @@ from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.http import Http404
 
 from annotation.models import Item, Judgment, Project
-from annotation.selectors import User, project_for_user, projects_for_user
+from annotation.selectors import AnyUser, project_for_user, projects_for_user
 from curation.models import CurationAction, ExportSnapshot
 
 
@@ -74,7 +74,7 @@ def curation_history(item: Item) -> list[CurationAction]:
     return list(CurationAction.objects.filter(item=item).select_related("actor", "undone_by"))
 
 
-def curation_action_for_user(user: User, action_id: int) -> CurationAction:
+def curation_action_for_user(user: AnyUser, action_id: int) -> CurationAction:
     """A curation action of a project the user curates, else 404."""
     action = (
         CurationAction.objects.select_related("project", "item")
@@ -87,7 +87,7 @@ def curation_action_for_user(user: User, action_id: int) -> CurationAction:
     return action
 
 
-def export_get_for_user(user: User, code: object) -> ExportSnapshot:
+def export_get_for_user(user: AnyUser, code: object) -> ExportSnapshot:
     """The export if the user curates its project, else 404 (a malformed code too)."""
     try:
         code = uuid.UUID(str(code))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
@@ -79,7 +79,7 @@ def _settled_status(item: Item, project: Project) -> str:
 def curation_action_apply(
     *,
     item: Item,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     reason: str = "",
     evidence: Mapping[str, Any] | None = None,
@@ -139,7 +139,7 @@ def curation_action_apply(
     return record
 
 
-def curation_action_undo(*, action: CurationAction, actor: AbstractBaseUser | None) -> CurationAction:
+def curation_action_undo(*, action: CurationAction, actor: User | None) -> CurationAction:
     """Undo the item's newest action, restoring the item's status, route and priority from before it.
 
     Undoing an action twice changes nothing; undoing an older action while a newer one stands is
@@ -180,7 +180,7 @@ def curation_bulk_apply(
     *,
     project: Project,
     item_ids: Sequence[int],
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     reason: str = "",
     evidence: Mapping[int, Mapping[str, Any]] | None = None,
@@ -212,7 +212,7 @@ def curation_bulk_apply(
         ]
 
 
-def curation_bulk_undo(*, project: Project, batch: str, actor: AbstractBaseUser | None) -> list[CurationAction]:
+def curation_bulk_undo(*, project: Project, batch: str, actor: User | None) -> list[CurationAction]:
     """Undo every action of a bulk action that still stands, all or none: refused (CurationError)
     when any of its items has a newer action since, as a single undo would be. Undoing twice
     changes nothing."""
@@ -248,7 +248,7 @@ def _check_labelers(project: Project, ids: list[int] | None) -> None:
 def export_create(
     *,
     project: Project,
-    user: AbstractBaseUser | None,
+    user: User | None,
     filters: ExportFilters | Mapping[str, Any] | None,
     formats: Sequence[str] | str,
     license: str = "unknown",  # noqa: A002 - the dataset card's field name
@@ -283,7 +283,7 @@ def export_create(
 
 
 def export_reproduce(
-    *, snapshot: ExportSnapshot, user: AbstractBaseUser | None, enqueue: bool = True
+    *, snapshot: ExportSnapshot, user: User | None, enqueue: bool = True
 ) -> ExportSnapshot:
     """A new snapshot with the same filters, formats, license and cutoff: the same rows again."""
     with transaction.atomic():
@@ -303,7 +303,7 @@ def export_reproduce(
     return copy
 
 
-def _record_export(snapshot: ExportSnapshot, user: AbstractBaseUser | None, details: dict[str, Any]) -> None:
+def _record_export(snapshot: ExportSnapshot, user: User | None, details: dict[str, Any]) -> None:
     """The one `export.create` event, new or reproduced (inside the snapshot's transaction)."""
     audit.record(user, "export.create", project=snapshot.project, target=snapshot, details=details)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
 from annotation.models import Item, Judgment, Project, source_q
@@ -106,7 +106,7 @@ def snapshot_create(
     label_source: str = LabelSource.PEOPLE,
     seed: int = 0,
     eval_fraction: float = 0.2,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
 ) -> DataSnapshot:
     """Record the judgments a run will use (not gold checks, not dropped items) and the split."""
     qs = training_judgments(project, label_source).order_by("id")

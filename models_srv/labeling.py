@@ -14,7 +14,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -51,7 +51,7 @@ def labeler_create(
     name: str,
     config: dict[str, Any],
     api_key: str = "",
-    by: AbstractBaseUser | None = None,
+    by: User | None = None,
 ) -> Labeler:
     """Validate the config of an AI labeler and store it (an API key only encrypted). A
     reward-model judge may name a version of `project` or of any project `by` curates."""
@@ -89,7 +89,7 @@ def run_start(
     project: Project,
     labeler: Labeler,
     item_ids: list[int] | None = None,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
     enqueue: bool = True,
 ) -> AILabelRun:
     """Queue a run over the given items (default: every item the labeler has not judged yet)."""

@@ -11,11 +11,11 @@ from django.http import Http404
 from pydantic import BaseModel
 
 from annotation.models import Project
-from annotation.selectors import User, project_for_user, projects_curated_by
+from annotation.selectors import AnyUser, project_for_user, projects_curated_by
 from models_srv.models import RewardModelVersion, RunStatus
 
 
-def version_for_curator(user: User, version_uuid: object) -> RewardModelVersion:
+def version_for_curator(user: AnyUser, version_uuid: object) -> RewardModelVersion:
     version = RewardModelVersion.objects.select_related("project", "snapshot").filter(uuid=version_uuid).first()
     if version is None:
         raise Http404("No such model version.")
@@ -23,7 +23,7 @@ def version_for_curator(user: User, version_uuid: object) -> RewardModelVersion:
     return version
 
 
-def judge_versions_for(user: User | None, project: Project) -> QuerySet[RewardModelVersion]:
+def judge_versions_for(user: AnyUser | None, project: Project) -> QuerySet[RewardModelVersion]:
     """The versions a reward-model judge of `project` may use on behalf of `user`: the succeeded
     versions of `project` itself, and of every project `user` curates (whose versions they may
     read: `version_for_curator`). Without a user (a run started from the shell), its own only."""
@@ -33,7 +33,7 @@ def judge_versions_for(user: User | None, project: Project) -> QuerySet[RewardMo
     return RewardModelVersion.objects.filter(allowed, status=RunStatus.SUCCEEDED).select_related("project")
 
 
-def judge_version(user: User | None, project: Project, version: str) -> RewardModelVersion | None:
+def judge_version(user: AnyUser | None, project: Project, version: str) -> RewardModelVersion | None:
     """The version a judge's `version` names ("current": its own project's current version, else
     a uuid) if `user` may use it there, else None: a version they may not use and one that does
     not exist answer alike."""
@@ -61,7 +61,7 @@ def ai_runs_of(project: object, limit: int = 20) -> list[object]:
     return list(AILabelRun.objects.filter(project=project).select_related("labeler")[:limit])
 
 
-def labeler_for_curator(user: User, labeler_id: int) -> object:
+def labeler_for_curator(user: AnyUser, labeler_id: int) -> object:
     from annotation.models import Labeler
 
     labeler = Labeler.objects.select_related("project").filter(id=labeler_id, project__isnull=False).first()
@@ -71,7 +71,7 @@ def labeler_for_curator(user: User, labeler_id: int) -> object:
     return labeler
 
 
-def ai_run_for_curator(user: User, run_uuid: object) -> object:
+def ai_run_for_curator(user: AnyUser, run_uuid: object) -> object:
     from models_srv.models import AILabelRun
 
     run = AILabelRun.objects.select_related("project", "labeler").filter(uuid=run_uuid).first()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Max, Q
 from django.http import HttpRequest
@@ -67,7 +67,7 @@ def _remove_partials(slug: str, run_uuid: Any) -> None:
 
 
 def training_start(
-    *, project: Project, config: dict[str, Any], created_by: AbstractBaseUser | None = None, enqueue: bool = True
+    *, project: Project, config: dict[str, Any], created_by: User | None = None, enqueue: bool = True
 ) -> RewardModelVersion:
     """Snapshot the project's judgments and queue a training run on the gpu queue."""
     from models_srv.engine import TrainConfig
@@ -283,7 +283,7 @@ def _fail(version: RewardModelVersion, error: str, attempt: int | None = None) -
 
 
 def _make_current(
-    version: RewardModelVersion, *, by: AbstractBaseUser | None, details: dict[str, Any] | None = None
+    version: RewardModelVersion, *, by: User | None, details: dict[str, Any] | None = None
 ) -> None:
     """Make `version` its project's current one (by hand, or promoted after training), recorded."""
     RewardModelVersion.objects.filter(project=version.project, is_current=True).exclude(id=version.id).update(
@@ -293,7 +293,7 @@ def _make_current(
     audit.record(by, "reward_model.make_current", project=version.project, target=version, details=details)
 
 
-def version_make_current(*, version: RewardModelVersion, by: AbstractBaseUser | None = None) -> RewardModelVersion:
+def version_make_current(*, version: RewardModelVersion, by: User | None = None) -> RewardModelVersion:
     """Promote a succeeded version (rollback is promoting an older one)."""
     if version.status != RunStatus.SUCCEEDED:
         raise ValueError("only a succeeded version can become current")
@@ -429,7 +429,7 @@ def routing_settings_set(
     human_budget: float,
     calibration_share: float,
     require_ai_audit: bool,
-    by: AbstractBaseUser | None,
+    by: User | None,
     request: Any = None,
 ) -> Project:
     """Change the project's routing settings (recording what changed) and re-route its items
@@ -454,7 +454,7 @@ def routing_settings_set(
 def audit_start(
     *,
     labeler: Labeler,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
     enqueue: bool = True,
     request: HttpRequest | None = None,
 ) -> AILabelerAudit:
@@ -603,7 +603,7 @@ def crossfit_start(
     project: Project,
     config: dict[str, Any] | None = None,
     folds: int = 5,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
     enqueue: bool = True,
 ) -> CrossFitRun:
     """Queue a cross-fitting of the project's labels on the gpu queue; a run already queued or

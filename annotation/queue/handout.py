@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError
 from django.utils import timezone
 
@@ -62,12 +62,12 @@ _RNG = random.Random()
 os.register_at_fork(after_in_child=_RNG.seed)
 
 
-def next_assignment(*, project: Project, user: AbstractBaseUser, rng: random.Random | None = None) -> Assignment | None:
+def next_assignment(*, project: Project, user: User, rng: random.Random | None = None) -> Assignment | None:
     """The annotator's live lease in this project, or a new one, or None when nothing is left."""
     return hand_out(project=project, user=user, rng=rng).assignment
 
 
-def hand_out(*, project: Project, user: AbstractBaseUser, rng: random.Random | None = None) -> Handout:
+def hand_out(*, project: Project, user: User, rng: random.Random | None = None) -> Handout:
     """`next_assignment`, with the annotator's counts when they came with it."""
     rng = rng or _RNG
     reap_expired_leases_throttled()
@@ -77,7 +77,7 @@ def hand_out(*, project: Project, user: AbstractBaseUser, rng: random.Random | N
     return handout
 
 
-def _lease(project: Project, user: AbstractBaseUser, draw: Draw) -> Handout:
+def _lease(project: Project, user: User, draw: Draw) -> Handout:
     """One hand-out, one draw for every try (an empty queue does not raise the rate of gold items).
 
     Two requests of one annotator (two tabs) can pick the same item at once: a pick whose snapshot
@@ -109,7 +109,7 @@ def _lease(project: Project, user: AbstractBaseUser, draw: Draw) -> Handout:
     return Handout(None)
 
 
-def _lease_pg(project: Project, user: AbstractBaseUser, draw: Draw) -> Handout:
+def _lease_pg(project: Project, user: User, draw: Draw) -> Handout:
     now = timezone.now()
     given = {
         "uuid": uuid.uuid4(),
@@ -133,7 +133,7 @@ def _lease_pg(project: Project, user: AbstractBaseUser, draw: Draw) -> Handout:
     return Handout(_shown_now(assignment, project), stats)
 
 
-def _anything_left(project: Project, user: AbstractBaseUser, gold: bool) -> bool:
+def _anything_left(project: Project, user: User, gold: bool) -> bool:
     params = {"project": project.pk, "annotator": user.pk, "now": timezone.now(), "overlap": project.overlap}
     row = rows.fetch_one(sql.ANY_LEFT, {**params, "gold": gold})
     return bool(row and row[0])

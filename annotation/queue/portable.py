@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
 
@@ -23,7 +23,7 @@ from annotation.models import Assignment, Item, Judgment, Project
 
 
 def lease_next(
-    project: Project, user: AbstractBaseUser, gold_first: bool, order: Callable[[int], list[int]], now: datetime
+    project: Project, user: User, gold_first: bool, order: Callable[[int], list[int]], now: datetime
 ) -> Assignment | None:
     """The annotator's live lease; else, in one transaction, the pick (a gold item first when
     `gold_first`, else the best open item with a free slot they never had, else their expired
@@ -64,7 +64,7 @@ def _open_for_humans(project: Project) -> QuerySet[Item]:
     return qs.filter(overlap.free_slot_q(project.overlap), route__in=[Item.Route.HUMAN, Item.Route.BOTH])
 
 
-def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | None:
+def _pick(project: Project, user: User, *, gold: bool) -> Item | None:
     """The best open item (gold, or for humans with a free slot) this annotator never had, its
     lease counted (`sql.CANDIDATE`)."""
     seen = Assignment.objects.filter(item=OuterRef("pk"), annotator_id=user.pk)
@@ -79,7 +79,7 @@ def _pick(project: Project, user: AbstractBaseUser, *, gold: bool) -> Item | Non
     return item
 
 
-def _lease_again(project: Project, user: AbstractBaseUser, now: datetime) -> Assignment | None:
+def _lease_again(project: Project, user: User, now: datetime) -> Assignment | None:
     """The annotator's expired lease on the best open item with a free slot, leased anew (the
     same row, uuid and display order), its lease counted on the item; or None (`sql.AGAIN`)."""
     again = (

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -46,7 +46,7 @@ def submit(
     *,
     assignment_id: int | None = None,
     assignment_uuid: Any = None,
-    user: AbstractBaseUser,
+    user: User,
     payload: dict[str, Any],
     time_spent_ms: int | None = None,
 ) -> Submitted:
@@ -99,7 +99,7 @@ def _load_for_submit(read: str, params: list[Any]) -> Assignment:
 
 
 def _submit_optimistic(
-    read: str, params: list[Any], user: AbstractBaseUser, payload: dict[str, Any], time_spent_ms: int | None
+    read: str, params: list[Any], user: User, payload: dict[str, Any], time_spent_ms: int | None
 ) -> Submitted | None:
     """The usual submit on PostgreSQL, a live lease answered once: read without locking, check and
     validate, then one statement that writes only if the lease is still live and this annotator's.
@@ -118,7 +118,7 @@ def _submit_optimistic(
 
 
 def _submit_locked(
-    read: str, params: list[Any], user: AbstractBaseUser, payload: dict[str, Any], time_spent_ms: int | None
+    read: str, params: list[Any], user: User, payload: dict[str, Any], time_spent_ms: int | None
 ) -> Submitted:
     assignment = _load_for_submit(read, params)
     if assignment.state == Assignment.State.SUBMITTED:
@@ -151,7 +151,7 @@ def _submit_locked(
 
 
 def _submit_gated(
-    assignment: Assignment, fields: dict[str, Any], user: AbstractBaseUser, *, found: str, live_only: bool, now: Any
+    assignment: Assignment, fields: dict[str, Any], user: User, *, found: str, live_only: bool, now: Any
 ) -> Submitted | None:
     """Run `sql.SUBMIT_GATED`; None when its gate found the assignment changed."""
     item = assignment.item
@@ -193,7 +193,7 @@ def schema_at(project: Project, version: int | None) -> tuple[int, JudgmentSchem
 
 
 def _judgment_fields(
-    assignment: Assignment, user: AbstractBaseUser, payload: dict[str, Any], time_spent_ms: int | None, now: Any
+    assignment: Assignment, user: User, payload: dict[str, Any], time_spent_ms: int | None, now: Any
 ) -> dict[str, Any]:
     """The judgment's fields: the answer mapped to the stored order and validated against the
     schema (PayloadError otherwise), its gold score, the versions it was made under, the time."""
@@ -226,7 +226,7 @@ def _judgment_fields(
     }
 
 
-def human_labeler(user: AbstractBaseUser) -> Labeler:
+def human_labeler(user: User) -> Labeler:
     """The user's labeler row, created on first use (safe when two requests race to create it)."""
     labeler = Labeler.objects.filter(user_id=user.pk).first()
     if labeler is not None:
@@ -248,7 +248,7 @@ def bump_stats(
     return AnnotatorDay.from_row(row, today)
 
 
-def skip(*, assignment_id: int, user: AbstractBaseUser, reason: str = "", flag: bool = False) -> Assignment:
+def skip(*, assignment_id: int, user: User, reason: str = "", flag: bool = False) -> Assignment:
     """Give the item back without answering; with `flag`, also report it (the reason is required)."""
     reason = reason.strip()[:500]
     if flag and not reason:
