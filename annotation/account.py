@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
@@ -13,6 +13,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts.auth import SCOPES, TokenError
 from accounts.selectors import token_of_user, tokens_of
 from annotation.services import token_create, token_revoke
+from config.http import AuthenticatedHttpRequest
 
 
 class TokenForm(forms.Form):
@@ -28,7 +29,7 @@ class TokenForm(forms.Form):
 @login_required
 @never_cache
 @require_http_methods(["GET", "POST"])
-def tokens_page(request: HttpRequest) -> HttpResponse:
+def tokens_page(request: AuthenticatedHttpRequest) -> HttpResponse:
     """List the user's tokens; a POST creates one and shows its key this once."""
     form = TokenForm(request.POST or None)
     created = key = None
@@ -58,7 +59,7 @@ def tokens_page(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def token_revoke_view(request: HttpRequest, token_id: int) -> HttpResponse:
+def token_revoke_view(request: AuthenticatedHttpRequest, token_id: int) -> HttpResponse:
     """Revoke one of the user's own tokens (another user's token id answers 404)."""
     token = token_of_user(request.user, token_id)
     if token is None:

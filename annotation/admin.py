@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -20,6 +21,12 @@ from annotation.models import (
     SchemaVersion,
 )
 from annotation.schema import JudgmentSchema, format_validation_error
+
+
+def _actor(request: HttpRequest) -> User | None:
+    """Who acts, for the services' audit (the admin site lets only signed-in staff this far)."""
+    user = request.user
+    return user if user.is_authenticated else None
 
 
 class MembershipInline(admin.TabularInline):
@@ -58,15 +65,15 @@ class ProjectAdmin(admin.ModelAdmin):
         """A changed schema or guidelines is a new version (judgments record the one they were made
         under), and a changed overlap settles the items' status, as the services do elsewhere."""
         if not change:
-            services.project_add(project=obj, by=request.user)  # version 1 of each, as elsewhere
+            services.project_add(project=obj, by=_actor(request))  # version 1 of each, as elsewhere
             return
         stored = Project.objects.get(pk=obj.pk)
         schema, guidelines, overlap = obj.schema, obj.guidelines, obj.overlap
         obj.schema, obj.guidelines, obj.overlap = stored.schema, stored.guidelines, stored.overlap
         with transaction.atomic():
             super().save_model(request, obj, form, change)
-            services.project_set_schema(project=obj, schema=JudgmentSchema.model_validate(schema), by=request.user)
-            services.project_set_guidelines(project=obj, text=guidelines, by=request.user)
+            services.project_set_schema(project=obj, schema=JudgmentSchema.model_validate(schema), by=_actor(request))
+            services.project_set_guidelines(project=obj, text=guidelines, by=_actor(request))
             services.project_set_overlap(project=obj, overlap=overlap)
         obj.refresh_from_db()
 
@@ -145,11 +152,11 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return False
 
     def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
-        services.token_delete(token=obj, by=request.user)
+        services.token_delete(token=obj, by=_actor(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         for token in queryset:
-            services.token_delete(token=token, by=request.user)
+            services.token_delete(token=token, by=_actor(request))
 
 
 @admin.register(AuditEvent)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
 from django.conf import settings
 from django.db.models import QuerySet
-from django.http import HttpRequest
 from ninja import Field, File, Form, Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
@@ -17,10 +16,26 @@ from pydantic import WithJsonSchema
 
 from accounts.auth import scoped
 from annotation import selectors, services
-from annotation.models import ImportJob, Item, Judgment, LabelSource, Project, source_q
+from annotation.models import (
+    ImportJob,
+    Item,
+    ItemRoute,
+    ItemSplit,
+    ItemStatus,
+    Judgment,
+    LabelSource,
+    Project,
+    source_q,
+)
 from annotation.pseudonym import pseudonym
 from annotation.schema import JudgmentRead
 from config.api_errors import refusals
+from config.http import AuthenticatedHttpRequest
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+    from annotation.selectors import ListedProject
 
 router = Router(tags=["annotation"])
 
@@ -60,8 +75,13 @@ class ImportJobOut(Schema):
 
 
 @router.get("/projects", response=list[ProjectOut])
-def list_projects(request: HttpRequest) -> QuerySet[Project]:
+def list_projects(request: AuthenticatedHttpRequest) -> QuerySet[ListedProject]:
     return selectors.project_list_for_user(request.user)
+
+
+def _listed(user: User, project: Project) -> ListedProject:
+    """`project` as the project list shows it, with its counts (`ProjectOut.item_count`)."""
+    return selectors.project_list_for_user(user).get(pk=project.pk)
 
 
 @router.post(
@@ -76,7 +96,7 @@ def list_projects(request: HttpRequest) -> QuerySet[Project]:
         }
     ),
 )
-def create_project(request: HttpRequest, spec: ProjectIn) -> Status[Project]:
+def create_project(request: AuthenticatedHttpRequest, spec: ProjectIn) -> Status[ListedProject]:
     """Create a project; you become its curator (needs the add-project permission)."""
     if not selectors.can_create_projects(request.user):
         raise HttpError(403, "You may not create projects.")
@@ -84,15 +104,12 @@ def create_project(request: HttpRequest, spec: ProjectIn) -> Status[Project]:
         project = services.project_create(spec=spec, created_by=request.user)
     except services.SpecError as exc:
         raise HttpError(422, str(exc)) from None
-    project.item_count = 0
-    return Status(201, project)
+    return Status(201, _listed(request.user, project))
 
 
 @router.get("/projects/{slug:slug}", response=ProjectOut)
-def get_project(request: HttpRequest, slug: str) -> Project:
-    project = selectors.project_for_user(request.user, slug)
-    project.item_count = project.items.count()
-    return project
+def get_project(request: AuthenticatedHttpRequest, slug: str) -> ListedProject:
+    return _listed(request.user, selectors.project_for_user(request.user, slug))
 
 
 # An empty file part arrives as no file at all: the schema says a file has a byte at least.
@@ -107,14 +124,14 @@ ImportFormat = Literal["", "jsonl", "csv", "parquet", "json"]  # annotation.impo
     openapi_extra=refusals({413: "The file is larger than the server's IMPORT_MAX_UPLOAD_BYTES."}),
 )
 def start_import(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     slug: str,
     file: File[ImportFile],
     format: Form[ImportFormat] = "",  # noqa: A002
 ) -> Status[ImportJob]:
     """Upload a file of items; the import runs in the background. Poll the returned job."""
     project = selectors.project_for_user(request.user, slug, curator=True)
-    if file.size > settings.IMPORT_MAX_UPLOAD_BYTES:
+    if (file.size or 0) > settings.IMPORT_MAX_UPLOAD_BYTES:  # an upload's size is always set
         raise HttpError(413, f"the file is larger than {settings.IMPORT_MAX_UPLOAD_BYTES:,} bytes")
     job = services.import_job_create(
         project=project,
@@ -128,7 +145,7 @@ def start_import(
 
 
 @router.get("/imports/{uuid:job_id}", response=ImportJobOut)
-def get_import(request: HttpRequest, job_id: UUID) -> ImportJob:
+def get_import(request: AuthenticatedHttpRequest, job_id: UUID) -> ImportJob:
     return selectors.import_job_for_user(request.user, job_id)
 
 
@@ -198,9 +215,9 @@ class JudgmentFilters(Schema):
 
 
 class ItemFilters(Schema):
-    status: Item.Status | None = None
-    split: Item.Split | None = None
-    route: Item.Route | None = None
+    status: ItemStatus | None = None
+    split: ItemSplit | None = None
+    route: ItemRoute | None = None
     after: int | None = Field(None, ge=0, le=MAX_ID, description="`next_after` of the previous page.")
     limit: int = Field(100, ge=1, le=1000)
 
@@ -243,7 +260,7 @@ def _judgment_out(project: Project, j: Judgment) -> dict[str, Any]:
 
 
 @router.get("/projects/{slug:slug}/judgments", response=JudgmentPage)
-def list_judgments(request: HttpRequest, slug: str, filters: Query[JudgmentFilters]) -> dict[str, Any]:
+def list_judgments(request: AuthenticatedHttpRequest, slug: str, filters: Query[JudgmentFilters]) -> dict[str, Any]:
     """The project's judgments (human and AI) in the order they were made; curators only."""
     project = selectors.project_for_user(request.user, slug, curator=True)
     qs = Judgment.objects.filter(item__project=project).select_related("item", "labeler").order_by("id")
@@ -260,7 +277,7 @@ def list_judgments(request: HttpRequest, slug: str, filters: Query[JudgmentFilte
 
 
 @router.get("/projects/{slug:slug}/items", response=ItemPage)
-def list_items(request: HttpRequest, slug: str, filters: Query[ItemFilters]) -> dict[str, Any]:
+def list_items(request: AuthenticatedHttpRequest, slug: str, filters: Query[ItemFilters]) -> dict[str, Any]:
     """The project's items in import order, with status, split and route; curators only."""
     project = selectors.project_for_user(request.user, slug, curator=True)
     qs = Item.objects.filter(project=project).order_by("id")

@@ -50,7 +50,8 @@ class ProjectCreateForm(SchemaFieldsMixin, forms.Form):
         self.fields["schema"].required = False  # the builder may be what was edited; checked in clean()
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         schema = self._clean_schema()
         if self.errors or schema is None:
             return data
@@ -76,7 +77,8 @@ class ProjectSettingsForm(SchemaFieldsMixin, forms.Form):
         self.schema_input = schema_from_stored(project.judgment_schema)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         data["judgment_schema"] = self._clean_schema()
         return data
 

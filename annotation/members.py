@@ -11,7 +11,7 @@ from typing import Any
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from annotation import audit, selectors
 from annotation.models import AuditEvent, Membership, Project
 from annotation.services import MembershipError, member_add, member_remove, member_set_role
+from config.http import AuthenticatedHttpRequest, HtmxHttpRequest
 
 AUDIT_PAGE_SIZE = 50
 
@@ -40,7 +41,7 @@ def _membership_in(project: Project, membership_id: int) -> Membership:
 
 
 def _panel(
-    request: HttpRequest, project: Project, *, form: MemberAddForm | None = None, error: str = "", status: int = 200
+    request: HtmxHttpRequest, project: Project, *, form: MemberAddForm | None = None, error: str = "", status: int = 200
 ) -> HttpResponse:
     context: dict[str, Any] = {
         "project": project,
@@ -59,7 +60,7 @@ def _panel(
     return render(request, "annotation/members.html", context, status=status)
 
 
-def _after_change(request: HttpRequest, project: Project) -> HttpResponse:
+def _after_change(request: HtmxHttpRequest, project: Project) -> HttpResponse:
     """The updated panel; a curator who just gave up curating goes back to the project page."""
     try:
         selectors.project_for_user(request.user, project.slug, curator=True)
@@ -77,13 +78,13 @@ def _after_change(request: HttpRequest, project: Project) -> HttpResponse:
 
 @login_required
 @require_GET
-def members_page(request: HttpRequest, slug: str) -> HttpResponse:
+def members_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     return _panel(request, selectors.project_for_user(request.user, slug, curator=True))
 
 
 @login_required
 @require_POST
-def member_add_view(request: HttpRequest, slug: str) -> HttpResponse:
+def member_add_view(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug, curator=True)
     form = MemberAddForm(request.POST)
     if not form.is_valid():
@@ -103,7 +104,7 @@ def member_add_view(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def member_role_view(request: HttpRequest, slug: str, membership_id: int) -> HttpResponse:
+def member_role_view(request: AuthenticatedHttpRequest, slug: str, membership_id: int) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug, curator=True)
     membership = _membership_in(project, membership_id)
     form = MemberRoleForm(request.POST)
@@ -118,7 +119,7 @@ def member_role_view(request: HttpRequest, slug: str, membership_id: int) -> Htt
 
 @login_required
 @require_POST
-def member_remove_view(request: HttpRequest, slug: str, membership_id: int) -> HttpResponse:
+def member_remove_view(request: AuthenticatedHttpRequest, slug: str, membership_id: int) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug, curator=True)
     membership = _membership_in(project, membership_id)
     try:
@@ -130,7 +131,7 @@ def member_remove_view(request: HttpRequest, slug: str, membership_id: int) -> H
 
 @login_required
 @require_GET
-def audit_page(request: HttpRequest, slug: str) -> HttpResponse:
+def audit_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug, curator=True)
     events = AuditEvent.objects.filter(project=project)
     present = set(events.values_list("action", flat=True).distinct().order_by())

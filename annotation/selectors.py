@@ -81,7 +81,11 @@ class ProjectCounts(TypedDict):
     open_count: int
 
 
-def project_list_for_user(user: AnyUser) -> QuerySet[WithAnnotations[Project, ProjectCounts]]:
+if TYPE_CHECKING:
+    ListedProject = WithAnnotations[Project, ProjectCounts]  # a project with its counts
+
+
+def project_list_for_user(user: AnyUser) -> QuerySet[ListedProject]:
     return (
         projects_for_user(user)
         .annotate(

@@ -312,9 +312,7 @@ def member_add(
     return membership
 
 
-def member_set_role(
-    *, membership: Membership, role: str, by: User, request: HttpRequest | None = None
-) -> Membership:
+def member_set_role(*, membership: Membership, role: str, by: User, request: HttpRequest | None = None) -> Membership:
     _check_role(role)
     with transaction.atomic():
         project = _lock(membership.project)

@@ -23,6 +23,7 @@ from annotation.forms import ImportForm, ProjectCreateForm, ProjectSettingsForm
 from annotation.models import ImportJob, Item, Project
 from annotation.schema import JudgmentSchema, PayloadError
 from annotation.schema_builder import JUSTIFICATIONS, KINDS, MAX_STRENGTHS, SchemaInput, schema_from_post
+from config.http import AuthenticatedHttpRequest
 
 
 def _is_htmx(request: HttpRequest) -> bool:
@@ -55,7 +56,7 @@ def _login_required_keeping_answer(view: Callable[..., HttpResponse]) -> Callabl
 
 @login_required
 @require_GET
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(
         request,
         "annotation/home.html",
@@ -68,7 +69,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def project_create(request: HttpRequest) -> HttpResponse:
+def project_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     if not selectors.can_create_projects(request.user):
         raise PermissionDenied
     form = ProjectCreateForm(request.POST or None)
@@ -85,7 +86,7 @@ def project_create(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def project_create_schema(request: HttpRequest) -> HttpResponse:
+def project_create_schema(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The New-project page's schema builder, YAML and preview, brought in line after an edit."""
     if not selectors.can_create_projects(request.user):
         raise PermissionDenied
@@ -94,7 +95,7 @@ def project_create_schema(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
+def project_settings(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Schema and guidelines of a project, edited by its curators: each change a new version."""
     project = selectors.project_for_user(request.user, slug, curator=True)
     form = ProjectSettingsForm(request.POST or None, project=project)
@@ -122,7 +123,7 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def project_settings_schema(request: HttpRequest, slug: str) -> HttpResponse:
+def project_settings_schema(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug, curator=True)
     return _schema_editor_update(request, reverse("annotation:project_settings_schema", args=[project.slug]))
 
@@ -205,7 +206,7 @@ def _schema_editor_update(request: HttpRequest, builder_url: str) -> HttpRespons
 
 @login_required
 @require_GET
-def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
+def project_detail(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug)
     role = selectors.role_in(request.user, project)
     context = {
@@ -222,7 +223,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def import_jobs(request: HttpRequest, slug: str) -> HttpResponse:
+def import_jobs(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug, curator=True)
     jobs = selectors.import_jobs_for_project(project)
     return render(request, "annotation/project_detail.html#import-jobs", {"project": project, "jobs": jobs})
@@ -230,7 +231,7 @@ def import_jobs(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def import_upload(request: HttpRequest, slug: str) -> HttpResponse:
+def import_upload(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug, curator=True)
     form = ImportForm(request.POST, request.FILES)
     if form.is_valid():
@@ -258,7 +259,7 @@ def import_upload(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def import_job_detail(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
+def import_job_detail(request: AuthenticatedHttpRequest, job_uuid: UUID) -> HttpResponse:
     job = selectors.import_job_for_user(request.user, job_uuid)
     return render(request, "annotation/import_job.html", {"job": job, "project": job.project})
 
@@ -269,7 +270,7 @@ def import_job_detail(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
 
 @_login_required_keeping_answer
 @require_GET
-def annotate(request: HttpRequest, slug: str) -> HttpResponse:
+def annotate(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(request.user, slug)
     handout = queue.hand_out(project=project, user=request.user)
     progress = selectors.annotator_progress(request.user, project, handout.stats)
@@ -286,7 +287,7 @@ def annotate(request: HttpRequest, slug: str) -> HttpResponse:
 
 @_login_required_keeping_answer
 @require_POST
-def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpResponse:
+def assignment_submit(request: AuthenticatedHttpRequest, assignment_uuid: UUID) -> HttpResponse:
     """One submit, top to bottom (the path is drawn in `annotation/queue/__init__.py`): store the
     judgment, hand out the next lease, and answer with the item area for it."""
     try:
@@ -321,7 +322,7 @@ def assignment_submit(request: HttpRequest, assignment_uuid: UUID) -> HttpRespon
 
 @_login_required_keeping_answer
 @require_POST
-def assignment_skip(request: HttpRequest, assignment_uuid: UUID) -> HttpResponse:
+def assignment_skip(request: AuthenticatedHttpRequest, assignment_uuid: UUID) -> HttpResponse:
     assignment = selectors.assignment_for_user(request.user, assignment_uuid)
     flag = request.POST.get("flag") == "1"
     try:

@@ -282,9 +282,7 @@ def export_create(
     return snapshot
 
 
-def export_reproduce(
-    *, snapshot: ExportSnapshot, user: User | None, enqueue: bool = True
-) -> ExportSnapshot:
+def export_reproduce(*, snapshot: ExportSnapshot, user: User | None, enqueue: bool = True) -> ExportSnapshot:
     """A new snapshot with the same filters, formats, license and cutoff: the same rows again."""
     with transaction.atomic():
         copy = ExportSnapshot.objects.create(

@@ -282,9 +282,7 @@ def _fail(version: RewardModelVersion, error: str, attempt: int | None = None) -
     runs.update(status=RunStatus.FAILED, error=error[:20000], finished_at=timezone.now(), progress={"phase": "failed"})
 
 
-def _make_current(
-    version: RewardModelVersion, *, by: User | None, details: dict[str, Any] | None = None
-) -> None:
+def _make_current(version: RewardModelVersion, *, by: User | None, details: dict[str, Any] | None = None) -> None:
     """Make `version` its project's current one (by hand, or promoted after training), recorded."""
     RewardModelVersion.objects.filter(project=version.project, is_current=True).exclude(id=version.id).update(
         is_current=False
