@@ -119,7 +119,7 @@ class ParsedRow:
 class _CappedReader(io.RawIOBase):
     """Stops a decompression bomb: refuses past `limit` decompressed bytes."""
 
-    def __init__(self, inner: IO[bytes], limit: int) -> None:
+    def __init__(self, inner: io.BufferedIOBase, limit: int) -> None:
         self._inner = inner
         self._left = limit
 
@@ -158,9 +158,13 @@ def open_rows(
     """Detect the format (unless forced) and return it with an iterator of (line, row or error)."""
     if fmt is not None and fmt not in FORMATS:
         raise ImportRefused([RowError(0, f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")])
-    stream: IO[bytes] = fileobj if isinstance(fileobj, io.BufferedReader) else io.BufferedReader(fileobj)  # type: ignore[arg-type]
+    # typing.IO declares no readinto(), which BufferedReader's stub wants of its stream; the files
+    # given here (an upload, a stored file, an open file) all have it.
+    stream: io.BufferedReader = (
+        fileobj if isinstance(fileobj, io.BufferedReader) else io.BufferedReader(fileobj)  # type: ignore[arg-type]
+    )
     if stream.peek(2)[:2] == b"\x1f\x8b":
-        gz = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[arg-type]
+        gz = gzip.GzipFile(fileobj=stream, mode="rb")
         capped = _CappedReader(gz, settings.IMPORT_MAX_DECOMPRESSED_BYTES)
         stream = io.BufferedReader(capped, buffer_size=1 << 20)
     try:
@@ -1022,7 +1026,7 @@ def _write_batch(
     ids = _item_ids(project, list(unique))
     result.items_existing += len(ids) + (len(parsed) - len(unique))
     now = timezone.now()
-    new_items = [
+    new_items: list[dict[str, Any]] = [
         {
             "uuid": uuid.uuid4(),
             "project_id": project.id,
@@ -1049,11 +1053,11 @@ def _write_batch(
     ]
     if new_items:
         fast_insert(Item, new_items)
-        new_ids = [i["external_id"] for i in new_items]
-        ids.update(_item_ids(project, new_ids))
+        ids.update(_item_ids(project, [i["external_id"] for i in new_items]))
     result.items_created += len(new_items)
     new_ids = {i["external_id"] for i in new_items}
-    on_new_items, on_existing_items = [], []
+    on_new_items: list[dict[str, Any]] = []
+    on_existing_items: list[dict[str, Any]] = []
     for ext, (_, judgments) in unique.items():
         for name, payload in judgments:
             judgment = {
@@ -1094,7 +1098,7 @@ def fast_insert(model: type[models.Model], rows: list[dict[str, Any]]) -> None:
         return
     conn = connections[router.db_for_write(model)]
     if conn.vendor != "postgresql":
-        model.objects.bulk_create([model(**row) for row in rows])
+        model._default_manager.bulk_create([model(**row) for row in rows])
         return
     from psycopg.types.json import Jsonb
 

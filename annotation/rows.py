@@ -39,7 +39,8 @@ class Rows(Generic[M]):
             found = []
             for k, field in enumerate(self.fields):
                 col = field.get_col(self._alias)
-                convs = conn.ops.get_db_converters(col) + field.get_db_converters(conn)
+                # Field.get_db_converters is Django's, missing from django-stubs' Field.
+                convs = conn.ops.get_db_converters(col) + field.get_db_converters(conn)  # type: ignore[attr-defined]
                 if convs:
                     found.append((k, convs, col))
             self._converters[vendor] = found
@@ -75,7 +76,8 @@ def cursor() -> Any:
     caps a statement at 65,535 parameters, which an `__in` over a large project's items exceeds."""
     if connection.vendor != "postgresql" or connection.settings_dict["OPTIONS"].get("prepare_threshold") is None:
         return connection.cursor()
-    from django.db.backends.postgresql.base import ServerBindingCursor
+    # psycopg 3's server-binding cursor, which django-stubs' module does not list.
+    from django.db.backends.postgresql.base import ServerBindingCursor  # type: ignore[attr-defined]
 
     connection.close_if_health_check_failed()
     connection.ensure_connection()
@@ -169,7 +171,9 @@ def insert(model: type[models.Model], values: dict[str, Any]) -> int:
     opts = model._meta
     # Names from the model's metadata, values as parameters.
     sql = f'INSERT INTO "{opts.db_table}" ({cols}) VALUES ({marks}) RETURNING "{opts.pk.column}"'  # noqa: S608
-    return fetch_one(sql, params)[0]
+    row = fetch_one(sql, params)
+    assert row is not None  # INSERT ... RETURNING returns the row it inserted
+    return row[0]
 
 
 _BY_PK: dict[type[models.Model], tuple[Rows[Any], str]] = {}

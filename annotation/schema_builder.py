@@ -63,17 +63,21 @@ class BuilderState:
         """A structural edit from one of the builder's buttons ('add-aspect', 'remove-aspect-2'...)."""
         verb, _, rest = action.partition("-")
         what, _, index = rest.partition("-")
-        lists = {"strength": self.strengths, "aspect": self.aspects, "category": self.categories}
+        lists: dict[str, list[str] | list[AspectRow] | list[CategoryRow]] = {
+            "strength": self.strengths,
+            "aspect": self.aspects,
+            "category": self.categories,
+        }
         rows = lists.get(what)
         if rows is None:
             return
         if verb == "add":
             if what == "strength" and len(rows) < MAX_STRENGTHS:
-                rows.append(f"level {len(rows) + 1}")
+                self.strengths.append(f"level {len(rows) + 1}")
             elif what == "aspect":
-                rows.append(AspectRow(name=f"aspect_{len(rows) + 1}"))
+                self.aspects.append(AspectRow(name=f"aspect_{len(rows) + 1}"))
             elif what == "category":
-                rows.append(CategoryRow(name=f"category {len(rows) + 1}"))
+                self.categories.append(CategoryRow(name=f"category {len(rows) + 1}"))
         elif verb == "remove" and index.isdigit() and int(index) < len(rows):
             del rows[int(index)]
 
@@ -181,8 +185,9 @@ def state_from_post(data: QueryDict) -> BuilderState:
         CategoryRow(name=n.strip(), description=cat_descriptions[i].strip() if i < len(cat_descriptions) else "")
         for i, n in enumerate(cat_names)
     ]
+    kind = data.get("b-kind", "")
     return BuilderState(
-        kind=data.get("b-kind") if data.get("b-kind") in kinds else "pairwise",
+        kind=kind if kind in kinds else "pairwise",
         # No strength fields: the kind was not pairwise until this edit.
         strengths=[s.strip() for s in data.getlist("b-strength")][:MAX_STRENGTHS] or BuilderState().strengths,
         allow_tie=data.get("b-allow-tie") == "on",

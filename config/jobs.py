@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -160,7 +161,7 @@ def sweep_stale(
                 gone = row.update(**requeue(attempts))
                 counts["requeued"] += gone
                 if gone:
-                    transaction.on_commit(lambda job=job: send(job))
+                    transaction.on_commit(partial(send, job))
             if gone:
                 log.warning("%s %s: its worker went silent (attempt %s)", what, job[name], attempts)
                 if cleanup is not None:

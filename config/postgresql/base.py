@@ -37,6 +37,11 @@ _FAST_TZ_LOADER = psycopg.adapters.get_loader(_TIMESTAMPTZ, pq.Format.TEXT)
 
 class DatabaseWrapper(base.DatabaseWrapper):
     _kept: psycopg.Cursor[Any] | None = None
+    # Django's, missing from django-stubs: set by BaseDatabaseWrapper, and `pool` (the connection
+    # pool or None) a property of the PostgreSQL wrapper. Annotations only: nothing is assigned.
+    health_check_enabled: bool
+    health_check_done: bool
+    pool: object
 
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = super().create_cursor(name)
@@ -60,7 +65,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         raw = self.connection
         kept = self._kept
         if kept is None or kept.closed or kept.connection is not raw:
-            kept = self._kept = base.ServerBindingCursor(raw)
+            # psycopg 3's server-binding cursor, which django-stubs' module does not list.
+            kept = self._kept = base.ServerBindingCursor(raw)  # type: ignore[attr-defined]
             self._fast_timestamps(kept)
         return kept
 
