@@ -391,6 +391,14 @@ class Labeler(models.Model):
     def is_ai(self) -> bool:
         return self.source == LabelSource.AI
 
+    @property
+    def own_project(self) -> Project:
+        """The project of an imported or AI labeler, which the database holds to one
+        (`labeler_human_has_user`); a user's labeler belongs to none, and raises ValueError."""
+        if self.project is None:
+            raise ValueError(f"{self} is a user's labeler: it belongs to no project")
+        return self.project
+
 
 class Assignment(models.Model):
     """An item leased to one annotator. An expired lease returns the item to the queue."""

@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from django.http import HttpRequest
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
@@ -15,6 +14,7 @@ from pydantic import ValidationError, model_validator
 from accounts.auth import scoped
 from annotation.selectors import project_for_user
 from config.api_errors import refusals
+from config.http import AuthenticatedHttpRequest
 from models_srv import selectors, services
 from models_srv.engine import TrainConfig
 from models_srv.models import RewardModelVersion
@@ -39,7 +39,7 @@ class VersionOut(Schema):
 
 
 @router.get("/projects/{slug:slug}/reward-models", response=list[VersionOut])
-def list_versions(request: HttpRequest, slug: str) -> list[RewardModelVersion]:
+def list_versions(request: AuthenticatedHttpRequest, slug: str) -> list[RewardModelVersion]:
     """The project's versions, newest first, each with its config, data snapshot and metrics."""
     project = project_for_user(request.user, slug, curator=True)
     versions = selectors.versions_of(project)
@@ -67,7 +67,7 @@ class TrainConfigIn(TrainConfig):
     auth=scoped("train"),
     openapi_extra=refusals({409: "Nothing to train on yet (no judgments of that source)."}),
 )
-def start_training(request: HttpRequest, slug: str, config: TrainConfigIn) -> Status[RewardModelVersion]:
+def start_training(request: AuthenticatedHttpRequest, slug: str, config: TrainConfigIn) -> Status[RewardModelVersion]:
     """Start a training run (every field is optional); poll the returned version."""
     project = project_for_user(request.user, slug, curator=True)
     try:
@@ -82,12 +82,12 @@ def start_training(request: HttpRequest, slug: str, config: TrainConfigIn) -> St
 
 
 @router.get("/reward-models/{uuid:version_id}", response=VersionOut)
-def get_version(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
+def get_version(request: AuthenticatedHttpRequest, version_id: UUID) -> RewardModelVersion:
     return selectors.version_for_curator(request.user, version_id)
 
 
 @router.post("/reward-models/{uuid:version_id}/cancel", response=VersionOut, auth=scoped("train"))
-def cancel_version(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
+def cancel_version(request: AuthenticatedHttpRequest, version_id: UUID) -> RewardModelVersion:
     return services.version_cancel(version=selectors.version_for_curator(request.user, version_id))
 
 
@@ -97,7 +97,7 @@ def cancel_version(request: HttpRequest, version_id: UUID) -> RewardModelVersion
     auth=scoped("train"),
     openapi_extra=refusals({409: "Only a succeeded version can become current."}),
 )
-def make_current(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
+def make_current(request: AuthenticatedHttpRequest, version_id: UUID) -> RewardModelVersion:
     try:
         return services.version_make_current(
             version=selectors.version_for_curator(request.user, version_id), by=request.user
@@ -112,7 +112,7 @@ def make_current(request: HttpRequest, version_id: UUID) -> RewardModelVersion:
     auth=scoped("train"),
     openapi_extra=refusals({409: "Only a succeeded version can rescore items."}),
 )
-def rescore(request: HttpRequest, version_id: UUID) -> Status[RewardModelVersion]:
+def rescore(request: AuthenticatedHttpRequest, version_id: UUID) -> Status[RewardModelVersion]:
     try:
         version = services.rescore_request(version=selectors.version_for_curator(request.user, version_id))
     except ValueError as exc:
@@ -211,7 +211,7 @@ class RunOut(Schema):
 
 
 @router.get("/projects/{slug:slug}/ai-labelers", response=list[LabelerOut])
-def list_labelers(request: HttpRequest, slug: str) -> list[Any]:
+def list_labelers(request: AuthenticatedHttpRequest, slug: str) -> list[Any]:
     return selectors.ai_labelers_of(project_for_user(request.user, slug, curator=True))
 
 
@@ -221,7 +221,7 @@ def list_labelers(request: HttpRequest, slug: str) -> list[Any]:
     auth=scoped("train"),
     openapi_extra=refusals({422: "The body fails validation, or the config is not valid for that kind."}),
 )
-def add_labeler(request: HttpRequest, slug: str, body: LabelerIn) -> Status[Any]:
+def add_labeler(request: AuthenticatedHttpRequest, slug: str, body: LabelerIn) -> Status[Any]:
     from models_srv.labeling import LabelerError, labeler_create
 
     project = project_for_user(request.user, slug, curator=True)
@@ -240,24 +240,24 @@ def add_labeler(request: HttpRequest, slug: str, body: LabelerIn) -> Status[Any]
     auth=scoped("train"),
     openapi_extra=refusals({409: "A run of this labeler is already in progress, or it cannot run now."}),
 )
-def start_run(request: HttpRequest, labeler_id: int) -> Status[Any]:
+def start_run(request: AuthenticatedHttpRequest, labeler_id: int) -> Status[Any]:
     """Label every item this labeler has not labeled yet (in the background)."""
     from models_srv.labeling import LabelerError, run_start
 
     labeler = selectors.labeler_for_curator(request.user, labeler_id)
     try:
-        return Status(202, run_start(project=labeler.project, labeler=labeler, created_by=request.user))
+        return Status(202, run_start(project=labeler.own_project, labeler=labeler, created_by=request.user))
     except LabelerError as exc:
         raise HttpError(409, str(exc)) from None
 
 
 @router.get("/ai-runs/{uuid:run_id}", response=RunOut)
-def get_run(request: HttpRequest, run_id: UUID) -> Any:
+def get_run(request: AuthenticatedHttpRequest, run_id: UUID) -> Any:
     return selectors.ai_run_for_curator(request.user, run_id)
 
 
 @router.get("/ai-labelers/{int:labeler_id}/audits", response=list[AuditOut])
-def list_audits(request: HttpRequest, labeler_id: int) -> list[Any]:
+def list_audits(request: AuthenticatedHttpRequest, labeler_id: int) -> list[Any]:
     """The labeler's latest judge audits, newest first (the probes and answers are on its page)."""
     return selectors.audits_of(selectors.labeler_for_curator(request.user, labeler_id))
 
@@ -268,7 +268,7 @@ def list_audits(request: HttpRequest, labeler_id: int) -> list[Any]:
     auth=scoped("train"),
     openapi_extra=refusals({409: "An audit of this labeler is in progress, or the project has nothing to audit."}),
 )
-def start_audit(request: HttpRequest, labeler_id: int) -> Status[Any]:
+def start_audit(request: AuthenticatedHttpRequest, labeler_id: int) -> Status[Any]:
     """Audit the labeler's current config on probes built from the project's items (in the background)."""
     from models_srv.judge_audit import AuditError
 

@@ -143,6 +143,7 @@ def examples_from_judgment(item: Item, payload: dict[str, Any], source: str, ann
             )
         else:
             win = 0 if pairwise.choice == "A" else 1
+            assert pairwise.strength is not None  # a stored answer passed validation: an integer
             out.pairs.append(
                 PairExample(
                     item.id,

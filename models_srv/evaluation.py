@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from models_srv.data import Examples
@@ -54,7 +55,7 @@ def expected_calibration_error(confidences: list[float], correct: list[float], b
     return total
 
 
-def _acc(hits: list[float]) -> float | None:
+def _acc(hits: Sequence[float]) -> float | None:
     return round(sum(hits) / len(hits), 4) if hits else None
 
 

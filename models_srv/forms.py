@@ -1,11 +1,16 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 
 from models_srv.engine import TrainConfig
 from models_srv.models import LabelSource
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+    from annotation.models import Project
 
 _defaults = TrainConfig()
 
@@ -103,17 +108,20 @@ class LabelerForm(forms.Form):
         "config's version (by default this project's current one).",
     )
 
-    def __init__(self, *args: Any, user: Any, project: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: User, project: Project, **kwargs: Any) -> None:
         from models_srv.selectors import judge_versions_for
 
         super().__init__(*args, **kwargs)
         versions = judge_versions_for(user, project).order_by("project__name", "-version")
-        self.fields["version"].choices = [("", "as in the config")] + [
+        field = self.fields["version"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [("", "as in the config")] + [
             (str(v.uuid), f"{v.project.name} v{v.version}{' (current)' if v.is_current else ''}") for v in versions
         ]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         version, config = data.get("version"), data.get("config")
         if version and data.get("kind") != "reward_model":
             self.add_error("version", "Only reward-model judges use a version.")
@@ -166,13 +174,16 @@ class RoutingForm(forms.Form):
         from annotation.models import Project
 
         super().__init__(*args, **kwargs)
-        self.fields["routing_policy"].choices = [
+        field = self.fields["routing_policy"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [
             (value, f"Experimental: {label}" if value in EXPERIMENTAL_POLICIES else label)
             for value, label in Project.RoutingPolicy.choices
         ]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         budget, calibration = data.get("budget_percent"), data.get("calibration_percent")
         if budget is not None and calibration is not None and calibration > budget:
             self.add_error("calibration_percent", "The calibration share cannot exceed the human budget.")

@@ -526,6 +526,8 @@ def reconcile(
     consistent = True
     abstain = False
     if schema.pairwise:
+        # Both answers were read against the schema (`_one_order`): they carry its kinds.
+        assert ra.pairwise is not None and rb.pairwise is not None
         choice_a, choice_b = ra.pairwise.choice, rb.pairwise.choice
         consistent = choice_a == choice_b
         if not consistent:
@@ -542,6 +544,7 @@ def reconcile(
                 "strength": max(1, min(len(schema.pairwise.strengths), round(abs(mean)))),
             }
     if schema.ranking:
+        assert ra.ranking is not None and rb.ranking is not None
         avg = [(x + y) / 2 for x, y in zip(ra.ranking.ranks, rb.ranking.ranks, strict=True)]
         consistent = consistent and ra.ranking == rb.ranking
         if schema.ranking.allow_ties:
@@ -556,12 +559,14 @@ def reconcile(
                 ranks[i] = r
             out["ranking"] = ranks
     if schema.rubric and rb.fine.rubric is not None:
-        out["rubric"] = [
-            {k: round((x.get(k, y.get(k)) + y.get(k, x.get(k))) / 2) for k in {**x, **y}}
-            for x, y in zip(ra.fine.rubric or (), rb.fine.rubric, strict=True)
-        ]
+        out["rubric"] = [_mean_ratings(x, y) for x, y in zip(ra.fine.rubric or (), rb.fine.rubric, strict=True)]
     confidence = (ca + cb) / 2 * (1.0 if consistent else 0.3)
     return (None if abstain else out), round(confidence, 4), consistent
+
+
+def _mean_ratings(x: dict[str, int], y: dict[str, int]) -> dict[str, int]:
+    """Each aspect's mean rating over the two orders; an aspect one order left out: the other's."""
+    return {k: round(((x[k] if k in x else y[k]) + (y[k] if k in y else x[k])) / 2) for k in {**x, **y}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,7 +623,7 @@ class RewardModelJudge:
             self.cfg = RewardModelJudgeConfig.model_validate(labeler.config)
         except ValidationError as exc:
             raise JudgeError(format_validation_error(exc)) from None
-        version = judge_version(user, labeler.project, self.cfg.version)
+        version = judge_version(user, labeler.own_project, self.cfg.version)
         if version is None:
             raise JudgeError(version_refusal(self.cfg.version))
         self.version = version
@@ -732,4 +737,8 @@ def make_judge(labeler: Labeler, user: Any = None) -> LLMJudge | RewardModelJudg
     """The judge of `labeler` for a run started by `user` (None: from the shell)."""
     if labeler.kind == Labeler.Kind.REWARD_MODEL:
         return RewardModelJudge(labeler, user)
-    return {Labeler.Kind.LLM: LLMJudge, Labeler.Kind.DENSITY_RATIO: DensityRatioJudge}[labeler.kind](labeler)
+    judges: dict[str, type[LLMJudge | DensityRatioJudge]] = {
+        Labeler.Kind.LLM: LLMJudge,
+        Labeler.Kind.DENSITY_RATIO: DensityRatioJudge,
+    }
+    return judges[labeler.kind](labeler)

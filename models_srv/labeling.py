@@ -320,11 +320,12 @@ def ai_consensus(item: Item, method: str = "weighted", require_audit: bool | Non
         return None
     weight = (lambda j: 1.0) if method == "majority" else (lambda j: j.confidence if j.confidence is not None else 0.5)
     reads = {j.pk: JudgmentRead.from_stored(j.payload) for j in judgments}
-    pairwise = [j for j in judgments if reads[j.pk].pairwise is not None]
+    choices = {pk: read.pairwise.choice for pk, read in reads.items() if read.pairwise is not None}
+    pairwise = [j for j in judgments if j.pk in choices]
     if pairwise:
         votes: dict[str, float] = defaultdict(float)
         for j in pairwise:
-            votes[reads[j.pk].pairwise.choice] += weight(j)
+            votes[choices[j.pk]] += weight(j)
         total = sum(votes.values()) or 1.0
         best = max(votes.values())
         winners = [c for c, v in votes.items() if v == best]
@@ -335,9 +336,9 @@ def ai_consensus(item: Item, method: str = "weighted", require_audit: bool | Non
             "n": len(pairwise),
             "method": method,
         }
-    ranked = [j for j in judgments if reads[j.pk].ranking is not None]
+    ranks_of = {pk: list(read.ranking.ranks) for pk, read in reads.items() if read.ranking is not None}
+    ranked = [j for j in judgments if j.pk in ranks_of]
     if ranked:
-        ranks_of = {j.pk: list(reads[j.pk].ranking.ranks) for j in ranked}
         n = len(ranks_of[ranked[0].pk])
         total = sum(weight(j) for j in ranked) or 1.0
         mean = [sum(weight(j) * ranks_of[j.pk][i] for j in ranked) / total for i in range(n)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,8 +115,8 @@ def pair_features(
     texts: list[str],
     n_turns: int = 0,
     category: str = "",
-    common_categories: list[str] = (),
-    ai: list[tuple[int | None, float | None, bool | None]] = (),
+    common_categories: Sequence[str] = (),
+    ai: Sequence[tuple[int | None, float | None, bool | None]] = (),
     rm: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """The router's features of one pairwise item from plain values (shared by the app and the
@@ -244,7 +245,7 @@ def train_router(feats: list[ItemFeatures], targets: dict[int, int], seed: int =
     return Router(names, model, scaler)
 
 
-def allocate(scores: dict[int, float], budget: int, calibration: set[int] = frozenset()) -> dict[int, str]:
+def allocate(scores: dict[int, float], budget: int, calibration: Set[int] = frozenset()) -> dict[int, str]:
     """Exactly `budget` items to humans (the highest scores; calibration items count against it and
     go to both), the rest to AI. Never over budget."""
     budget = max(0, min(budget, len(scores)))
@@ -356,6 +357,7 @@ def route_project(
     with transaction.atomic():
         number = (RouterVersion.objects.filter(project=project).aggregate(n=Max("version"))["n"] or 0) + 1
         # A list, not an object: jsonb does not keep key order, and the order is the point.
+        pairs: Iterable[tuple[str, Any]]
         if isinstance(router, PerformanceRouter):
             pairs = zip(router.bins.names, router.weights, strict=True)
             metrics = {**calibration_metrics(None, feats, targets, seed), **router.metrics}
@@ -364,7 +366,8 @@ def route_project(
             metrics = calibration_metrics(router, feats, targets, seed)
         else:
             pairs, metrics = iter(()), calibration_metrics(None, feats, targets, seed)
-        weights = sorted(([n, round(float(c), 6)] for n, c in pairs), key=lambda kv: -abs(kv[1]))
+        rounded = [(n, round(float(c), 6)) for n, c in pairs]
+        weights = [[n, c] for n, c in sorted(rounded, key=lambda nc: -abs(nc[1]))]
         version = RouterVersion.objects.create(
             project=project,
             version=number,

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from django.db.models import Q, QuerySet
 from django.http import Http404
 from pydantic import BaseModel
 
-from annotation.models import Project
+from annotation.models import Labeler, LabelSource, Project, source_q
 from annotation.selectors import AnyUser, project_for_user, projects_curated_by
-from models_srv.models import RewardModelVersion, RunStatus
+from models_srv.models import AILabelerAudit, AILabelRun, CrossFitRun, RewardModelVersion, RunStatus
 
 
-def version_for_curator(user: AnyUser, version_uuid: object) -> RewardModelVersion:
+def version_for_curator(user: AnyUser, version_uuid: UUID | str) -> RewardModelVersion:
     version = RewardModelVersion.objects.select_related("project", "snapshot").filter(uuid=version_uuid).first()
     if version is None:
         raise Http404("No such model version.")
@@ -43,37 +44,29 @@ def judge_version(user: AnyUser | None, project: Project, version: str) -> Rewar
     return versions.filter(uuid=version).first()
 
 
-def versions_of(project: object) -> list[RewardModelVersion]:
+def versions_of(project: Project) -> list[RewardModelVersion]:
     return list(RewardModelVersion.objects.filter(project=project).select_related("snapshot").order_by("-version"))
 
 
-def ai_labelers_of(project: object) -> list[object]:
-    from annotation.models import Labeler, LabelSource, source_q
-
+def ai_labelers_of(project: Project) -> list[Labeler]:
     return list(
         Labeler.objects.filter(source_q(LabelSource.AI, labeler=""), project=project).order_by("name", "-version")
     )
 
 
-def ai_runs_of(project: object, limit: int = 20) -> list[object]:
-    from models_srv.models import AILabelRun
-
+def ai_runs_of(project: Project, limit: int = 20) -> list[AILabelRun]:
     return list(AILabelRun.objects.filter(project=project).select_related("labeler")[:limit])
 
 
-def labeler_for_curator(user: AnyUser, labeler_id: int) -> object:
-    from annotation.models import Labeler
-
+def labeler_for_curator(user: AnyUser, labeler_id: int) -> Labeler:
     labeler = Labeler.objects.select_related("project").filter(id=labeler_id, project__isnull=False).first()
     if labeler is None or not labeler.is_ai:
         raise Http404("No such AI labeler.")
-    project_for_user(user, labeler.project.slug, curator=True)
+    project_for_user(user, labeler.own_project.slug, curator=True)
     return labeler
 
 
-def ai_run_for_curator(user: AnyUser, run_uuid: object) -> object:
-    from models_srv.models import AILabelRun
-
+def ai_run_for_curator(user: AnyUser, run_uuid: UUID | str) -> AILabelRun:
     run = AILabelRun.objects.select_related("project", "labeler").filter(uuid=run_uuid).first()
     if run is None:
         raise Http404("No such run.")
@@ -81,26 +74,20 @@ def ai_run_for_curator(user: AnyUser, run_uuid: object) -> object:
     return run
 
 
-def crossfit_latest(project: object) -> object | None:
+def crossfit_latest(project: Project) -> CrossFitRun | None:
     """The project's latest cross-fitting run, whatever its status (what the review page shows)."""
-    from models_srv.models import CrossFitRun
-
     return CrossFitRun.objects.filter(project=project).order_by("-created_at", "-id").first()
 
 
-def crossfit_done(project: object) -> object | None:
+def crossfit_done(project: Project) -> CrossFitRun | None:
     """The project's latest succeeded cross-fitting run: the out-of-fold margins the review queue reads."""
-    from models_srv.models import CrossFitRun, RunStatus
-
     return (
         CrossFitRun.objects.filter(project=project, status=RunStatus.SUCCEEDED).order_by("-finished_at", "-id").first()
     )
 
 
-def audits_of(labeler: object, limit: int = 10) -> list[object]:
+def audits_of(labeler: Labeler, limit: int = 10) -> list[AILabelerAudit]:
     """A labeler's latest judge audits, newest first."""
-    from models_srv.models import AILabelerAudit
-
     return list(AILabelerAudit.objects.filter(labeler=labeler).select_related("created_by")[:limit])
 
 
@@ -168,7 +155,7 @@ class PreferenceGroups:
         return {int(m["labeler"]): (int(g["group"]), float(m["confidence"])) for g in self.groups for m in g["members"]}
 
 
-def _pluralistic(project: object) -> QuerySet[RewardModelVersion]:
+def _pluralistic(project: Project) -> QuerySet[RewardModelVersion]:
     return RewardModelVersion.objects.filter(
         project=project, status=RunStatus.SUCCEEDED, config__mode="pluralistic", metrics__pluralistic__isnull=False
     )
@@ -192,14 +179,14 @@ def preference_groups(version: RewardModelVersion | None) -> PreferenceGroups | 
     return PreferenceGroups(version, groups) if groups else None
 
 
-def pluralistic_latest(project: object) -> PreferenceGroups | None:
+def pluralistic_latest(project: Project) -> PreferenceGroups | None:
     """The project's pluralistic version whose groups the Quality page shows: the promoted
     (current) one if it is pluralistic, else the latest that finished; None when there is none."""
     versions = _pluralistic(project).order_by("-is_current", "-finished_at", "-version")
     return preference_groups(versions.first())
 
 
-def pluralistic_version_in(project: object, version_uuid: object) -> PreferenceGroups | None:
+def pluralistic_version_in(project: Project, version_uuid: object) -> PreferenceGroups | None:
     """The groups of a finished pluralistic version of `project` named by its uuid, else None (a
     version of another project, one that failed, a model that is not pluralistic and a malformed
     uuid answer alike)."""
@@ -212,7 +199,7 @@ def pluralistic_version_in(project: object, version_uuid: object) -> PreferenceG
     return preference_groups(_pluralistic(project).filter(uuid=key).first())
 
 
-def pluralistic_versions(project: object) -> list[RewardModelVersion]:
+def pluralistic_versions(project: Project) -> list[RewardModelVersion]:
     """Every finished pluralistic version of the project, newest first (the export's group sources)."""
     return list(_pluralistic(project).order_by("-version"))
 

@@ -129,7 +129,6 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
     config = engine.TrainConfig.model_validate(version.config)
     final = artifacts_root() / version.project.slug / str(version.uuid)
     temp = partial_folder(final, attempt)  # earlier attempts' folders go: they lost the run
-    state = {"last_check": 0.0, "cancel": False}
 
     def progress(info: dict[str, Any]) -> None:
         if not mine.update(progress=info, heartbeat_at=timezone.now()):
@@ -139,8 +138,7 @@ def training_run(*, version_id: int, redelivered: bool = False, echo: Any = None
 
     def should_stop() -> bool:
         beat.check()  # lost the run: stop training
-        state["cancel"] = RewardModelVersion.objects.filter(id=version.id, cancel_requested=True).exists()
-        return state["cancel"]
+        return RewardModelVersion.objects.filter(id=version.id, cancel_requested=True).exists()
 
     # The heartbeat goes on through phases that report nothing (evaluating, saving).
     with liveness(mine) as beat:
@@ -461,7 +459,7 @@ def audit_start(
     from models_srv.judge_audit import AuditError, audit_schema, config_sha, sample_items, thresholds
     from models_srv.tasks import ai_audit_run, gpu_audit_run
 
-    if not labeler.is_ai or labeler.project_id is None:
+    if not labeler.is_ai or labeler.project is None:
         raise AuditError("only AI labelers are audited")
     project = labeler.project
     audit_schema(project.judgment_schema)

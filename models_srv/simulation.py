@@ -44,6 +44,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +332,7 @@ def simulate(
     result = SimulationResult(judge, list(budgets), list(seeds))
     for seed in seeds:
         s = make_split(pairs, chosen_emb, rejected_emb, seed=seed, judge=judge)
-        run_seed(result, s, lambda ids, s=s: split_features(pairs, s, ids), seed=seed, policies=policies)
+        run_seed(result, s, partial(split_features, pairs, s), seed=seed, policies=policies)
         if progress:
             progress(f"seed {seed} done")
     return result

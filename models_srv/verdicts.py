@@ -20,6 +20,7 @@ Reward-model and density-ratio judges score each response on its own; their raw 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +89,7 @@ def shown_answers(raw_output: str) -> list[ShownAnswer]:
     raw = read_raw(raw_output)
     if raw is None:
         return []
-    verdicts = raw.verdicts or [_reread(text) for text in raw.answers]
+    verdicts: Sequence[Verdict | None] = raw.verdicts or [_reread(text) for text in raw.answers]
     orders = raw.orders or ([[0, 1]] if len(verdicts) == 1 else [])
     out = []
     for order, verdict in zip(orders, verdicts, strict=False):

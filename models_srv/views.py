@@ -1,20 +1,28 @@
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from annotation.models import Labeler, Project
 from annotation.selectors import project_for_user
+from config.http import AuthenticatedHttpRequest
 from models_srv import selectors, services
-from models_srv.forms import RoutingForm, TrainForm
+from models_srv.forms import LabelerForm, RoutingForm, TrainForm
+
+if TYPE_CHECKING:
+    from models_srv.judge_audit import Standing
 
 
-def _panel(request: HttpRequest, project: object, form: TrainForm | None = None, error: str = "") -> HttpResponse:
+def _panel(
+    request: AuthenticatedHttpRequest, project: Project, form: TrainForm | None = None, error: str = ""
+) -> HttpResponse:
     from models_srv.dashboards import versions_chart
 
     versions = selectors.versions_of(project)
@@ -32,28 +40,29 @@ def _panel(request: HttpRequest, project: object, form: TrainForm | None = None,
 
 @login_required
 @require_GET
-def models_page(request: HttpRequest, slug: str) -> HttpResponse:
+def models_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     return _panel(request, project_for_user(request.user, slug, curator=True))
 
 
 @login_required
 @require_POST
-def train(request: HttpRequest, slug: str) -> HttpResponse:
+def train(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = project_for_user(request.user, slug, curator=True)
     form = TrainForm(request.POST)
     error = ""
     if form.is_valid():
         try:
             services.training_start(project=project, config=form.config(), created_by=request.user)
-            form = None
         except ValueError as exc:
             error = str(exc)
-    if not request.htmx and not error and form is None:
-        return redirect("models_srv:models", slug=project.slug)
+        else:
+            if not request.htmx:
+                return redirect("models_srv:models", slug=project.slug)
+            return _panel(request, project)  # with a fresh form
     return _panel(request, project, form, error)
 
 
-def _act(request: HttpRequest, version_uuid: UUID, action: str) -> HttpResponse:
+def _act(request: AuthenticatedHttpRequest, version_uuid: UUID, action: str) -> HttpResponse:
     version = selectors.version_for_curator(request.user, version_uuid)
     error = ""
     try:
@@ -72,25 +81,25 @@ def _act(request: HttpRequest, version_uuid: UUID, action: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def cancel(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
+def cancel(request: AuthenticatedHttpRequest, version_uuid: UUID) -> HttpResponse:
     return _act(request, version_uuid, "cancel")
 
 
 @login_required
 @require_POST
-def make_current(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
+def make_current(request: AuthenticatedHttpRequest, version_uuid: UUID) -> HttpResponse:
     return _act(request, version_uuid, "current")
 
 
 @login_required
 @require_POST
-def rescore(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
+def rescore(request: AuthenticatedHttpRequest, version_uuid: UUID) -> HttpResponse:
     return _act(request, version_uuid, "rescore")
 
 
 @login_required
 @require_GET
-def version_detail(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
+def version_detail(request: AuthenticatedHttpRequest, version_uuid: UUID) -> HttpResponse:
     from models_srv.engine import TrainConfig
 
     version = selectors.version_for_curator(request.user, version_uuid)
@@ -106,20 +115,29 @@ def version_detail(request: HttpRequest, version_uuid: UUID) -> HttpResponse:
 # AI labelers
 
 
-def _ai_panel(request: HttpRequest, project: object, form: object = None, error: str = "") -> HttpResponse:
-    from models_srv.forms import LABELER_EXAMPLES, LabelerForm
+@dataclass(frozen=True)
+class LabelerRow:
+    """An AI labeler as the AI page lists it: its audit standing and its settings."""
+
+    labeler: Labeler
+    standing: Standing
+    config_rows: list[dict[str, Any]]
+
+
+def _ai_panel(
+    request: AuthenticatedHttpRequest, project: Project, form: LabelerForm | None = None, error: str = ""
+) -> HttpResponse:
+    from models_srv.forms import LABELER_EXAMPLES
     from models_srv.judge_audit import standings
     from models_srv.judges import DEFAULT_TEMPLATES
 
     labelers = selectors.ai_labelers_of(project)
     standing = standings(labelers)
-    for labeler in labelers:
-        labeler.config_rows = selectors.labeler_config_rows(labeler)
-        labeler.standing = standing[labeler.id]
+    rows = [LabelerRow(labeler, standing[labeler.id], selectors.labeler_config_rows(labeler)) for labeler in labelers]
     runs = selectors.ai_runs_of(project)
     context = {
         "project": project,
-        "labelers": labelers,
+        "labelers": rows,
         "runs": runs,
         "form": form or LabelerForm(user=request.user, project=project),
         "error": error,
@@ -133,14 +151,13 @@ def _ai_panel(request: HttpRequest, project: object, form: object = None, error:
 
 @login_required
 @require_GET
-def ai_page(request: HttpRequest, slug: str) -> HttpResponse:
+def ai_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     return _ai_panel(request, project_for_user(request.user, slug, curator=True))
 
 
 @login_required
 @require_POST
-def labeler_add(request: HttpRequest, slug: str) -> HttpResponse:
-    from models_srv.forms import LabelerForm
+def labeler_add(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     from models_srv.labeling import LabelerError, labeler_create
 
     project = project_for_user(request.user, slug, curator=True)
@@ -163,31 +180,31 @@ def labeler_add(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def labeler_run(request: HttpRequest, labeler_id: int) -> HttpResponse:
+def labeler_run(request: AuthenticatedHttpRequest, labeler_id: int) -> HttpResponse:
     from models_srv.labeling import LabelerError, run_start
 
     labeler = selectors.labeler_for_curator(request.user, labeler_id)
     error = ""
     try:
-        run_start(project=labeler.project, labeler=labeler, created_by=request.user)
+        run_start(project=labeler.own_project, labeler=labeler, created_by=request.user)
     except LabelerError as exc:
         error = str(exc)
     if not request.htmx:
-        return redirect("models_srv:ai", slug=labeler.project.slug)
+        return redirect("models_srv:ai", slug=labeler.own_project.slug)
     request.method = "GET"  # answer with the runs table
-    return _ai_panel(request, labeler.project, error=error)
+    return _ai_panel(request, labeler.own_project, error=error)
 
 
-def _labeler_page(request: HttpRequest, labeler: Any, error: str = "") -> HttpResponse:
+def _labeler_page(request: AuthenticatedHttpRequest, labeler: Labeler, error: str = "") -> HttpResponse:
     from models_srv.judge_audit import audit_gate, standings
 
     audits = selectors.audits_of(labeler)
     context = {
-        "project": labeler.project,
+        "project": labeler.own_project,
         "labeler": labeler,
         "config_rows": selectors.labeler_config_rows(labeler),
         "standing": standings([labeler])[labeler.id],
-        "gate": audit_gate(labeler.project, required=True),
+        "gate": audit_gate(labeler.own_project, required=True),
         "audits": audits,
         "latest": next((a for a in audits if a.status == "succeeded"), None),
         "active": any(a.is_active for a in audits),
@@ -200,13 +217,13 @@ def _labeler_page(request: HttpRequest, labeler: Any, error: str = "") -> HttpRe
 
 @login_required
 @require_GET
-def labeler_detail(request: HttpRequest, labeler_id: int) -> HttpResponse:
+def labeler_detail(request: AuthenticatedHttpRequest, labeler_id: int) -> HttpResponse:
     return _labeler_page(request, selectors.labeler_for_curator(request.user, labeler_id))
 
 
 @login_required
 @require_POST
-def labeler_audit(request: HttpRequest, labeler_id: int) -> HttpResponse:
+def labeler_audit(request: AuthenticatedHttpRequest, labeler_id: int) -> HttpResponse:
     from models_srv.judge_audit import AuditError
 
     labeler = selectors.labeler_for_curator(request.user, labeler_id)
@@ -222,7 +239,7 @@ def labeler_audit(request: HttpRequest, labeler_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def ai_run_cancel(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
+def ai_run_cancel(request: AuthenticatedHttpRequest, run_uuid: UUID) -> HttpResponse:
     from models_srv.labeling import run_cancel
 
     run = selectors.ai_run_for_curator(request.user, run_uuid)
@@ -232,7 +249,7 @@ def ai_run_cancel(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
 
 @login_required
 @require_GET
-def ai_run_detail(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
+def ai_run_detail(request: AuthenticatedHttpRequest, run_uuid: UUID) -> HttpResponse:
     run = selectors.ai_run_for_curator(request.user, run_uuid)
     failures = run.failures.select_related("item").filter(abstained=False).order_by("id")[:500]
     abstentions = run.failures.select_related("item").filter(abstained=True).order_by("id")[:500]
@@ -246,11 +263,13 @@ def ai_run_detail(request: HttpRequest, run_uuid: UUID) -> HttpResponse:
 
 @login_required
 @require_GET
-def routing_page(request: HttpRequest, slug: str) -> HttpResponse:
+def routing_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     return _routing_render(request, project_for_user(request.user, slug, curator=True))
 
 
-def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None = None) -> HttpResponse:
+def _routing_render(
+    request: AuthenticatedHttpRequest, project: Project, form: RoutingForm | None = None
+) -> HttpResponse:
     fragment = request.method == "GET" and request.GET.get("part") == "curve"
     from django.db.models import Count
 
@@ -295,7 +314,7 @@ def _routing_render(request: HttpRequest, project: Any, form: RoutingForm | None
 
 @login_required
 @require_POST
-def routing_run(request: HttpRequest, slug: str) -> HttpResponse:
+def routing_run(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = project_for_user(request.user, slug, curator=True)
     data = request.POST.copy()
     # A bare "Re-route" (no fields) keeps the project's current settings.

@@ -1,5 +1,6 @@
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,9 @@ class Command(BaseCommand):
             self.stdout.write(format_table(res))
         self.stdout.write(f"\nwrote {out / 'results.json'}, {out / 'results.csv'} and {out / 'plot.png'}")
 
+    def _progress(self, judge: str, message: str) -> None:
+        self.stdout.write(f"  {judge}: {message}")
+
     def _simulated(
         self, opts: dict[str, Any], config: Any, policies: list[str], seeds: range
     ) -> tuple[list[SimulationResult], dict[str, Any]]:
@@ -118,7 +122,7 @@ class Command(BaseCommand):
                 budgets=opts["budgets"],
                 seeds=seeds,
                 policies=policies,
-                progress=lambda msg, judge=judge: self.stdout.write(f"  {judge}: {msg}"),
+                progress=partial(self._progress, judge),
             )
             for judge in judges
         ]

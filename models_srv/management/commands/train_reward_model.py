@@ -1,4 +1,5 @@
 import json
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -23,7 +24,8 @@ class Command(BaseCommand):
             if name == "from_config":
                 continue
             flag = "--" + name.replace("_", "-")
-            kind = {int: int, float: float}.get(field.annotation, str)
+            parsers: dict[object, Callable[[str], object]] = {int: int, float: float}
+            kind = parsers.get(field.annotation, str)
             parser.add_argument(flag, dest=name, type=kind, default=None, help=field.description or "")
         parser.add_argument("--config", help="A JSON object of TrainConfig fields (flags override it).")
 
@@ -46,6 +48,8 @@ class Command(BaseCommand):
             parts = [f"{k}={v}" for k, v in info.items()]
             self.stdout.write("  " + " ".join(parts))
 
-        version = services.training_run(version_id=version.id, echo=echo)
-        self.stdout.write(f"version {version.version}: {version.status}")
-        self.stdout.write(json.dumps({"version": version.version, "metrics": version.metrics}))
+        trained = services.training_run(version_id=version.id, echo=echo)
+        if trained is None:
+            raise CommandError(f"version {version.version} was taken by a worker meanwhile")
+        self.stdout.write(f"version {trained.version}: {trained.status}")
+        self.stdout.write(json.dumps({"version": trained.version, "metrics": trained.metrics}))
