@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from django.http import FileResponse, HttpRequest
+from django.http import FileResponse
 from django.urls import reverse
 from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
@@ -15,6 +15,7 @@ from ninja.responses import Status
 from accounts.auth import scoped
 from annotation.selectors import project_for_user
 from config.api_errors import refusals
+from config.http import AuthenticatedHttpRequest
 from curation import selectors, services
 from curation.export import ExportError, ExportFilters
 from curation.models import ExportSnapshot, ExportStatus
@@ -78,7 +79,7 @@ class ExportOut(Schema):
 
     @staticmethod
     def resolve_reproduces(obj: ExportSnapshot) -> UUID | None:
-        return obj.source_snapshot.code if obj.source_snapshot_id else None
+        return obj.source_snapshot.code if obj.source_snapshot is not None else None
 
     @staticmethod
     def resolve_files(obj: ExportSnapshot) -> list[dict[str, Any]]:
@@ -100,7 +101,7 @@ class ExportList(Schema):
         }
     ),
 )
-def start_export(request: HttpRequest, slug: str, body: ExportIn) -> Status[ExportSnapshot]:
+def start_export(request: AuthenticatedHttpRequest, slug: str, body: ExportIn) -> Status[ExportSnapshot]:
     """Snapshot the project as it is now and build the export in the background; poll the result."""
     project = project_for_user(request.user, slug, curator=True)
     try:
@@ -113,7 +114,7 @@ def start_export(request: HttpRequest, slug: str, body: ExportIn) -> Status[Expo
 
 
 @router.get("/projects/{slug:slug}/exports", response=list[ExportOut])
-def list_exports(request: HttpRequest, slug: str, params: Query[ExportList]) -> list[ExportSnapshot]:
+def list_exports(request: AuthenticatedHttpRequest, slug: str, params: Query[ExportList]) -> list[ExportSnapshot]:
     """The project's exports, newest first."""
     project = project_for_user(request.user, slug, curator=True)
     return list(
@@ -124,7 +125,7 @@ def list_exports(request: HttpRequest, slug: str, params: Query[ExportList]) -> 
 
 
 @router.get("/exports/{uuid:export_id}", response=ExportOut)
-def get_export(request: HttpRequest, export_id: UUID) -> ExportSnapshot:
+def get_export(request: AuthenticatedHttpRequest, export_id: UUID) -> ExportSnapshot:
     return selectors.export_get_for_user(request.user, export_id)
 
 
@@ -141,7 +142,7 @@ def get_export(request: HttpRequest, export_id: UUID) -> ExportSnapshot:
         }
     },
 )
-def download_export(request: HttpRequest, export_id: UUID) -> FileResponse:
+def download_export(request: AuthenticatedHttpRequest, export_id: UUID) -> FileResponse:
     """The export's zip bundle; its SHA-256 is the export's `bundle.sha256`."""
     snapshot = selectors.export_get_for_user(request.user, export_id)
     if snapshot.status != ExportStatus.DONE:

@@ -244,7 +244,8 @@ def dawid_skene(
     def m_step(post: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         priors = (post.sum(axis=0) + smoothing) / (n_items + n_cls * smoothing)
         conf = np.zeros((n_ann, n_cls, n_cls))
-        np.add.at(conf, (jj, slice(None), ll), w[:, None] * post[ii])  # conf[j, true k, given l]
+        # conf[j, true k, given l]; numpy's stub for ufunc.at takes no slice in an index tuple.
+        np.add.at(conf, (jj, slice(None), ll), w[:, None] * post[ii])  # type: ignore[arg-type]
         conf += pseudo[None, :, :]
         conf /= conf.sum(axis=2, keepdims=True)
         return priors, conf

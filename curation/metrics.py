@@ -86,7 +86,9 @@ def krippendorff_alpha(units: Sequence[Sequence[Value]], level: Level = "nominal
     if not kept:
         return None
     distinct = {v for unit in kept for v in unit}
-    values = sorted(distinct, key=repr) if level == "nominal" else sorted(distinct)
+    # Ordered by `<`: an ordinal or interval scale is all numbers (or all text), which the Value
+    # union cannot say; mixed values fail here with a TypeError.
+    values = sorted(distinct, key=repr) if level == "nominal" else sorted(distinct)  # type: ignore[type-var]
     if level == "interval" and any(isinstance(v, str) for v in values):
         raise ValueError("interval alpha needs numeric values")
     index = {v: i for i, v in enumerate(values)}
@@ -467,12 +469,12 @@ def agreement_over_time(
     for key, per in tallies.items():
         points = []
         for start in sorted(per):
-            agreed, n = per[start]
+            agreed_n, n = per[start]
             if bucket == "week":
                 year, week, _ = start.isocalendar()
                 label = f"{year}-W{week:02d}"
             else:
                 label = start.isoformat()
-            points.append(AgreementPoint(bucket=label, start=start, agreed=agreed, n=n, share=agreed / n))
+            points.append(AgreementPoint(bucket=label, start=start, agreed=agreed_n, n=n, share=agreed_n / n))
         out[key] = points
     return out

@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from django.db.models import Count, Q, Sum
 
@@ -84,8 +85,9 @@ class _J:
 @dataclass
 class ProjectData:
     project: Project
-    items: dict[int, dict[str, Any]]  # the items with a judgment or a flag: the only ones a figure reads
-    labelers: dict[int, dict[str, Any]]
+    # Rows as `load` reads them with values(), read-only.
+    items: dict[int, Mapping[str, Any]]  # the items with a judgment or a flag: the only ones a figure reads
+    labelers: dict[int, Mapping[str, Any]]
     judgments: list[_J]
     by_item_human: dict[int, list[_J]] = field(default_factory=dict)  # annotators' judgments
     by_item_imported: dict[int, list[_J]] = field(default_factory=dict)
@@ -135,13 +137,13 @@ def load(project: Project) -> ProjectData:
     # No ordering in the union's parts: SQLite refuses ORDER BY inside a compound statement.
     judged = Judgment.objects.filter(item__project=project).order_by().values("item_id")
     flagged = Assignment.objects.filter(item__project=project, flagged=True).order_by().values("item_id")
-    items = {
+    items: dict[int, Mapping[str, Any]] = {
         i["id"]: i
         for i in non_gold.filter(id__in=judged.union(flagged)).values(
             "id", "external_id", "responses", "metadata", "status", "split", "prompt"
         )
     }
-    labelers = {
+    labelers: dict[int, Mapping[str, Any]] = {
         lab["id"]: lab
         for lab in Labeler.objects.filter(Q(project=project) | Q(judgments__item__project=project))
         .distinct()
@@ -198,7 +200,7 @@ def load(project: Project) -> ProjectData:
 
 
 def _abstentions(
-    project: Project, items: dict[int, dict[str, Any]], labelers: dict[int, dict[str, Any]]
+    project: Project, items: dict[int, Mapping[str, Any]], labelers: dict[int, Mapping[str, Any]]
 ) -> list[tuple[int, int, tuple[ShownAnswer, ...]]]:
     """Each AI labeler's abstentions on the project's items (once per labeler and item), with
     their answers; the items are added to `items` (their texts feed the length bias)."""
@@ -362,7 +364,7 @@ def human_vs_ai(data: ProjectData, consensus: dict[int, Consensus]) -> list[dict
         (LabelSource.IMPORTED, LabelSource.HUMAN, consensus),
         (LabelSource.AI, LabelSource.IMPORTED, imported),
     )
-    per: dict[tuple[int, str], list[tuple[str, bool]]] = defaultdict(list)
+    per: dict[tuple[int, LabelSource], list[tuple[str, bool]]] = defaultdict(list)
     for source, reference, against in comparisons:
         for item_id, js in data.by_item(source).items():
             c = against.get(item_id)
@@ -399,16 +401,17 @@ def biases(data: ProjectData) -> list[dict[str, Any]]:
     # (item id, answer) for each AI group: every answer its labelers gave, abstentions included.
     answers: dict[str, list[tuple[int, ShownAnswer]]] = defaultdict(list)
     abstained: Counter[str] = Counter()
+    pooled: dict[str, str] = {LabelSource.HUMAN: "annotators", LabelSource.IMPORTED: "imported"}
     for j in data.judgments:
         if j.choice:
-            group = {LabelSource.HUMAN: "annotators", LabelSource.IMPORTED: "imported"}.get(j.source)
+            group = pooled.get(j.source)
             groups[group or labeler_name(data, j.labeler_id)].append(j)
             answers[group or labeler_name(data, j.labeler_id)] += [(j.item_id, a) for a in j.answers]
-    for labeler_id, item_id, shown in data.abstentions:
+    for labeler_id, item_id, given in data.abstentions:
         name = labeler_name(data, labeler_id)
         groups.setdefault(name, [])
         abstained[name] += 1
-        answers[name] += [(item_id, a) for a in shown]
+        answers[name] += [(item_id, a) for a in given]
     rows = []
     first = {"annotators": 0, "imported": 1}
     for name, js in sorted(groups.items(), key=lambda kv: (first.get(kv[0], 2), kv[0])):
@@ -423,7 +426,7 @@ def biases(data: ProjectData) -> list[dict[str, Any]]:
                 if j.shown_first is not None:
                     first_shown = "A" if j.shown_first == 0 else "B"
                     shown.append("tie" if j.choice == "tie" else "A" if j.choice == first_shown else "B")
-            stored = [(j.item_id, j.choice) for j in js]
+            stored = [(j.item_id, j.choice) for j in js if j.choice]  # all of them: grouped with a choice
         lengths = [
             (len(texts[i][0]["text"]), len(texts[i][1]["text"]), choice) for i, choice in stored if len(texts[i]) >= 2
         ]
@@ -455,7 +458,9 @@ def biases(data: ProjectData) -> list[dict[str, Any]]:
 DRIFT_GROUPS = {"annotators": "Annotators", "ai_labelers": "AI labelers", "categories": "Categories"}
 
 
-def drift(data: ProjectData, consensus: dict[int, Consensus], bucket: str = "week") -> dict[str, Any]:
+def drift(
+    data: ProjectData, consensus: dict[int, Consensus], bucket: Literal["day", "week"] = "week"
+) -> dict[str, Any]:
     """Weekly agreement with the human consensus, per annotator (leave-one-out), AI labeler and category."""
     people, ai, cats = [], [], []
     for item_id, js in data.by_item_human.items():
@@ -470,12 +475,12 @@ def drift(data: ProjectData, consensus: dict[int, Consensus], bucket: str = "wee
             people.append((j.created_at, labeler_name(data, j.labeler_id), j.choice == c.label))
             cats.append((j.created_at, category, j.choice == c.label))
     for item_id, js in data.by_item_ai.items():
-        c = consensus.get(item_id)
-        if c is None or c.label is None:
+        found = consensus.get(item_id)
+        if found is None or found.label is None:
             continue
         for j in js:
             if j.choice:
-                ai.append((j.created_at, labeler_name(data, j.labeler_id), j.choice == c.label))
+                ai.append((j.created_at, labeler_name(data, j.labeler_id), j.choice == found.label))
 
     def series(rows: list[tuple[datetime, str, bool]]) -> dict[str, list[dict[str, Any]]]:
         return {

@@ -356,7 +356,7 @@ def export_run(*, snapshot_id: int, redelivered: bool = False) -> ExportSnapshot
                 card={
                     "code": str(snapshot.code),
                     "license": snapshot.license,
-                    "source": str(snapshot.source_snapshot.code) if snapshot.source_snapshot_id else "",
+                    "source": str(snapshot.source_snapshot.code) if snapshot.source_snapshot is not None else "",
                 },
                 heartbeat=heartbeat,
             )

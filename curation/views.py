@@ -8,13 +8,14 @@ from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import BadRequest
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotation.models import Item
 from annotation.selectors import project_for_user
+from config.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from curation import quality, selectors, services
 from curation.export import ExportError
 from curation.forms import ActionForm, BulkActionForm, ExportForm, ReviewFilterForm
@@ -42,7 +43,7 @@ KAPPA_SHOWN = 100  # labeler pairs on the page; the CSV has them all
 
 @login_required
 @require_GET
-def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
+def quality_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     from curation.quality_charts import GROUPS_KEY, groups, quality_charts
 
     project = project_for_user(request.user, slug, curator=True)
@@ -68,7 +69,7 @@ def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def groups_place(request: HttpRequest, slug: str, version_uuid: UUID) -> HttpResponse:
+def groups_place(request: AuthenticatedHttpRequest, slug: str, version_uuid: UUID) -> HttpResponse:
     """Place the annotators the project's pluralistic version did not train on (a `gpu` task), then
     back to the groups panel."""
     from django.contrib import messages
@@ -168,7 +169,7 @@ def _csv_cell(value: Any) -> Any:
 
 @login_required
 @require_GET
-def quality_csv(request: HttpRequest, slug: str) -> HttpResponse:
+def quality_csv(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = project_for_user(request.user, slug, curator=True)
     name = request.GET.get("table", "")
     if name not in CSV_TABLES:
@@ -197,7 +198,7 @@ def _crossfit_context(project: Any, error: str | None = None) -> dict[str, Any]:
 def _review_filters(data: Any) -> ReviewFilterForm:
     form = ReviewFilterForm(data)
     if not form.is_valid():
-        raise BadRequest("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+        raise BadRequest("; ".join(f"{k}: {' '.join(str(e) for e in v)}" for k, v in form.errors.items()))
     return form
 
 
@@ -227,7 +228,7 @@ def _history(project: Any) -> list[CurationAction]:
 
 @login_required
 @require_GET
-def review_page(request: HttpRequest, slug: str) -> HttpResponse:
+def review_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """The review queue: filters, sort and page come from the URL. An htmx GET aimed at the queue
     (filters, pager) gets the queue only; the out-of-fold run's status polling gets its part."""
     project = project_for_user(request.user, slug, curator=True)
@@ -246,7 +247,7 @@ def _review_url(project: Any, form: ReviewFilterForm) -> str:
     return reverse("curation:review", args=[project.slug]) + (f"?{query}" if query else "")
 
 
-def _bulk_done(request: HttpRequest, project: Any, form: ReviewFilterForm, **extra: Any) -> HttpResponse:
+def _bulk_done(request: HtmxHttpRequest, project: Any, form: ReviewFilterForm, **extra: Any) -> HttpResponse:
     """After a bulk action or its undo: the queue again (htmx, with the history out of band), or
     back to the same filtered page."""
     if not request.htmx:
@@ -259,7 +260,7 @@ def _bulk_done(request: HttpRequest, project: Any, form: ReviewFilterForm, **ext
 
 @login_required
 @require_POST
-def review_bulk(request: HttpRequest, slug: str) -> HttpResponse:
+def review_bulk(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """One action on the rows ticked, or on every row matching the filter (as many as the curator
     saw: if the count changed meanwhile, nothing is done and the queue is shown again)."""
     project = project_for_user(request.user, slug, curator=True)
@@ -296,7 +297,7 @@ def review_bulk(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def review_bulk_undo(request: HttpRequest, slug: str, action_id: int) -> HttpResponse:
+def review_bulk_undo(request: AuthenticatedHttpRequest, slug: str, action_id: int) -> HttpResponse:
     """Undo the whole bulk action that `action_id` was part of, in one step."""
     project = project_for_user(request.user, slug, curator=True)
     action = selectors.curation_action_for_user(request.user, action_id)
@@ -313,7 +314,7 @@ def review_bulk_undo(request: HttpRequest, slug: str, action_id: int) -> HttpRes
 
 @login_required
 @require_POST
-def review_crossfit(request: HttpRequest, slug: str) -> HttpResponse:
+def review_crossfit(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Start computing the out-of-fold margins the queue reads (k reward-model fits on the gpu queue)."""
     from models_srv.services import crossfit_start
 
@@ -341,7 +342,7 @@ def _item_in(project: Any, item_id: int) -> Item:
 
 @login_required
 @require_POST
-def review_act(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
+def review_act(request: AuthenticatedHttpRequest, slug: str, item_id: int) -> HttpResponse:
     project = project_for_user(request.user, slug, curator=True)
     item = _item_in(project, item_id)
     form = ActionForm(request.POST)
@@ -365,7 +366,7 @@ def review_act(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def review_undo(request: HttpRequest, slug: str, action_id: int) -> HttpResponse:
+def review_undo(request: AuthenticatedHttpRequest, slug: str, action_id: int) -> HttpResponse:
     project = project_for_user(request.user, slug, curator=True)
     action = selectors.curation_action_for_user(request.user, action_id)
     if action.project_id != project.id:
@@ -386,7 +387,7 @@ def review_undo(request: HttpRequest, slug: str, action_id: int) -> HttpResponse
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def exports_page(request: HttpRequest, slug: str) -> HttpResponse:
+def exports_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = project_for_user(request.user, slug, curator=True)
     form = ExportForm(request.POST or None, initial={"label_source": "human", "exclude_dropped": True}, project=project)
     error = None
@@ -463,7 +464,7 @@ def _card_context(snapshot: Any) -> dict[str, Any]:
 
 @login_required
 @require_GET
-def export_detail(request: HttpRequest, code: UUID) -> HttpResponse:
+def export_detail(request: AuthenticatedHttpRequest, code: UUID) -> HttpResponse:
     """The export's page; its status part is polled until it is finished, when it brings the card."""
     snapshot = selectors.export_get_for_user(request.user, code)
     template = "curation/export.html#status" if request.htmx else "curation/export.html"
@@ -472,7 +473,7 @@ def export_detail(request: HttpRequest, code: UUID) -> HttpResponse:
 
 @login_required
 @require_GET
-def export_download(request: HttpRequest, code: UUID) -> HttpResponse:
+def export_download(request: AuthenticatedHttpRequest, code: UUID) -> FileResponse:
     snapshot = selectors.export_get_for_user(request.user, code)
     path = snapshot.bundle_file if snapshot.status == "done" else None
     if path is None or not path.exists():
@@ -482,7 +483,7 @@ def export_download(request: HttpRequest, code: UUID) -> HttpResponse:
 
 @login_required
 @require_POST
-def export_reproduce(request: HttpRequest, code: UUID) -> HttpResponse:
+def export_reproduce(request: AuthenticatedHttpRequest, code: UUID) -> HttpResponse:
     snapshot = selectors.export_get_for_user(request.user, code)
     copy = services.export_reproduce(snapshot=snapshot, user=request.user)
     return redirect("curation:export", code=copy.code)

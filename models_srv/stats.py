@@ -33,7 +33,7 @@ def binomial_test(successes: int, n: int, p: float = 0.5) -> float:
     return float(min(1.0, math.exp(total)))
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
+def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
     """Wilson score interval for a proportion (95% by default); None when n == 0."""
     if n <= 0:
         return None

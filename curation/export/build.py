@@ -19,7 +19,7 @@ from curation.export.context import Context, ExportItem, ExportResult, JudgmentR
 from curation.export.deflate import DeflateThread
 from curation.export.files import RowEncoder, SplitFiles
 from curation.export.filters import ExportFilters, parse_formats
-from curation.export.formats import WRITERS, Format
+from curation.export.formats import WRITERS, ColumnarFormat, Format
 from curation.export.query import SOURCE_ORDER, JudgmentColumns, Page, item_pages
 from curation.export.stats import Agreement, add_rubric, ai_labelers, rounded
 from models_srv.engine import TrainConfig
@@ -41,7 +41,8 @@ def build_export(
     """Write the dataset into `out_dir` (data files, README.md, SHA256SUMS); return files and counts.
 
     `chunk_items` items are read per page (default: the EXPORT_CHUNK_ITEMS setting, 1,000)."""
-    chunk_items = chunk_items or getattr(settings, "EXPORT_CHUNK_ITEMS", CHUNK_ITEMS)
+    default_per_page: int = getattr(settings, "EXPORT_CHUNK_ITEMS", CHUNK_ITEMS)
+    per_page = chunk_items or default_per_page
     schema, schema_version, guidelines_version = schema_at(project, cutoff)
     formats = parse_formats(formats, schema)
     chat = Item.objects.filter(project=project, created_at__lte=cutoff, prompt_messages__isnull=False).exists()
@@ -65,8 +66,8 @@ def build_export(
         ctx.group_version = found.version.version
     group_judgments: Counter[str] = Counter()
     writers = {w.name: w for f in formats for w in (cls(ctx) for cls in WRITERS[f])}  # one per configuration
-    item_writers = {name: w for name, w in writers.items() if not w.columnar}
-    column_writers = {name: w for name, w in writers.items() if w.columnar}
+    item_writers = {name: w for name, w in writers.items() if not isinstance(w, ColumnarFormat)}
+    column_writers = {name: w for name, w in writers.items() if isinstance(w, ColumnarFormat)}
     payloads = bool(schema.ranking or schema.rubric or schema.spans)  # formats that read payloads
     files: dict[tuple[str, str], SplitFiles] = {}
     encoder = RowEncoder()  # one for all files: the formats share an item's texts
@@ -91,7 +92,7 @@ def build_export(
         return files[key]
 
     try:
-        for page in item_pages(project, ctx, chunk_items, payloads):
+        for page in item_pages(project, ctx, per_page, payloads):
             jc = page.judgments
             selection = select_page(page, ctx)
             items_seen += len(page.items)
@@ -142,9 +143,9 @@ def build_export(
             f.abort()
         deflate.abort()
         raise
-    rows: dict[str, dict[str, int]] = {name: {} for name in writers}
+    file_rows: dict[str, dict[str, int]] = {name: {} for name in writers}
     for (name, split), f in sorted(files.items()):
-        rows[name][split] = f.rows
+        file_rows[name][split] = f.rows
     agreement: dict[str, Any] = {}
     if schema.pairwise:
         agreement["pairwise"] = pair_agreement.summary()
@@ -161,7 +162,7 @@ def build_export(
         "judgments": judgments_kept,
         "excluded": dict(sorted(excluded.items())),
         "skipped_rows": dict(sorted(ctx.skipped.items())),
-        "rows": rows,
+        "rows": file_rows,
         "judgments_by_labeler_type": dict(sorted(sources.items())),
         "human_annotators": len(humans),
         "imported_annotators": len(imported),
@@ -212,7 +213,7 @@ def _group_name(group: int) -> str:
 
 
 HUMAN, IMPORTED, AI = (SOURCE_ORDER.index(s) for s in (LabelSource.HUMAN, LabelSource.IMPORTED, LabelSource.AI))
-_CHOICES = {c: n for n, c in enumerate(PAIRWISE_LABELS)}
+_CHOICES: dict[str | None, int] = {c: n for n, c in enumerate(PAIRWISE_LABELS)}
 
 
 @dataclass
@@ -241,7 +242,7 @@ def select_page(page: Page, ctx: Context) -> Selection:
     if source in SOURCE_ORDER:
         code = SOURCE_ORDER.index(source)
         selected = jc.source == code
-        labels = [source] * n_items
+        labels: list[str] = [source] * n_items
     elif source == "consensus":
         first = np.full(n_items, AI, dtype=np.int64)  # no judgments at all: reported as `ai`
         for code in reversed(range(len(SOURCE_ORDER))):
@@ -297,7 +298,7 @@ def bulk_pairwise_consensus(
     return [_consensus(t, s, n) for t, s, n in zip(totals, nums, counts, strict=True)]
 
 
-def _consensus(weights: list[float], nums: list[float], n: int) -> Consensus:
+def _consensus(weights: Sequence[float], nums: Sequence[float], n: int) -> Consensus:
     """The rest of `pairwise_consensus`, from each label's total weight and weighted strength."""
     total = weights[0] + weights[1] + weights[2]
     if n == 0 or total <= 0:

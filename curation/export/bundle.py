@@ -40,7 +40,8 @@ def bundle_export(out_dir: Path, name: str, stamp: datetime) -> tuple[Path, str,
                 info.compress_type = zipfile.ZIP_STORED
             else:
                 info.compress_type = zipfile.ZIP_DEFLATED
-                info._compresslevel = ZIP_LEVEL  # ZipFile.open(info, "w") reads the level from here
+                # ZipFile.open(info, "w") reads the level from this private attribute (not in typeshed).
+                info._compresslevel = ZIP_LEVEL  # type: ignore[attr-defined]
             info.external_attr = 0o644 << 16
             size = path.stat().st_size
             info.file_size = size

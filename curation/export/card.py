@@ -26,7 +26,7 @@ def write_card(
     """README.md, a Hugging Face dataset card: one `configs` entry per configuration (a format, or
     `pairs_plain`) with its files per split, so `load_dataset(folder, name)` reads it as written."""
     project = ctx.project
-    configs = []
+    configs: list[dict[str, Any]] = []  # YAML front matter
     for fmt in writers:
         parquet = [f for f in files if f["format"] == fmt and f["kind"] == "parquet"]
         if parquet:

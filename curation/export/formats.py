@@ -27,7 +27,6 @@ def _message_type() -> pa.DataType:
 
 class Format:
     name = ""
-    columnar = False  # True: writes a page's rows as columns (`columns`) instead of item by item
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -345,7 +344,14 @@ class Spans(Format):
         )
 
 
-class Raw(Format):
+class ColumnarFormat(Format):
+    """A format that writes a page's judgments as Arrow columns (`columns`), not item by item."""
+
+    def columns(self, page: Page, rows: np.ndarray, encoder: RowEncoder) -> tuple[list[pa.Array], list[pa.Array]]:
+        raise NotImplementedError
+
+
+class Raw(ColumnarFormat):
     name = "raw"
 
     def fields(self) -> list[tuple[str, pa.DataType]]:
@@ -383,8 +389,6 @@ class Raw(Format):
             *_COMMON,
         ]
         return out
-
-    columnar = True
 
     def columns(self, page: Page, rows: np.ndarray, encoder: RowEncoder) -> tuple[list[pa.Array], list[pa.Array]]:
         """The rows of the judgments at `rows` (positions in the page's judgment columns, all of
