@@ -14,7 +14,7 @@ fed back as vote weights through `weighted_consensus`.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,7 @@ __all__ = [
     "PAIRWISE_LABELS",
     "Consensus",
     "DawidSkeneResult",
+    "consensus_from_counts",
     "dawid_skene",
     "midranks",
     "pairwise_consensus",
@@ -69,6 +70,32 @@ def pairwise_consensus(votes: Sequence[tuple[str, int]], weights: Sequence[float
         if choice not in totals:
             raise ValueError(f"unknown pairwise choice {choice!r}")
         totals[choice] += weight
+
+    def strength_of(label: str) -> float:
+        num = sum(weight * s for (c, s), weight in zip(votes, w, strict=True) if c == label)
+        den = sum(weight for (c, _s), weight in zip(votes, w, strict=True) if c == label)
+        return num / den if den > 0 else 0.0
+
+    return _decide(totals, n, strength_of)
+
+
+def consensus_from_counts(counts: Mapping[str, int], strength_sums: Mapping[str, int]) -> Consensus:
+    """`pairwise_consensus` of unweighted votes given as a count per choice and the sum of the
+    strengths per choice (what a grouped query returns): the same result, without the votes."""
+    for choice in counts:
+        if choice not in PAIRWISE_LABELS:
+            raise ValueError(f"unknown pairwise choice {choice!r}")
+    totals = {label: float(counts.get(label, 0)) for label in PAIRWISE_LABELS}
+
+    def strength_of(label: str) -> float:
+        return float(strength_sums.get(label) or 0) / totals[label] if totals[label] > 0 else 0.0
+
+    return _decide(totals, sum(counts.values()), strength_of)
+
+
+def _decide(totals: dict[str, float], n: int, strength_of: Callable[[str], float]) -> Consensus:
+    """The one rule: the label of the heaviest choice, a tie between A and B (or with "tie") as
+    `Consensus` says; `strength_of(label)` is asked only for an A or B label."""
     total = sum(totals.values())
     if n == 0 or total <= 0:
         return Consensus(label=None, strength=0.0, agreement=0.0, n=n, tied=False)
@@ -83,12 +110,7 @@ def pairwise_consensus(votes: Sequence[tuple[str, int]], weights: Sequence[float
     else:
         label = top[0]
     agreement = top_weight / total
-
-    strength = 0.0
-    if label in ("A", "B"):
-        num = sum(weight * s for (c, s), weight in zip(votes, w, strict=True) if c == label)
-        den = sum(weight for (c, _s), weight in zip(votes, w, strict=True) if c == label)
-        strength = num / den if den > 0 else 0.0
+    strength = strength_of(label) if label in ("A", "B") else 0.0
     return Consensus(label=label, strength=float(strength), agreement=float(agreement), n=n, tied=tied)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 
 from curation.consensus import (
+    PAIRWISE_LABELS,
     Consensus,
+    consensus_from_counts,
     dawid_skene,
     midranks,
     pairwise_consensus,
@@ -234,6 +237,19 @@ def test_pairwise_consensus() -> None:
         pairwise_consensus([("C", 1)])
     with pytest.raises(ValueError, match="weights"):
         pairwise_consensus([("A", 1)], weights=[-1.0])
+
+
+def test_counts_give_the_consensus_of_the_votes() -> None:
+    rng = random.Random(3)
+    for _ in range(3000):
+        votes = [(rng.choice(PAIRWISE_LABELS), rng.randint(0, 3)) for _ in range(rng.randint(1, 9))]
+        counts = Counter(c for c, _ in votes)
+        sums: Counter[str] = Counter()
+        for c, s in votes:
+            sums[c] += s
+        assert consensus_from_counts(counts, sums) == pairwise_consensus(votes), votes
+    with pytest.raises(ValueError, match="unknown pairwise choice"):
+        consensus_from_counts({"C": 1}, {})
 
 
 def test_weighted_consensus_uses_reliability() -> None:
