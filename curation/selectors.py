@@ -7,27 +7,34 @@ An item's effective curation state is its latest action (by creation time) that 
 
 from __future__ import annotations
 
-import sys
 import uuid
 import zipfile
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.db.models import OuterRef, Q, QuerySet, Subquery
+import numpy as np
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import Http404
 
-from annotation.models import Item, Judgment, Project
+from annotation.models import Assignment, Item, Judgment, Labeler, Project
 from annotation.selectors import User, project_for_user, projects_for_user
 from curation.models import CurationAction, ExportSnapshot
+
+if TYPE_CHECKING:
+    from curation.candidates import Found
 
 
 def _effective(at: datetime | None) -> Q:
     if at is None:
         return Q(undone_at__isnull=True)
     return Q(created_at__lte=at) & (Q(undone_at__isnull=True) | Q(undone_at__gt=at))
+
+
+def curated_item_ids(project: Project) -> set[int]:
+    """The ids of the project's items that have an effective action (the keys of `curation_states`)."""
+    return set(CurationAction.objects.filter(_effective(None), project=project).values_list("item_id", flat=True))
 
 
 def curation_states(
@@ -205,36 +212,67 @@ def _margin_for_label(evidence: dict[str, Any]) -> float | None:
     return margin_b if oof.get("label") == "B" else -margin_b
 
 
-def _enrich(project: Project, rows: list[dict[str, Any]]) -> dict[int, str]:
-    """Add labelers, category, last judgment date, margin and disagreement to every candidate, in
-    two queries whatever their number. Returns {labeler id: name} of the labelers seen."""
-    ids = [r["item_id"] for r in rows]
-    items: dict[int, tuple[Any, datetime | None]] = {
-        i: (category, created)
-        for i, category, created in Item.objects.filter(project=project, id__in=ids).values_list(
-            "id", "metadata__category", "created_at"
-        )
+def _enrich(project: Project, found: Found) -> _Judged:
+    """Add external id, category, last judgment date, margin and disagreement to every candidate
+    (the filters and sorts read them), and find who judged which, in three queries whatever their
+    number."""
+    rows = found.rows
+    # The candidates are non-gold items with a judgment or a flag: read those, texts left out.
+    judged = Judgment.objects.filter(item=OuterRef("pk"))
+    flagged = Assignment.objects.filter(item=OuterRef("pk"), flagged=True)
+    items: dict[int, tuple[str, Any, datetime]] = {
+        i: (external_id, category, created)
+        for i, external_id, category, created in Item.objects.filter(project=project, is_gold=False)
+        .filter(Exists(judged) | Exists(flagged))
+        .values_list("id", "external_id", "metadata__category", "created_at")
     }
-    judged: dict[int, list[tuple[int, datetime]]] = defaultdict(list)
-    names: dict[int, str] = {}
-    for item_id, labeler_id, name, username, created in (
-        Judgment.objects.filter(item__project=project, item_id__in=ids)
-        .order_by()
-        .values_list("item_id", "labeler_id", "labeler__name", "labeler__user__username", "created_at")
-    ):
-        judged[item_id].append((labeler_id, created))
-        names[labeler_id] = username or name
     for r in rows:
-        category, item_created = items.get(r["item_id"], (None, None))
-        js = judged.get(r["item_id"], [])
+        external_id, category, item_created = items[r["item_id"]]
+        r["score"] = round(r["score"], 3)
+        r["external_id"] = external_id
         r["category"] = "" if category is None else str(category)
-        r["labeler_ids"] = sorted({lab for lab, _ in js})
-        r["labelers"] = sorted(names[lab] for lab in r["labeler_ids"])
-        r["date"] = max((c for _, c in js), default=item_created)
+        r["date"] = found.last_judged.get(r["item_id"], item_created)
         r["margin"] = _margin_for_label(r["evidence"])
-        c = r.get("consensus")
+        c = r["consensus"]
         r["disagreement"] = round(1.0 - c.agreement, 3) if c is not None and c.n else None
-    return names
+    return _Judged.of(project, np.fromiter((r["item_id"] for r in rows), dtype=np.int64, count=len(rows)))
+
+
+@dataclass
+class _Judged:
+    """Who judged which candidate: (item id, labeler id) pairs sorted by item, and the names of the
+    labelers who judged any candidate."""
+
+    items: np.ndarray
+    labelers: np.ndarray
+    names: dict[int, str]
+
+    @classmethod
+    def of(cls, project: Project, candidates: np.ndarray) -> _Judged:
+        pairs = np.array(
+            list(
+                Judgment.objects.filter(item__project=project, item__is_gold=False)
+                .order_by()
+                .values_list("item_id", "labeler_id")
+            ),
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        pairs = pairs[np.isin(pairs[:, 0], candidates)]
+        pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
+        names = {
+            lab: username or name
+            for lab, username, name in Labeler.objects.filter(id__in=np.unique(pairs[:, 1]).tolist()).values_list(
+                "id", "user__username", "name"
+            )
+        }
+        return cls(pairs[:, 0].copy(), pairs[:, 1].copy(), names)
+
+    def items_of(self, labeler_id: int) -> set[int]:
+        return set(self.items[self.labelers == labeler_id].tolist())
+
+    def labelers_of(self, item_id: int) -> list[int]:
+        lo, hi = np.searchsorted(self.items, [item_id, item_id + 1])
+        return sorted(set(self.labelers[lo:hi].tolist()))
 
 
 def _sort_key(sort: str) -> Any:
@@ -256,11 +294,13 @@ def _sort_key(sort: str) -> Any:
     return key
 
 
-def _keeps(f: ReviewFilters) -> Any:
+def _keeps(f: ReviewFilters, judged: _Judged) -> Any:
+    by_labeler = judged.items_of(f.labeler_id) if f.labeler_id is not None else set()
+
     def keep(r: dict[str, Any]) -> bool:
         if f.reasons and not set(f.reasons) & set(r["reasons"]):
             return False
-        if f.labeler_id is not None and f.labeler_id not in r["labeler_ids"]:
+        if f.labeler_id is not None and r["item_id"] not in by_labeler:
             return False
         if f.category and r["category"] != f.category:
             return False
@@ -272,27 +312,34 @@ def _keeps(f: ReviewFilters) -> Any:
 
 
 def review_queue(project: Project, filters: ReviewFilters, *, page: int = 1, per_page: int = 50) -> ReviewQueue:
-    """The project's review candidates (`curation.quality.noisy_candidates`: uncurated items with
-    evidence against their label), filtered, sorted and cut to one page.
+    """The project's review candidates (`curation.candidates`: uncurated items with evidence
+    against their label), filtered, sorted and cut to one page.
 
-    The candidates are found in Python over the whole project, so the filters, the sort and the
-    total are exact; the number of queries does not depend on the page size or on the number of
-    candidates (the report's reads, then two for labelers, categories and dates)."""
-    from curation.quality import noisy_candidates
+    The candidates are found over the whole project, in aggregate, so the filters, the sort and
+    the total are exact; the texts, the evidence as JSON and the labelers of a row are read for the
+    page's rows only (`matching` has the evidence of every row, for the bulk actions). The number
+    of queries depends neither on the page size nor on the number of candidates."""
+    from curation.candidates import details, find
 
-    rows = noisy_candidates(project, limit=sys.maxsize)
-    names = _enrich(project, rows)
-    matching = sorted(filter(_keeps(filters), rows), key=_sort_key(filters.sort))
+    found = find(project)
+    rows = found.rows
+    judged = _enrich(project, found)
+    matching = sorted(filter(_keeps(filters, judged), rows), key=_sort_key(filters.sort))
     pages = max(1, -(-len(matching) // per_page))
     page = min(max(1, page), pages)
+    shown = matching[(page - 1) * per_page : page * per_page]
+    details(shown)
+    for r in shown:
+        r["labeler_ids"] = judged.labelers_of(r["item_id"])
+        r["labelers"] = sorted(judged.names[lab] for lab in r["labeler_ids"])
     return ReviewQueue(
-        rows=matching[(page - 1) * per_page : page * per_page],
+        rows=shown,
         matching=matching,
         candidates=len(rows),
         page=page,
         pages=pages,
         per_page=per_page,
-        labelers=sorted(names.items(), key=lambda kv: (kv[1].lower(), kv[0])),
+        labelers=sorted(judged.names.items(), key=lambda kv: (kv[1].lower(), kv[0])),
         categories=sorted({r["category"] for r in rows if r["category"]}),
     )
 
