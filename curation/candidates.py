@@ -17,9 +17,10 @@ How it is read, so that a project of 25,000 items and 100,000 judgments takes a 
 second (`bench/review`): the votes come from one grouped query, a row per item, labeler kind and
 choice (count, first id, sum of strengths, last date), never a row per judgment, and no payload is
 read whole; only rankings are read judgment by judgment, as their choice compares two ranks. The
-rule per item is `curation.consensus.consensus_from_counts`, the same as `pairwise_consensus` on
-the votes. Texts are read only for the rows returned (`noisy_candidates`) or shown on a page
-(`curation.selectors.review_queue`, with `details`).
+counts become arrays and every item's consensus is computed at once
+(`curation.consensus.consensus_of_counts`, the same as `pairwise_consensus` on the votes); Python
+objects are made for the candidates only. Texts are read only for the rows returned
+(`noisy_candidates`) or shown on a page (`curation.selectors.review_queue`, with `details`).
 """
 
 from __future__ import annotations
@@ -30,18 +31,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
+import numpy as np
 from django.db.models import Count, IntegerField, Max, Min, Sum
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast, Left
 
 from annotation.models import Assignment, Item, Judgment, LabelSource, Project, source_of_kind, source_q
-from curation.consensus import Consensus, consensus_from_counts
+from curation.consensus import PAIRWISE_LABELS, consensus_of_counts
 
 # Below this share of votes for the consensus label an item counts as low agreement (a 2-1 split does).
 LOW_AGREEMENT = 0.7
 
-# A choice's tally on one item from one source: [judgments, id of the first, sum of strengths].
-_Tally = list[int]
+SOURCES = (LabelSource.HUMAN, LabelSource.IMPORTED, LabelSource.AI)  # the axes of `_Votes`
+# Choice columns: A, B, tie (as PAIRWISE_LABELS), then none (no choice) and any other value.
+_NONE, _OTHER = len(PAIRWISE_LABELS), len(PAIRWISE_LABELS) + 1
 
 
 @dataclass
@@ -51,6 +54,19 @@ class Found:
 
     rows: list[dict[str, Any]]
     last_judged: dict[int, datetime] = field(default_factory=dict)
+
+
+@dataclass
+class _Votes:
+    """The judgments of the project's non-gold items, counted: `items` ascending, and per item,
+    source (SOURCES) and choice column: the number of judgments, the id of the first one and the
+    sum of their strengths."""
+
+    items: np.ndarray
+    counts: np.ndarray
+    first: np.ndarray
+    strength: np.ndarray
+    last: dict[int, datetime]
 
 
 def _choice(pairwise: Any, ranking: Any) -> tuple[str | None, int]:
@@ -63,9 +79,7 @@ def _choice(pairwise: Any, ranking: Any) -> tuple[str | None, int]:
     return None, 0
 
 
-def _votes(project: Project) -> tuple[dict[int, dict[str, dict[str | None, _Tally]]], dict[int, datetime]]:
-    """{item id: {source: {choice or None: tally}}} over the judgments of the project's non-gold
-    items, and each judged item's last judgment time."""
+def _votes(project: Project) -> _Votes:
     judgments = Judgment.objects.filter(item__project=project, item__is_gold=False).order_by()
     pairwise = KeyTransform("pairwise", "payload")
     grouped = (
@@ -87,25 +101,29 @@ def _votes(project: Project) -> tuple[dict[int, dict[str, dict[str | None, _Tall
     for item_id, kind, pw, ranks, jid, created in ranked:
         choice, strength = _choice(pw, ranks)
         rows.append((item_id, kind, choice, 1, jid, strength, created))
-    votes: dict[int, dict[str, dict[str | None, _Tally]]] = defaultdict(dict)
     last: dict[int, datetime] = {}
-    sources: dict[str, str] = {}
-    for item_id, kind, choice, n, first, strength, created in rows:
-        source = sources.get(kind) or sources.setdefault(kind, source_of_kind(kind).value)
-        tally = votes[item_id].setdefault(source, {}).setdefault(choice or None, [0, first, 0])
-        tally[0] += n
-        tally[1] = min(tally[1], first)
-        tally[2] += strength or 0
+    for item_id, *_, created in rows:
         if item_id not in last or created > last[item_id]:
             last[item_id] = created
-    return votes, last
-
-
-def _consensus(by_choice: dict[str | None, _Tally] | None) -> Consensus | None:
-    if not by_choice or not any(by_choice):  # no judgment of this source with a choice
-        return None
-    counts = {c: t[0] for c, t in by_choice.items() if c}
-    return consensus_from_counts(counts, {c: t[2] for c, t in by_choice.items() if c})
+    if not rows:
+        empty = np.zeros((0, len(SOURCES), _OTHER + 1), dtype=np.int64)
+        return _Votes(np.zeros(0, dtype=np.int64), empty, empty.copy(), empty.copy(), last)
+    item_col, kind_col, choice_col, n_col, first_col, strength_col, _ = zip(*rows, strict=True)
+    items, item_at = np.unique(np.array(item_col, dtype=np.int64), return_inverse=True)
+    source_of = {kind: SOURCES.index(source_of_kind(kind)) for kind in set(kind_col)}
+    column = {label: k for k, label in enumerate(PAIRWISE_LABELS)}
+    at = (
+        item_at,
+        np.array([source_of[k] for k in kind_col], dtype=np.int64),
+        np.array([column.get(c, _OTHER) if c else _NONE for c in choice_col], dtype=np.int64),
+    )
+    shape = (len(items), len(SOURCES), _OTHER + 1)
+    counts, strengths = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    first = np.full(shape, np.iinfo(np.int64).max, dtype=np.int64)
+    np.add.at(counts, at, np.array(n_col, dtype=np.int64))
+    np.add.at(strengths, at, np.array([s or 0 for s in strength_col], dtype=np.int64))
+    np.minimum.at(first, at, np.array(first_col, dtype=np.int64))
+    return _Votes(items, counts, first, strengths, last)
 
 
 def find(project: Project) -> Found:
@@ -115,12 +133,17 @@ def find(project: Project) -> Found:
     from models_srv.models import CrossFitRun, OutOfFoldMargin
     from models_srv.selectors import crossfit_done
 
-    votes, last = _votes(project)
-    consensus: dict[int, Consensus] = {}
-    for item_id, by_source in votes.items():
-        c = _consensus(by_source.get(LabelSource.HUMAN)) or _consensus(by_source.get(LabelSource.IMPORTED))
-        if c is not None:
-            consensus[item_id] = c
+    votes = _votes(project)
+    human, imported = SOURCES.index(LabelSource.HUMAN), SOURCES.index(LabelSource.IMPORTED)
+    labels = slice(0, len(PAIRWISE_LABELS))
+    if votes.counts[:, [human, imported], _OTHER].any():
+        raise ValueError("unknown pairwise choice in a judgment")  # as pairwise_consensus says
+    # The reference label: the annotators' votes where any voted, else the imported labels'.
+    by_human = votes.counts[:, human, labels].sum(axis=1) > 0
+    pick = np.where(by_human, human, imported)
+    rows_at = np.arange(len(votes.items))
+    cc = consensus_of_counts(votes.counts[rows_at, pick, labels], votes.strength[rows_at, pick, labels])
+    item_ids: list[int] = votes.items.tolist()
     curated = curated_item_ids(project)
     found: dict[int, dict[str, Any]] = {}
 
@@ -135,44 +158,54 @@ def find(project: Project) -> Found:
         entry["evidence"][kind] = evidence
 
     run = crossfit_done(project)
-    if run is not None:
-        margins = {
-            m[0]: m[1:]
-            for m in OutOfFoldMargin.objects.filter(run=cast(CrossFitRun, run)).values_list(
-                "item_id", "margin", "spread", "fold"
-            )
-        }
-        for item_id, c in consensus.items():
-            if c.label not in ("A", "B") or item_id not in margins:
-                continue
-            margin_b, spread, fold = margins[item_id]
-            for_label = margin_b if c.label == "B" else -margin_b
-            p = sigmoid(for_label)
-            if p < 0.5:  # the model that never saw the item prefers the other response
+    if run is not None and len(votes.items):
+        margins = OutOfFoldMargin.objects.filter(run=cast(CrossFitRun, run)).values_list(
+            "item_id", "margin", "spread", "fold"
+        )
+        m_item, m_margin, m_spread, m_fold = (list(col) for col in zip(*margins, strict=True)) if margins else ([],) * 4
+        where = np.searchsorted(votes.items, np.array(m_item, dtype=np.int64))
+        known = where < len(votes.items)
+        known[known] = votes.items[where[known]] == np.array(m_item, dtype=np.int64)[known]
+        label = np.where(known, cc.label[np.clip(where, 0, len(votes.items) - 1)], -1)
+        margin = np.array(m_margin, dtype=np.float64)
+        a, b = PAIRWISE_LABELS.index("A"), PAIRWISE_LABELS.index("B")
+        for_label = np.where(label == b, margin, -margin)
+        # The label is A or B, and the model that never saw the item prefers the other response.
+        against_b = label == b
+        for k in np.flatnonzero(((label == a) | against_b) & (for_label < 0)).tolist():
+            margin_b = m_margin[k]
+            for_b = bool(against_b[k])
+            against = margin_b if for_b else -margin_b
+            p = sigmoid(against)
+            if p < 0.5:
                 add(
-                    item_id,
+                    m_item[k],
                     "out_of_fold_disagrees",
-                    min(3.0, -for_label),  # the logit against the label: lowest probability first
+                    min(3.0, -against),  # the logit against the label: lowest probability first
                     {
-                        "label": c.label,
+                        "label": "B" if for_b else "A",
                         "probability_of_label": round(p, 4),
                         "margin_b_minus_a": round(margin_b, 4),
-                        "ensemble_spread": round(spread, 4),
-                        "fold": fold,
+                        "ensemble_spread": round(m_spread[k], 4),
+                        "fold": m_fold[k],
                     },
                 )
-    for item_id, c in consensus.items():
-        if c.n >= 2 and (c.tied or c.agreement < LOW_AGREEMENT):
-            # The annotators' votes where any annotator judged the item, else the imported labels'.
-            by_source = votes[item_id]
-            tallies = by_source.get(LabelSource.HUMAN) or by_source[LabelSource.IMPORTED]
-            ordered = sorted(((t[1], choice, t[0]) for choice, t in tallies.items() if choice))  # as first cast
-            add(
-                item_id,
-                "low_agreement",
-                1.0 - c.agreement,
-                {"votes": {choice: n for _, choice, n in ordered}, "agreement": round(c.agreement, 3)},
-            )
+    low = np.flatnonzero((cc.n >= 2) & (cc.tied | (cc.agreement < LOW_AGREEMENT)))
+    # The votes shown: the annotators' where any annotator judged the item, else the imported
+    # labels', in the order each choice was first cast.
+    shown_source = np.where(votes.counts[low, human].sum(axis=1) > 0, human, imported)
+    low_first = votes.first[low, shown_source, labels].tolist()
+    low_counts = votes.counts[low, shown_source, labels].tolist()
+    for idx, cast_at, n_of, agreement in zip(
+        low.tolist(), low_first, low_counts, cc.agreement[low].tolist(), strict=True
+    ):
+        shown = sorted((cast_at[k], PAIRWISE_LABELS[k], n_of[k]) for k in range(len(PAIRWISE_LABELS)) if n_of[k])
+        add(
+            item_ids[idx],
+            "low_agreement",
+            1.0 - agreement,
+            {"votes": {choice: n for _, choice, n in shown}, "agreement": round(agreement, 3)},
+        )
     flips: dict[int, list[str]] = defaultdict(list)
     for item_id, username, name, raw in (
         Judgment.objects.filter(source_q(LabelSource.AI), item__project=project, item__is_gold=False)
@@ -193,9 +226,15 @@ def find(project: Project) -> Found:
         flagged[item_id].append(reason)
     for item_id, reasons in flagged.items():
         add(item_id, "flagged", 1.0, {"reasons": reasons})
-    for entry in found.values():
-        entry["consensus"] = consensus.get(entry["item_id"])
-    return Found(list(found.values()), last)
+    rows = list(found.values())
+    ids = np.array([r["item_id"] for r in rows], dtype=np.int64)
+    where = np.searchsorted(votes.items, ids)
+    has = np.zeros(len(ids), dtype=bool)
+    inside = where < len(item_ids)
+    has[inside] = (votes.items[where[inside]] == ids[inside]) & (cc.n[where[inside]] > 0)
+    for r, idx, voted in zip(rows, where.tolist(), has.tolist(), strict=True):
+        r["consensus"] = cc.at(idx) if voted else None
+    return Found(rows, votes.last)
 
 
 def order_consistent(raw: str) -> bool | None:
@@ -212,13 +251,14 @@ def order_consistent(raw: str) -> bool | None:
 def details(rows: list[dict[str, Any]]) -> None:
     """Add what a row shows besides its evidence: external id, the prompt's first 300 characters,
     and the evidence as JSON (the action form posts it back). One query."""
-    texts = dict(
-        Item.objects.filter(id__in=[r["item_id"] for r in rows])
+    texts = {
+        i: (external_id, head)
+        for i, external_id, head in Item.objects.filter(id__in=[r["item_id"] for r in rows])
         .annotate(head=Left("prompt", 300))
-        .values_list("id", "head")
-    )
+        .values_list("id", "external_id", "head")
+    }
     for r in rows:
-        r["prompt"] = texts[r["item_id"]]
+        r["external_id"], r["prompt"] = texts[r["item_id"]]
         r["evidence_json"] = json.dumps({"reasons": r["reasons"], **r["evidence"]})
 
 
@@ -227,9 +267,7 @@ def noisy_candidates(project: Project, limit: int = 200) -> list[dict[str, Any]]
     item_id, external_id, prompt, reasons, score, evidence (per reason), evidence_json and the
     reference consensus (None for an item only flagged)."""
     rows = sorted(find(project).rows, key=lambda r: (-r["score"], r["item_id"]))[:limit]
-    external = dict(Item.objects.filter(id__in=[r["item_id"] for r in rows]).values_list("id", "external_id"))
     for r in rows:
-        r["external_id"] = external[r["item_id"]]
         r["score"] = round(r["score"], 3)
     details(rows)
     return rows

@@ -22,8 +22,9 @@ import numpy as np
 __all__ = [
     "PAIRWISE_LABELS",
     "Consensus",
+    "CountedConsensus",
     "DawidSkeneResult",
-    "consensus_from_counts",
+    "consensus_of_counts",
     "dawid_skene",
     "midranks",
     "pairwise_consensus",
@@ -79,18 +80,48 @@ def pairwise_consensus(votes: Sequence[tuple[str, int]], weights: Sequence[float
     return _decide(totals, n, strength_of)
 
 
-def consensus_from_counts(counts: Mapping[str, int], strength_sums: Mapping[str, int]) -> Consensus:
-    """`pairwise_consensus` of unweighted votes given as a count per choice and the sum of the
-    strengths per choice (what a grouped query returns): the same result, without the votes."""
-    for choice in counts:
-        if choice not in PAIRWISE_LABELS:
-            raise ValueError(f"unknown pairwise choice {choice!r}")
-    totals = {label: float(counts.get(label, 0)) for label in PAIRWISE_LABELS}
+@dataclass(frozen=True)
+class CountedConsensus:
+    """`pairwise_consensus` of many items' unweighted votes at once (`consensus_of_counts`), as
+    arrays over the items: `label` an index into PAIRWISE_LABELS or -1 for None."""
 
-    def strength_of(label: str) -> float:
-        return float(strength_sums.get(label) or 0) / totals[label] if totals[label] > 0 else 0.0
+    label: np.ndarray
+    strength: np.ndarray
+    agreement: np.ndarray
+    n: np.ndarray
+    tied: np.ndarray
 
-    return _decide(totals, sum(counts.values()), strength_of)
+    def at(self, i: int) -> Consensus:
+        label = int(self.label[i])
+        return Consensus(
+            label=PAIRWISE_LABELS[label] if label >= 0 else None,
+            strength=float(self.strength[i]),
+            agreement=float(self.agreement[i]),
+            n=int(self.n[i]),
+            tied=bool(self.tied[i]),
+        )
+
+
+def consensus_of_counts(counts: np.ndarray, strength_sums: np.ndarray) -> CountedConsensus:
+    """The consensus of each row of `counts` (votes for A, B and tie: what a grouped query
+    returns), `strength_sums` the sums of those votes' strengths in the same columns: the
+    `Consensus` that `pairwise_consensus` gives for those votes (`at(i)`), vectorized. With whole
+    vote counts a tie at the top is an equality, so the rule is `_decide`'s without a tolerance."""
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, len(PAIRWISE_LABELS))
+    sums = np.asarray(strength_sums, dtype=np.float64).reshape(counts.shape)
+    n = counts.sum(axis=1)
+    top = counts.max(axis=1, initial=0)
+    at_top = counts == top[:, None]
+    tied = (at_top.sum(axis=1) > 1) & (n > 0)
+    tie = PAIRWISE_LABELS.index("tie")
+    label = np.where(tied, np.where(at_top[:, tie], tie, -1), counts.argmax(axis=1))
+    label[n == 0] = -1
+    agreement = np.where(n > 0, top / np.maximum(n, 1), 0.0)
+    rows = np.arange(len(counts))
+    picked = np.clip(label, 0, None)
+    voted = (label >= 0) & (label != tie)
+    strength = np.where(voted, sums[rows, picked] / np.maximum(counts[rows, picked], 1), 0.0)
+    return CountedConsensus(label=label, strength=strength, agreement=agreement, n=n, tied=tied)
 
 
 def _decide(totals: dict[str, float], n: int, strength_of: Callable[[str], float]) -> Consensus:

@@ -44,7 +44,9 @@ def oracle(project: Project) -> list[dict[str, Any]]:
         entry["score"] += strength
         entry["evidence"][kind] = evidence
 
-    run = CrossFitRun.objects.filter(project=project, status=RunStatus.SUCCEEDED).order_by("-finished_at", "-id")[0]
+    run = (
+        CrossFitRun.objects.filter(project=project, status=RunStatus.SUCCEEDED).order_by("-finished_at", "-id").first()
+    )
     margins = {
         m[0]: m[1:]
         for m in OutOfFoldMargin.objects.filter(run=run, item_id__in=list(consensus)).values_list(
@@ -275,3 +277,27 @@ def test_the_review_queue_matches_the_rule(messy, given) -> None:
     shown = matching[10:20]
     page_keys = (*keys, "prompt", "evidence_json", "labeler_ids", "labelers")
     assert _comparable(q.rows, page_keys) == _comparable(shown, page_keys)
+
+
+def test_a_project_with_flags_and_no_judgment(make_project, make_user, curator) -> None:
+    project = make_project("flags-only", curator=curator)
+    assert candidates.noisy_candidates(project) == [] and selectors.review_queue(project, ReviewFilters()).total == 0
+    responses = [{"text": "a"}, {"text": "b"}]
+    item = Item.objects.create(project=project, external_id="f1", prompt="p", responses=responses, num_responses=2)
+    now = timezone.now()
+    Assignment.objects.create(
+        item=item,
+        annotator=make_user("flagging"),
+        response_order=[0, 1],
+        state="submitted",
+        leased_at=now,
+        expires_at=now + timedelta(minutes=15),
+        finished_at=now,
+        flagged=True,
+        flag_reason="broken",
+    )
+    (row,) = candidates.noisy_candidates(project)
+    assert row == oracle(project)[0]
+    assert (row["reasons"], row["consensus"], row["score"]) == (["flagged"], None, 1.0)
+    (shown,) = selectors.review_queue(project, ReviewFilters()).rows
+    assert (shown["date"], shown["labelers"], shown["disagreement"]) == (item.created_at, [], None)
