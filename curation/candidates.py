@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -37,7 +37,7 @@ from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast, Left
 
 from annotation.models import Assignment, Item, Judgment, LabelSource, Project, source_of_kind, source_q
-from curation.consensus import PAIRWISE_LABELS, consensus_of_counts
+from curation.consensus import PAIRWISE_LABELS, CountedConsensus, consensus_of_counts
 
 # Below this share of votes for the consensus label an item counts as low agreement (a 2-1 split does).
 LOW_AGREEMENT = 0.7
@@ -45,15 +45,63 @@ LOW_AGREEMENT = 0.7
 SOURCES = (LabelSource.HUMAN, LabelSource.IMPORTED, LabelSource.AI)  # the axes of `_Votes`
 # Choice columns: A, B, tie (as PAIRWISE_LABELS), then none (no choice) and any other value.
 _NONE, _OTHER = len(PAIRWISE_LABELS), len(PAIRWISE_LABELS) + 1
+_LABELS = slice(0, len(PAIRWISE_LABELS))
+_HUMAN, _IMPORTED = SOURCES.index(LabelSource.HUMAN), SOURCES.index(LabelSource.IMPORTED)
+
+
+REASONS = ("out_of_fold_disagrees", "low_agreement", "ai_order_flip", "flagged")  # in the order they add up
+_OOF, _LOW, _FLIP, _FLAG = (1 << k for k in range(len(REASONS)))
 
 
 @dataclass
-class Found:
-    """Every candidate of a project (unordered, score not rounded), and when each judged item was
-    last judged (by anyone, AI labelers included)."""
+class Candidates:
+    """Every candidate of a project as columns, in item id order: what the review queue filters
+    and sorts on. A candidate's row as `noisy_candidates` gives it (its evidence dicts and its
+    consensus) is made only when asked for, by `row(i)`."""
 
-    rows: list[dict[str, Any]]
-    last_judged: dict[int, datetime] = field(default_factory=dict)
+    item_id: np.ndarray  # int64, ascending
+    reasons: np.ndarray  # bit k set: REASONS[k]
+    score: np.ndarray  # float64, not rounded
+    margin_b: np.ndarray  # the out-of-fold margin r(B) - r(A) where out_of_fold_disagrees, else NaN
+    label_b: np.ndarray  # whether the consensus label is B (else A), where out_of_fold_disagrees
+    agreement: np.ndarray  # the reference consensus' agreement, NaN for an item without one
+    last_judged: dict[int, datetime]  # by anyone, AI labelers included; absent: never judged
+    _at: np.ndarray  # each candidate's index in `_votes`, -1 for an item with no judgment
+    _votes: _Votes
+    _consensus: CountedConsensus
+    _oof: dict[int, dict[str, Any]]  # by index into _votes: the evidence, less the label
+    _flips: dict[int, list[str]]
+    _flags: dict[int, list[str]]
+
+    def __len__(self) -> int:
+        return len(self.item_id)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """item_id, reasons, score (not rounded), evidence (per reason) and consensus."""
+        item_id, bits, at = int(self.item_id[i]), int(self.reasons[i]), int(self._at[i])
+        evidence: dict[str, Any] = {}
+        if bits & _OOF:
+            evidence[REASONS[0]] = {"label": "B" if self.label_b[i] else "A", **self._oof[at]}
+        if bits & _LOW:
+            evidence[REASONS[1]] = self._votes.shown(at, float(self.agreement[i]))
+        if bits & _FLIP:
+            evidence[REASONS[2]] = {"labelers": self._flips[item_id]}
+        if bits & _FLAG:
+            evidence[REASONS[3]] = {"reasons": self._flags[item_id]}
+        return {
+            "item_id": item_id,
+            "reasons": list(evidence),
+            "score": float(self.score[i]),
+            "evidence": evidence,
+            "consensus": self._consensus.at(at) if at >= 0 and self._consensus.n[at] > 0 else None,
+        }
+
+
+def margin_for_label(label: str, margin_b: float) -> float:
+    """The out-of-fold model's logit in favour of the consensus label, as the evidence gives it
+    (below 0: it prefers the other response)."""
+    margin_b = round(margin_b, 4)
+    return margin_b if label == "B" else -margin_b
 
 
 @dataclass
@@ -67,6 +115,14 @@ class _Votes:
     first: np.ndarray
     strength: np.ndarray
     last: dict[int, datetime]
+
+    def shown(self, at: int, agreement: float) -> dict[str, Any]:
+        """The `low_agreement` evidence of item `at`: the annotators' votes where any annotator
+        judged the item, else the imported labels', in the order each choice was first cast."""
+        source = _HUMAN if self.counts[at, _HUMAN].sum() > 0 else _IMPORTED
+        cast_at, n_of = self.first[at, source, _LABELS].tolist(), self.counts[at, source, _LABELS].tolist()
+        shown = sorted((cast_at[k], PAIRWISE_LABELS[k], n_of[k]) for k in range(len(PAIRWISE_LABELS)) if n_of[k])
+        return {"votes": {choice: n for _, choice, n in shown}, "agreement": round(agreement, 3)}
 
 
 def _choice(pairwise: Any, ranking: Any) -> tuple[str | None, int]:
@@ -126,86 +182,56 @@ def _votes(project: Project) -> _Votes:
     return _Votes(items, counts, first, strengths, last)
 
 
-def find(project: Project) -> Found:
-    """All the project's candidates: item_id, reasons, score (not rounded), evidence, consensus."""
+def find(project: Project) -> Candidates:
+    """All the project's candidates, as columns."""
     from curation.selectors import curated_item_ids
     from models_srv.crossfit import sigmoid
     from models_srv.models import CrossFitRun, OutOfFoldMargin
     from models_srv.selectors import crossfit_done
 
     votes = _votes(project)
-    human, imported = SOURCES.index(LabelSource.HUMAN), SOURCES.index(LabelSource.IMPORTED)
-    labels = slice(0, len(PAIRWISE_LABELS))
-    if votes.counts[:, [human, imported], _OTHER].any():
+    if votes.counts[:, [_HUMAN, _IMPORTED], _OTHER].any():
         raise ValueError("unknown pairwise choice in a judgment")  # as pairwise_consensus says
     # The reference label: the annotators' votes where any voted, else the imported labels'.
-    by_human = votes.counts[:, human, labels].sum(axis=1) > 0
-    pick = np.where(by_human, human, imported)
-    rows_at = np.arange(len(votes.items))
-    cc = consensus_of_counts(votes.counts[rows_at, pick, labels], votes.strength[rows_at, pick, labels])
-    item_ids: list[int] = votes.items.tolist()
-    curated = curated_item_ids(project)
-    found: dict[int, dict[str, Any]] = {}
+    pick = np.where(votes.counts[:, _HUMAN, _LABELS].sum(axis=1) > 0, _HUMAN, _IMPORTED)
+    judged = np.arange(len(votes.items))
+    cc = consensus_of_counts(votes.counts[judged, pick, _LABELS], votes.strength[judged, pick, _LABELS])
+    a, b = PAIRWISE_LABELS.index("A"), PAIRWISE_LABELS.index("B")
 
-    def add(item_id: int, kind: str, strength: float, evidence: dict[str, Any]) -> None:
-        if item_id in curated:
-            return
-        entry = found.get(item_id)
-        if entry is None:
-            entry = found[item_id] = {"item_id": item_id, "reasons": [], "score": 0.0, "evidence": {}}
-        entry["reasons"].append(kind)
-        entry["score"] += strength
-        entry["evidence"][kind] = evidence
-
+    # Out of fold: per judged item, the part of the score and the evidence.
+    is_oof = np.zeros(len(votes.items), dtype=bool)
+    oof_score = np.zeros(len(votes.items))
+    margin_b = np.full(len(votes.items), np.nan)
+    oof: dict[int, dict[str, Any]] = {}
     run = crossfit_done(project)
     if run is not None and len(votes.items):
         margins = OutOfFoldMargin.objects.filter(run=cast(CrossFitRun, run)).values_list(
             "item_id", "margin", "spread", "fold"
         )
         m_item, m_margin, m_spread, m_fold = (list(col) for col in zip(*margins, strict=True)) if margins else ([],) * 4
-        where = np.searchsorted(votes.items, np.array(m_item, dtype=np.int64))
-        known = where < len(votes.items)
-        known[known] = votes.items[where[known]] == np.array(m_item, dtype=np.int64)[known]
-        label = np.where(known, cc.label[np.clip(where, 0, len(votes.items) - 1)], -1)
+        at = np.searchsorted(votes.items, np.array(m_item, dtype=np.int64))
+        known = at < len(votes.items)
+        known[known] = votes.items[at[known]] == np.array(m_item, dtype=np.int64)[known]
+        label = np.where(known, cc.label[np.clip(at, 0, len(votes.items) - 1)], -1)
         margin = np.array(m_margin, dtype=np.float64)
-        a, b = PAIRWISE_LABELS.index("A"), PAIRWISE_LABELS.index("B")
-        for_label = np.where(label == b, margin, -margin)
+        for_b = label == b
         # The label is A or B, and the model that never saw the item prefers the other response.
-        against_b = label == b
-        for k in np.flatnonzero(((label == a) | against_b) & (for_label < 0)).tolist():
-            margin_b = m_margin[k]
-            for_b = bool(against_b[k])
-            against = margin_b if for_b else -margin_b
+        maybe = np.flatnonzero(((label == a) | for_b) & (np.where(for_b, margin, -margin) < 0))
+        for k, idx, is_b in zip(maybe.tolist(), at[maybe].tolist(), for_b[maybe].tolist(), strict=True):
+            against = m_margin[k] if is_b else -m_margin[k]
             p = sigmoid(against)
             if p < 0.5:
-                add(
-                    m_item[k],
-                    "out_of_fold_disagrees",
-                    min(3.0, -against),  # the logit against the label: lowest probability first
-                    {
-                        "label": "B" if for_b else "A",
-                        "probability_of_label": round(p, 4),
-                        "margin_b_minus_a": round(margin_b, 4),
-                        "ensemble_spread": round(m_spread[k], 4),
-                        "fold": m_fold[k],
-                    },
-                )
-    low = np.flatnonzero((cc.n >= 2) & (cc.tied | (cc.agreement < LOW_AGREEMENT)))
-    # The votes shown: the annotators' where any annotator judged the item, else the imported
-    # labels', in the order each choice was first cast.
-    shown_source = np.where(votes.counts[low, human].sum(axis=1) > 0, human, imported)
-    low_first = votes.first[low, shown_source, labels].tolist()
-    low_counts = votes.counts[low, shown_source, labels].tolist()
-    for idx, cast_at, n_of, agreement in zip(
-        low.tolist(), low_first, low_counts, cc.agreement[low].tolist(), strict=True
-    ):
-        shown = sorted((cast_at[k], PAIRWISE_LABELS[k], n_of[k]) for k in range(len(PAIRWISE_LABELS)) if n_of[k])
-        add(
-            item_ids[idx],
-            "low_agreement",
-            1.0 - agreement,
-            {"votes": {choice: n for _, choice, n in shown}, "agreement": round(agreement, 3)},
-        )
+                is_oof[idx] = True
+                oof_score[idx] = min(3.0, -against)  # the logit against the label: lowest probability first
+                margin_b[idx] = m_margin[k]
+                oof[idx] = {
+                    "probability_of_label": round(p, 4),
+                    "margin_b_minus_a": round(m_margin[k], 4),
+                    "ensemble_spread": round(m_spread[k], 4),
+                    "fold": m_fold[k],
+                }
+    low = (cc.n >= 2) & (cc.tied | (cc.agreement < LOW_AGREEMENT))
+
     flips: dict[int, list[str]] = defaultdict(list)
     for item_id, username, name, raw in (
         Judgment.objects.filter(source_q(LabelSource.AI), item__project=project, item__is_gold=False)
@@ -215,26 +241,53 @@ def find(project: Project) -> Found:
     ):
         if order_consistent(raw) is False:
             flips[item_id].append(username or name)
-    for item_id, labelers in flips.items():
-        add(item_id, "ai_order_flip", 0.5, {"labelers": labelers})
-    flagged: dict[int, list[str]] = defaultdict(list)
+    flags: dict[int, list[str]] = defaultdict(list)
     for item_id, reason in (
         Assignment.objects.filter(item__project=project, item__is_gold=False, flagged=True)
         .order_by("id")
         .values_list("item_id", "flag_reason")
     ):
-        flagged[item_id].append(reason)
-    for item_id, reasons in flagged.items():
-        add(item_id, "flagged", 1.0, {"reasons": reasons})
-    rows = list(found.values())
-    ids = np.array([r["item_id"] for r in rows], dtype=np.int64)
-    where = np.searchsorted(votes.items, ids)
-    has = np.zeros(len(ids), dtype=bool)
-    inside = where < len(item_ids)
-    has[inside] = (votes.items[where[inside]] == ids[inside]) & (cc.n[where[inside]] > 0)
-    for r, idx, voted in zip(rows, where.tolist(), has.tolist(), strict=True):
-        r["consensus"] = cc.at(idx) if voted else None
-    return Found(rows, votes.last)
+        flags[item_id].append(reason)
+
+    # Every judged or flagged item, then the candidates among them.
+    items = np.union1d(votes.items, np.array(list(flags), dtype=np.int64))
+    at = np.searchsorted(votes.items, items)
+    has_votes = np.zeros(len(items), dtype=bool)
+    inside = at < len(votes.items)
+    has_votes[inside] = votes.items[at[inside]] == items[inside]
+    at = np.where(has_votes, at, -1)
+
+    def of_judged(column: np.ndarray, fill: Any) -> np.ndarray:
+        out = np.full(len(items), fill, dtype=column.dtype)
+        out[has_votes] = column[at[has_votes]]
+        return out
+
+    reasons = np.zeros(len(items), dtype=np.int64)
+    reasons |= np.where(of_judged(is_oof, False), _OOF, 0)
+    reasons |= np.where(of_judged(low, False), _LOW, 0)
+    reasons |= np.where(np.isin(items, np.array(list(flips), dtype=np.int64)), _FLIP, 0)
+    reasons |= np.where(np.isin(items, np.array(list(flags), dtype=np.int64)), _FLAG, 0)
+    # The score adds up in the reasons' order, as floats do (adding 0.0 for a reason absent).
+    score = of_judged(oof_score, 0.0) + np.where(reasons & _LOW, 1.0 - of_judged(cc.agreement, 0.0), 0.0)
+    score = score + np.where(reasons & _FLIP, 0.5, 0.0) + np.where(reasons & _FLAG, 1.0, 0.0)
+    curated = np.array(sorted(curated_item_ids(project)), dtype=np.int64)
+    keep = (reasons != 0) & ~np.isin(items, curated)
+    agreement = np.where(of_judged(cc.n, 0) > 0, of_judged(cc.agreement, np.nan), np.nan)
+    return Candidates(
+        item_id=items[keep],
+        reasons=reasons[keep],
+        score=score[keep],
+        margin_b=of_judged(margin_b, np.nan)[keep],
+        label_b=(of_judged(cc.label, -1) == b)[keep],
+        agreement=agreement[keep],
+        last_judged=votes.last,
+        _at=at[keep],
+        _votes=votes,
+        _consensus=cc,
+        _oof=oof,
+        _flips=flips,
+        _flags=flags,
+    )
 
 
 def order_consistent(raw: str) -> bool | None:
@@ -266,7 +319,9 @@ def noisy_candidates(project: Project, limit: int = 200) -> list[dict[str, Any]]
     """Items worth a curator's look, strongest evidence first, skipping items already curated:
     item_id, external_id, prompt, reasons, score, evidence (per reason), evidence_json and the
     reference consensus (None for an item only flagged)."""
-    rows = sorted(find(project).rows, key=lambda r: (-r["score"], r["item_id"]))[:limit]
+    found = find(project)
+    order = np.lexsort((found.item_id, -found.score))[:limit]  # strongest evidence first
+    rows = [found.row(i) for i in order.tolist()]
     for r in rows:
         r["score"] = round(r["score"], 3)
     details(rows)

@@ -126,7 +126,9 @@ def oracle_queue(project: Project, f: ReviewFilters) -> tuple[list[dict[str, Any
         r["labeler_ids"] = sorted({lab for lab, _ in js})
         r["labelers"] = sorted(names[lab] for lab in r["labeler_ids"])
         r["date"] = max((c for _, c in js), default=item_created)
-        r["margin"] = selectors._margin_for_label(r["evidence"])
+        oof = r["evidence"].get("out_of_fold_disagrees")
+        margin_b = float(oof["margin_b_minus_a"]) if oof else None
+        r["margin"] = None if not oof else margin_b if oof["label"] == "B" else -margin_b
         c = r["consensus"]
         r["disagreement"] = round(1.0 - c.agreement, 3) if c is not None and c.n else None
 
@@ -141,9 +143,29 @@ def oracle_queue(project: Project, f: ReviewFilters) -> tuple[list[dict[str, Any
             return False
         return not (f.margin_max is not None and (r["margin"] is None or r["margin"] > f.margin_max))
 
-    matching = sorted(filter(keep, rows), key=selectors._sort_key(f.sort))
+    matching = sorted(filter(keep, rows), key=sort_key(f.sort))
     labelers = sorted(names.items(), key=lambda kv: (kv[1].lower(), kv[0]))
     return matching, labelers, sorted({r["category"] for r in rows if r["category"]})
+
+
+def sort_key(sort: str) -> Any:
+    """A row's key in each sort order, as the queue sorted its rows before."""
+    field_name = sort.lstrip("-")
+    if field_name == "evidence":
+        return lambda r: (-r["score"], r["item_id"])
+    if field_name == "item":
+        return lambda r: (r["external_id"], r["item_id"])
+    descending = {"margin": False, "disagreement": True, "date": True}[field_name] != sort.startswith("-")
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        value = r[field_name]
+        if value is None:
+            return (1, 0, r["item_id"])
+        if field_name == "date":
+            value = value.timestamp()
+        return (0, -value if descending else value, r["item_id"])
+
+    return key
 
 
 def _payload(rng: random.Random) -> dict[str, Any]:
