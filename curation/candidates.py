@@ -157,14 +157,15 @@ def _votes(project: Project) -> _Votes:
     for item_id, kind, pw, ranks, jid, created in ranked:
         choice, strength = _choice(pw, ranks)
         rows.append((item_id, kind, choice, 1, jid, strength, created))
-    last: dict[int, datetime] = {}
-    for item_id, *_, created in rows:
-        if item_id not in last or created > last[item_id]:
-            last[item_id] = created
     if not rows:
         empty = np.zeros((0, len(SOURCES), _OTHER + 1), dtype=np.int64)
-        return _Votes(np.zeros(0, dtype=np.int64), empty, empty.copy(), empty.copy(), last)
-    item_col, kind_col, choice_col, n_col, first_col, strength_col, _ = zip(*rows, strict=True)
+        return _Votes(np.zeros(0, dtype=np.int64), empty, empty.copy(), empty.copy(), {})
+    item_col, kind_col, choice_col, n_col, first_col, strength_col, last_col = zip(*rows, strict=True)
+    last: dict[int, datetime] = {}
+    for item_id, created in zip(item_col, last_col, strict=True):
+        before = last.get(item_id)
+        if before is None or created > before:
+            last[item_id] = created
     items, item_at = np.unique(np.array(item_col, dtype=np.int64), return_inverse=True)
     source_of = {kind: SOURCES.index(source_of_kind(kind)) for kind in set(kind_col)}
     column = {label: k for k, label in enumerate(PAIRWISE_LABELS)}
