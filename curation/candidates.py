@@ -69,7 +69,7 @@ class Candidates:
     _at: np.ndarray  # each candidate's index in `_votes`, -1 for an item with no judgment
     _votes: _Votes
     _consensus: CountedConsensus
-    _oof: dict[int, dict[str, Any]]  # by index into _votes: the evidence, less the label
+    _oof: dict[int, tuple[float, float, float, int]]  # by index into _votes: p, margin r(B) - r(A), spread, fold
     _flips: dict[int, list[str]]
     _flags: dict[int, list[str]]
 
@@ -81,7 +81,14 @@ class Candidates:
         item_id, bits, at = int(self.item_id[i]), int(self.reasons[i]), int(self._at[i])
         evidence: dict[str, Any] = {}
         if bits & _OOF:
-            evidence[REASONS[0]] = {"label": "B" if self.label_b[i] else "A", **self._oof[at]}
+            p, margin_b, spread, fold = self._oof[at]
+            evidence[REASONS[0]] = {
+                "label": "B" if self.label_b[i] else "A",
+                "probability_of_label": round(p, 4),
+                "margin_b_minus_a": round(margin_b, 4),
+                "ensemble_spread": round(spread, 4),
+                "fold": fold,
+            }
         if bits & _LOW:
             evidence[REASONS[1]] = self._votes.shown(at, float(self.agreement[i]))
         if bits & _FLIP:
@@ -203,7 +210,7 @@ def find(project: Project) -> Candidates:
     is_oof = np.zeros(len(votes.items), dtype=bool)
     oof_score = np.zeros(len(votes.items))
     margin_b = np.full(len(votes.items), np.nan)
-    oof: dict[int, dict[str, Any]] = {}
+    oof: dict[int, tuple[float, float, float, int]] = {}
     run = crossfit_done(project)
     if run is not None and len(votes.items):
         margins = OutOfFoldMargin.objects.filter(run=cast(CrossFitRun, run)).values_list(
@@ -225,12 +232,7 @@ def find(project: Project) -> Candidates:
                 is_oof[idx] = True
                 oof_score[idx] = min(3.0, -against)  # the logit against the label: lowest probability first
                 margin_b[idx] = m_margin[k]
-                oof[idx] = {
-                    "probability_of_label": round(p, 4),
-                    "margin_b_minus_a": round(m_margin[k], 4),
-                    "ensemble_spread": round(m_spread[k], 4),
-                    "fold": m_fold[k],
-                }
+                oof[idx] = (p, m_margin[k], m_spread[k], m_fold[k])  # the evidence, made by `row`
     low = (cc.n >= 2) & (cc.tied | (cc.agreement < LOW_AGREEMENT))
 
     flips: dict[int, list[str]] = defaultdict(list)
