@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -270,14 +271,12 @@ class _Judged:
 
     @classmethod
     def of(cls, project: Project, candidates: np.ndarray) -> _Judged:
-        pairs = np.array(
-            list(
-                Judgment.objects.filter(item__project=project, item__is_gold=False)
-                .order_by()
-                .values_list("item_id", "labeler_id")
-            ),
-            dtype=np.int64,
-        ).reshape(-1, 2)
+        rows = list(
+            Judgment.objects.filter(item__project=project, item__is_gold=False)
+            .order_by()
+            .values_list("item_id", "labeler_id")
+        )
+        pairs = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=2 * len(rows)).reshape(-1, 2)
         pairs = pairs[np.isin(pairs[:, 0], candidates)]
         pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
         names = {
