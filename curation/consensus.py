@@ -14,7 +14,7 @@ fed back as vote weights through `weighted_consensus`.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +22,9 @@ import numpy as np
 __all__ = [
     "PAIRWISE_LABELS",
     "Consensus",
+    "CountedConsensus",
     "DawidSkeneResult",
+    "consensus_of_counts",
     "dawid_skene",
     "midranks",
     "pairwise_consensus",
@@ -69,6 +71,62 @@ def pairwise_consensus(votes: Sequence[tuple[str, int]], weights: Sequence[float
         if choice not in totals:
             raise ValueError(f"unknown pairwise choice {choice!r}")
         totals[choice] += weight
+
+    def strength_of(label: str) -> float:
+        num = sum(weight * s for (c, s), weight in zip(votes, w, strict=True) if c == label)
+        den = sum(weight for (c, _s), weight in zip(votes, w, strict=True) if c == label)
+        return num / den if den > 0 else 0.0
+
+    return _decide(totals, n, strength_of)
+
+
+@dataclass(frozen=True)
+class CountedConsensus:
+    """`pairwise_consensus` of many items' unweighted votes at once (`consensus_of_counts`), as
+    arrays over the items: `label` an index into PAIRWISE_LABELS or -1 for None."""
+
+    label: np.ndarray
+    strength: np.ndarray
+    agreement: np.ndarray
+    n: np.ndarray
+    tied: np.ndarray
+
+    def at(self, i: int) -> Consensus:
+        label = int(self.label[i])
+        return Consensus(
+            label=PAIRWISE_LABELS[label] if label >= 0 else None,
+            strength=float(self.strength[i]),
+            agreement=float(self.agreement[i]),
+            n=int(self.n[i]),
+            tied=bool(self.tied[i]),
+        )
+
+
+def consensus_of_counts(counts: np.ndarray, strength_sums: np.ndarray) -> CountedConsensus:
+    """The consensus of each row of `counts` (votes for A, B and tie: what a grouped query
+    returns), `strength_sums` the sums of those votes' strengths in the same columns: the
+    `Consensus` that `pairwise_consensus` gives for those votes (`at(i)`), vectorized. With whole
+    vote counts a tie at the top is an equality, so the rule is `_decide`'s without a tolerance."""
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, len(PAIRWISE_LABELS))
+    sums = np.asarray(strength_sums, dtype=np.float64).reshape(counts.shape)
+    n = counts.sum(axis=1)
+    top = counts.max(axis=1, initial=0)
+    at_top = counts == top[:, None]
+    tied = (at_top.sum(axis=1) > 1) & (n > 0)
+    tie = PAIRWISE_LABELS.index("tie")
+    label = np.where(tied, np.where(at_top[:, tie], tie, -1), counts.argmax(axis=1))
+    label[n == 0] = -1
+    agreement = np.where(n > 0, top / np.maximum(n, 1), 0.0)
+    rows = np.arange(len(counts))
+    picked = np.clip(label, 0, None)
+    voted = (label >= 0) & (label != tie)
+    strength = np.where(voted, sums[rows, picked] / np.maximum(counts[rows, picked], 1), 0.0)
+    return CountedConsensus(label=label, strength=strength, agreement=agreement, n=n, tied=tied)
+
+
+def _decide(totals: dict[str, float], n: int, strength_of: Callable[[str], float]) -> Consensus:
+    """The one rule: the label of the heaviest choice, a tie between A and B (or with "tie") as
+    `Consensus` says; `strength_of(label)` is asked only for an A or B label."""
     total = sum(totals.values())
     if n == 0 or total <= 0:
         return Consensus(label=None, strength=0.0, agreement=0.0, n=n, tied=False)
@@ -83,12 +141,7 @@ def pairwise_consensus(votes: Sequence[tuple[str, int]], weights: Sequence[float
     else:
         label = top[0]
     agreement = top_weight / total
-
-    strength = 0.0
-    if label in ("A", "B"):
-        num = sum(weight * s for (c, s), weight in zip(votes, w, strict=True) if c == label)
-        den = sum(weight for (c, _s), weight in zip(votes, w, strict=True) if c == label)
-        strength = num / den if den > 0 else 0.0
+    strength = strength_of(label) if label in ("A", "B") else 0.0
     return Consensus(label=label, strength=float(strength), agreement=float(agreement), n=n, tied=tied)
 
 

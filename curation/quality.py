@@ -21,17 +21,12 @@ One pass over the project's judgments (values only, no model instances) feeds ev
 - the AI labelers' consensus per item (majority and confidence-weighted) against the annotators',
   and Cohen's kappa for every pair of labelers (`curation.agreement_tables`).
 
-Noisy-label candidates: items whose consensus label a reward model that never trained on the item
-finds less likely than the other (the project's latest out-of-fold margins, `models_srv.crossfit`;
-strongest evidence = lowest probability of the label), items with low or tied agreement, AI
-judgments that flip when the order is swapped, and flagged items. Out of fold, not in sample: the
-current reward model trained on these very labels, so a model able to fit them has learnt the
-wrong ones too (bench/noise/README.md compares it with the old in-sample rule and cleanlab).
+The review queue's noisy-label candidates are found apart, in aggregate (`curation.candidates`);
+`reference_consensus` here is the label they are checked against, judgment by judgment.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -43,6 +38,7 @@ from django.db.models import Count, Q, Sum
 
 from annotation.models import Assignment, Item, Judgment, Labeler, LabelSource, Project, source_of_kind
 from curation.agreement_tables import ai_consensus_table, kappa_pairs
+from curation.candidates import LOW_AGREEMENT, order_consistent
 from curation.consensus import Consensus, dawid_skene, pairwise_consensus, ranking_consensus
 from curation.metrics import (
     agreement_over_time,
@@ -56,9 +52,6 @@ from curation.metrics import (
     wilson_interval,
 )
 from models_srv.verdicts import ShownAnswer, shown_answers
-
-# Below this share of votes for the consensus label an item counts as low agreement (a 2-1 split does).
-LOW_AGREEMENT = 0.7
 
 
 @dataclass
@@ -119,16 +112,6 @@ def _choice(payload: dict[str, Any]) -> tuple[str | None, int]:
     return None, 0
 
 
-def _consistent(raw: str) -> bool | None:
-    if not raw or not raw.startswith("{"):
-        return None
-    try:
-        value = json.loads(raw).get("order_consistent")
-    except (ValueError, AttributeError):
-        return None
-    return None if value is None else bool(value)
-
-
 def load(project: Project) -> ProjectData:
     """Everything the figures need, in five queries. Of the items, only those judged or flagged
     are read whole (texts included): reading every item of a 100,000-item project with 3,000
@@ -180,7 +163,7 @@ def load(project: Project) -> ProjectData:
                 order[0] if order else None,
                 time_ms,
                 created,
-                _consistent(raw) if ai else None,
+                order_consistent(raw) if ai else None,
                 tuple(shown_answers(raw)) if ai else (),
                 confidence,
             )
@@ -620,85 +603,6 @@ def preference_groups(data: ProjectData) -> dict[str, Any] | None:
     if found is None:
         return None
     return {**panel(data, found), "unplaced": unplaced_labelers(found)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Noisy-label candidates
-
-
-def noisy_candidates(project: Project, limit: int = 200) -> list[dict[str, Any]]:
-    """Items worth a curator's look, strongest evidence first, skipping items already curated."""
-    from curation.selectors import curation_states
-    from models_srv.crossfit import sigmoid
-    from models_srv.models import OutOfFoldMargin
-    from models_srv.selectors import crossfit_done
-
-    data = load(project)
-    consensus = reference_consensus(data)
-    curated = set(curation_states(project=project))
-    found: dict[int, dict[str, Any]] = {}
-
-    def add(item_id: int, kind: str, strength: float, evidence: dict[str, Any]) -> None:
-        if item_id in curated or item_id not in data.items:
-            return
-        entry = found.setdefault(item_id, {"item_id": item_id, "reasons": [], "score": 0.0, "evidence": {}})
-        entry["reasons"].append(kind)
-        entry["score"] += strength
-        entry["evidence"][kind] = evidence
-
-    run = crossfit_done(project)
-    if run is not None:
-        margins = {
-            m[0]: m[1:]
-            for m in OutOfFoldMargin.objects.filter(run=run, item_id__in=list(consensus)).values_list(
-                "item_id", "margin", "spread", "fold"
-            )
-        }
-        for item_id, c in consensus.items():
-            if c.label not in ("A", "B") or item_id not in margins:
-                continue
-            margin_b, spread, fold = margins[item_id]
-            for_label = margin_b if c.label == "B" else -margin_b
-            p = sigmoid(for_label)
-            if p < 0.5:  # the model that never saw the item prefers the other response
-                add(
-                    item_id,
-                    "out_of_fold_disagrees",
-                    min(3.0, -for_label),  # the logit against the label: lowest probability first
-                    {
-                        "label": c.label,
-                        "probability_of_label": round(p, 4),
-                        "margin_b_minus_a": round(margin_b, 4),
-                        "ensemble_spread": round(spread, 4),
-                        "fold": fold,
-                    },
-                )
-    for item_id, c in consensus.items():
-        if c.n >= 2 and (c.tied or c.agreement < LOW_AGREEMENT):
-            votes = Counter(
-                j.choice for j in data.by_item_human.get(item_id) or data.by_item_imported[item_id] if j.choice
-            )
-            add(item_id, "low_agreement", 1.0 - c.agreement, {"votes": dict(votes), "agreement": _r(c.agreement)})
-    for item_id, js in data.by_item_ai.items():
-        flips = [labeler_name(data, j.labeler_id) for j in js if j.order_consistent is False]
-        if flips:
-            add(item_id, "ai_order_flip", 0.5, {"labelers": flips})
-    flagged: dict[int, list[str]] = defaultdict(list)
-    for item_id, reason in Assignment.objects.filter(item__project=project, flagged=True).values_list(
-        "item_id", "flag_reason"
-    ):
-        flagged[item_id].append(reason)
-    for item_id, reasons in flagged.items():
-        add(item_id, "flagged", 1.0, {"reasons": reasons})
-    rows = sorted(found.values(), key=lambda r: (-r["score"], r["item_id"]))[:limit]
-    for r in rows:
-        it = data.items[r["item_id"]]
-        r["external_id"] = it["external_id"]
-        r["prompt"] = it["prompt"][:300]
-        r["consensus"] = consensus.get(r["item_id"])
-        r["score"] = round(r["score"], 3)
-        r["evidence_json"] = json.dumps({"reasons": r["reasons"], **r["evidence"]})
-    return rows
 
 
 def _r(value: float | None, digits: int = 3) -> float | None:

@@ -7,20 +7,22 @@ An item's effective curation state is its latest action (by creation time) that 
 
 from __future__ import annotations
 
-import sys
 import uuid
 import zipfile
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
+from itertools import chain
 from typing import Any
 
-from django.db.models import OuterRef, Q, QuerySet, Subquery
+import numpy as np
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import Http404
 
-from annotation.models import Item, Judgment, Project
+from annotation.models import Assignment, Item, Judgment, Labeler, Project
 from annotation.selectors import AnyUser, project_for_user, projects_for_user
+from curation.candidates import REASONS, Candidates, margin_for_label
 from curation.models import CurationAction, ExportSnapshot
 
 
@@ -28,6 +30,11 @@ def _effective(at: datetime | None) -> Q:
     if at is None:
         return Q(undone_at__isnull=True)
     return Q(created_at__lte=at) & (Q(undone_at__isnull=True) | Q(undone_at__gt=at))
+
+
+def curated_item_ids(project: Project) -> set[int]:
+    """The ids of the project's items that have an effective action (the keys of `curation_states`)."""
+    return set(CurationAction.objects.filter(_effective(None), project=project).values_list("item_id", flat=True))
 
 
 def curation_states(
@@ -143,7 +150,7 @@ def exports_for_project(project: Project, limit: int = 20) -> list[ExportSnapsho
 # ---------------------------------------------------------------------------------------------
 # The review queue, filtered, sorted and paged
 
-REVIEW_REASONS = ("out_of_fold_disagrees", "low_agreement", "ai_order_flip", "flagged")
+REVIEW_REASONS = REASONS
 # Sort keys: (key over a row, whether larger comes first). Rows without the value go last.
 REVIEW_SORTS = {
     "evidence": "strongest evidence first",
@@ -175,17 +182,19 @@ class ReviewFilters:
 @dataclass
 class ReviewQueue:
     rows: list[dict[str, Any]]  # the page's rows
-    matching: list[dict[str, Any]]  # every row the filters keep, in order
+    total: int  # rows the filters keep
     candidates: int  # before filtering
     page: int
     pages: int
     per_page: int
     labelers: list[tuple[int, str]] = field(default_factory=list)  # among the candidates, by name
     categories: list[str] = field(default_factory=list)
+    _matching: Callable[[], list[dict[str, Any]]] = list
 
-    @property
-    def total(self) -> int:
-        return len(self.matching)
+    @cached_property
+    def matching(self) -> list[dict[str, Any]]:
+        """Every row the filters keep, in order (made when asked for: the bulk actions read it)."""
+        return self._matching()
 
     @property
     def first(self) -> int:
@@ -196,104 +205,163 @@ class ReviewQueue:
         return self.first + len(self.rows) - 1 if self.rows else 0
 
 
-def _margin_for_label(evidence: dict[str, Any]) -> float | None:
-    """The out-of-fold model's logit in favour of the consensus label (below 0: it prefers the other)."""
-    oof = evidence.get("out_of_fold_disagrees")
-    if not oof:
-        return None
-    margin_b = float(oof["margin_b_minus_a"])
-    return margin_b if oof.get("label") == "B" else -margin_b
+@dataclass
+class _Columns:
+    """What the filters and sorts read, per candidate (`Candidates` order): external id, category,
+    last judgment (or creation) time, out-of-fold margin for the label and disagreement (NaN: none),
+    score rounded as shown."""
 
+    external_id: list[str]
+    category: np.ndarray  # of str, "" for none
+    date: list[datetime]
+    margin: np.ndarray
+    disagreement: np.ndarray
+    score: np.ndarray
 
-def _enrich(project: Project, rows: list[dict[str, Any]]) -> dict[int, str]:
-    """Add labelers, category, last judgment date, margin and disagreement to every candidate, in
-    two queries whatever their number. Returns {labeler id: name} of the labelers seen."""
-    ids = [r["item_id"] for r in rows]
-    items: dict[int, tuple[Any, datetime | None]] = {
-        i: (category, created)
-        for i, category, created in Item.objects.filter(project=project, id__in=ids).values_list(
-            "id", "metadata__category", "created_at"
+    @classmethod
+    def of(cls, project: Project, found: Candidates) -> _Columns:
+        # The candidates are non-gold items with a judgment or a flag: read those, texts left out.
+        judged = Judgment.objects.filter(item=OuterRef("pk"))
+        flagged = Assignment.objects.filter(item=OuterRef("pk"), flagged=True)
+        items = {
+            i: (external_id, category, created)
+            for i, external_id, category, created in Item.objects.filter(project=project, is_gold=False)
+            .filter(Exists(judged) | Exists(flagged))
+            .values_list("id", "external_id", "metadata__category", "created_at")
+        }
+        ids = found.item_id.tolist()
+        info = [items[i] for i in ids]
+        margin = np.full(len(ids), np.nan)
+        oof = 1 << REASONS.index("out_of_fold_disagrees")
+        for k in np.flatnonzero(found.reasons & oof).tolist():
+            margin[k] = margin_for_label("B" if found.label_b[k] else "A", float(found.margin_b[k]))
+        agreement = found.agreement.tolist()
+        return cls(
+            external_id=[external_id for external_id, _, _ in info],
+            category=np.array(["" if c is None else str(c) for _, c, _ in info], dtype=object),
+            date=[found.last_judged.get(i, created) for i, (_, _, created) in zip(ids, info, strict=True)],
+            margin=margin,
+            disagreement=np.array([round(1.0 - a, 3) if a == a else np.nan for a in agreement]),  # a == a: not NaN
+            score=np.array([round(x, 3) for x in found.score.tolist()]),
         )
-    }
-    judged: dict[int, list[tuple[int, datetime]]] = defaultdict(list)
-    names: dict[int, str] = {}
-    for item_id, labeler_id, name, username, created in (
-        Judgment.objects.filter(item__project=project, item_id__in=ids)
-        .order_by()
-        .values_list("item_id", "labeler_id", "labeler__name", "labeler__user__username", "created_at")
-    ):
-        judged[item_id].append((labeler_id, created))
-        names[labeler_id] = username or name
-    for r in rows:
-        category, item_created = items.get(r["item_id"], (None, None))
-        js = judged.get(r["item_id"], [])
-        r["category"] = "" if category is None else str(category)
-        r["labeler_ids"] = sorted({lab for lab, _ in js})
-        r["labelers"] = sorted(names[lab] for lab in r["labeler_ids"])
-        r["date"] = max((c for _, c in js), default=item_created)
-        r["margin"] = _margin_for_label(r["evidence"])
-        c = r.get("consensus")
-        r["disagreement"] = round(1.0 - c.agreement, 3) if c is not None and c.n else None
-    return names
+
+    def enrich(self, found: Candidates, i: int) -> dict[str, Any]:
+        """Candidate `i`'s row with the fields the queue shows and sorts on."""
+        r = found.row(i)
+        margin, disagreement = float(self.margin[i]), float(self.disagreement[i])
+        r.update(
+            score=float(self.score[i]),
+            external_id=self.external_id[i],
+            category=self.category[i],
+            date=self.date[i],
+            margin=None if margin != margin else margin,
+            disagreement=None if disagreement != disagreement else disagreement,
+        )
+        return r
 
 
-def _sort_key(sort: str) -> Any:
+@dataclass
+class _Judged:
+    """Who judged which candidate: (item id, labeler id) pairs sorted by item, and the names of the
+    labelers who judged any candidate."""
+
+    items: np.ndarray
+    labelers: np.ndarray
+    names: dict[int, str]
+
+    @classmethod
+    def of(cls, project: Project, candidates: np.ndarray) -> _Judged:
+        rows = list(
+            Judgment.objects.filter(item__project=project, item__is_gold=False)
+            .order_by()
+            .values_list("item_id", "labeler_id")
+        )
+        pairs = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=2 * len(rows)).reshape(-1, 2)
+        pairs = pairs[np.isin(pairs[:, 0], candidates)]
+        pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
+        names = {
+            lab: username or name
+            for lab, username, name in Labeler.objects.filter(id__in=np.unique(pairs[:, 1]).tolist()).values_list(
+                "id", "user__username", "name"
+            )
+        }
+        return cls(pairs[:, 0].copy(), pairs[:, 1].copy(), names)
+
+    def items_of(self, labeler_id: int) -> np.ndarray:
+        return np.unique(self.items[self.labelers == labeler_id])
+
+    def labelers_of(self, item_id: int) -> list[int]:
+        lo, hi = np.searchsorted(self.items, [item_id, item_id + 1])
+        return sorted(set(self.labelers[lo:hi].tolist()))
+
+
+def _kept(f: ReviewFilters, found: Candidates, cols: _Columns, judged: _Judged) -> np.ndarray:
+    """Which candidates the filters keep. A margin bound leaves out the rows without a margin."""
+    keep = np.ones(len(found), dtype=bool)
+    if f.reasons:
+        keep &= (found.reasons & sum(1 << REASONS.index(r) for r in set(f.reasons))) != 0
+    if f.labeler_id is not None:
+        keep &= np.isin(found.item_id, judged.items_of(f.labeler_id))
+    if f.category:
+        keep &= cols.category == f.category
+    with np.errstate(invalid="ignore"):  # NaN compares False: no margin, not kept
+        if f.margin_min is not None:
+            keep &= cols.margin >= f.margin_min
+        if f.margin_max is not None:
+            keep &= cols.margin <= f.margin_max
+    return np.flatnonzero(keep)
+
+
+def _ordered(sort: str, rows: np.ndarray, found: Candidates, cols: _Columns) -> np.ndarray:
+    """`rows` (candidate indexes) in `sort` order; ties by item id, rows without the value last."""
+    item_id = found.item_id[rows]
     field_name = sort.lstrip("-")
     if field_name == "evidence":
-        return lambda r: (-r["score"], r["item_id"])
+        return rows[np.lexsort((item_id, -cols.score[rows]))]
     if field_name == "item":
-        return lambda r: (r["external_id"], r["item_id"])
+        external = [cols.external_id[k] for k in rows.tolist()]
+        return rows[sorted(range(len(rows)), key=lambda k: (external[k], item_id[k]))]
     descending = {"margin": False, "disagreement": True, "date": True}[field_name] != sort.startswith("-")
-
-    def key(r: dict[str, Any]) -> tuple[Any, ...]:
-        value = r[field_name]
-        if value is None:
-            return (1, 0, r["item_id"])
-        if field_name == "date":
-            value = value.timestamp()
-        return (0, -value if descending else value, r["item_id"])
-
-    return key
-
-
-def _keeps(f: ReviewFilters) -> Any:
-    def keep(r: dict[str, Any]) -> bool:
-        if f.reasons and not set(f.reasons) & set(r["reasons"]):
-            return False
-        if f.labeler_id is not None and f.labeler_id not in r["labeler_ids"]:
-            return False
-        if f.category and r["category"] != f.category:
-            return False
-        if f.margin_min is not None and (r["margin"] is None or r["margin"] < f.margin_min):
-            return False
-        return not (f.margin_max is not None and (r["margin"] is None or r["margin"] > f.margin_max))
-
-    return keep
+    if field_name == "date":
+        value = np.array([cols.date[k].timestamp() for k in rows.tolist()], dtype=np.float64)
+    else:
+        value = (cols.margin if field_name == "margin" else cols.disagreement)[rows]
+    missing = np.isnan(value)
+    key = np.where(missing, 0.0, -value if descending else value)
+    return rows[np.lexsort((item_id, key, missing))]
 
 
 def review_queue(project: Project, filters: ReviewFilters, *, page: int = 1, per_page: int = 50) -> ReviewQueue:
-    """The project's review candidates (`curation.quality.noisy_candidates`: uncurated items with
-    evidence against their label), filtered, sorted and cut to one page.
+    """The project's review candidates (`curation.candidates`: uncurated items with evidence
+    against their label), filtered, sorted and cut to one page.
 
-    The candidates are found in Python over the whole project, so the filters, the sort and the
-    total are exact; the number of queries does not depend on the page size or on the number of
-    candidates (the report's reads, then two for labelers, categories and dates)."""
-    from curation.quality import noisy_candidates
+    The candidates are found over the whole project, in aggregate and as columns, so the filters,
+    the sort and the total are exact; a row (its evidence, texts and labelers) is made for the
+    page's rows only, and for every matching row when `matching` is read (the bulk actions). The
+    number of queries depends neither on the page size nor on the number of candidates."""
+    from curation.candidates import details, find
 
-    rows = noisy_candidates(project, limit=sys.maxsize)
-    names = _enrich(project, rows)
-    matching = sorted(filter(_keeps(filters), rows), key=_sort_key(filters.sort))
-    pages = max(1, -(-len(matching) // per_page))
+    found = find(project)
+    cols = _Columns.of(project, found)
+    judged = _Judged.of(project, found.item_id)
+    order = _ordered(filters.sort, _kept(filters, found, cols, judged), found, cols)
+    pages = max(1, -(-len(order) // per_page))
     page = min(max(1, page), pages)
+    shown = [cols.enrich(found, i) for i in order[(page - 1) * per_page : page * per_page].tolist()]
+    details(shown)
+    for r in shown:
+        r["labeler_ids"] = judged.labelers_of(r["item_id"])
+        r["labelers"] = sorted(judged.names[lab] for lab in r["labeler_ids"])
     return ReviewQueue(
-        rows=matching[(page - 1) * per_page : page * per_page],
-        matching=matching,
-        candidates=len(rows),
+        rows=shown,
+        total=len(order),
+        candidates=len(found),
         page=page,
         pages=pages,
         per_page=per_page,
-        labelers=sorted(names.items(), key=lambda kv: (kv[1].lower(), kv[0])),
-        categories=sorted({r["category"] for r in rows if r["category"]}),
+        labelers=sorted(judged.names.items(), key=lambda kv: (kv[1].lower(), kv[0])),
+        categories=sorted({c for c in cols.category.tolist() if c}),
+        _matching=lambda: [cols.enrich(found, i) for i in order.tolist()],
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 
 from curation.consensus import (
+    PAIRWISE_LABELS,
     Consensus,
+    consensus_of_counts,
     dawid_skene,
     midranks,
     pairwise_consensus,
@@ -234,6 +237,22 @@ def test_pairwise_consensus() -> None:
         pairwise_consensus([("C", 1)])
     with pytest.raises(ValueError, match="weights"):
         pairwise_consensus([("A", 1)], weights=[-1.0])
+
+
+def test_counts_give_the_consensus_of_the_votes() -> None:
+    rng = random.Random(3)
+    vote_sets = [
+        [(rng.choice(PAIRWISE_LABELS), rng.randint(0, 3)) for _ in range(rng.randint(0, 9))] for _ in range(3000)
+    ]
+    counts = np.zeros((len(vote_sets), 3), dtype=np.int64)
+    sums = np.zeros((len(vote_sets), 3), dtype=np.int64)
+    for i, votes in enumerate(vote_sets):
+        for choice, strength in votes:
+            counts[i, PAIRWISE_LABELS.index(choice)] += 1
+            sums[i, PAIRWISE_LABELS.index(choice)] += strength
+    found = consensus_of_counts(counts, sums)
+    assert [found.at(i) for i in range(len(vote_sets))] == [pairwise_consensus(v) for v in vote_sets]
+    assert {found.at(i).label for i in range(len(vote_sets))} == {"A", "B", "tie", None}
 
 
 def test_weighted_consensus_uses_reliability() -> None:

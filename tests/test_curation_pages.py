@@ -13,7 +13,7 @@ from django.urls import reverse
 from annotation.importing import import_items
 from annotation.models import Item, Judgment, Labeler, Membership
 from annotation.services import membership_set
-from curation import quality
+from curation import candidates, quality
 from curation.models import CurationAction
 from tests.conftest import jsonl, login, pair_row
 
@@ -102,7 +102,7 @@ def test_quality_figures_match_hand_computation_and_the_reference_package(judged
 
 
 def test_noisy_candidates_and_a_curation_action_with_undo(judged, curator) -> None:
-    found = {c["external_id"]: c for c in quality.noisy_candidates(judged)}
+    found = {c["external_id"]: c for c in candidates.noisy_candidates(judged)}
     assert "low_agreement" in found["q3"]["reasons"]
     assert "ai_order_flip" in found["q2"]["reasons"]
     c = Client()
@@ -124,7 +124,7 @@ def test_noisy_candidates_and_a_curation_action_with_undo(judged, curator) -> No
     )
     item.refresh_from_db()
     assert item.status == "dropped"
-    assert "q3" not in {c["external_id"] for c in quality.noisy_candidates(judged)}  # curated: off the queue
+    assert "q3" not in {c["external_id"] for c in candidates.noisy_candidates(judged)}  # curated: off the queue
     c.post(reverse("curation:review_undo", args=[judged.slug, action.id]), HTTP_HX_REQUEST="true")
     action.refresh_from_db()
     item.refresh_from_db()
@@ -139,7 +139,7 @@ def test_flagged_items_reach_the_review_queue_with_their_reason(judged, annotato
     membership_set(project=judged, user=annotator, role=Membership.Role.ANNOTATOR)
     assignment = queue.next_assignment(project=judged, user=annotator)
     queue.skip(assignment_id=assignment.id, user=annotator, reason="responses are cut off", flag=True)
-    found = {c["external_id"]: c for c in quality.noisy_candidates(judged)}
+    found = {c["external_id"]: c for c in candidates.noisy_candidates(judged)}
     entry = found[assignment.item.external_id]
     assert "flagged" in entry["reasons"]
     assert "responses are cut off" in entry["evidence_json"]
@@ -162,7 +162,7 @@ def test_figures_read_only_judged_or_flagged_items_and_still_count_them_all(judg
     assert set(data.items) == {i.id for i in Item.objects.filter(project=judged).exclude(id=new["r902"].id)}
     assert data.item_count == len(VOTES) + 2
     assert quality.report(judged, bootstrap=10)["overview"]["items"] == len(VOTES) + 2
-    found = {c["external_id"]: c for c in quality.noisy_candidates(judged)}
+    found = {c["external_id"]: c for c in candidates.noisy_candidates(judged)}
     assert found["r901"]["reasons"] == ["flagged"] and "r902" not in found
 
 

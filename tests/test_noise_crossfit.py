@@ -17,7 +17,7 @@ from django.utils import timezone
 from annotation.importing import import_items
 from annotation.models import Item, Membership
 from annotation.services import membership_set
-from curation import quality
+from curation import candidates
 from models_srv import engine, services
 from models_srv.crossfit import assign_folds, crossfit
 from models_srv.data import Examples, PairExample
@@ -156,7 +156,7 @@ def test_the_job_stores_margins_in_stored_order_and_the_queue_reads_them(make_pr
     margins = {m.item.external_id: m.margin for m in OutOfFoldMargin.objects.filter(run=run).select_related("item")}
     assert sum((margins[f"s{i}"] < 0) == (i % 2 == 0) for i in range(120)) >= 110  # r(B) - r(A): A good when even
 
-    found = {c["external_id"]: c for c in quality.noisy_candidates(project)}
+    found = {c["external_id"]: c for c in candidates.noisy_candidates(project)}
     assert {"s3", "s8"} <= {k for k, c in found.items() if "out_of_fold_disagrees" in c["reasons"]}
     evidence = found["s3"]["evidence"]["out_of_fold_disagrees"]
     assert evidence["label"] == "A" and evidence["probability_of_label"] < 0.5 and evidence["margin_b_minus_a"] > 0
@@ -173,7 +173,7 @@ def test_the_queue_reads_the_latest_succeeded_run_not_the_current_model(make_pro
         project=project, config={}, snapshot=snapshot, status=RunStatus.SUCCEEDED, finished_at=earlier
     )
     OutOfFoldMargin.objects.create(run=old, item=items["s0"], fold=0, margin=5.0)  # s0: label A, model says B
-    assert [c["external_id"] for c in quality.noisy_candidates(project)] == ["s0"]
+    assert [c["external_id"] for c in candidates.noisy_candidates(project)] == ["s0"]
 
     new = CrossFitRun.objects.create(
         project=project, config={}, snapshot=snapshot, status=RunStatus.SUCCEEDED, finished_at=timezone.now()
@@ -182,7 +182,7 @@ def test_the_queue_reads_the_latest_succeeded_run_not_the_current_model(make_pro
     OutOfFoldMargin.objects.create(run=new, item=items["s1"], fold=0, margin=-0.5)  # s1: label B, p = 0.38
     OutOfFoldMargin.objects.create(run=new, item=items["s3"], fold=2, margin=-3.0)  # s3: label B, p = 0.05
     CrossFitRun.objects.create(project=project, config={}, snapshot=snapshot, status=RunStatus.FAILED)
-    found = quality.noisy_candidates(project)
+    found = candidates.noisy_candidates(project)
     assert [c["external_id"] for c in found] == ["s3", "s1"]  # lowest probability of the label first
     assert found[1]["evidence"]["out_of_fold_disagrees"]["probability_of_label"] == pytest.approx(0.3775, abs=1e-4)
 
