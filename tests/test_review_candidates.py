@@ -178,6 +178,21 @@ def _payload(rng: random.Random) -> dict[str, Any]:
     return {"pairwise": {"choice": choice, "strength": 0 if choice == "tie" else rng.randint(1, 3)}, "spans": []}
 
 
+def _flag(item: Item, annotator: Any, reason: str, at: Any) -> None:
+    """A submitted assignment of `item` that `annotator` flagged with `reason` at `at`."""
+    Assignment.objects.create(
+        item=item,
+        annotator=annotator,
+        response_order=[0, 1],
+        state="submitted",
+        leased_at=at,
+        expires_at=at + timedelta(minutes=15),
+        finished_at=at,
+        flagged=True,
+        flag_reason=reason,
+    )
+
+
 @pytest.fixture
 def messy(make_project, make_user, curator) -> Project:
     rng = random.Random(7)
@@ -227,17 +242,7 @@ def messy(make_project, make_user, curator) -> Project:
     for n, item in enumerate(items):
         if n % 11 == 0 or n % 13 == 0:
             for k in range(1 + n % 2):
-                Assignment.objects.create(
-                    item=item,
-                    annotator=make_user(f"flagger{n}-{k}") if k else user,
-                    response_order=[0, 1],
-                    state="submitted",
-                    leased_at=start,
-                    expires_at=start + timedelta(minutes=15),
-                    finished_at=start,
-                    flagged=True,
-                    flag_reason=f"reason {n}.{k}",
-                )
+                _flag(item, make_user(f"flagger{n}-{k}") if k else user, f"reason {n}.{k}", start)
     snapshot = DataSnapshot.objects.create(project=project)
     for age, share in ((2, 1.0), (1, 0.85)):  # the older run has every item; the newer most
         run = CrossFitRun.objects.create(
@@ -306,18 +311,7 @@ def test_a_project_with_flags_and_no_judgment(make_project, make_user, curator) 
     assert candidates.noisy_candidates(project) == [] and selectors.review_queue(project, ReviewFilters()).total == 0
     responses = [{"text": "a"}, {"text": "b"}]
     item = Item.objects.create(project=project, external_id="f1", prompt="p", responses=responses, num_responses=2)
-    now = timezone.now()
-    Assignment.objects.create(
-        item=item,
-        annotator=make_user("flagging"),
-        response_order=[0, 1],
-        state="submitted",
-        leased_at=now,
-        expires_at=now + timedelta(minutes=15),
-        finished_at=now,
-        flagged=True,
-        flag_reason="broken",
-    )
+    _flag(item, make_user("flagging"), "broken", timezone.now())
     (row,) = candidates.noisy_candidates(project)
     assert row == oracle(project)[0]
     assert (row["reasons"], row["consensus"], row["score"]) == (["flagged"], None, 1.0)
